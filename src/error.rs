@@ -1,0 +1,146 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::Signal;
+
+/// A specialised `Result` whose error is [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving or restarting.
+///
+/// Every variant names what was at fault: the address, file descriptor,
+/// signal, path or process. Messages are meant to be shown to an operator as
+/// they are.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An address could not be parsed or resolved.
+    Address {
+        /// The address as it was registered.
+        addr: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A listening socket could not be bound.
+    Bind {
+        /// The address as it was registered.
+        addr: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A socket handed over by the previous generation (or by systemd) could
+    /// not be adopted.
+    Inherit {
+        /// The inherited file descriptor.
+        fd: i32,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A signal cannot be used the way it was configured.
+    Signal {
+        /// The signal at fault.
+        signal: Signal,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Installing the signal handlers failed.
+    SignalHandler {
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A builder setting is out of range.
+    Config {
+        /// The setting at fault, e.g. `stop_timeout`.
+        setting: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The next generation could not be started.
+    Spawn {
+        /// The executable that was started.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The next generation exited before it was ready.
+    ChildExited {
+        /// The PID of the failed generation.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The next generation was not ready in time and was killed.
+    ReadyTimeout {
+        /// The PID of the killed generation.
+        pid: u32,
+        /// The ready timeout that passed.
+        timeout: Duration,
+    },
+    /// A reload was requested while another one is under way.
+    ReloadInProgress,
+    /// This generation is draining and starts no new generation.
+    Draining,
+    /// The server this handle belongs to is not running (it has not been
+    /// started, or it has stopped).
+    NotRunning,
+    /// Any other I/O failure, with what was being done.
+    Io {
+        /// What was being done, naming the address, FD or path.
+        context: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Address { addr, reason } => write!(f, "invalid address {addr:?}: {reason}"),
+            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Inherit { fd, reason } => write!(f, "cannot adopt inherited fd {fd}: {reason}"),
+            Error::Signal { signal, reason } => write!(f, "signal {signal}: {reason}"),
+            Error::SignalHandler { source } => {
+                write!(f, "cannot install signal handlers: {source}")
+            }
+            Error::Config { setting, reason } => write!(f, "invalid {setting}: {reason}"),
+            Error::Spawn { path, source } => {
+                write!(
+                    f,
+                    "cannot start new generation {}: {source}",
+                    path.display()
+                )
+            }
+            Error::ChildExited { pid, status } => {
+                write!(
+                    f,
+                    "new generation (pid {pid}) exited before it was ready: {status}"
+                )
+            }
+            Error::ReadyTimeout { pid, timeout } => write!(
+                f,
+                "new generation (pid {pid}) was not ready within {timeout:?} and was killed"
+            ),
+            Error::ReloadInProgress => f.write_str("a reload is already under way"),
+            Error::Draining => f.write_str("this generation is draining and starts no reload"),
+            Error::NotRunning => f.write_str("the server is not running"),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. }
+            | Error::SignalHandler { source }
+            | Error::Spawn { source, .. }
+            | Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! What crosses the exec from one generation to the next.
+//!
+//! The parent places its listening sockets at FDs 3, 4, … of the child and
+//! describes them in three variables:
+//!
+//! | variable          | value                                                 |
+//! |-------------------|-------------------------------------------------------|
+//! | `ENDLESS_FDS`     | how many sockets follow FD 2                          |
+//! | `ENDLESS_FDNAMES` | their names (registered addresses), `;`-separated     |
+//! | `ENDLESS_PPID`    | the PID of the process that placed them               |
+//!
+//! The child accepts them only when `getppid()` is the PID named, so a process
+//! that the server itself spawns later (a grandchild, whose parent is the
+//! child) ignores the stale variables it inherits. These are not systemd's
+//! `LISTEN_*` variables on purpose: systemd's `LISTEN_PID` must name the
+//! child itself, which is unknown until after the fork, and writing it
+//! between fork and exec would need an allocation there.
+//!
+//! This module is mechanism only: it never decides when to restart. It holds
+//! the crate's `unsafe` code for file descriptors, each block with its
+//! reasoning.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::{getpid, getppid, Pid};
+
+use crate::error::{Error, Result};
+
+const FDS: &str = "ENDLESS_FDS";
+const FDNAMES: &str = "ENDLESS_FDNAMES";
+const PPID: &str = "ENDLESS_PPID";
+/// systemd's socket-activation variables: they describe the first
+/// generation's FDs only, so a new generation must never see them.
+const SYSTEMD_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+
+/// The first FD after stdin, stdout and stderr.
+pub(crate) const FIRST_FD: RawFd = 3;
+/// More than any server registers; a larger count is a corrupt variable.
+const MAX_FDS: usize = 1024;
+
+/// What this process was handed by its parent, read once at first use.
+#[derive(Debug)]
+struct Received {
+    parent: Pid,
+    names: Vec<String>,
+}
+
+/// `Ok(None)`: not started by a reload. `Err`: the variables name our parent
+/// but are corrupt; reported by `take_inherited`.
+static RECEIVED: OnceLock<Result<Option<Received>, (RawFd, String)>> = OnceLock::new();
+/// The inherited FDs, until a server claims them.
+static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
+
+/// Reads the hand-over variables once and marks the inherited FDs
+/// close-on-exec straight away, so nothing this process spawns can inherit
+/// them. Cheap to call again.
+pub(crate) fn init() {
+    RECEIVED.get_or_init(|| {
+        let received = read_env()?;
+        if let Some(r) = &received {
+            let mut fds = Vec::with_capacity(r.names.len());
+            for (i, name) in r.names.iter().enumerate() {
+                let fd = FIRST_FD + i as RawFd;
+                set_cloexec(fd).map_err(|e| (fd, format!("not an open file descriptor ({e})")))?;
+                fds.push((name.clone(), fd));
+            }
+            *UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds);
+        }
+        Ok(received)
+    });
+}
+
+/// The PID of the previous generation, if this process was started by a
+/// reload (checked at first use, while that parent is still waiting).
+pub(crate) fn parent() -> Option<Pid> {
+    init();
+    match RECEIVED.get() {
+        Some(Ok(Some(r))) => Some(r.parent),
+        _ => None,
+    }
+}
+
+/// Takes ownership of the inherited sockets, with their names. The first
+/// caller gets them all; later callers get none.
+pub(crate) fn take_inherited() -> Result<Vec<(String, OwnedFd)>> {
+    init();
+    if let Some(Err((fd, reason))) = RECEIVED.get() {
+        return Err(Error::Inherit {
+            fd: *fd,
+            reason: reason.clone(),
+        });
+    }
+    let fds = UNCLAIMED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default();
+    Ok(fds
+        .into_iter()
+        // SAFETY: each FD was placed by our parent for us (the variables name
+        // our parent's PID), `init` checked it is open, and `take` hands it
+        // out exactly once, so nothing else in this process owns it.
+        .map(|(name, fd)| (name, unsafe { OwnedFd::from_raw_fd(fd) }))
+        .collect())
+}
+
+/// Tells the previous generation that this one is serving, by `SIGTERM`, but
+/// only if it is still our parent: a reparented process never signals a
+/// stranger that happens to reuse the PID.
+pub(crate) fn notify_parent_ready(parent: Pid) -> io::Result<bool> {
+    if getppid() != parent {
+        return Ok(false);
+    }
+    kill(parent, Signal::SIGTERM)?;
+    Ok(true)
+}
+
+fn read_env() -> Result<Option<Received>, (RawFd, String)> {
+    let Some(ppid) = std::env::var_os(PPID) else {
+        return Ok(None);
+    };
+    let parent = match ppid.to_str().and_then(|s| s.parse::<i32>().ok()) {
+        Some(pid) if pid > 0 => Pid::from_raw(pid),
+        _ => return Ok(None),
+    };
+    if parent != getppid() {
+        // Variables meant for another process (we are a grandchild, or our
+        // parent died): not ours, and the FDs are not ours to touch.
+        return Ok(None);
+    }
+    let count = std::env::var_os(FDS).unwrap_or_default();
+    let count: usize = match count.to_str().and_then(|s| s.parse().ok()) {
+        Some(n) if n <= MAX_FDS => n,
+        _ => {
+            return Err((
+                FIRST_FD,
+                format!("{FDS}={count:?} is not a count from 0 to {MAX_FDS}"),
+            ))
+        }
+    };
+    let names = decode_names(&std::env::var_os(FDNAMES).unwrap_or_default());
+    if names.len() != count {
+        return Err((
+            FIRST_FD,
+            format!("{FDNAMES} names {} sockets but {FDS}={count}", names.len()),
+        ));
+    }
+    Ok(Some(Received { parent, names }))
+}
+
+/// Prepares `cmd` to start the next generation with `listeners` at FDs 3, 4, ….
+///
+/// `blocked` is blocked in the child before the exec and stays blocked across
+/// it, so a reload or stop signal that arrives before the new generation has
+/// installed its handlers stays pending instead of killing it.
+pub(crate) fn pass_listeners(cmd: &mut Command, listeners: &[(&str, RawFd)], blocked: SigSet) {
+    for var in SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
+    let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
+    cmd.env(FDS, listeners.len().to_string())
+        .env(FDNAMES, encode_names(&names))
+        .env(PPID, getpid().to_string());
+
+    // Everything the closure needs is allocated here, before the fork.
+    let sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
+    let mut moved: Vec<RawFd> = vec![-1; sources.len()];
+    // SAFETY: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed. It calls only `sigprocmask`,
+    // `fcntl` and `dup2`, writes into a buffer allocated above, and builds
+    // errors with `last_os_error`, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || place_fds(&sources, &mut moved, &blocked));
+    }
+}
+
+/// Runs in the forked child: blocks `blocked`, then puts `sources[i]` at
+/// `FIRST_FD + i` without close-on-exec.
+fn place_fds(sources: &[RawFd], moved: &mut [RawFd], blocked: &SigSet) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY (whole function): plain syscalls on FDs this process owns, with
+    // pointers to live, properly typed values.
+    unsafe {
+        // std resets the signal mask just before running this closure, so the
+        // block must happen here.
+        if libc::sigprocmask(libc::SIG_BLOCK, blocked.as_ref(), std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // First move every source above the target range, so that a source
+        // already sitting at, say, FD 4 is not overwritten while FD 4 is
+        // filled from another source. The copies are close-on-exec and vanish
+        // at exec.
+        let above = FIRST_FD + sources.len() as RawFd;
+        for (src, slot) in sources.iter().zip(moved.iter_mut()) {
+            let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, above);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *slot = fd;
+        }
+        // `dup2` clears close-on-exec on the target: exactly these FDs, and
+        // only in this child, cross the exec.
+        for (i, fd) in moved.iter().enumerate() {
+            if libc::dup2(*fd, FIRST_FD + i as RawFd) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // SAFETY: the FD is only borrowed for the duration of the two `fcntl`
+    // calls; if it is not open, `fcntl` fails with EBADF, which we report.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl(fd, FcntlArg::F_GETFD)?;
+    let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
+    Ok(())
+}
+
+/// Joins names with `;`, escaping `%` and `;` so that any name (a Unix
+/// socket path may hold either) survives the trip.
+fn encode_names(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| n.replace('%', "%25").replace(';', "%3B"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn decode_names(value: &OsString) -> Vec<String> {
+    let value = value.to_string_lossy();
+    if value.is_empty() {
+        return Vec::new();
+    }
+    value
+        .split(';')
+        .map(|n| n.replace("%3B", ";").replace("%25", "%"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let names = ["127.0.0.1:80", ":8080", "unix:/run/a;b%3B.sock", "[::1]:0"];
+        let encoded = encode_names(&names);
+        assert_eq!(decode_names(&encoded.into()), names);
+        assert!(decode_names(&OsString::new()).is_empty());
+    }
+}

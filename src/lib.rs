@@ -1,0 +1,165 @@
+//! Zero-downtime restarts and binary upgrades for hyper servers.
+//!
+//! `endless` serves any hyper service and, on a reload signal, starts a new
+//! copy of the program (the binary now on disk, so an upgrade is a copy and a
+//! signal) that takes over the listening sockets. Not one connection is
+//! refused and not one request fails: the old generation finishes what it
+//! started while the new one accepts. One process, no master.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use hyper::{body::Incoming, service::service_fn, Request, Response};
+//!
+//! async fn hello(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
+//!     Ok(Response::new(format!("hello from pid {}\n", std::process::id())))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), endless::Error> {
+//!     endless::listen_and_serve("127.0.0.1:8080", service_fn(hello)).await
+//! }
+//! ```
+//!
+//! Then `kill -USR1 <pid>` (or `-HUP`) reloads it, and `kill -TERM <pid>` or
+//! Ctrl-C stops it gracefully.
+//!
+//! # How a reload works
+//!
+//! 1. Generation N gets a reload signal, or [`Handle::reload`] is called.
+//! 2. It spawns the program it was started from (argv\[0\], resolved to an
+//!    absolute path at start-up) with the same arguments and working
+//!    directory, passing its listening sockets as FDs 3, 4, … and their
+//!    addresses in the environment. Only during that spawn are the sockets
+//!    not close-on-exec, and only in that child.
+//! 3. Generation N+1 installs its signal handlers (reload and stop signals
+//!    stay blocked from before the exec until then, so none is lost and none
+//!    kills it), adopts the inherited sockets by address, binds any new
+//!    address, starts accepting, and sends `SIGTERM` to N.
+//! 4. N sees `SIGTERM` from its child, which means "ready" (from anyone else
+//!    it means "stop"). N stops accepting and drops its copy of each socket;
+//!    the sockets and their accept queues live on in N+1. HTTP/1 responses
+//!    from N now carry `Connection: close`, connections that stay idle are
+//!    closed after a short grace, HTTP/2 connections get GOAWAY.
+//! 5. N exits (its [`Server::run`] returns `Ok`) once its connections are
+//!    closed, or at the stop timeout, when the rest are cut off.
+//!
+//! If N+1 exits before it is ready, or is not ready within the ready
+//! timeout, N kills and reaps it, logs why and keeps serving; the next reload
+//! works as usual. Reload signals that arrive while N+1 is starting are
+//! coalesced; a draining generation starts none.
+//!
+//! # Signals
+//!
+//! | signal               | default meaning                                   |
+//! |----------------------|---------------------------------------------------|
+//! | `SIGHUP`, `SIGUSR1`  | reload ([`Server::reload_signals`])               |
+//! | `SIGTERM`, `SIGINT`  | graceful stop ([`Server::stop_signals`]); a second one during the drain cuts it short |
+//! | `SIGTERM` from the new generation | "ready": the hand-over is done      |
+//!
+//! # Tracing
+//!
+//! Every step of a reload is a [`tracing`] event: requested, spawned, ready
+//! (or exited, or timed out), draining with the number of connections,
+//! drained or deadline reached.
+//!
+//! # Platform support
+//!
+//! Linux (tested) and other Unix systems such as macOS (built). Windows is
+//! not supported: it has no fork/exec or descriptor inheritance to build on.
+//!
+//! # Limits
+//!
+//! - The process ID changes at every reload. systemd follows it; most other
+//!   process managers need a PID file or a wrapper.
+//! - One [`Server`] per process takes over the inherited sockets.
+//! - A new generation must register the same addresses (as strings) to adopt
+//!   its predecessor's sockets; an address it does not register is closed.
+
+#![cfg(unix)]
+#![deny(unsafe_code)]
+
+mod error;
+mod handle;
+#[allow(unsafe_code)]
+mod handover;
+mod listener;
+mod restart;
+mod serve;
+mod server;
+mod service;
+mod signal;
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+pub use error::{Error, Result};
+pub use handle::Handle;
+pub use hyper_util::service::TowerToHyperService;
+pub use listener::LocalAddr;
+pub use server::Server;
+pub use signal::Signal;
+
+/// Serves `svc` on `addr` with the default settings, reloading on `SIGHUP`
+/// or `SIGUSR1` and stopping gracefully on `SIGTERM` or `SIGINT`.
+///
+/// The drop-in for serving a hyper service; see [`Server`] for settings and
+/// several listeners. Returns when this generation has stopped or handed over
+/// and drained.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), endless::Error> {
+/// use hyper::service::service_fn;
+/// endless::listen_and_serve(":8080", service_fn(|_req| async {
+///     Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+/// }))
+/// .await
+/// # }
+/// ```
+pub async fn listen_and_serve<S, B>(addr: &str, svc: S) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Server::new().register(addr, svc).run().await
+}
+
+static STARTED_AT: OnceLock<SystemTime> = OnceLock::new();
+
+/// Records what must be known about this process before anything changes
+/// it: when it started, how it was started, and where its binary is.
+fn init_process_state() {
+    STARTED_AT.get_or_init(SystemTime::now);
+    handover::init();
+    restart::Exe::get();
+}
+
+/// When this generation started: the first call into `endless` in this
+/// process (normally [`Server::new`] at start-up), like Go graceful's
+/// `StartedAt`.
+pub fn started_at() -> SystemTime {
+    init_process_state();
+    *STARTED_AT.get().expect("initialised above")
+}
+
+/// Whether this process is a generation started by a reload (as opposed to
+/// the first one, started by a person or a process manager).
+///
+/// Decided at the first call into `endless`, while the previous generation
+/// is still waiting for this one, so it stays true after that one exits.
+pub fn started_by_reload() -> bool {
+    init_process_state();
+    handover::parent().is_some()
+}

@@ -1,0 +1,331 @@
+//! The [`Server`] builder and the life of one generation.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::handle::{Command, Handle};
+use crate::handover;
+use crate::listener::{self, Listener, LocalAddr};
+use crate::restart::{Meaning, Restarter};
+use crate::serve::{Connections, IDLE_GRACE};
+use crate::service::{BoxError, BoxService};
+use crate::signal::{SignalSet, Signals};
+use crate::Signal;
+
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server with one or more listeners that restarts itself without
+/// dropping a connection.
+///
+/// Build it with [`Server::new`], add listeners with [`register`](Self::register),
+/// adjust the settings, and [`run`](Self::run) it. Every setting is checked by
+/// `run`, which returns the first problem as an [`Error`] naming it.
+///
+/// # Examples
+///
+/// Three listeners, each with its own service, and a shorter drain:
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use hyper::service::service_fn;
+/// use hyper::{Request, Response, body::Incoming};
+///
+/// async fn api(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
+///     Ok(Response::new("api".into()))
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), endless::Error> {
+///     endless::Server::new()
+///         .stop_timeout(Duration::from_secs(5))
+///         .register("127.0.0.1:8080", service_fn(api))
+///         .register("127.0.0.1:8081", service_fn(api))
+///         .register(":8082", service_fn(api))
+///         .run()
+///         .await
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    registrations: Vec<Registration>,
+    stop_timeout: Duration,
+    ready_timeout: Duration,
+    header_read_timeout: Duration,
+    signals: SignalSet,
+    commands: mpsc::UnboundedReceiver<Command>,
+    handle: Handle,
+    listening: watch::Sender<Option<Vec<LocalAddr>>>,
+}
+
+#[derive(Debug)]
+struct Registration {
+    addr: String,
+    svc: BoxService,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// A server with no listeners and the default settings: stop timeout
+    /// 20 s, ready timeout 60 s, reload on `SIGHUP` and `SIGUSR1`, stop on
+    /// `SIGTERM` and `SIGINT`.
+    pub fn new() -> Self {
+        crate::init_process_state();
+        let (tx, commands) = mpsc::unbounded_channel();
+        let (listening, listening_rx) = watch::channel(None);
+        Server {
+            registrations: Vec::new(),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            signals: SignalSet::default(),
+            commands,
+            handle: Handle {
+                commands: tx,
+                listening: listening_rx,
+            },
+            listening,
+        }
+    }
+
+    /// Adds a listener on `addr` served by `svc`.
+    ///
+    /// `addr` is `"host:port"`, `"[ipv6]:port"` or `":port"` (every
+    /// interface). It is also the listener's name across reloads: a new
+    /// generation adopts the socket registered under the same address, so
+    /// `"127.0.0.1:0"` keeps its kernel-chosen port across reloads.
+    ///
+    /// `svc` is any hyper service, such as one made with
+    /// [`hyper::service::service_fn`]; wrap a tower service (an axum `Router`)
+    /// in [`TowerToHyperService`](crate::TowerToHyperService).
+    pub fn register<S, B>(mut self, addr: &str, svc: S) -> Self
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Into<Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        self.registrations.push(Registration {
+            addr: addr.to_owned(),
+            svc: BoxService::new(svc),
+        });
+        self
+    }
+
+    /// How long a drain may take before the connections left are cut off
+    /// (default 20 s). Must not be zero.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// How long a new generation may take from spawn to serving before it is
+    /// killed and the reload abandoned (default 60 s). Must not be zero.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a client may take to send a request's headers, including
+    /// the first request of a connection (default 30 s), so that a silent
+    /// client cannot hold a connection forever. Must not be zero.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// The signals that start a reload (default `SIGHUP`, `SIGUSR1`).
+    ///
+    /// An empty set is allowed: reloads then come only from
+    /// [`Handle::reload`]. `SIGTERM` cannot be one (it is how a new
+    /// generation reports that it is ready).
+    pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
+        self.signals.reload = signals.into_iter().collect();
+        self
+    }
+
+    /// The signals that start a graceful stop (default `SIGTERM`, `SIGINT`).
+    /// A second stop signal during the drain cuts it short.
+    pub fn stop_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
+        self.signals.stop = signals.into_iter().collect();
+        self
+    }
+
+    /// A handle to reload or stop this server from code, or to learn its
+    /// addresses. Call it before [`run`](Self::run).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Serves until a stop, or until a new generation has taken over, and
+    /// this generation's connections are drained.
+    ///
+    /// Returns `Ok(())` after a graceful stop or hand-over, including one
+    /// whose stop timeout cut connections off; `Err` if the server cannot
+    /// start (a bad setting, address or signal, a busy port, an unusable
+    /// inherited socket).
+    pub async fn run(self) -> Result<()> {
+        let Server {
+            registrations,
+            stop_timeout,
+            ready_timeout,
+            header_read_timeout,
+            signals: signal_set,
+            mut commands,
+            handle,
+            listening,
+        } = self;
+        // Keep our own sender alive only as long as a user handle might be;
+        // dropping it lets `commands.recv()` report "no handles left".
+        drop(handle);
+
+        // Validate what needs no system call, then install the signal
+        // handlers before anything else can fail slowly or be interrupted.
+        signal_set.validate()?;
+        for (setting, value) in [
+            ("stop_timeout", stop_timeout),
+            ("ready_timeout", ready_timeout),
+            ("header_read_timeout", header_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config {
+                    setting,
+                    reason: "must be greater than zero".to_owned(),
+                });
+            }
+        }
+        if registrations.is_empty() {
+            return Err(Error::Config {
+                setting: "listeners",
+                reason: "no address registered".to_owned(),
+            });
+        }
+        let specs = registrations
+            .iter()
+            .map(|r| listener::parse(&r.addr))
+            .collect::<Result<Vec<_>>>()?;
+        let mut signals = Signals::install(&signal_set)?;
+
+        let started = Instant::now();
+        let parent = handover::parent();
+        let mut inherited = handover::take_inherited()?;
+        let mut bound: Vec<(String, Arc<Listener>)> = Vec::with_capacity(registrations.len());
+        for (reg, spec) in registrations.iter().zip(&specs) {
+            let listener = match take_by_name(&mut inherited, &reg.addr) {
+                Some(fd) => {
+                    debug!(addr = %reg.addr, "adopting inherited socket");
+                    Listener::adopt(fd)?
+                }
+                None => Listener::bind(&reg.addr, spec)?,
+            };
+            bound.push((reg.addr.clone(), Arc::new(listener)));
+        }
+        for (name, fd) in inherited {
+            warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
+        }
+
+        let conns = Connections::new(header_read_timeout, IDLE_GRACE.min(stop_timeout));
+        let mut addrs = Vec::with_capacity(bound.len());
+        for ((name, l), reg) in bound.iter().zip(registrations) {
+            let addr = l.local_addr().map_err(|source| Error::Io {
+                context: format!("cannot read the local address of {name}"),
+                source,
+            })?;
+            info!(addr = %addr, name = %name, "listening");
+            addrs.push(addr);
+            conns.spawn_accept_loop(name.clone(), l.clone(), reg.svc);
+        }
+        let _ = listening.send(Some(addrs));
+
+        if let Some(parent) = parent {
+            match handover::notify_parent_ready(parent) {
+                Ok(true) => {
+                    info!(parent = parent.as_raw(), elapsed = ?started.elapsed(), "serving; told the previous generation")
+                }
+                Ok(false) => info!(
+                    parent = parent.as_raw(),
+                    "serving; the previous generation is gone"
+                ),
+                Err(e) => {
+                    warn!(parent = parent.as_raw(), cause = %e, "serving; could not signal the previous generation")
+                }
+            }
+        } else {
+            info!(pid = std::process::id(), "serving");
+        }
+
+        let mut restarter = Restarter::new(signal_set, ready_timeout);
+        let fds: Vec<(&str, RawFd)> = bound
+            .iter()
+            .map(|(n, l)| (n.as_str(), l.raw_fd()))
+            .collect();
+        let outcome = restarter.serve(&mut signals, &mut commands, &fds).await;
+        drop(fds);
+
+        // Stop accepting: the accept loops drop their listeners, and we drop
+        // ours. After a hand-over the sockets live on in the new generation.
+        conns.start_drain();
+        drop(bound);
+        info!(connections = conns.active(), ?outcome, timeout = ?stop_timeout, "draining");
+
+        let deadline = tokio::time::sleep(stop_timeout);
+        tokio::pin!(deadline);
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                _ = conns.drained() => {
+                    info!("drained; all connections closed");
+                    break;
+                }
+                _ = &mut deadline => {
+                    warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
+                    conns.cut_off().await;
+                    break;
+                }
+                r = signals.recv() => match restarter.classify(r, None) {
+                    Meaning::Stop(signal) => {
+                        warn!(%signal, connections = conns.active(), "second stop signal; cutting off the connections left");
+                        conns.cut_off().await;
+                        break;
+                    }
+                    Meaning::Reload(signal) => info!(%signal, "draining; reload ignored"),
+                    other => debug!(?other, "draining; signal ignored"),
+                },
+                c = commands.recv(), if commands_open => match c {
+                    Some(Command::Reload(tx)) => { let _ = tx.send(Err(Error::Draining)); }
+                    Some(Command::Shutdown) => {}
+                    None => commands_open = false,
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first inherited socket named `name`. Several registrations of one
+/// name (say `127.0.0.1:0` twice) thus get their sockets back in order.
+fn take_by_name(inherited: &mut Vec<(String, OwnedFd)>, name: &str) -> Option<OwnedFd> {
+    let i = inherited.iter().position(|(n, _)| n == name)?;
+    Some(inherited.remove(i).1)
+}
