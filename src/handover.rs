@@ -22,7 +22,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -86,9 +86,13 @@ pub(crate) fn parent() -> Option<Pid> {
     }
 }
 
-/// Takes ownership of the inherited sockets, with their names. The first
-/// caller gets them all; later callers get none.
-pub(crate) fn take_inherited() -> Result<Vec<(String, OwnedFd)>> {
+/// Takes ownership of the inherited sockets, with their names, once each
+/// has passed `check`. The first caller gets them all; later callers get
+/// none. If any fails the check, none is taken, and none is closed: an FD
+/// that is not what the variables claim belongs to someone else.
+pub(crate) fn take_inherited(
+    check: impl Fn(BorrowedFd<'_>) -> Result<()>,
+) -> Result<Vec<(String, OwnedFd)>> {
     init();
     if let Some(Err((fd, reason))) = RECEIVED.get() {
         return Err(Error::Inherit {
@@ -96,11 +100,13 @@ pub(crate) fn take_inherited() -> Result<Vec<(String, OwnedFd)>> {
             reason: reason.clone(),
         });
     }
-    let fds = UNCLAIMED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .unwrap_or_default();
+    let mut unclaimed = UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, fd) in unclaimed.iter().flatten() {
+        // SAFETY: `init` checked that the FD is open; it is only borrowed
+        // for the check, while the lock keeps anyone from claiming it.
+        check(unsafe { BorrowedFd::borrow_raw(*fd) })?;
+    }
+    let fds = unclaimed.take().unwrap_or_default();
     Ok(fds
         .into_iter()
         // SAFETY: each FD was placed by our parent for us (the variables name

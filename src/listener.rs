@@ -4,11 +4,11 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -102,12 +102,13 @@ impl Listener {
         }
     }
 
-    /// Adopts an inherited socket after checking that it is what it claims:
-    /// a listening stream socket of a family we serve.
-    pub(crate) fn adopt(fd: OwnedFd) -> Result<Listener> {
+    /// Checks that an inherited FD is what it claims to be, a listening stream
+    /// socket of a family we serve, without taking ownership of it: an FD
+    /// that fails the check is left alone, never closed.
+    pub(crate) fn check_inherited(fd: BorrowedFd<'_>) -> Result<()> {
         let raw = fd.as_raw_fd();
         let err = |reason: String| Error::Inherit { fd: raw, reason };
-        let socket = Socket::from(fd);
+        let socket = SockRef::from(&fd);
         let ty = socket
             .r#type()
             .map_err(|e| err(format!("not a socket ({e})")))?;
@@ -124,9 +125,17 @@ impl Listener {
         if domain != Domain::IPV4 && domain != Domain::IPV6 {
             return Err(err(format!("unsupported socket family {domain:?}")));
         }
-        socket
-            .set_cloexec(true)
-            .map_err(|e| err(format!("cannot set close-on-exec ({e})")))?;
+        Ok(())
+    }
+
+    /// Adopts an inherited socket that passed [`Listener::check_inherited`].
+    pub(crate) fn adopt(fd: OwnedFd) -> Result<Listener> {
+        let raw = fd.as_raw_fd();
+        let socket = Socket::from(fd);
+        socket.set_cloexec(true).map_err(|e| Error::Inherit {
+            fd: raw,
+            reason: format!("cannot set close-on-exec ({e})"),
+        })?;
         Listener::from_std_tcp(&format!("fd {raw}"), socket.into())
     }
 
@@ -339,32 +348,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn adopting_checks_what_the_fd_is() {
-        let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    async fn inherited_fds_are_checked_and_left_open_when_wrong() {
+        use std::os::fd::AsFd;
+        let check =
+            |fd: &dyn AsFd| Listener::check_inherited(fd.as_fd()).map_err(|e| e.to_string());
+
+        let file = std::fs::File::open("/dev/null").unwrap();
         let raw = file.as_raw_fd();
-        let err = Listener::adopt(file).unwrap_err().to_string();
+        let err = check(&file).unwrap_err();
         assert!(
             err.starts_with(&format!("cannot adopt inherited fd {raw}: not a socket")),
             "{err}"
         );
+        // Still open: the check only borrowed it.
+        assert!(file.metadata().is_ok());
 
-        let udp: OwnedFd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let raw = udp.as_raw_fd();
-        let err = Listener::adopt(udp).unwrap_err().to_string();
         assert_eq!(
-            err,
+            check(&udp).unwrap_err(),
             format!("cannot adopt inherited fd {raw}: not a stream socket")
         );
 
         let conn = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         let raw = conn.as_raw_fd();
-        let err = Listener::adopt(conn.into()).unwrap_err().to_string();
         assert_eq!(
-            err,
+            check(&conn).unwrap_err(),
             format!("cannot adopt inherited fd {raw}: not a listening socket")
         );
 
-        let good: OwnedFd = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into();
-        assert!(Listener::adopt(good).is_ok());
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        check(&good).unwrap();
+        let addr = good.local_addr().unwrap();
+        let l = Listener::adopt(OwnedFd::from(good)).unwrap();
+        assert_eq!(l.local_addr().unwrap(), LocalAddr::Tcp(addr));
     }
 }

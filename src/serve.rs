@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,6 +57,7 @@ pub(crate) struct Connections {
     cut: CancellationToken,
     sockets: Arc<Sockets>,
     idle_grace: Duration,
+    first_request_timeout: Duration,
 }
 
 impl Connections {
@@ -75,6 +76,7 @@ impl Connections {
             cut: CancellationToken::new(),
             sockets: Arc::default(),
             idle_grace,
+            first_request_timeout: header_read_timeout,
         }
     }
 
@@ -90,13 +92,18 @@ impl Connections {
             cut: self.cut.clone(),
             sockets: self.sockets.clone(),
             idle_grace: self.idle_grace,
+            first_request_timeout: self.first_request_timeout,
         };
-        tokio::spawn(accept_loop(name, listener, svc, ctx));
+        // The accept loop is tracked like a connection: the drain is not done
+        // until it has stopped, so a connection it accepted just as the drain
+        // started is counted before the drain can see zero and let the
+        // process exit (which would reset that connection).
+        self.tracker.spawn(accept_loop(name, listener, svc, ctx));
     }
 
     /// Connections open now, upgraded ones included.
     pub(crate) fn active(&self) -> usize {
-        self.tracker.len()
+        self.sockets.lock().len()
     }
 
     /// Stops accepting and starts closing connections.
@@ -129,6 +136,7 @@ struct ConnContext {
     cut: CancellationToken,
     sockets: Arc<Sockets>,
     idle_grace: Duration,
+    first_request_timeout: Duration,
 }
 
 async fn accept_loop(name: String, listener: Arc<Listener>, svc: BoxService, ctx: ConnContext) {
@@ -165,34 +173,51 @@ async fn accept_loop(name: String, listener: Arc<Listener>, svc: BoxService, ctx
 }
 
 async fn serve_connection(io: Tracked<Stream>, svc: BoxService, ctx: ConnContext) {
-    let http2 = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnState::default());
     let svc = ConnService {
         svc,
         draining: ctx.draining_flag.clone(),
-        http2: http2.clone(),
+        state: state.clone(),
     };
     let conn = ctx
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
 
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = ctx.draining.cancelled() => {
-            if !http2.load(Ordering::Relaxed) {
+    // hyper's header-read timeout starts only once the connection knows its
+    // protocol, which takes the client's first bytes: a client that sends
+    // nothing would hold the connection forever. Bound the wait for the
+    // first request with the same setting.
+    let first_request = tokio::time::sleep(ctx.first_request_timeout);
+    tokio::pin!(first_request);
+    let mut waiting_first = true;
+
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = &mut first_request, if waiting_first => {
+                if !state.has(ConnState::REQUEST) {
+                    debug!(timeout = ?ctx.first_request_timeout, "no request on a new connection in time; closing it");
+                    return;
+                }
+                waiting_first = false;
+            }
+            _ = ctx.draining.cancelled() => {
+                if !state.has(ConnState::HTTP2) {
+                    tokio::select! {
+                        r = conn.as_mut() => return log_end(r),
+                        _ = ctx.cut.cancelled() => return,
+                        _ = tokio::time::sleep(ctx.idle_grace) => {}
+                    }
+                }
+                conn.as_mut().graceful_shutdown();
                 tokio::select! {
-                    r = conn.as_mut() => return log_end(r),
+                    r = conn.as_mut() => break r,
                     _ = ctx.cut.cancelled() => return,
-                    _ = tokio::time::sleep(ctx.idle_grace) => {}
                 }
             }
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = ctx.cut.cancelled() => return,
-            }
+            _ = ctx.cut.cancelled() => return,
         }
-        _ = ctx.cut.cancelled() => return,
     };
     log_end(result)
 }
@@ -205,13 +230,29 @@ fn log_end(result: Result<(), BoxError>) {
     }
 }
 
-/// Wraps the registered service for one connection: notes the protocol, and
-/// marks HTTP/1 responses `Connection: close` once the drain has started.
+/// What a connection task learns from its requests.
+#[derive(Debug, Default)]
+struct ConnState(AtomicU8);
+
+impl ConnState {
+    /// At least one request arrived.
+    const REQUEST: u8 = 1;
+    /// The connection speaks HTTP/2.
+    const HTTP2: u8 = 2;
+
+    fn has(&self, flag: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & flag != 0
+    }
+}
+
+/// Wraps the registered service for one connection: notes what the
+/// connection is, and marks HTTP/1 responses `Connection: close` once the
+/// drain has started.
 #[derive(Clone)]
 struct ConnService {
     svc: BoxService,
     draining: Arc<AtomicBool>,
-    http2: Arc<AtomicBool>,
+    state: Arc<ConnState>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -221,8 +262,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < Version::HTTP_2;
-        if !http1 {
-            self.http2.store(true, Ordering::Relaxed);
+        let flags = if http1 {
+            ConnState::REQUEST
+        } else {
+            ConnState::REQUEST | ConnState::HTTP2
+        };
+        if self.state.0.load(Ordering::Relaxed) != flags {
+            self.state.0.fetch_or(flags, Ordering::Relaxed);
         }
         CloseWhenDraining {
             inner: self.svc.call(req),

@@ -229,7 +229,7 @@ impl Server {
 
         let started = Instant::now();
         let parent = handover::parent();
-        let mut inherited = handover::take_inherited()?;
+        let mut inherited = handover::take_inherited(Listener::check_inherited)?;
         let mut bound: Vec<(String, Arc<Listener>)> = Vec::with_capacity(registrations.len());
         for (reg, spec) in registrations.iter().zip(&specs) {
             let listener = match take_by_name(&mut inherited, &reg.addr) {

@@ -44,16 +44,50 @@ impl BoxService {
             let fut = svc.call(req);
             Box::pin(async move {
                 let res = fut.await.map_err(Into::into)?;
-                Ok(res.map(|body| {
-                    body.map_frame(|frame| frame.map_data(Into::into))
-                        .map_err(Into::into)
-                        .boxed_unsync()
-                }))
+                Ok(res.map(|body| IntoBytes { body }.boxed_unsync()))
             })
         }))
     }
 
     pub(crate) fn call(&self, req: Request<Incoming>) -> BoxFuture {
         (self.0)(req)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Converts a body's data and errors to ours. Unlike `BodyExt::map_frame`
+    /// it keeps the size hint, so a fixed-size body is still sent with
+    /// `Content-Length` rather than chunked.
+    struct IntoBytes<B> {
+        #[pin]
+        body: B,
+    }
+}
+
+impl<B> Body for IntoBytes<B>
+where
+    B: Body,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project()
+            .body
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map(|f| f.map_data(Into::into)).map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -1,0 +1,127 @@
+//! The public API in-process: settings that `run` rejects before it installs
+//! any signal handler, and handles whose server is not running.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+
+async fn ok(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
+    Ok(Response::new(String::new()))
+}
+
+fn server() -> endless::Server {
+    endless::Server::new().register("127.0.0.1:0", service_fn(ok))
+}
+
+#[tokio::test]
+async fn settings_are_checked_by_run() {
+    use endless::Signal::*;
+    let cases = [
+        (endless::Server::new(), "invalid listeners: no address registered"),
+        (server().stop_timeout(Duration::ZERO), "invalid stop_timeout: must be greater than zero"),
+        (server().ready_timeout(Duration::ZERO), "invalid ready_timeout: must be greater than zero"),
+        (
+            server().header_read_timeout(Duration::ZERO),
+            "invalid header_read_timeout: must be greater than zero",
+        ),
+        (server().reload_signals([SIGKILL]), "signal SIGKILL: cannot be caught"),
+        (server().stop_signals([SIGINT, SIGSTOP]), "signal SIGSTOP: cannot be caught"),
+        (server().stop_signals([SIGCHLD]), "signal SIGCHLD: is needed to watch the next generation"),
+        (
+            server().reload_signals([SIGTERM]),
+            "signal SIGTERM: is how a new generation reports that it is ready; it cannot be a reload signal",
+        ),
+        (
+            server().reload_signals([SIGUSR2]).stop_signals([SIGUSR2]),
+            "signal SIGUSR2: is both a reload and a stop signal",
+        ),
+        (
+            server().register(":http", service_fn(ok)),
+            "invalid address \":http\": \"http\" is not a port number from 0 to 65535",
+        ),
+    ];
+    for (server, want) in cases {
+        let err = server.run().await.unwrap_err();
+        assert_eq!(err.to_string(), want);
+        // Every error is a std error that can be boxed and shown.
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        assert_eq!(boxed.to_string(), want);
+    }
+}
+
+#[tokio::test]
+async fn a_handle_whose_server_is_gone_says_so() {
+    let server = server();
+    let handle = server.handle();
+    drop(server);
+    assert!(matches!(
+        handle.reload().await,
+        Err(endless::Error::NotRunning)
+    ));
+    assert!(matches!(
+        handle.listening().await,
+        Err(endless::Error::NotRunning)
+    ));
+    handle.shutdown(); // no panic, nothing to do
+    assert_eq!(
+        endless::Error::NotRunning.to_string(),
+        "the server is not running"
+    );
+}
+
+#[tokio::test]
+async fn a_handle_of_a_server_that_failed_to_start_says_so() {
+    let server = server().stop_timeout(Duration::ZERO);
+    let handle = server.handle();
+    assert!(server.run().await.is_err());
+    assert!(matches!(
+        handle.listening().await,
+        Err(endless::Error::NotRunning)
+    ));
+}
+
+#[test]
+fn handles_are_send_sync_and_clone() {
+    fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    check::<endless::Handle>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<endless::Error>();
+}
+
+#[test]
+fn started_at_and_started_by_reload() {
+    let t = endless::started_at();
+    assert!(t <= std::time::SystemTime::now());
+    assert_eq!(endless::started_at(), t, "fixed at first use");
+    assert!(!endless::started_by_reload());
+}
+
+#[test]
+fn the_usual_service_shapes_are_accepted() {
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    // Only has to compile: bodies of several kinds, errors of several kinds.
+    let _ = endless::Server::new()
+        .register(
+            "127.0.0.1:0",
+            service_fn(|_| async {
+                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("x"))))
+            }),
+        )
+        .register(
+            "127.0.0.1:0",
+            service_fn(|_| async { Ok::<_, std::io::Error>(Response::new(Empty::<Bytes>::new())) }),
+        )
+        .register(
+            "127.0.0.1:0",
+            service_fn(|_| async {
+                Ok::<_, Infallible>(Response::new(Full::new(&b"static bytes"[..])))
+            }),
+        );
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    let _ =
+        endless::Server::new().register("127.0.0.1:0", endless::TowerToHyperService::new(router));
+}

@@ -1,0 +1,320 @@
+//! A reload that goes wrong must not cost a request: the serving generation
+//! keeps serving, reaps what it started, and the next reload works.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use support::load::{self, Mode};
+use support::{get, served_pid, signal_pid, wait_served_by, Proc, Spec};
+
+/// Waits until the server's process group holds a process other than
+/// `known`, and returns it: a generation that is starting.
+fn wait_new_process(server: &Proc, known: &[u32]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = server.alive().into_iter().find(|p| !known.contains(p)) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new process:\n{}",
+            server.report()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn assert_no_zombies_and_one_alive(server: &Proc) -> u32 {
+    // Give the last exits a moment to be reaped by whoever owns them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive = server.alive();
+        if alive.len() == 1 && server.zombies().is_empty() {
+            return alive[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alive {alive:?}, zombies {:?}\n{}",
+            server.zombies(),
+            server.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_new_generation_that_crashes_leaves_the_old_one_serving() {
+    let _heavy = support::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let crash = dir.path().join("crash");
+    let server = Spec::fixture()
+        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    let rt = load::runtime();
+    let load = load::start(rt.handle(), &addr, Mode::KeepAlive, 16, "/");
+
+    std::fs::write(&crash, "").unwrap();
+    // From a signal: logged, and the old generation keeps serving.
+    signal_pid(old, Signal::SIGHUP);
+    server.wait_log(
+        "new generation exited before it was ready; still serving",
+        Duration::from_secs(10),
+    );
+    // From code: the error says what happened.
+    let (status, body) = get(&addr, "/reload").unwrap();
+    assert_eq!(status, 500);
+    assert!(
+        body.starts_with("new generation (pid ")
+            && body.contains("exited before it was ready: exit status: 3"),
+        "{body}"
+    );
+    assert_eq!(
+        server
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("CRASH"))
+            .count(),
+        2
+    );
+    assert_eq!(served_pid(&get(&addr, "/").unwrap().1), old);
+    assert_eq!(
+        server.zombies(),
+        Vec::<u32>::new(),
+        "crashed generations were not reaped"
+    );
+
+    // Once the cause is gone, the next reload works.
+    std::fs::remove_file(&crash).unwrap();
+    let new = server.reload(Signal::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, server.report());
+    wait_served_by(&addr, new.pid);
+    assert_eq!(assert_no_zombies_and_one_alive(&server), new.pid);
+}
+
+#[test]
+fn a_new_generation_that_hangs_is_killed_at_the_ready_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = dir.path().join("hang");
+    let server = Spec::fixture()
+        .env("FIXTURE_HANG_FILE", hang.to_str().unwrap())
+        .env("FIXTURE_READY_TIMEOUT_MS", "1500")
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    std::fs::write(&hang, "").unwrap();
+
+    let first = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/reload"))
+    };
+    let hung = wait_new_process(&server, &[old]);
+    // A second reload while one is under way is refused, by code …
+    let (status, body) = get(&addr, "/reload").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (500, "a reload is already under way\n")
+    );
+    // … and coalesced, by signal.
+    signal_pid(old, Signal::SIGHUP);
+    let (status, body) = first.join().unwrap().unwrap();
+    assert_eq!(status, 500);
+    assert_eq!(
+        body,
+        format!("new generation (pid {hung}) was not ready within 1.5s and was killed\n")
+    );
+    assert!(server
+        .log()
+        .contains("reload already under way; request coalesced"));
+    assert!(
+        !server.alive().contains(&hung),
+        "the hung generation is still running"
+    );
+    assert_eq!(served_pid(&get(&addr, "/").unwrap().1), old);
+
+    std::fs::remove_file(&hang).unwrap();
+    let new = server.reload(Signal::SIGHUP);
+    wait_served_by(&addr, new.pid);
+    assert_eq!(assert_no_zombies_and_one_alive(&server), new.pid);
+}
+
+#[test]
+fn a_missing_binary_fails_the_reload_with_its_path_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(support::fixture(), &app).unwrap();
+    let server = Spec::fixture().bin(&app).start();
+    let addr = server.addr();
+    let old = server.current().pid;
+
+    std::fs::remove_file(&app).unwrap();
+    let (status, body) = get(&addr, "/reload").unwrap();
+    assert_eq!(status, 500);
+    assert_eq!(
+        body,
+        format!(
+            "cannot start new generation {}: No such file or directory (os error 2)\n",
+            app.display()
+        )
+    );
+    assert_eq!(served_pid(&get(&addr, "/").unwrap().1), old);
+
+    std::fs::copy(support::fixture(), &app).unwrap();
+    let new = server.reload(Signal::SIGHUP);
+    assert_ne!(new.pid, old);
+}
+
+#[test]
+fn a_binary_still_being_written_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(support::fixture(), &app).unwrap();
+    let server = Spec::fixture().bin(&app).start();
+    let old = server.current().pid;
+
+    // A deploy that writes a new file at the path: exec fails with ETXTBSY
+    // while the file is open for writing.
+    std::fs::remove_file(&app).unwrap();
+    let mut file = std::fs::File::create(&app).unwrap();
+    file.write_all(&std::fs::read(support::fixture()).unwrap())
+        .unwrap();
+    let mut perms = file.metadata().unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    file.set_permissions(perms).unwrap();
+    signal_pid(old, Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(file);
+
+    let new = server
+        .wait_ready_after(old, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no reload after the write finished:\n{}", server.report()));
+    assert!(new.reloaded);
+    assert!(
+        server.log().contains("executable busy"),
+        "{}",
+        server.report()
+    );
+}
+
+#[test]
+fn a_signal_storm_leaves_exactly_one_serving_process() {
+    let server = Spec::fixture().start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    for i in 0..50 {
+        let signal = if i % 2 == 0 {
+            Signal::SIGHUP
+        } else {
+            Signal::SIGUSR1
+        };
+        // The old generation may already have exited after handing over.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), signal);
+    }
+    let new = server
+        .wait_ready_after(old, Duration::from_secs(10))
+        .expect("no new generation");
+    std::thread::sleep(Duration::from_millis(500));
+    let survivor = assert_no_zombies_and_one_alive(&server);
+    assert_eq!(survivor, new.pid);
+    wait_served_by(&addr, survivor);
+    let readies = server.readies();
+    assert_eq!(
+        readies.len(),
+        2,
+        "one burst, one new generation: {readies:?}"
+    );
+}
+
+#[test]
+fn signals_during_start_up_neither_kill_nor_get_lost() {
+    let mut server = Spec::fixture().env("FIXTURE_START_DELAY_MS", "700").start();
+    let gen0 = server.current().pid;
+
+    // Reload signals to a generation that has not installed its handlers yet.
+    signal_pid(gen0, Signal::SIGHUP);
+    let gen1 = wait_new_process(&server, &[gen0]);
+    for _ in 0..10 {
+        signal_pid(gen1, Signal::SIGUSR1);
+        signal_pid(gen1, Signal::SIGHUP);
+    }
+    let r1 = server
+        .wait_ready_after(gen0, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("gen1 died:\n{}", server.report()));
+    assert_eq!(r1.pid, gen1);
+    // The pending reload was kept and acted on once the handlers were in.
+    let r2 = server
+        .wait_ready_after(gen1, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the pending reload was lost:\n{}", server.report()));
+
+    // A stop signal during start-up: a graceful stop once it is up, exit 0.
+    signal_pid(r2.pid, Signal::SIGHUP);
+    let gen3 = wait_new_process(&server, &[gen0, gen1, r2.pid]);
+    signal_pid(gen3, Signal::SIGINT);
+    assert_eq!(
+        server.wait_exit(gen3, Duration::from_secs(15)),
+        Some(WaitStatus::Exited(
+            nix::unistd::Pid::from_raw(gen3 as i32),
+            0
+        )),
+        "{}",
+        server.report()
+    );
+}
+
+#[test]
+fn file_descriptors_do_not_leak_across_100_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash = dir.path().join("crash");
+    let server = Spec::fixture()
+        .arg("127.0.0.1:0")
+        .arg("127.0.0.1:0")
+        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
+        .start();
+    let addr = server.addr();
+    let fds = |addr: &str| {
+        get(addr, "/fds")
+            .unwrap()
+            .1
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let first = fds(&addr);
+
+    // A failed reload leaves nothing behind in the generation that survives it.
+    std::fs::write(&crash, "").unwrap();
+    for _ in 0..3 {
+        let (status, _) = get(&addr, "/reload").unwrap();
+        assert_eq!(status, 500);
+    }
+    assert_eq!(fds(&addr), first, "a failed reload leaked FDs");
+    std::fs::remove_file(&crash).unwrap();
+
+    for _ in 0..100 {
+        server.reload(Signal::SIGHUP);
+    }
+    assert_eq!(fds(&addr), first, "FDs after 100 reloads");
+    assert_no_zombies_and_one_alive(&server);
+}
+
+#[test]
+fn processes_the_server_spawns_inherit_neither_sockets_nor_a_false_hand_over() {
+    let server = Spec::fixture()
+        .arg("127.0.0.1:0")
+        .arg("127.0.0.1:0")
+        .start();
+    let addr = server.addr();
+    let probe = |addr: &str| get(addr, "/spawn").unwrap().1;
+    assert_eq!(probe(&addr), "PROBE reloaded=false sockets=[]\n");
+    // A reloaded generation has the hand-over variables in its environment;
+    // what it spawns must not believe them.
+    server.reload(Signal::SIGHUP);
+    assert_eq!(probe(&addr), "PROBE reloaded=false sockets=[]\n");
+}

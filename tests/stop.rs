@@ -1,0 +1,395 @@
+//! Graceful stop, the stop timeout, and what the drain does with
+//! connections that never finish by themselves.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use support::{get, signal_pid, Spec};
+
+fn exited_0(pid: u32) -> Option<WaitStatus> {
+    Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0))
+}
+
+fn graceful_stop(signal: Signal) {
+    let mut server = Spec::fixture().start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/sleep/800"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(pid, signal);
+    // The request in flight completes …
+    let (status, body) = slow.join().unwrap().unwrap();
+    assert_eq!((status, body), (200, format!("slept pid={pid}\n")));
+    // … and the process exits 0 once it is done.
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid),
+        "{}",
+        server.report()
+    );
+    assert!(server.lines().contains(&format!("EXIT pid={pid} ok")));
+    // Nothing listens any more.
+    assert!(TcpStream::connect(&addr).is_err());
+}
+
+#[test]
+fn sigterm_stops_gracefully_with_status_0() {
+    graceful_stop(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_gracefully_with_status_0() {
+    graceful_stop(Signal::SIGINT);
+}
+
+#[test]
+fn a_second_stop_signal_cuts_the_drain_short() {
+    let mut server = Spec::fixture().start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let slow = std::thread::spawn(move || get(&addr, "/sleep/30000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    signal_pid(pid, Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.alive().contains(&pid),
+        "the first SIGINT did not wait for the request"
+    );
+    signal_pid(pid, Signal::SIGINT);
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(5)),
+        exited_0(pid),
+        "{}",
+        server.report()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        slow.join().unwrap().is_err(),
+        "the cut request cannot have succeeded"
+    );
+    assert!(server.log().contains("second stop signal; cutting off"));
+}
+
+#[test]
+fn the_stop_timeout_cuts_off_a_request_that_is_too_slow() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "700")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let slow = std::thread::spawn(move || get(&addr, "/sleep/20000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    signal_pid(pid, Signal::SIGTERM);
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid),
+        "{}",
+        server.report()
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(650) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(slow.join().unwrap().is_err());
+    assert!(server
+        .log()
+        .contains("stop timeout reached; cutting off the connections left"));
+}
+
+#[test]
+fn the_stop_timeout_cuts_off_a_request_that_is_too_slow_on_reload() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "700")
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/sleep/20000"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let new = server.reload(Signal::SIGHUP);
+    assert_eq!(
+        server.wait_exit(old, Duration::from_secs(10)),
+        exited_0(old),
+        "{}",
+        server.report()
+    );
+    assert!(slow.join().unwrap().is_err());
+    assert!(get(&addr, "/").unwrap().1.contains(&new.pid.to_string()));
+}
+
+#[test]
+fn upgraded_connections_are_tracked_and_cut_at_the_deadline() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "1500")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+
+    let t = Instant::now();
+    signal_pid(pid, Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(700));
+    // Still open and still working: the drain waits for it …
+    assert!(
+        server.alive().contains(&pid),
+        "the drain did not wait for the upgraded connection"
+    );
+    s.write_all(b"pong").unwrap();
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"pong");
+    // … until the deadline, when it is cut.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "cut too early: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid),
+        "{}",
+        server.report()
+    );
+}
+
+#[test]
+fn a_never_ending_body_is_cut_at_the_deadline() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "800")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    let t = Instant::now();
+    signal_pid(pid, Signal::SIGTERM);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        t.elapsed() >= Duration::from_millis(750),
+        "cut too early: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid)
+    );
+}
+
+#[test]
+fn a_silent_client_is_dropped_by_the_header_read_timeout() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .start();
+    let addr = server.addr();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    // Others are served meanwhile.
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_silent_client_does_not_hold_up_a_stop() {
+    let mut server = Spec::fixture().start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let _silent = TcpStream::connect(&addr).unwrap();
+    let _idle = {
+        // A keep-alive connection that has had one response and stays idle.
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).unwrap();
+        s
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    signal_pid(pid, Signal::SIGTERM);
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid)
+    );
+    // Closed after the idle grace, far from the 20 s stop timeout.
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[test]
+fn handle_shutdown_from_a_handler_stops_gracefully() {
+    let mut server = Spec::fixture().start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    assert_eq!(get(&addr, "/shutdown").unwrap(), (200, "stopping\n".into()));
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid)
+    );
+}
+
+/// Starts the fixture expecting it to refuse to start, and returns the
+/// message it printed.
+fn start_error(spec: Spec) -> String {
+    let mut p = spec.spawn();
+    let pid = p.first_pid();
+    let status = p.wait_exit(pid, Duration::from_secs(20));
+    assert_eq!(
+        status,
+        Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 2)),
+        "{}",
+        p.report()
+    );
+    let line = p
+        .wait_line(Duration::from_secs(1), |l| l.starts_with("ERROR"))
+        .unwrap();
+    line.split_once(' ')
+        .unwrap()
+        .1
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_owned()
+}
+
+#[test]
+fn bad_configuration_is_an_error_naming_the_culprit() {
+    let cases: Vec<(Spec, String)> = vec![
+        (
+            Spec::fixture().env("FIXTURE_RELOAD_SIGNALS", "SIGKILL"),
+            "signal SIGKILL: cannot be caught".into(),
+        ),
+        (
+            Spec::fixture().env("FIXTURE_STOP_SIGNALS", "SIGSTOP"),
+            "signal SIGSTOP: cannot be caught".into(),
+        ),
+        (
+            Spec::fixture()
+                .env("FIXTURE_RELOAD_SIGNALS", "SIGHUP")
+                .env("FIXTURE_STOP_SIGNALS", "SIGINT,SIGHUP"),
+            "signal SIGHUP: is both a reload and a stop signal".into(),
+        ),
+        (
+            Spec::fixture().env("FIXTURE_STOP_TIMEOUT_MS", "0"),
+            "invalid stop_timeout: must be greater than zero".into(),
+        ),
+        (
+            Spec::fixture().env("FIXTURE_READY_TIMEOUT_MS", "0"),
+            "invalid ready_timeout: must be greater than zero".into(),
+        ),
+        (
+            Spec::fixture().arg("localhost"),
+            "invalid address \"localhost\": expected host:port, [ipv6]:port or :port".into(),
+        ),
+        (
+            Spec::fixture().arg("127.0.0.1:99999"),
+            "invalid address \"127.0.0.1:99999\": cannot resolve: invalid port value".into(),
+        ),
+    ];
+    for (spec, want) in cases {
+        assert_eq!(start_error(spec), want);
+    }
+}
+
+#[test]
+fn a_busy_port_is_an_error_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_eq!(
+        start_error(Spec::fixture().arg(&addr)),
+        format!("cannot listen on {addr}: Address already in use (os error 98)")
+    );
+}
+
+#[test]
+fn corrupt_hand_over_variables_are_an_error_naming_the_fd() {
+    // The variables name the test process, which is the fixture's parent: the
+    // fixture believes it was started by a reload, and must reject them.
+    let me = std::process::id().to_string();
+    let names_40 = vec!["127.0.0.1:0"; 40].join(";");
+    let cases = [
+        (
+            vec![("ENDLESS_FDS", "many"), ("ENDLESS_FDNAMES", "127.0.0.1:0")],
+            "cannot adopt inherited fd 3: ENDLESS_FDS=\"many\" is not a count from 0 to 1024",
+        ),
+        (
+            vec![("ENDLESS_FDS", "1"), ("ENDLESS_FDNAMES", "a;b")],
+            "cannot adopt inherited fd 3: ENDLESS_FDNAMES names 2 sockets but ENDLESS_FDS=1",
+        ),
+        (
+            // FD 3 is open (the fixture's own runtime made it) but it is not
+            // a socket: rejected, and left open (the fixture still prints).
+            vec![("ENDLESS_FDS", "1"), ("ENDLESS_FDNAMES", "127.0.0.1:0")],
+            "cannot adopt inherited fd 3: not a socket (Socket operation on non-socket (os error 88))",
+        ),
+        (
+            vec![("ENDLESS_FDS", "40"), ("ENDLESS_FDNAMES", &names_40)],
+            // Somewhere above the fixture's own FDs: the number varies.
+            "cannot adopt inherited fd *: not an open file descriptor (Bad file descriptor (os error 9))",
+        ),
+    ];
+    for (vars, want) in cases {
+        let mut spec = Spec::fixture().env("ENDLESS_PPID", me.clone());
+        for (k, v) in vars {
+            spec = spec.env(k, v);
+        }
+        let got = start_error(spec);
+        match want.split_once('*') {
+            Some((head, tail)) => assert!(got.starts_with(head) && got.ends_with(tail), "{got}"),
+            None => assert_eq!(got, want),
+        }
+    }
+    // Variables naming another process are not ours: ignored.
+    let p = Spec::fixture()
+        .env("ENDLESS_PPID", "1")
+        .env("ENDLESS_FDS", "1")
+        .env("ENDLESS_FDNAMES", "127.0.0.1:0")
+        .start();
+    assert!(!p.current().reloaded);
+}

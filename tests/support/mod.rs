@@ -1,0 +1,478 @@
+//! Helpers for the process-level tests: start the fixture (or an example) as
+//! a real process, read what it prints, signal it, and reap every generation
+//! it leads to.
+//!
+//! Each started server gets its own process group, which every re-exec'd
+//! generation inherits, and the test process is a child subreaper, so
+//! generations orphaned by their parent's exit become our children. On drop
+//! the whole group is killed and every member that is our child is reaped.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod load;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Serialises the tests that put the machine under load, so that they do not
+/// starve each other (and the timing-sensitive tests) on a 2-core machine.
+pub static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The path of an example binary built by `cargo test`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with `cargo test`",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture() -> PathBuf {
+    example("fixture")
+}
+
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+/// A running server and all of its generations.
+pub struct Proc {
+    child: Child,
+    reaped_first: bool,
+    pgid: Pid,
+    lines: Lines,
+    stderr: tempfile::NamedTempFile,
+}
+
+pub struct Spec<'a> {
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl<'a> Spec<'a> {
+    pub fn fixture() -> Self {
+        Spec {
+            bin: fixture(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn env(mut self, k: &'a str, v: impl Into<String>) -> Self {
+        self.env.push((k, v.into()));
+        self
+    }
+
+    pub fn bin(mut self, bin: impl AsRef<Path>) -> Self {
+        self.bin = bin.as_ref().to_path_buf();
+        self
+    }
+
+    /// Starts the process without waiting for anything.
+    pub fn spawn(self) -> Proc {
+        become_subreaper();
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .process_group(0);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("FIXTURE_LOG").is_none() {
+            cmd.env("FIXTURE_LOG", "debug");
+        }
+        let mut child = cmd.spawn().expect("start the server");
+        let pgid = Pid::from_raw(child.id() as i32);
+        let lines: Lines = Arc::default();
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cv) = &*sink;
+                lock.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        Proc {
+            child,
+            reaped_first: false,
+            pgid,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Starts the process and waits for its first `READY` line.
+    pub fn start(self) -> Proc {
+        let p = self.spawn();
+        p.wait_line(Duration::from_secs(20), |l| l.starts_with("READY"))
+            .unwrap_or_else(|| panic!("server did not start:\n{}", p.report()));
+        p
+    }
+}
+
+/// A parsed `READY pid=P reloaded=B addrs=A,B` line.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub pid: u32,
+    pub reloaded: bool,
+    pub addrs: Vec<String>,
+}
+
+impl Ready {
+    fn parse(line: &str) -> Option<Ready> {
+        let rest = line.strip_prefix("READY ")?;
+        let mut pid = None;
+        let mut reloaded = false;
+        let mut addrs = Vec::new();
+        for part in rest.split(' ') {
+            if let Some(v) = part.strip_prefix("pid=") {
+                pid = v.parse().ok();
+            } else if let Some(v) = part.strip_prefix("reloaded=") {
+                reloaded = v == "true";
+            } else if let Some(v) = part.strip_prefix("addrs=") {
+                addrs = v.split(',').map(str::to_owned).collect();
+            }
+        }
+        Some(Ready {
+            pid: pid?,
+            reloaded,
+            addrs,
+        })
+    }
+}
+
+impl Proc {
+    pub fn first_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.0.lock().unwrap().clone()
+    }
+
+    /// Waits for a line (already printed or to come) that `pred` accepts.
+    pub fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let (lock, cv) = &*self.lines;
+        let deadline = Instant::now() + timeout;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn readies(&self) -> Vec<Ready> {
+        self.lines()
+            .iter()
+            .filter_map(|l| Ready::parse(l))
+            .collect()
+    }
+
+    /// The generation that printed `READY` last.
+    pub fn current(&self) -> Ready {
+        self.readies().pop().expect("no READY line yet")
+    }
+
+    pub fn addr(&self) -> String {
+        self.current().addrs[0].clone()
+    }
+
+    /// Waits for a `READY` line from a generation other than `pid`'s.
+    pub fn wait_ready_after(&self, pid: u32, timeout: Duration) -> Option<Ready> {
+        let seen = self.readies().len();
+        let (lock, cv) = &*self.lines;
+        let deadline = Instant::now() + timeout;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            let found = lines
+                .iter()
+                .filter_map(|l| Ready::parse(l))
+                .skip(seen.saturating_sub(1))
+                .find(|r| r.pid != pid && r.reloaded);
+            if found.is_some() {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Sends a reload signal to the current generation and waits for the
+    /// next one to be ready.
+    pub fn reload(&self, signal: Signal) -> Ready {
+        let old = self.current().pid;
+        signal_pid(old, signal);
+        self.wait_ready_after(old, Duration::from_secs(20))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no new generation after {signal} to {old}:\n{}",
+                    self.report()
+                )
+            })
+    }
+
+    /// Waits for `pid` (one of this server's generations) to exit, reaping it
+    /// if it is our child (the first one always is; later ones become ours
+    /// when their parent exits). `None` on timeout.
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<WaitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pid == self.child.id() {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    self.reaped_first = true;
+                    use std::os::unix::process::ExitStatusExt;
+                    let p = Pid::from_raw(pid as i32);
+                    return Some(match status.signal() {
+                        Some(sig) => WaitStatus::Signaled(p, Signal::try_from(sig).unwrap(), false),
+                        None => WaitStatus::Exited(p, status.code().unwrap()),
+                    });
+                }
+            } else {
+                match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(status) => return Some(status),
+                    // Not our child (yet): its parent is still alive, or it
+                    // was reaped by its parent.
+                    Err(_) => {
+                        if !Path::new(&format!("/proc/{pid}")).exists() {
+                            return Some(WaitStatus::StillAlive);
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The PIDs of this server's processes that are alive (not zombies).
+    pub fn alive(&self) -> Vec<u32> {
+        group_members(self.pgid)
+            .into_iter()
+            .filter(|m| m.state != 'Z')
+            .map(|m| m.pid)
+            .collect()
+    }
+
+    /// The PIDs of this server's processes that exited but were not reaped
+    /// by the generation that started them. (Generations orphaned to the test
+    /// process are the test's to reap, in `wait_exit` or on drop.)
+    pub fn zombies(&self) -> Vec<u32> {
+        let me = std::process::id();
+        group_members(self.pgid)
+            .into_iter()
+            .filter(|m| m.state == 'Z' && m.ppid != me)
+            .map(|m| m.pid)
+            .collect()
+    }
+
+    /// Everything the server printed, for assertion messages.
+    pub fn report(&self) -> String {
+        let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+        let tail: Vec<&str> = err.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "--- stdout\n{}\n--- stderr (last 60 lines)\n{}",
+            self.lines().join("\n"),
+            tail.join("\n")
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Waits until the server's log (stderr) contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle:?}:\n{}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Waits until `/` on `addr` is answered by `pid`. Right after a new
+/// generation is ready the old one may still take a connection or two from
+/// the shared accept queue (and answers them): that is not a failure.
+pub fn wait_served_by(addr: &str, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = get(addr, "/").expect("GET /");
+        assert_eq!(status, 200);
+        if served_pid(&body) == pid {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} never answered; {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn signal_pid(pid: u32, signal: Signal) {
+    kill(Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+}
+
+struct Member {
+    pid: u32,
+    ppid: u32,
+    state: char,
+}
+
+/// The processes in process group `pgid`, zombies included, from /proc.
+fn group_members(pgid: Pid) -> Vec<Member> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split(' ').collect();
+        if fields.len() < 3 {
+            continue;
+        }
+        if fields[2].parse::<i32>().ok() == Some(pgid.as_raw()) {
+            out.push(Member {
+                pid,
+                ppid: fields[1].parse().unwrap_or(0),
+                state: fields[0].chars().next().unwrap_or('?'),
+            });
+        }
+    }
+    out
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        if !self.reaped_first {
+            let _ = self.child.wait();
+        }
+        // Reap every generation that became our child; bounded in time.
+        let me = std::process::id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let members = group_members(self.pgid);
+            if members.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for m in members.iter().filter(|m| m.ppid == me) {
+                let _ = waitpid(Pid::from_raw(m.pid as i32), Some(WaitPidFlag::WNOHANG));
+            }
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 GET over a fresh connection: status and body.
+pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {buf:?}")))?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `pid=N` as served by the fixture's `/`.
+pub fn served_pid(body: &str) -> u32 {
+    body.trim()
+        .strip_prefix("pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected body {body:?}"))
+}
