@@ -223,3 +223,27 @@ fn a_replaced_binary_is_what_serves_after_a_reload() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_inherited_socket_that_is_no_longer_registered_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let only_first = dir.path().join("only-first");
+    let mut server = Spec::fixture()
+        .arg("127.0.0.1:0")
+        .arg("127.0.0.1:0")
+        .env("FIXTURE_ONLY_FIRST_FILE", only_first.to_str().unwrap())
+        .start();
+    let old = server.current();
+    std::fs::write(&only_first, "").unwrap();
+    let new = server.reload(Signal::SIGHUP);
+    assert_eq!(new.addrs, old.addrs[..1]);
+    server.wait_exit(old.pid, Duration::from_secs(10)).unwrap();
+    assert!(server
+        .log()
+        .contains("inherited socket matches no registration; closing it"));
+    assert!(
+        std::net::TcpStream::connect(&old.addrs[1]).is_err(),
+        "the dropped address still listens"
+    );
+    assert_eq!(get(&old.addrs[0], "/").unwrap().0, 200);
+}

@@ -263,6 +263,30 @@ fn a_silent_client_does_not_hold_up_a_stop() {
 }
 
 #[test]
+fn a_draining_generation_starts_no_new_generation() {
+    let mut server = Spec::fixture().start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let slow = std::thread::spawn(move || get(&addr, "/sleep/1000"));
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(pid, Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    signal_pid(pid, Signal::SIGHUP);
+    signal_pid(pid, Signal::SIGUSR1);
+    assert_eq!(slow.join().unwrap().unwrap().0, 200);
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        exited_0(pid)
+    );
+    assert_eq!(
+        server.readies().len(),
+        1,
+        "a draining generation started another"
+    );
+    assert!(server.log().contains("draining; reload ignored"));
+}
+
+#[test]
 fn handle_shutdown_from_a_handler_stops_gracefully() {
     let mut server = Spec::fixture().start();
     let addr = server.addr();

@@ -111,7 +111,19 @@ impl<'a> Spec<'a> {
         if std::env::var_os("FIXTURE_LOG").is_none() {
             cmd.env("FIXTURE_LOG", "debug");
         }
-        let mut child = cmd.spawn().expect("start the server");
+        // A binary the test has just written can be busy for a moment: a
+        // fork in another test thread briefly holds the FD it was written
+        // through, until that child's exec closes it.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.expect("start the server"),
+            }
+        };
         let pgid = Pid::from_raw(child.id() as i32);
         let lines: Lines = Arc::default();
         let out = child.stdout.take().unwrap();

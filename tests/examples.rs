@@ -1,0 +1,124 @@
+//! The examples serve, reload and stop as their docs say.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::{get, signal_pid, Proc, Spec};
+
+/// The address from the first `listening addr=…` log line after `skip` of them.
+fn listening_addr(p: &Proc, skip: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = strip_ansi(&p.log());
+        let found: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("listening"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap().to_owned())
+            .collect();
+        if let Some(a) = found.get(skip) {
+            return a.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never listened:\n{}",
+            p.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn serves_and_reloads(example: &str, expect: &str) {
+    let mut p = Spec::fixture()
+        .bin(support::example(example))
+        .arg("127.0.0.1:0")
+        .spawn();
+    let addr = listening_addr(&p, 0);
+    let first = p.first_pid();
+    let (status, body) = get(&addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains(expect), "{body}");
+    assert!(body.contains(&first.to_string()), "{body}");
+
+    signal_pid(first, Signal::SIGUSR1);
+    assert_eq!(
+        listening_addr(&p, 1),
+        addr,
+        "the reload changed the address"
+    );
+    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    let (_, body) = get(&addr, "/").unwrap();
+    assert!(!body.contains(&first.to_string()), "{body}");
+}
+
+#[test]
+fn hello_serves_and_reloads() {
+    serves_and_reloads("hello", "Hello from pid");
+}
+
+#[test]
+fn axum_serves_and_reloads() {
+    serves_and_reloads("axum", "axum says hello from pid");
+}
+
+#[test]
+fn multi_serves_three_listeners_across_a_reload() {
+    let mut p = Spec::fixture()
+        .bin(support::example("multi"))
+        .arg("127.0.0.1:0")
+        .spawn();
+    let line = p
+        .wait_line(Duration::from_secs(20), |l| l.starts_with("multi: pid"))
+        .unwrap_or_else(|| panic!("{}", p.report()));
+    let urls: Vec<String> = line
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|u| {
+            u.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(urls.len(), 3, "{line}");
+    let first = p.first_pid();
+    assert!(get(&urls[0], "/")
+        .unwrap()
+        .1
+        .starts_with("public: request 1 of pid"));
+    assert!(get(&urls[1], "/").unwrap().1.starts_with("admin: pid"));
+    assert_eq!(get(&urls[2], "/").unwrap().1, "requests_total 1\n");
+
+    signal_pid(first, Signal::SIGHUP);
+    let again = p
+        .wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("multi: pid") && l != line
+        })
+        .unwrap_or_else(|| panic!("{}", p.report()));
+    assert!(
+        again.ends_with(&line[line.find("serving").unwrap()..]),
+        "addresses changed: {again}"
+    );
+    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    for url in &urls {
+        assert_eq!(get(url, "/").unwrap().0, 200);
+    }
+}
