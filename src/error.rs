@@ -60,6 +60,14 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// A TLS certificate or key file is missing, unreadable, malformed, or
+    /// the key does not match the certificate.
+    Tls {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The next generation could not be started.
     Spawn {
         /// The executable that was started.
@@ -108,6 +116,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot install signal handlers: {source}")
             }
             Error::Config { setting, reason } => write!(f, "invalid {setting}: {reason}"),
+            Error::Tls { path, reason } => write!(f, "TLS file {}: {reason}", path.display()),
             Error::Spawn { path, source } => {
                 write!(
                     f,

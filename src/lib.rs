@@ -90,6 +90,8 @@ mod serve;
 mod server;
 mod service;
 mod signal;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -134,6 +136,47 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     Server::new().register(addr, svc).run().await
+}
+
+/// Serves `svc` over HTTPS on `addr`, like Go's `ListenAndServeTLS`: the
+/// certificate chain and private key are read from PEM files at the start of
+/// every generation, so replacing the files and reloading rotates the
+/// certificate. HTTP/2 and HTTP/1.1 are offered by ALPN.
+///
+/// A missing, unreadable or malformed file, or a key that does not match the
+/// certificate, is an [`Error::Tls`] naming the file. See
+/// [`Server::register_tls`] to mix HTTPS and plain listeners.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), endless::Error> {
+/// use hyper::service::service_fn;
+/// endless::listen_and_serve_tls(":8443", "cert.pem", "key.pem", service_fn(|_req| async {
+///     Ok::<_, std::convert::Infallible>(hyper::Response::new("secure\n".to_string()))
+/// }))
+/// .await
+/// # }
+/// ```
+#[cfg(feature = "tls")]
+pub async fn listen_and_serve_tls<S, B>(
+    addr: &str,
+    cert_pem: impl AsRef<std::path::Path>,
+    key_pem: impl AsRef<std::path::Path>,
+    svc: S,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Server::new()
+        .register_tls(addr, cert_pem, key_pem, svc)
+        .run()
+        .await
 }
 
 static STARTED_AT: OnceLock<SystemTime> = OnceLock::new();

@@ -58,7 +58,15 @@ pub(crate) struct Connections {
     sockets: Arc<Sockets>,
     idle_grace: Duration,
     first_request_timeout: Duration,
+    tls_handshake_timeout: Duration,
 }
+
+/// A listener's TLS acceptor, if it serves HTTPS.
+#[cfg(feature = "tls")]
+pub(crate) type Tls = Option<tokio_rustls::TlsAcceptor>;
+/// Without the `tls` feature no listener serves HTTPS.
+#[cfg(not(feature = "tls"))]
+pub(crate) type Tls = Option<std::convert::Infallible>;
 
 impl Connections {
     pub(crate) fn new(header_read_timeout: Duration, idle_grace: Duration) -> Self {
@@ -77,13 +85,26 @@ impl Connections {
             sockets: Arc::default(),
             idle_grace,
             first_request_timeout: header_read_timeout,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout = timeout;
+        self
     }
 
     /// Accepts on `listener` until the drain starts, serving each connection
     /// with `svc`. The task holds the listener; it is dropped, and with it
     /// this generation's copy of the socket, when accepting stops.
-    pub(crate) fn spawn_accept_loop(&self, name: String, listener: Arc<Listener>, svc: BoxService) {
+    pub(crate) fn spawn_accept_loop(
+        &self,
+        name: String,
+        listener: Arc<Listener>,
+        svc: BoxService,
+        tls: Tls,
+    ) {
         let ctx = ConnContext {
             builder: self.builder.clone(),
             tracker: self.tracker.clone(),
@@ -93,6 +114,8 @@ impl Connections {
             sockets: self.sockets.clone(),
             idle_grace: self.idle_grace,
             first_request_timeout: self.first_request_timeout,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            tls,
         };
         // The accept loop is tracked like a connection: the drain is not done
         // until it has stopped, so a connection it accepted just as the drain
@@ -137,6 +160,10 @@ struct ConnContext {
     sockets: Arc<Sockets>,
     idle_grace: Duration,
     first_request_timeout: Duration,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls_handshake_timeout: Duration,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls: Tls,
 }
 
 async fn accept_loop(name: String, listener: Arc<Listener>, svc: BoxService, ctx: ConnContext) {
@@ -153,7 +180,7 @@ async fn accept_loop(name: String, listener: Arc<Listener>, svc: BoxService, ctx
             Ok(stream) => {
                 backoff = MIN_BACKOFF;
                 let io = ctx.sockets.track(stream, ctx.tracker.token());
-                tokio::spawn(serve_connection(io, svc.clone(), ctx.clone()));
+                tokio::spawn(connection(io, svc.clone(), ctx.clone()));
             }
             Err(e) if is_connection_error(&e) => {
                 trace!(addr = %name, cause = %e, "accept: skipped")
@@ -172,7 +199,29 @@ async fn accept_loop(name: String, listener: Arc<Listener>, svc: BoxService, ctx
     debug!(addr = %name, "stopped accepting");
 }
 
-async fn serve_connection(io: Tracked<Stream>, svc: BoxService, ctx: ConnContext) {
+/// One accepted connection, from the TLS handshake (if any) to its end.
+async fn connection(io: Tracked<Stream>, svc: BoxService, ctx: ConnContext) {
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = &ctx.tls {
+        // In the connection's task, never the accept loop: a slow or silent
+        // client delays nobody but itself.
+        let handshake = crate::tls::handshake(acceptor, io, ctx.tls_handshake_timeout);
+        let stream = tokio::select! {
+            s = handshake => s,
+            _ = ctx.cut.cancelled() => return,
+        };
+        if let Some(stream) = stream {
+            serve_connection(stream, svc, ctx).await;
+        }
+        return;
+    }
+    serve_connection(io, svc, ctx).await
+}
+
+async fn serve_connection<IO>(io: IO, svc: BoxService, ctx: ConnContext)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::default());
     let svc = ConnService {
         svc,

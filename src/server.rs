@@ -19,11 +19,15 @@ use crate::restart::{Meaning, Restarter};
 use crate::serve::{Connections, IDLE_GRACE};
 use crate::service::{BoxError, BoxService};
 use crate::signal::{SignalSet, Signals};
+#[cfg(feature = "tls")]
+use crate::tls::TlsSource;
 use crate::Signal;
 
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+#[cfg(feature = "tls")]
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server with one or more listeners that restarts itself without
 /// dropping a connection.
@@ -63,6 +67,8 @@ pub struct Server {
     stop_timeout: Duration,
     ready_timeout: Duration,
     header_read_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls_handshake_timeout: Duration,
     signals: SignalSet,
     commands: mpsc::UnboundedReceiver<Command>,
     handle: Handle,
@@ -73,6 +79,8 @@ pub struct Server {
 struct Registration {
     addr: String,
     svc: BoxService,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsSource>,
 }
 
 impl Default for Server {
@@ -94,6 +102,8 @@ impl Server {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             signals: SignalSet::default(),
             commands,
             handle: Handle {
@@ -129,7 +139,101 @@ impl Server {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
             svc: BoxService::new(svc),
+            #[cfg(feature = "tls")]
+            tls: None,
         });
+        self
+    }
+
+    /// Adds an HTTPS listener on `addr` served by `svc`, with the certificate
+    /// chain and private key in the PEM files `cert_pem` and `key_pem`.
+    ///
+    /// The files are read by [`run`](Self::run) at the start of every
+    /// generation: replace them and reload to rotate the certificate
+    /// (connections already open keep their session). If a new generation
+    /// cannot load them, it fails to start and the old one keeps serving.
+    /// ALPN offers `h2` and `http/1.1`. Plain and HTTPS listeners can be
+    /// mixed in one server.
+    #[cfg(feature = "tls")]
+    pub fn register_tls<S, B>(
+        self,
+        addr: &str,
+        cert_pem: impl AsRef<std::path::Path>,
+        key_pem: impl AsRef<std::path::Path>,
+        svc: S,
+    ) -> Self
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Into<Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let source = TlsSource::Files {
+            cert: cert_pem.as_ref().to_path_buf(),
+            key: key_pem.as_ref().to_path_buf(),
+        };
+        self.register_with_tls(addr, source, svc)
+    }
+
+    /// Adds an HTTPS listener on `addr` with a rustls configuration you
+    /// built (client authentication, a certificate resolver, …).
+    ///
+    /// It is used as it is: set its `alpn_protocols` to
+    /// `[b"h2", b"http/1.1"]` to offer HTTP/2. Being built in code, it is
+    /// rebuilt at every generation only if your code rebuilds it.
+    #[cfg(feature = "tls")]
+    pub fn register_tls_config<S, B>(
+        self,
+        addr: &str,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        svc: S,
+    ) -> Self
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Into<Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        self.register_with_tls(addr, TlsSource::Config(config), svc)
+    }
+
+    #[cfg(feature = "tls")]
+    fn register_with_tls<S, B>(mut self, addr: &str, tls: TlsSource, svc: S) -> Self
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Into<Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        self.registrations.push(Registration {
+            addr: addr.to_owned(),
+            svc: BoxService::new(svc),
+            tls: Some(tls),
+        });
+        self
+    }
+
+    /// How long a client may take to complete the TLS handshake (default
+    /// 10 s). The handshake runs in the connection's own task, so a slow
+    /// client never holds up accepting. Must not be zero.
+    #[cfg(feature = "tls")]
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout = timeout;
         self
     }
 
@@ -191,6 +295,8 @@ impl Server {
             stop_timeout,
             ready_timeout,
             header_read_timeout,
+            #[cfg(feature = "tls")]
+            tls_handshake_timeout,
             signals: signal_set,
             mut commands,
             handle,
@@ -207,6 +313,8 @@ impl Server {
             ("stop_timeout", stop_timeout),
             ("ready_timeout", ready_timeout),
             ("header_read_timeout", header_read_timeout),
+            #[cfg(feature = "tls")]
+            ("tls_handshake_timeout", tls_handshake_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::Config {
@@ -227,6 +335,14 @@ impl Server {
             .collect::<Result<Vec<_>>>()?;
         let mut signals = Signals::install(&signal_set)?;
 
+        // Certificates are read by every generation, before it binds or
+        // adopts anything: one that cannot load them never takes over.
+        #[cfg(feature = "tls")]
+        let acceptors = registrations
+            .iter()
+            .map(|r| r.tls.as_ref().map(TlsSource::acceptor).transpose())
+            .collect::<Result<Vec<_>>>()?;
+
         let started = Instant::now();
         let parent = handover::parent();
         let mut inherited = handover::take_inherited(Listener::check_inherited)?;
@@ -246,15 +362,23 @@ impl Server {
         }
 
         let conns = Connections::new(header_read_timeout, IDLE_GRACE.min(stop_timeout));
+        #[cfg(feature = "tls")]
+        let conns = conns.with_tls_handshake_timeout(tls_handshake_timeout);
+        #[cfg(feature = "tls")]
+        let mut acceptors = acceptors.into_iter();
         let mut addrs = Vec::with_capacity(bound.len());
         for ((name, l), reg) in bound.iter().zip(registrations) {
             let addr = l.local_addr().map_err(|source| Error::Io {
                 context: format!("cannot read the local address of {name}"),
                 source,
             })?;
-            info!(addr = %addr, name = %name, "listening");
+            #[cfg(feature = "tls")]
+            let tls = acceptors.next().flatten();
+            #[cfg(not(feature = "tls"))]
+            let tls = None;
+            info!(addr = %addr, name = %name, tls = tls.is_some(), "listening");
             addrs.push(addr);
-            conns.spawn_accept_loop(name.clone(), l.clone(), reg.svc);
+            conns.spawn_accept_loop(name.clone(), l.clone(), reg.svc, tls);
         }
         let _ = listening.send(Some(addrs));
 

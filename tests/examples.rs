@@ -5,54 +5,14 @@ mod support;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::{get, signal_pid, Proc, Spec};
-
-/// The address from the first `listening addr=…` log line after `skip` of them.
-fn listening_addr(p: &Proc, skip: usize) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = strip_ansi(&p.log());
-        let found: Vec<String> = log
-            .lines()
-            .filter(|l| l.contains("listening"))
-            .filter_map(|l| l.split("addr=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap().to_owned())
-            .collect();
-        if let Some(a) = found.get(skip) {
-            return a.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never listened:\n{}",
-            p.report()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use support::{get, signal_pid, Spec};
 
 fn serves_and_reloads(example: &str, expect: &str) {
     let mut p = Spec::fixture()
         .bin(support::example(example))
         .arg("127.0.0.1:0")
         .spawn();
-    let addr = listening_addr(&p, 0);
+    let addr = p.listening_addr(0);
     let first = p.first_pid();
     let (status, body) = get(&addr, "/").unwrap();
     assert_eq!(status, 200);
@@ -60,11 +20,7 @@ fn serves_and_reloads(example: &str, expect: &str) {
     assert!(body.contains(&first.to_string()), "{body}");
 
     signal_pid(first, Signal::SIGUSR1);
-    assert_eq!(
-        listening_addr(&p, 1),
-        addr,
-        "the reload changed the address"
-    );
+    assert_eq!(p.listening_addr(1), addr, "the reload changed the address");
     p.wait_exit(first, Duration::from_secs(10)).unwrap();
     let (_, body) = get(&addr, "/").unwrap();
     assert!(!body.contains(&first.to_string()), "{body}");

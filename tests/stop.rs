@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use support::{get, signal_pid, Spec};
+use support::{get, signal_pid, start_error, Spec};
 
 fn exited_0(pid: u32) -> Option<WaitStatus> {
     Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0))
@@ -296,30 +296,6 @@ fn handle_shutdown_from_a_handler_stops_gracefully() {
         server.wait_exit(pid, Duration::from_secs(10)),
         exited_0(pid)
     );
-}
-
-/// Starts the fixture expecting it to refuse to start, and returns the
-/// message it printed.
-fn start_error(spec: Spec) -> String {
-    let mut p = spec.spawn();
-    let pid = p.first_pid();
-    let status = p.wait_exit(pid, Duration::from_secs(20));
-    assert_eq!(
-        status,
-        Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 2)),
-        "{}",
-        p.report()
-    );
-    let line = p
-        .wait_line(Duration::from_secs(1), |l| l.starts_with("ERROR"))
-        .unwrap();
-    line.split_once(' ')
-        .unwrap()
-        .1
-        .split_once(' ')
-        .unwrap()
-        .1
-        .to_owned()
 }
 
 #[test]

@@ -88,17 +88,45 @@ pub fn start(
     conns: usize,
     path: &str,
 ) -> Load {
+    start_with(rt, addr, mode, conns, path, None)
+}
+
+/// Like [`start`], over TLS with `tls` (whose ALPN should match `mode`).
+pub fn start_tls(
+    rt: &tokio::runtime::Handle,
+    addr: &str,
+    mode: Mode,
+    conns: usize,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Load {
+    start_with(
+        rt,
+        addr,
+        mode,
+        conns,
+        path,
+        Some(tokio_rustls::TlsConnector::from(tls)),
+    )
+}
+
+fn start_with(
+    rt: &tokio::runtime::Handle,
+    addr: &str,
+    mode: Mode,
+    conns: usize,
+    path: &str,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let workers = (0..conns)
         .map(|_| {
-            rt.spawn(worker(
-                addr.to_owned(),
-                path.to_owned(),
-                mode,
-                stop.clone(),
-                t0,
-            ))
+            let target = Target {
+                addr: addr.to_owned(),
+                tls: tls.clone(),
+            };
+            rt.spawn(worker(target, path.to_owned(), mode, stop.clone(), t0))
         })
         .collect();
     Load {
@@ -137,12 +165,34 @@ impl Sender {
     }
 }
 
-async fn connect(addr: &str, mode: Mode) -> Result<Sender, String> {
-    let tcp = TcpStream::connect(addr)
+#[derive(Clone)]
+struct Target {
+    addr: String,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+async fn connect(target: &Target, mode: Mode) -> Result<Sender, String> {
+    let tcp = TcpStream::connect(&target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let io = TokioIo::new(tcp);
+    match &target.tls {
+        None => handshake(TokioIo::new(tcp), mode).await,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("tls handshake: {e}"))?;
+            handshake(TokioIo::new(stream), mode).await
+        }
+    }
+}
+
+async fn handshake<IO>(io: IO, mode: Mode) -> Result<Sender, String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     match mode {
         Mode::KeepAlive | Mode::Close => {
             let (send, conn) = http1::handshake(io)
@@ -177,18 +227,19 @@ fn unprocessed(err: &hyper::Error) -> bool {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 async fn worker(
-    addr: String,
+    target: Target,
     path: String,
     mode: Mode,
     stop: Arc<AtomicBool>,
     t0: Instant,
 ) -> Stats {
+    let addr = target.addr.clone();
     let mut stats = Stats::default();
     let mut conn: Option<Sender> = None;
     while !stop.load(Ordering::Relaxed) {
         let mut sender = match conn.take() {
             Some(s) if !s.is_closed() => s,
-            _ => match connect(&addr, mode).await {
+            _ => match connect(&target, mode).await {
                 Ok(s) => s,
                 Err(e) => {
                     stats.fail(e);
@@ -210,7 +261,12 @@ async fn worker(
         if mode != Mode::Http2 {
             req = req.header(HOST, &addr);
         } else {
-            req = req.uri(format!("http://{addr}{path}"));
+            let scheme = if target.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            req = req.uri(format!("{scheme}://{addr}{path}"));
         }
         if mode == Mode::Close {
             req = req.header(CONNECTION, "close");

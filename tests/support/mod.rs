@@ -337,6 +337,30 @@ impl Proc {
         std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
+    /// The address of the `skip`+1-th `listening addr=…` event in the log,
+    /// waiting for it (for programs that print no `READY` line).
+    pub fn listening_addr(&self, skip: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = strip_ansi(&self.log());
+            let found: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains("listening"))
+                .filter_map(|l| l.split("addr=").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap().to_owned())
+                .collect();
+            if let Some(a) = found.get(skip) {
+                return a.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never listened:\n{}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the server's log (stderr) contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -487,4 +511,41 @@ pub fn served_pid(body: &str) -> u32 {
         .strip_prefix("pid=")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected body {body:?}"))
+}
+
+/// Starts a server expecting it to refuse to start (exit status 2), and
+/// returns the message it printed.
+pub fn start_error(spec: Spec) -> String {
+    let mut p = spec.spawn();
+    let pid = p.first_pid();
+    let status = p.wait_exit(pid, Duration::from_secs(20));
+    assert_eq!(
+        status,
+        Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 2)),
+        "{}",
+        p.report()
+    );
+    let line = p
+        .wait_line(Duration::from_secs(1), |l| l.starts_with("ERROR"))
+        .unwrap();
+    // "ERROR pid=P message"
+    line.splitn(3, ' ').nth(2).unwrap().to_owned()
+}
+
+/// Removes the colour codes tracing puts in its output.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -1,0 +1,190 @@
+//! HTTPS: rustls configuration, loaded at the start of each generation, and
+//! handshakes, which run in each connection's own task.
+//!
+//! Because a new generation reads the certificate and key files when it
+//! starts, replacing the files and reloading rotates the certificate; and
+//! because a generation that cannot load them exits before it is ready, a bad
+//! file on reload leaves the old generation serving with the old certificate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::ServerConfig;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use crate::error::{Error, Result};
+
+/// Where a listener's TLS configuration comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum TlsSource {
+    /// PEM files, read at the start of every generation.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A configuration built by the user.
+    Config(Arc<ServerConfig>),
+}
+
+impl TlsSource {
+    /// Loads the configuration for this generation.
+    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor> {
+        let config = match self {
+            TlsSource::Files { cert, key } => Arc::new(load_files(cert, key)?),
+            TlsSource::Config(config) => config.clone(),
+        };
+        Ok(TlsAcceptor::from(config))
+    }
+}
+
+fn tls_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Tls {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn pem_error(path: &Path, what: &str, e: pem::Error) -> Error {
+    match e {
+        pem::Error::Io(e) => tls_error(path, format!("cannot read: {e}")),
+        pem::Error::NoItemsFound => tls_error(path, format!("no {what} found (expected PEM)")),
+        e => tls_error(path, format!("malformed PEM: {e}")),
+    }
+}
+
+/// Reads a PEM certificate chain and private key into a server
+/// configuration offering HTTP/2 and HTTP/1.1.
+fn load_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem_error(cert, "certificate", e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(cert, "certificate", e))?;
+    if chain.is_empty() {
+        return Err(tls_error(cert, "no certificate found (expected PEM)"));
+    }
+    let private_key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, "private key", e))?;
+    // The provider is named rather than taken from the process default, which
+    // is ambiguous (and panics) when another crate enables a second one.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(cert, format!("no usable protocol version: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => tls_error(
+                key,
+                format!(
+                    "private key does not match the certificate in {}",
+                    cert.display()
+                ),
+            ),
+            e => tls_error(key, format!("unusable private key or certificate: {e}")),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Runs a server handshake with a deadline. A failed or timed-out handshake
+/// costs nothing but a debug line.
+pub(crate) async fn handshake<IO>(
+    acceptor: &TlsAcceptor,
+    io: IO,
+    timeout: Duration,
+) -> Option<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            debug!(cause = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(?timeout, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    #[test]
+    fn good_files_load_with_alpn() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = write(dir.path(), "cert.pem", ck.cert.pem());
+        let key = write(dir.path(), "key.pem", ck.signing_key.serialize_pem());
+        let config = load_files(&cert, &key).unwrap();
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = write(dir.path(), "cert.pem", a.cert.pem());
+        let key = write(dir.path(), "key.pem", a.signing_key.serialize_pem());
+        let other_key = write(dir.path(), "other.pem", b.signing_key.serialize_pem());
+        let garbage = write(
+            dir.path(),
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+        );
+        let empty = write(dir.path(), "empty.pem", "");
+        let missing = dir.path().join("missing.pem");
+        let d = dir.path().display();
+        let err = |c: &Path, k: &Path| load_files(c, k).unwrap_err().to_string();
+
+        assert_eq!(
+            err(&missing, &key),
+            format!(
+                "TLS file {d}/missing.pem: cannot read: No such file or directory (os error 2)"
+            )
+        );
+        assert_eq!(
+            err(&cert, &missing),
+            format!(
+                "TLS file {d}/missing.pem: cannot read: No such file or directory (os error 2)"
+            )
+        );
+        assert!(
+            err(&garbage, &key).starts_with(&format!("TLS file {d}/garbage.pem: malformed PEM: "))
+        );
+        assert_eq!(
+            err(&empty, &key),
+            format!("TLS file {d}/empty.pem: no certificate found (expected PEM)")
+        );
+        assert_eq!(
+            err(&cert, &empty),
+            format!("TLS file {d}/empty.pem: no private key found (expected PEM)")
+        );
+        // A certificate where the key should be: no key in it.
+        assert_eq!(
+            err(&cert, &cert),
+            format!("TLS file {d}/cert.pem: no private key found (expected PEM)")
+        );
+        assert_eq!(
+            err(&cert, &other_key),
+            format!("TLS file {d}/other.pem: private key does not match the certificate in {d}/cert.pem")
+        );
+        assert!(err(dir.path(), &key).starts_with(&format!("TLS file {d}: cannot read: ")));
+    }
+}

@@ -1,0 +1,420 @@
+//! HTTPS with rustls: serving, reloads under load, certificate rotation,
+//! bad files. Certificates come from a CA made here with rcgen, and every
+//! client verifies against it.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::CertificateDer;
+use support::load::{self, Mode};
+use support::{get, served_pid, signal_pid, start_error, Spec};
+
+/// A test certificate authority.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for localhost and 127.0.0.1: (cert PEM, key PEM, DER).
+    fn leaf(&self) -> (String, String, CertificateDer<'static>) {
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// Certificate and key files in a temporary directory.
+struct Files {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Files {
+    fn new(cert: &str, key: &str) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Files {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            _dir: dir,
+        };
+        f.replace(cert, key);
+        f
+    }
+
+    /// Replaces both files the way a deploy would: write aside, then rename.
+    fn replace(&self, cert: &str, key: &str) {
+        for (path, contents) in [(&self.cert, cert), (&self.key, key)] {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, contents).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
+
+    fn spec(&self) -> Spec<'static> {
+        Spec::fixture()
+            .env("FIXTURE_TLS_CERT", self.cert.to_str().unwrap())
+            .env("FIXTURE_TLS_KEY", self.key.to_str().unwrap())
+    }
+}
+
+/// A blocking HTTPS connection, verified against the test CA.
+struct Https {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl Https {
+    fn connect(addr: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<Https> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(Https { stream })
+    }
+
+    fn peer_cert(&self) -> CertificateDer<'static> {
+        self.stream.conn.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()
+    }
+
+    fn alpn(&self) -> Option<Vec<u8>> {
+        self.stream.conn.alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// Sends a keep-alive GET and reads one response with a Content-Length body.
+    fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        write!(
+            self.stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )?;
+        self.stream.flush()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.stream.read_exact(&mut byte)?;
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok((status, String::from_utf8(body).unwrap()))
+    }
+}
+
+fn h1(ca: &Ca) -> Arc<rustls::ClientConfig> {
+    ca.client(&[b"http/1.1"])
+}
+
+#[test]
+fn https_serves_http1_and_http2_by_alpn_next_to_plain_http() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let server = files
+        .spec()
+        .arg("127.0.0.1:0")
+        .arg("tls:127.0.0.1:0")
+        .start();
+    let addrs = server.current().addrs;
+    let pid = server.current().pid;
+
+    assert_eq!(get(&addrs[0], "/").unwrap(), (200, format!("pid={pid}\n")));
+    let mut https = Https::connect(&addrs[1], h1(&ca)).unwrap();
+    assert_eq!(https.alpn().as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(https.get("/").unwrap(), (200, format!("pid={pid}\n")));
+    assert_eq!(https.get("/").unwrap().0, 200, "keep-alive over TLS");
+
+    let h2 = Https::connect(&addrs[1], ca.client(&[b"h2", b"http/1.1"])).unwrap();
+    assert_eq!(h2.alpn().as_deref(), Some(&b"h2"[..]));
+    let rt = load::runtime();
+    let l = load::start_tls(
+        rt.handle(),
+        &addrs[1],
+        Mode::Http2,
+        2,
+        "/",
+        ca.client(&[b"h2"]),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = l.finish();
+    assert!(stats.ok > 10 && stats.failed == 0, "{stats:?}");
+}
+
+fn reload_under_https_load(mode: Mode, alpn: &[u8], reloads: usize) {
+    let _heavy = support::heavy();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let mut server = files.spec().arg("tls:127.0.0.1:0").start();
+    let addr = server.addr();
+    let rt = load::runtime();
+    let l = load::start_tls(rt.handle(), &addr, mode, 32, "/", ca.client(&[alpn]));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![server.current().pid];
+    for _ in 0..reloads {
+        pids.push(server.reload(Signal::SIGHUP).pid);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = l.finish();
+    eprintln!(
+        "HTTPS {mode:?}: {reloads} reloads, {} ok, {} failed, {} retried",
+        stats.ok, stats.failed, stats.retried
+    );
+    assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, server.report());
+    assert!(stats.ok > 500, "{stats:?}");
+    for pid in &pids[..pids.len() - 1] {
+        server
+            .wait_exit(*pid, Duration::from_secs(15))
+            .expect("old generation exits");
+    }
+    assert_eq!(server.alive(), vec![*pids.last().unwrap()]);
+}
+
+#[test]
+fn reload_under_https_keep_alive_load_loses_nothing() {
+    reload_under_https_load(Mode::KeepAlive, b"http/1.1", 20);
+}
+
+#[test]
+fn reload_under_https_http2_load_loses_nothing() {
+    reload_under_https_load(Mode::Http2, b"h2", 10);
+}
+
+#[test]
+fn replacing_the_files_and_reloading_rotates_the_certificate() {
+    let ca = Ca::new();
+    let (cert_a, key_a, der_a) = ca.leaf();
+    let (cert_b, key_b, der_b) = ca.leaf();
+    let files = Files::new(&cert_a, &key_a);
+    let server = files.spec().arg("tls:127.0.0.1:0").start();
+    let addr = server.addr();
+    let old = server.current().pid;
+
+    let mut open = Https::connect(&addr, h1(&ca)).unwrap();
+    assert_eq!(open.peer_cert(), der_a);
+    assert_eq!(open.get("/").unwrap(), (200, format!("pid={old}\n")));
+
+    files.replace(&cert_b, &key_b);
+    let new = server.reload(Signal::SIGUSR1);
+
+    // A new client sees the new certificate once the new generation answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Https::connect(&addr, h1(&ca)).unwrap();
+        let (_, body) = c.get("/").unwrap();
+        if served_pid(&body) == new.pid {
+            assert_eq!(
+                c.peer_cert(),
+                der_b,
+                "the new generation serves the new certificate"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    // The connection that was already open keeps its session and is served …
+    assert_eq!(open.get("/").unwrap(), (200, format!("pid={old}\n")));
+    assert_eq!(open.peer_cert(), der_a);
+    // … then closed by the drain with a TLS close_notify: rustls reports a
+    // clean end (Ok(0)), not an unexpected EOF.
+    let mut rest = Vec::new();
+    assert_eq!(open.stream.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn bad_certificate_files_stop_the_start_with_the_file_named() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let (_, other_key, _) = ca.leaf();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, contents: &str| -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    };
+    let cert = write("cert.pem", &cert);
+    let key = write("key.pem", &key);
+    let other_key = write("other-key.pem", &other_key);
+    let garbage = write(
+        "garbage.pem",
+        "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n",
+    );
+    let missing = dir.path().join("missing.pem");
+    let d = dir.path().display().to_string();
+    let start = |c: &Path, k: &Path| {
+        start_error(
+            Spec::fixture()
+                .arg("tls:127.0.0.1:0")
+                .env("FIXTURE_TLS_CERT", c.to_str().unwrap())
+                .env("FIXTURE_TLS_KEY", k.to_str().unwrap()),
+        )
+    };
+    assert_eq!(
+        start(&missing, &key),
+        format!("TLS file {d}/missing.pem: cannot read: No such file or directory (os error 2)")
+    );
+    assert_eq!(
+        start(&cert, &missing),
+        format!("TLS file {d}/missing.pem: cannot read: No such file or directory (os error 2)")
+    );
+    assert_eq!(
+        start(dir.path(), &key),
+        format!("TLS file {d}: cannot read: Is a directory (os error 21)")
+    );
+    assert!(
+        start(&garbage, &key).starts_with(&format!("TLS file {d}/garbage.pem: malformed PEM: "))
+    );
+    assert_eq!(
+        start(&cert, &cert),
+        format!("TLS file {d}/cert.pem: no private key found (expected PEM)")
+    );
+    assert_eq!(
+        start(&cert, &other_key),
+        format!("TLS file {d}/other-key.pem: private key does not match the certificate in {d}/cert.pem")
+    );
+}
+
+#[test]
+fn a_bad_certificate_on_reload_leaves_the_old_generation_serving() {
+    let ca = Ca::new();
+    let (cert, key, der) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let server = files.spec().arg("tls:127.0.0.1:0").start();
+    let addr = server.addr();
+    let old = server.current().pid;
+
+    files.replace("not a certificate", &key);
+    signal_pid(old, Signal::SIGHUP);
+    server.wait_log(
+        "new generation exited before it was ready; still serving",
+        Duration::from_secs(10),
+    );
+    let error = server
+        .wait_line(Duration::from_secs(5), |l| l.starts_with("ERROR"))
+        .unwrap();
+    assert!(
+        error.ends_with("cert.pem: no certificate found (expected PEM)"),
+        "{error}"
+    );
+
+    let mut c = Https::connect(&addr, h1(&ca)).unwrap();
+    assert_eq!(c.peer_cert(), der, "still the old certificate");
+    assert_eq!(c.get("/").unwrap(), (200, format!("pid={old}\n")));
+}
+
+#[test]
+fn a_silent_or_broken_client_delays_nobody() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let server = files
+        .spec()
+        .arg("tls:127.0.0.1:0")
+        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", "500")
+        .start();
+    let addr = server.addr();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut broken = TcpStream::connect(&addr).unwrap();
+    broken.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+
+    // Others are served at once.
+    let t = Instant::now();
+    for _ in 0..5 {
+        let mut c = Https::connect(&addr, h1(&ca)).unwrap();
+        assert_eq!(c.get("/").unwrap().0, 200);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // The silent client is dropped at the handshake timeout.
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    server.wait_log("TLS handshake failed", Duration::from_secs(5));
+    server.wait_log("TLS handshake timed out", Duration::from_secs(5));
+}
+
+#[test]
+fn the_tls_example_serves_https_and_rotates_on_reload() {
+    let ca = Ca::new();
+    let (cert_a, key_a, der_a) = ca.leaf();
+    let (cert_b, key_b, der_b) = ca.leaf();
+    let files = Files::new(&cert_a, &key_a);
+    let mut p = Spec::fixture()
+        .bin(support::example("tls"))
+        .arg("127.0.0.1:0")
+        .arg(files.cert.to_str().unwrap())
+        .arg(files.key.to_str().unwrap())
+        .spawn();
+    let first = p.first_pid();
+    let addr = p.listening_addr(0);
+    let mut c = Https::connect(&addr, h1(&ca)).unwrap();
+    assert_eq!(c.peer_cert(), der_a);
+    assert!(c
+        .get("/")
+        .unwrap()
+        .1
+        .starts_with("Hello over HTTP/1.1 from pid"));
+
+    files.replace(&cert_b, &key_b);
+    signal_pid(first, Signal::SIGUSR1);
+    p.wait_exit(first, Duration::from_secs(10))
+        .expect("old generation exits");
+    let c = Https::connect(&addr, h1(&ca)).unwrap();
+    assert_eq!(c.peer_cert(), der_b);
+}
