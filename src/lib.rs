@@ -96,7 +96,6 @@ mod tls;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -128,11 +127,15 @@ pub use signal::Signal;
 /// ```
 pub async fn listen_and_serve<S, B>(addr: &str, svc: S) -> Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body + Send + 'static,
-    B::Data: Into<Bytes>,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     Server::new().register(addr, svc).run().await
@@ -166,11 +169,15 @@ pub async fn listen_and_serve_tls<S, B>(
     svc: S,
 ) -> Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body + Send + 'static,
-    B::Data: Into<Bytes>,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     Server::new()

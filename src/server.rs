@@ -4,7 +4,6 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -17,7 +16,7 @@ use crate::handover;
 use crate::listener::{self, Listener, LocalAddr};
 use crate::restart::{Meaning, Restarter};
 use crate::serve::{Connections, IDLE_GRACE};
-use crate::service::{BoxError, BoxService};
+use crate::service::{self, BoxError, Launch};
 use crate::signal::{SignalSet, Signals};
 #[cfg(feature = "tls")]
 use crate::tls::TlsSource;
@@ -75,12 +74,19 @@ pub struct Server {
     listening: watch::Sender<Option<Vec<LocalAddr>>>,
 }
 
-#[derive(Debug)]
 struct Registration {
     addr: String,
-    svc: BoxService,
+    svc: Box<dyn Launch>,
     #[cfg(feature = "tls")]
     tls: Option<TlsSource>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Server {
@@ -127,18 +133,19 @@ impl Server {
     pub fn register<S, B>(mut self, addr: &str, svc: S) -> Self
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
             + Send
             + Sync
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Into<Bytes>,
+        B::Data: Send,
         B::Error: Into<BoxError>,
     {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
-            svc: BoxService::new(svc),
+            svc: service::register::<S, B>(svc),
             #[cfg(feature = "tls")]
             tls: None,
         });
@@ -164,13 +171,14 @@ impl Server {
     ) -> Self
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
             + Send
             + Sync
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Into<Bytes>,
+        B::Data: Send,
         B::Error: Into<BoxError>,
     {
         let source = TlsSource::Files {
@@ -195,13 +203,14 @@ impl Server {
     ) -> Self
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
             + Send
             + Sync
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Into<Bytes>,
+        B::Data: Send,
         B::Error: Into<BoxError>,
     {
         self.register_with_tls(addr, TlsSource::Config(config), svc)
@@ -211,18 +220,19 @@ impl Server {
     fn register_with_tls<S, B>(mut self, addr: &str, tls: TlsSource, svc: S) -> Self
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
             + Send
             + Sync
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Into<Bytes>,
+        B::Data: Send,
         B::Error: Into<BoxError>,
     {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
-            svc: BoxService::new(svc),
+            svc: service::register::<S, B>(svc),
             tls: Some(tls),
         });
         self
@@ -361,9 +371,14 @@ impl Server {
             warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
         }
 
-        let conns = Connections::new(header_read_timeout, IDLE_GRACE.min(stop_timeout));
-        #[cfg(feature = "tls")]
-        let conns = conns.with_tls_handshake_timeout(tls_handshake_timeout);
+        #[cfg(not(feature = "tls"))]
+        let tls_handshake_timeout = Duration::ZERO;
+        let conns = Connections::new(
+            header_read_timeout,
+            IDLE_GRACE.min(stop_timeout),
+            tls_handshake_timeout,
+        );
+        conns.spawn_sweeper();
         #[cfg(feature = "tls")]
         let mut acceptors = acceptors.into_iter();
         let mut addrs = Vec::with_capacity(bound.len());
@@ -378,7 +393,7 @@ impl Server {
             let tls = None;
             info!(addr = %addr, name = %name, tls = tls.is_some(), "listening");
             addrs.push(addr);
-            conns.spawn_accept_loop(name.clone(), l.clone(), reg.svc, tls);
+            reg.svc.launch(&conns, name.clone(), l.clone(), tls);
         }
         let _ = listening.send(Some(addrs));
 

@@ -75,6 +75,7 @@ impl Stats {
 }
 
 pub struct Load {
+    t0: Instant,
     stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<Stats>>,
     rt: tokio::runtime::Handle,
@@ -130,6 +131,7 @@ fn start_with(
         })
         .collect();
     Load {
+        t0,
         stop,
         workers,
         rt: rt.clone(),
@@ -137,6 +139,12 @@ fn start_with(
 }
 
 impl Load {
+    /// When the load started: bucket `i` of [`Stats::buckets`] covers
+    /// `t0 + i * 100 ms` to `t0 + (i + 1) * 100 ms`.
+    pub fn t0(&self) -> Instant {
+        self.t0
+    }
+
     /// Stops the workers (each finishes its request in flight) and sums up.
     pub fn finish(self) -> Stats {
         self.stop.store(true, Ordering::Relaxed);

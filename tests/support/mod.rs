@@ -73,8 +73,12 @@ pub struct Spec<'a> {
 
 impl<'a> Spec<'a> {
     pub fn fixture() -> Self {
+        Self::new(fixture())
+    }
+
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
         Spec {
-            bin: fixture(),
+            bin: bin.into(),
             args: Vec::new(),
             env: Vec::new(),
         }

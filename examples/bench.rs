@@ -1,0 +1,611 @@
+//! What a reload costs, and what endless costs in steady state, measured
+//! against a plain hyper-util server in the same run.
+//!
+//! ```text
+//! cargo run --release --example bench            # about 2 minutes; writes docs/bench.json and docs/reload.svg
+//! cargo run --release --example bench -- --quick # a few seconds, to check that it runs
+//! ```
+//!
+//! Options: `--steady-only` (skip reloads and memory), `--conns N` (64), `--reloads N` (50 per mode), `--secs S` (2 per
+//! round), `--rounds R` (6 per server and mode), `--json PATH`, `--svg PATH`.
+//!
+//! The binary plays every part: run with `serve-endless ADDR` it is the
+//! endless server (the `hello` example's handler), with `serve-baseline ADDR`
+//! the same handler on a plain hyper-util accept loop. Every figure is a
+//! ratio to the baseline, or a count, measured in one run, so that it holds
+//! on a shared, noisy machine. The load generator is the one the tests use:
+//! one connection per worker, requests back to back, every failure counted.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(missing_docs)]
+mod support;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use support::load::{self, Mode, Stats};
+use support::{signal_pid, Proc, Spec};
+
+async fn hello(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
+    Ok(Response::new(format!(
+        "Hello from pid {}\n",
+        std::process::id()
+    )))
+}
+
+fn ready_line(addrs: &[String]) {
+    println!(
+        "READY pid={} reloaded={} addrs={}",
+        std::process::id(),
+        endless::started_by_reload(),
+        addrs.join(",")
+    );
+}
+
+/// The endless server.
+async fn serve_endless(addr: String) {
+    let server = endless::Server::new().register(&addr, service_fn(hello));
+    let handle = server.handle();
+    tokio::spawn(async move {
+        if let Ok(addrs) = handle.listening().await {
+            ready_line(&addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        }
+    });
+    server.run().await.expect("endless server");
+}
+
+/// The baseline: the same handler on a plain hyper-util accept loop.
+///
+/// The loop runs in a spawned task, as endless's accept loops do: run inside
+/// `block_on` it would sit on the main thread, outside the worker pool, and
+/// every connection it spawns would go through the runtime's shared queue.
+/// That difference (about 10% in `Connection: close` mode, in endless's
+/// favour) is about where an accept loop runs, not about what endless costs.
+///
+/// With `header_timeout`, hyper's HTTP/1 header-read timeout is on (30 s,
+/// endless's default), which needs a timer: the second baseline, to show what
+/// that feature of hyper costs apart from endless.
+async fn serve_baseline(addr: String, header_timeout: bool) {
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    ready_line(&[listener.local_addr().unwrap().to_string()]);
+    tokio::spawn(accept_baseline(listener, header_timeout))
+        .await
+        .expect("baseline accept loop");
+}
+
+async fn accept_baseline(listener: tokio::net::TcpListener, header_timeout: bool) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if header_timeout {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+    }
+    let builder = std::sync::Arc::new(builder);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(hello))
+                .await;
+        });
+    }
+}
+
+struct Options {
+    quick: bool,
+    steady_only: bool,
+    conns: usize,
+    reloads: usize,
+    secs: f64,
+    rounds: usize,
+    json: String,
+    svg: String,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut o = Options {
+            quick: false,
+            steady_only: false,
+            conns: 64,
+            reloads: 50,
+            secs: 2.0,
+            rounds: 6,
+            json: concat!(env!("CARGO_MANIFEST_DIR"), "/docs/bench.json").into(),
+            svg: concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reload.svg").into(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+            match a.as_str() {
+                "--quick" => {
+                    o.quick = true;
+                    o.conns = 8;
+                    o.reloads = 3;
+                    o.secs = 0.4;
+                    o.rounds = 1;
+                }
+                "--steady-only" => o.steady_only = true,
+                "--conns" => o.conns = value().parse().expect("--conns N"),
+                "--reloads" => o.reloads = value().parse().expect("--reloads N"),
+                "--secs" => o.secs = value().parse().expect("--secs S"),
+                "--rounds" => o.rounds = value().parse().expect("--rounds R"),
+                "--json" => o.json = value(),
+                "--svg" => o.svg = value(),
+                other => panic!("unknown option {other}"),
+            }
+        }
+        o
+    }
+}
+
+fn server(role: &str) -> Proc {
+    Spec::new(std::env::current_exe().unwrap())
+        .arg(role)
+        .arg("127.0.0.1:0")
+        .start()
+}
+
+/// CPU time `pid` has used, in ns: the sum over its threads (schedstat is
+/// kept in ns, unlike the clock ticks of /proc/PID/stat).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+struct Round {
+    /// Requests/s over the whole buckets.
+    rps: f64,
+    /// Server CPU time per request, µs.
+    cpu_us: f64,
+    failed: u64,
+}
+
+/// Requests/s and CPU per request of `role` under `mode` load for `secs`.
+fn throughput(rt: &tokio::runtime::Runtime, role: &str, mode: Mode, o: &Options) -> Round {
+    let p = server(role);
+    let pid = p.current().pid;
+    let cpu0 = cpu_ns(pid);
+    let l = load::start(rt.handle(), &p.addr(), mode, o.conns, "/");
+    std::thread::sleep(Duration::from_secs_f64(o.secs));
+    let stats = l.finish();
+    let cpu = cpu_ns(pid) - cpu0;
+    // Whole buckets only, skipping the first (connections opening).
+    let full = (o.secs * 10.0) as usize;
+    let counted: u64 = stats
+        .buckets
+        .iter()
+        .skip(1)
+        .take(full.saturating_sub(1))
+        .sum();
+    let rps = counted as f64 / ((full.saturating_sub(1)) as f64 / 10.0);
+    Round {
+        rps,
+        cpu_us: cpu as f64 / 1e3 / stats.ok.max(1) as f64,
+        failed: stats.failed,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Resident memory in KiB: all of it (`VmRSS`), and the anonymous part
+/// (`RssAnon`: heap and stacks, without the program's code and data pages,
+/// which are file-backed, shared and reclaimable).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Whether `pid` has exited (gone, or a zombie), reaping it if it is ours.
+fn exited(pid: u32) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(WaitPidFlag::WNOHANG),
+    ) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(_) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+                .unwrap_or(true),
+        },
+    }
+}
+
+struct ReloadRun {
+    mode: Mode,
+    stats: Stats,
+    /// Signal to the new generation's READY line, ms.
+    ready_ms: Vec<f64>,
+    /// Signal to the old generation's exit, ms.
+    exit_ms: Vec<f64>,
+    /// Reload signal times, seconds since the load started.
+    marks: Vec<f64>,
+    /// The lowest 100 ms bucket around each reload, as a share of the median bucket.
+    dips: Vec<f64>,
+}
+
+fn reload_run(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) -> ReloadRun {
+    let p = server("serve-endless");
+    let l = load::start(rt.handle(), &p.addr(), mode, o.conns, "/");
+    let t0 = l.t0();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ready_ms = Vec::new();
+    let mut marks = Vec::new();
+    // (old pid, signal time) until each old generation has exited.
+    let mut exiting: Vec<(u32, Instant)> = Vec::new();
+    let mut exit_ms = Vec::new();
+    for _ in 0..o.reloads {
+        let old = p.current().pid;
+        let t = Instant::now();
+        signal_pid(old, Signal::SIGHUP);
+        p.wait_ready_after(old, Duration::from_secs(30))
+            .expect("new generation");
+        ready_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        marks.push((t - t0).as_secs_f64());
+        exiting.push((old, t));
+        // Let the load settle between reloads, watching the old ones exit.
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            exiting.retain(|(pid, t)| {
+                if exited(*pid) {
+                    exit_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    false
+                } else {
+                    true
+                }
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = l.finish();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exiting.is_empty() && Instant::now() < deadline {
+        exiting.retain(|(pid, t)| {
+            if exited(*pid) {
+                exit_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                false
+            } else {
+                true
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Buckets: skip the first (connections opening) and the last (partial).
+    let b = &stats.buckets;
+    let steady: Vec<f64> = b
+        .iter()
+        .skip(1)
+        .take(b.len().saturating_sub(2))
+        .map(|&v| v as f64)
+        .collect();
+    let med = median(&mut steady.clone());
+    let dips = marks
+        .iter()
+        .map(|m| {
+            let i = (m * 10.0) as usize;
+            let lo = i.saturating_sub(1).max(1);
+            let hi = (i + 3).min(b.len().saturating_sub(2));
+            let min = (lo..=hi.max(lo))
+                .filter_map(|k| b.get(k))
+                .min()
+                .copied()
+                .unwrap_or(0);
+            min as f64 / med
+        })
+        .collect();
+    ReloadRun {
+        mode,
+        stats,
+        ready_ms,
+        exit_ms,
+        marks,
+        dips,
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::KeepAlive => "keep-alive",
+        Mode::Close => "close",
+        Mode::Http2 => "h2c",
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("serve-endless") => return runtime().block_on(serve_endless(args.next().unwrap())),
+        Some("serve-baseline") => {
+            return runtime().block_on(serve_baseline(args.next().unwrap(), false))
+        }
+        Some("serve-baseline-timeout") => {
+            return runtime().block_on(serve_baseline(args.next().unwrap(), true))
+        }
+        _ => {}
+    }
+    let o = Options::parse();
+    let rt = load::runtime();
+    let modes = [Mode::KeepAlive, Mode::Close, Mode::Http2];
+    println!("endless benchmark: {}", machine());
+    println!(
+        "load: {} connections; steady state {} round(s) of {:.1} s per server and mode, alternating; {} reloads per mode",
+        o.conns, o.rounds, o.secs, o.reloads
+    );
+
+    // 1. Steady state, alternating so that drift hits both alike.
+    let mut steady = Vec::new();
+    for &mode in &modes {
+        let (mut base, mut timed, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..o.rounds {
+            base.push(throughput(&rt, "serve-baseline", mode, &o));
+            timed.push(throughput(&rt, "serve-baseline-timeout", mode, &o));
+            ours.push(throughput(&rt, "serve-endless", mode, &o));
+        }
+        let failed: u64 = base
+            .iter()
+            .chain(&timed)
+            .chain(&ours)
+            .map(|r| r.failed)
+            .sum();
+        // Each round's ratio pairs runs made seconds apart; the median of
+        // those is what survives the machine's drift.
+        let ratio = |f: fn(&Round) -> f64, a: &[Round], b: &[Round]| {
+            let v: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
+            (median(&mut v.clone()), v)
+        };
+        let med =
+            |f: fn(&Round) -> f64, v: &[Round]| median(&mut v.iter().map(f).collect::<Vec<_>>());
+        let (rps_ratio, round_ratios) = ratio(|r| r.rps, &ours, &base);
+        let (cpu_ratio, round_cpu_ratios) = ratio(|r| r.cpu_us, &ours, &base);
+        let (rps_ratio_timed, _) = ratio(|r| r.rps, &ours, &timed);
+        let (cpu_ratio_timed, _) = ratio(|r| r.cpu_us, &ours, &timed);
+        steady.push(json!({"mode": mode_name(mode),
+            "baseline_rps": med(|r| r.rps, &base), "endless_rps": med(|r| r.rps, &ours),
+            "ratio": rps_ratio, "round_ratios": round_ratios,
+            "baseline_cpu_us_per_request": med(|r| r.cpu_us, &base),
+            "endless_cpu_us_per_request": med(|r| r.cpu_us, &ours),
+            "cpu_ratio": cpu_ratio, "round_cpu_ratios": round_cpu_ratios,
+            "with_header_timeout": {"baseline_rps": med(|r| r.rps, &timed),
+                "baseline_cpu_us_per_request": med(|r| r.cpu_us, &timed),
+                "ratio": rps_ratio_timed, "cpu_ratio": cpu_ratio_timed},
+            "failed": failed}));
+    }
+
+    if o.steady_only {
+        for s in &steady {
+            println!("{s}");
+        }
+        return;
+    }
+
+    // 2. Reloads under load.
+    let runs: Vec<ReloadRun> = modes.iter().map(|&m| reload_run(&rt, m, &o)).collect();
+
+    // 3. Memory and FDs: idle, and after 100 reloads.
+    let base = server("serve-baseline");
+    let ours = server("serve-endless");
+    std::thread::sleep(Duration::from_millis(300));
+    let (base_rss, first_rss) = (rss_kib(base.current().pid), rss_kib(ours.current().pid));
+    let first_fds = fd_count(ours.current().pid);
+    drop(base);
+    let n_mem = if o.quick { 5 } else { 100 };
+    for _ in 0..n_mem {
+        ours.reload(Signal::SIGHUP);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let last = ours.current().pid;
+    let (last_rss, last_fds) = (rss_kib(last), fd_count(last));
+    drop(ours);
+
+    // Report.
+    println!();
+    println!("Steady state (medians of per-round ratios; the second baseline has hyper's 30 s header-read timeout on, as endless does):");
+    println!();
+    println!("| mode | req/s baseline / endless | req/s ratio | CPU µs per request, baseline / endless | CPU ratio | vs baseline with header timeout: req/s ratio, CPU ratio |");
+    println!("|---|---|---|---|---|---|");
+    for s in &steady {
+        let f = |k: &str| s[k].as_f64().unwrap();
+        let t = &s["with_header_timeout"];
+        println!(
+            "| {} | {:.0} / {:.0} | {:.3} | {:.2} / {:.2} | {:.3} | {:.3}, {:.3} |",
+            s["mode"].as_str().unwrap(),
+            f("baseline_rps"),
+            f("endless_rps"),
+            f("ratio"),
+            f("baseline_cpu_us_per_request"),
+            f("endless_cpu_us_per_request"),
+            f("cpu_ratio"),
+            t["ratio"].as_f64().unwrap(),
+            t["cpu_ratio"].as_f64().unwrap(),
+        );
+    }
+    println!();
+    println!("Reloads under load:");
+    println!();
+    println!("| mode | reloads | requests | failed | retried (never processed) | signal→serving p50 / p99 / max | signal→old exit p50 / max | lowest 100 ms bucket, worst / median |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut reload_json = Vec::new();
+    for r in &runs {
+        let (mut ready, mut exit, mut dips) =
+            (r.ready_ms.clone(), r.exit_ms.clone(), r.dips.clone());
+        let row = json!({
+            "mode": mode_name(r.mode), "reloads": r.ready_ms.len(), "requests_ok": r.stats.ok,
+            "failed": r.stats.failed, "retried_unprocessed": r.stats.retried, "errors": r.stats.errors,
+            "ready_ms": {"p50": median(&mut ready), "p99": percentile(&mut ready, 0.99), "max": percentile(&mut ready, 1.0)},
+            "old_exit_ms": {"p50": median(&mut exit), "max": percentile(&mut exit, 1.0), "exits_seen": r.exit_ms.len()},
+            "lowest_bucket_share": {"worst": percentile(&mut dips, 0.0), "median": median(&mut dips)},
+        });
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.0}% / {:.0}% |",
+            mode_name(r.mode),
+            r.ready_ms.len(),
+            r.stats.ok,
+            r.stats.failed,
+            r.stats.retried,
+            row["ready_ms"]["p50"].as_f64().unwrap(),
+            row["ready_ms"]["p99"].as_f64().unwrap(),
+            row["ready_ms"]["max"].as_f64().unwrap(),
+            row["old_exit_ms"]["p50"].as_f64().unwrap(),
+            row["old_exit_ms"]["max"].as_f64().unwrap(),
+            row["lowest_bucket_share"]["worst"].as_f64().unwrap() * 100.0,
+            row["lowest_bucket_share"]["median"].as_f64().unwrap() * 100.0,
+        );
+        if !r.stats.errors.is_empty() {
+            println!("  {} errors: {:?}", mode_name(r.mode), r.stats.errors);
+        }
+        reload_json.push(row);
+    }
+    println!();
+    println!(
+        "idle RSS: baseline {} KiB, endless {} KiB (ratio {:.3}); anonymous (heap, stacks): baseline {} KiB, endless {} KiB (ratio {:.3})",
+        base_rss.0,
+        first_rss.0,
+        first_rss.0 as f64 / base_rss.0 as f64,
+        base_rss.1,
+        first_rss.1,
+        first_rss.1 as f64 / base_rss.1 as f64
+    );
+    println!(
+        "after {n_mem} reloads: RSS {} KiB, anonymous {} KiB, FDs {last_fds} (first generation: {} KiB, {} KiB, {first_fds} FDs)",
+        last_rss.0, last_rss.1, first_rss.0, first_rss.1
+    );
+
+    let report = json!({
+        "machine": machine(),
+        "options": {"conns": o.conns, "reloads": o.reloads, "secs": o.secs, "rounds": o.rounds, "quick": o.quick},
+        "steady_state": steady,
+        "reloads": reload_json,
+        "memory": {
+            "baseline_idle_rss_kib": base_rss.0, "endless_idle_rss_kib": first_rss.0,
+            "rss_ratio": first_rss.0 as f64 / base_rss.0 as f64,
+            "baseline_idle_anon_kib": base_rss.1, "endless_idle_anon_kib": first_rss.1,
+            "anon_ratio": first_rss.1 as f64 / base_rss.1 as f64,
+            "reloads": n_mem, "rss_after_reloads_kib": last_rss.0, "anon_after_reloads_kib": last_rss.1,
+            "fds_first": first_fds, "fds_after_reloads": last_fds},
+        "series": runs.iter().map(|r| json!({"mode": mode_name(r.mode), "buckets_100ms": r.stats.buckets, "reload_marks_s": r.marks})).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = std::path::Path::new(&o.json).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&o.json, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
+    draw(&runs, &o.svg).expect("draw SVG");
+    println!("wrote {} and {}", o.json, o.svg);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Requests/s per 100 ms for each mode, one panel each, reloads marked.
+fn draw(runs: &[ReloadRun], path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 240 * runs.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, run) in root.split_evenly((runs.len(), 1)).iter().zip(runs) {
+        let b = &run.stats.buckets;
+        let n = b.len().saturating_sub(1).max(1);
+        let ymax = b.iter().copied().max().unwrap_or(1) as f64 * 10.0 * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!(
+                    "{}: requests/s per 100 ms, {} reloads (red), {} failed",
+                    mode_name(run.mode),
+                    run.marks.len(),
+                    run.stats.failed
+                ),
+                ("sans-serif", 16),
+            )
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..n as f64 / 10.0, 0f64..ymax.max(1.0))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .disable_mesh()
+            .draw()?;
+        for &m in &run.marks {
+            chart.draw_series(LineSeries::new([(m, 0.0), (m, ymax)], RED.mix(0.35)))?;
+        }
+        chart.draw_series(LineSeries::new(
+            b.iter()
+                .take(n)
+                .enumerate()
+                .skip(1)
+                .map(|(i, &v)| (i as f64 / 10.0, v as f64 * 10.0)),
+            &BLUE,
+        ))?;
+    }
+    root.present()?;
+    Ok(())
+}
