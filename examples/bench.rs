@@ -6,7 +6,7 @@
 //! cargo run --release --example bench -- --quick # a few seconds, to check that it runs
 //! ```
 //!
-//! Options: `--steady-only` (skip reloads and memory), `--conns N` (64), `--reloads N` (50 per mode), `--secs S` (2 per
+//! Options: `--modes keep-alive,close,h2c`, `--steady-only` (skip reloads and memory), `--conns N` (64), `--reloads N` (50 per mode), `--secs S` (2 per
 //! round), `--rounds R` (6 per server and mode), `--json PATH`, `--svg PATH`.
 //!
 //! The binary plays every part: run with `serve-endless ADDR` it is the
@@ -106,6 +106,7 @@ async fn accept_baseline(listener: tokio::net::TcpListener, header_timeout: bool
 struct Options {
     quick: bool,
     steady_only: bool,
+    modes: Vec<Mode>,
     conns: usize,
     reloads: usize,
     secs: f64,
@@ -119,6 +120,7 @@ impl Options {
         let mut o = Options {
             quick: false,
             steady_only: false,
+            modes: vec![Mode::KeepAlive, Mode::Close, Mode::Http2],
             conns: 64,
             reloads: 50,
             secs: 2.0,
@@ -138,6 +140,17 @@ impl Options {
                     o.rounds = 1;
                 }
                 "--steady-only" => o.steady_only = true,
+                "--modes" => {
+                    o.modes = value()
+                        .split(',')
+                        .map(|m| match m {
+                            "keep-alive" => Mode::KeepAlive,
+                            "close" => Mode::Close,
+                            "h2c" => Mode::Http2,
+                            other => panic!("unknown mode {other}: keep-alive, close or h2c"),
+                        })
+                        .collect()
+                }
                 "--conns" => o.conns = value().parse().expect("--conns N"),
                 "--reloads" => o.reloads = value().parse().expect("--reloads N"),
                 "--secs" => o.secs = value().parse().expect("--secs S"),
@@ -392,7 +405,7 @@ fn main() {
     }
     let o = Options::parse();
     let rt = load::runtime();
-    let modes = [Mode::KeepAlive, Mode::Close, Mode::Http2];
+    let modes = o.modes.clone();
     println!("endless benchmark: {}", machine());
     println!(
         "load: {} connections; steady state {} round(s) of {:.1} s per server and mode, alternating; {} reloads per mode",

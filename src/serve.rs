@@ -83,11 +83,13 @@ struct Shared {
     tls_handshake_timeout: Duration,
 }
 
-/// What the connections of one listener share.
+/// What the connections of one listener share: one `Arc` clone per
+/// connection (each clone is an atomic on a line shared across cores).
 struct Listening<S> {
     svc: S,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls: Tls,
+    shared: Arc<Shared>,
 }
 
 impl<S> std::fmt::Debug for Listening<S> {
@@ -173,14 +175,12 @@ impl Connections {
         S: HttpService<B>,
         B: HttpBody,
     {
-        let listening = Arc::new(Listening { svc, tls });
-        let task = accept_loop(
-            name,
-            listener,
-            listening,
-            self.shared.clone(),
-            self.stop_accepting.clone(),
-        );
+        let listening = Arc::new(Listening {
+            svc,
+            tls,
+            shared: self.shared.clone(),
+        });
+        let task = accept_loop(name, listener, listening, self.stop_accepting.clone());
         // The accept loop is tracked like a connection: the drain is not done
         // until it has stopped, so a connection it accepted just as the drain
         // started is counted before the drain can see zero and let the
@@ -216,7 +216,6 @@ async fn accept_loop<S, B>(
     name: String,
     listener: Arc<Listener>,
     listening: Arc<Listening<S>>,
-    shared: Arc<Shared>,
     stop: CancellationToken,
 ) where
     S: HttpService<B>,
@@ -224,6 +223,7 @@ async fn accept_loop<S, B>(
 {
     const MIN_BACKOFF: Duration = Duration::from_millis(5);
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let shared = &listening.shared;
     let mut backoff = MIN_BACKOFF;
     loop {
         let accepted = tokio::select! {
@@ -235,7 +235,7 @@ async fn accept_loop<S, B>(
             Ok(stream) => {
                 backoff = MIN_BACKOFF;
                 let (io, signal) = shared.sockets.track(stream, shared.tracker.token());
-                tokio::spawn(connection(io, signal, listening.clone(), shared.clone()));
+                tokio::spawn(connection(io, signal, listening.clone()));
             }
             Err(e) if is_connection_error(&e) => {
                 trace!(addr = %name, cause = %e, "accept: skipped")
@@ -259,34 +259,44 @@ async fn connection<S, B>(
     io: Tracked<Stream>,
     signal: Arc<ConnSignal>,
     listening: Arc<Listening<S>>,
-    shared: Arc<Shared>,
 ) where
     S: HttpService<B>,
     B: HttpBody,
 {
     #[cfg(feature = "tls")]
-    if let Some(acceptor) = &listening.tls {
-        // In the connection's task, never the accept loop: a slow or silent
-        // client delays nobody but itself.
-        let handshake = crate::tls::handshake(acceptor, io, shared.tls_handshake_timeout);
-        let stream = tokio::select! {
-            s = handshake => s,
-            _ = signal.reached(ConnSignal::CUT) => return,
-        };
-        if let Some(stream) = stream {
-            serve_connection(stream, &signal, &listening, &shared).await;
-        }
-        return;
+    if let Some(acceptor) = listening.tls.clone() {
+        // Boxed: rustls's state would otherwise make every connection's
+        // future, plain ones included, several KiB larger (tokio allocates
+        // and moves the whole future for each connection).
+        return Box::pin(tls_connection(acceptor, io, signal, listening)).await;
     }
-    serve_connection(io, &signal, &listening, &shared).await
+    serve_connection(io, &signal, &listening).await
 }
 
-async fn serve_connection<IO, S, B>(
-    io: IO,
-    signal: &Arc<ConnSignal>,
-    listening: &Listening<S>,
-    shared: &Shared,
+#[cfg(feature = "tls")]
+async fn tls_connection<S, B>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    io: Tracked<Stream>,
+    signal: Arc<ConnSignal>,
+    listening: Arc<Listening<S>>,
 ) where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    // In the connection's task, never the accept loop: a slow or silent
+    // client delays nobody but itself.
+    let timeout = listening.shared.tls_handshake_timeout;
+    let stream = tokio::select! {
+        s = crate::tls::handshake(&acceptor, io, timeout) => s,
+        _ = signal.reached(ConnSignal::CUT) => return,
+    };
+    if let Some(stream) = stream {
+        serve_connection(stream, &signal, &listening).await;
+    }
+}
+
+async fn serve_connection<IO, S, B>(io: IO, signal: &Arc<ConnSignal>, listening: &Listening<S>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<B>,
     B: HttpBody,
@@ -295,6 +305,7 @@ async fn serve_connection<IO, S, B>(
         svc: listening.svc.clone(),
         signal: signal.clone(),
     };
+    let shared = &listening.shared;
     let conn = shared
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
