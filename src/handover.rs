@@ -44,10 +44,12 @@ pub(crate) const FIRST_FD: RawFd = 3;
 /// More than any server registers; a larger count is a corrupt variable.
 const MAX_FDS: usize = 1024;
 
-/// What this process was handed by its parent, read once at first use.
+/// What this process was handed, read once at first use.
 #[derive(Debug)]
 struct Received {
-    parent: Pid,
+    /// The previous generation, for a hand-over; `None` for sockets from
+    /// systemd's socket activation.
+    parent: Option<Pid>,
     names: Vec<String>,
 }
 
@@ -62,7 +64,10 @@ static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
 /// them. Cheap to call again.
 pub(crate) fn init() {
     RECEIVED.get_or_init(|| {
-        let received = read_env()?;
+        let received = match read_env()? {
+            Some(r) => Some(r),
+            None => read_systemd_env()?,
+        };
         if let Some(r) = &received {
             let mut fds = Vec::with_capacity(r.names.len());
             for (i, name) in r.names.iter().enumerate() {
@@ -81,7 +86,7 @@ pub(crate) fn init() {
 pub(crate) fn parent() -> Option<Pid> {
     init();
     match RECEIVED.get() {
-        Some(Ok(Some(r))) => Some(r.parent),
+        Some(Ok(Some(r))) => r.parent,
         _ => None,
     }
 }
@@ -157,7 +162,55 @@ fn read_env() -> Result<Option<Received>, (RawFd, String)> {
             format!("{FDNAMES} names {} sockets but {FDS}={count}", names.len()),
         ));
     }
-    Ok(Some(Received { parent, names }))
+    Ok(Some(Received {
+        parent: Some(parent),
+        names,
+    }))
+}
+
+/// systemd socket activation: `LISTEN_PID` (which must be ours), `LISTEN_FDS`
+/// and optionally `LISTEN_FDNAMES` (`:`-separated). Read by hand rather than
+/// with `sd-notify`'s helper so that a bad value is an error naming the FD and
+/// nothing is touched before it has been checked.
+fn read_systemd_env() -> Result<Option<Received>, (RawFd, String)> {
+    let Some(pid) = std::env::var_os("LISTEN_PID") else {
+        return Ok(None);
+    };
+    if pid.to_str().and_then(|p| p.parse::<i32>().ok()) != Some(getpid().as_raw()) {
+        // Meant for another process (our parent was activated, not us).
+        return Ok(None);
+    }
+    let count = std::env::var_os("LISTEN_FDS").unwrap_or_default();
+    let count: usize = match count.to_str().and_then(|s| s.parse().ok()) {
+        Some(n) if n <= MAX_FDS => n,
+        _ => {
+            return Err((
+                FIRST_FD,
+                format!("LISTEN_FDS={count:?} is not a count from 0 to {MAX_FDS}"),
+            ))
+        }
+    };
+    let names = match std::env::var_os("LISTEN_FDNAMES") {
+        None => vec![String::new(); count],
+        Some(v) if v.is_empty() && count == 0 => Vec::new(),
+        Some(v) => {
+            let names: Vec<String> = v.to_string_lossy().split(':').map(str::to_owned).collect();
+            if names.len() != count {
+                return Err((
+                    FIRST_FD,
+                    format!(
+                        "LISTEN_FDNAMES names {} sockets but LISTEN_FDS={count}",
+                        names.len()
+                    ),
+                ));
+            }
+            names
+        }
+    };
+    Ok(Some(Received {
+        parent: None,
+        names,
+    }))
 }
 
 /// Prepares `cmd` to start the next generation with `listeners` at FDs 3, 4, ….

@@ -90,6 +90,7 @@ mod serve;
 mod server;
 mod service;
 mod signal;
+mod systemd;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -5,12 +5,13 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::error::{Error, Result};
 
@@ -24,12 +25,15 @@ const BACKLOG: i32 = 1024;
 pub enum LocalAddr {
     /// A TCP socket.
     Tcp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
 }
 
 impl fmt::Display for LocalAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LocalAddr::Tcp(addr) => addr.fmt(f),
+            LocalAddr::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }
@@ -39,15 +43,37 @@ impl fmt::Display for LocalAddr {
 pub(crate) enum BindSpec {
     /// Candidates to try in order, like `std::net::TcpListener::bind`.
     Tcp(Vec<SocketAddr>),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
 }
 
-/// Parses `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"` or
-/// `":8080"` (every interface, as in Go).
+impl BindSpec {
+    /// Whether an inherited socket bound at `addr` is the one this spec
+    /// asks for (a port of 0 asks for no particular socket).
+    pub(crate) fn matches(&self, addr: &LocalAddr) -> bool {
+        match (self, addr) {
+            (BindSpec::Tcp(candidates), LocalAddr::Tcp(a)) => {
+                candidates.iter().any(|c| c.port() != 0 && c == a)
+            }
+            (BindSpec::Unix(path), LocalAddr::Unix(p)) => path == p,
+            _ => false,
+        }
+    }
+}
+
+/// Parses `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`,
+/// `":8080"` (every interface, as in Go) or `"unix:/path/to.sock"`.
 pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
     let invalid = |reason: String| Error::Address {
         addr: addr.to_owned(),
         reason,
     };
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(invalid("expected unix:/path/to.sock".to_owned()));
+        }
+        return Ok(BindSpec::Unix(PathBuf::from(path)));
+    }
     if let Some(port) = addr.strip_prefix(':') {
         let port: u16 = port
             .parse()
@@ -80,6 +106,7 @@ pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
+    Unix(UnixListener),
 }
 
 impl Listener {
@@ -98,6 +125,21 @@ impl Listener {
                     addr: name.to_owned(),
                     source: last.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()),
                 })
+            }
+            BindSpec::Unix(path) => {
+                let l = bind_unix(path).map_err(|source| Error::Bind {
+                    addr: name.to_owned(),
+                    source,
+                })?;
+                l.set_nonblocking(true).map_err(|source| Error::Bind {
+                    addr: name.to_owned(),
+                    source,
+                })?;
+                let l = UnixListener::from_std(l).map_err(|source| Error::Bind {
+                    addr: name.to_owned(),
+                    source,
+                })?;
+                Ok(Listener::Unix(l))
             }
         }
     }
@@ -122,20 +164,35 @@ impl Listener {
         let domain = socket
             .domain()
             .map_err(|e| err(format!("unknown socket family ({e})")))?;
-        if domain != Domain::IPV4 && domain != Domain::IPV6 {
+        if domain != Domain::IPV4 && domain != Domain::IPV6 && domain != Domain::UNIX {
             return Err(err(format!("unsupported socket family {domain:?}")));
         }
         Ok(())
+    }
+
+    /// Where an inherited socket (one that passed the check) is bound.
+    pub(crate) fn inherited_addr(fd: BorrowedFd<'_>) -> Option<LocalAddr> {
+        let addr = SockRef::from(&fd).local_addr().ok()?;
+        if let Some(sa) = addr.as_socket() {
+            return Some(LocalAddr::Tcp(sa));
+        }
+        addr.as_pathname().map(|p| LocalAddr::Unix(p.to_path_buf()))
     }
 
     /// Adopts an inherited socket that passed [`Listener::check_inherited`].
     pub(crate) fn adopt(fd: OwnedFd) -> Result<Listener> {
         let raw = fd.as_raw_fd();
         let socket = Socket::from(fd);
-        socket.set_cloexec(true).map_err(|e| Error::Inherit {
+        let err = |e: io::Error| Error::Inherit {
             fd: raw,
-            reason: format!("cannot set close-on-exec ({e})"),
-        })?;
+            reason: format!("cannot prepare it ({e})"),
+        };
+        socket.set_cloexec(true).map_err(err)?;
+        if socket.domain().map_err(err)? == Domain::UNIX {
+            socket.set_nonblocking(true).map_err(err)?;
+            let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
+            return Ok(Listener::Unix(UnixListener::from_std(l).map_err(err)?));
+        }
         Listener::from_std_tcp(&format!("fd {raw}"), socket.into())
     }
 
@@ -151,12 +208,18 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> io::Result<LocalAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr().map(LocalAddr::Tcp),
+            Listener::Unix(l) => {
+                let addr = l.local_addr()?;
+                let path = addr.as_pathname().unwrap_or(Path::new("(unnamed)"));
+                Ok(LocalAddr::Unix(path.to_path_buf()))
+            }
         }
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
         }
     }
 
@@ -169,8 +232,43 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))
             }
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
         }
     }
+}
+
+/// Binds a Unix stream socket at `path`. A socket file left by a crashed
+/// run is replaced, but only if nothing answers on it; anything else at the
+/// path (a listening server, a regular file) is an error.
+fn bind_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on it",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                std::fs::remove_file(path)?;
+            }
+            Err(_) => {}
+        }
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    socket.listen(BACKLOG)?;
+    Ok(std::os::unix::net::UnixListener::from(OwnedFd::from(
+        socket,
+    )))
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -218,12 +316,14 @@ pub(crate) fn is_connection_error(e: &io::Error) -> bool {
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    Unix(UnixStream),
 }
 
 impl Stream {
     pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
         }
     }
 }
@@ -236,6 +336,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -248,6 +349,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -258,24 +360,28 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -286,15 +392,24 @@ mod tests {
 
     #[test]
     fn parses_the_usual_forms() {
-        let BindSpec::Tcp(a) = parse("127.0.0.1:8080").unwrap();
-        assert_eq!(a, vec!["127.0.0.1:8080".parse().unwrap()]);
-        let BindSpec::Tcp(a) = parse(":9000").unwrap();
+        let tcp = |addr: &str| match parse(addr).unwrap() {
+            BindSpec::Tcp(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            tcp("127.0.0.1:8080"),
+            vec!["127.0.0.1:8080".parse().unwrap()]
+        );
+        let a = tcp(":9000");
         assert_eq!(a[0], "[::]:9000".parse().unwrap());
         assert_eq!(a[1], "0.0.0.0:9000".parse().unwrap());
-        let BindSpec::Tcp(a) = parse("[::1]:0").unwrap();
-        assert_eq!(a, vec!["[::1]:0".parse().unwrap()]);
-        let BindSpec::Tcp(a) = parse("localhost:80").unwrap();
-        assert!(a.iter().all(|a| a.ip().is_loopback() && a.port() == 80));
+        assert_eq!(tcp("[::1]:0"), vec!["[::1]:0".parse().unwrap()]);
+        assert!(tcp("localhost:80")
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 80));
+        assert!(
+            matches!(parse("unix:/run/app.sock").unwrap(), BindSpec::Unix(p) if p == Path::new("/run/app.sock"))
+        );
     }
 
     #[test]
@@ -342,7 +457,9 @@ mod tests {
     async fn bound_listeners_are_close_on_exec() {
         use nix::fcntl::{fcntl, FcntlArg, FdFlag};
         let l = Listener::bind("127.0.0.1:0", &parse("127.0.0.1:0").unwrap()).unwrap();
-        let Listener::Tcp(tcp) = &l;
+        let Listener::Tcp(tcp) = &l else {
+            unreachable!()
+        };
         let flags = FdFlag::from_bits_truncate(fcntl(tcp, FcntlArg::F_GETFD).unwrap());
         assert!(flags.contains(FdFlag::FD_CLOEXEC));
     }

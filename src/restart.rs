@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::handle::Command;
 use crate::handover;
 use crate::signal::{Received, SignalSet, Signals};
+use crate::systemd;
 
 /// How often, and how long apart, a spawn that fails with ETXTBSY (the
 /// binary is still being written) is tried again.
@@ -248,6 +249,7 @@ impl Restarter {
                         .take()
                         .expect("Exited implies a starting generation");
                     warn!(pid = s.pid, %status, "new generation exited before it was ready; still serving");
+                    systemd::ready();
                     if let Some(w) = s.waiter {
                         let _ = w.send(Err(Error::ChildExited { pid: s.pid, status }));
                     }
@@ -260,6 +262,7 @@ impl Restarter {
                     warn!(pid = s.pid, timeout = ?self.ready_timeout, "new generation not ready in time; killing it, still serving");
                     let _ = s.child.start_kill();
                     let _ = s.child.wait().await;
+                    systemd::ready();
                     if let Some(w) = s.waiter {
                         let _ = w.send(Err(Error::ReadyTimeout {
                             pid: s.pid,
@@ -269,6 +272,7 @@ impl Restarter {
                     continue;
                 }
             };
+            systemd::reloading();
             match self.spawn(listeners).await {
                 Ok(child) => {
                     let pid = child.id().unwrap_or_default();
@@ -283,6 +287,7 @@ impl Restarter {
                 }
                 Err(e) => {
                     error!(cause = %e, "reload failed; still serving");
+                    systemd::ready();
                     if let Some(w) = reload_waiter {
                         let _ = w.send(Err(e));
                     }

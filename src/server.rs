@@ -1,6 +1,7 @@
 //! The [`Server`] builder and the life of one generation.
 
 use std::os::fd::{OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,11 @@ use crate::error::{Error, Result};
 use crate::handle::{Command, Handle};
 use crate::handover;
 use crate::listener::{self, Listener, LocalAddr};
-use crate::restart::{Meaning, Restarter};
+use crate::restart::{Meaning, Outcome, Restarter};
 use crate::serve::{Connections, IDLE_GRACE};
 use crate::service::{self, BoxError, Launch};
 use crate::signal::{SignalSet, Signals};
+use crate::systemd;
 #[cfg(feature = "tls")]
 use crate::tls::TlsSource;
 use crate::Signal;
@@ -69,6 +71,7 @@ pub struct Server {
     #[cfg(feature = "tls")]
     tls_handshake_timeout: Duration,
     signals: SignalSet,
+    pid_file: Option<PathBuf>,
     commands: mpsc::UnboundedReceiver<Command>,
     handle: Handle,
     listening: watch::Sender<Option<Vec<LocalAddr>>>,
@@ -111,6 +114,7 @@ impl Server {
             #[cfg(feature = "tls")]
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             signals: SignalSet::default(),
+            pid_file: None,
             commands,
             handle: Handle {
                 commands: tx,
@@ -286,6 +290,17 @@ impl Server {
         self
     }
 
+    /// Keeps the serving generation's PID in the file at `path`.
+    ///
+    /// Each generation writes it atomically (a temporary file renamed over
+    /// `path`) once it is serving, and a new generation does so before its
+    /// predecessor exits, so the file always names a live, serving process.
+    /// A final stop removes it (if it still holds our PID).
+    pub fn pid_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.pid_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
     /// A handle to reload or stop this server from code, or to learn its
     /// addresses. Call it before [`run`](Self::run).
     pub fn handle(&self) -> Handle {
@@ -308,6 +323,7 @@ impl Server {
             #[cfg(feature = "tls")]
             tls_handshake_timeout,
             signals: signal_set,
+            pid_file,
             mut commands,
             handle,
             listening,
@@ -358,7 +374,9 @@ impl Server {
         let mut inherited = handover::take_inherited(Listener::check_inherited)?;
         let mut bound: Vec<(String, Arc<Listener>)> = Vec::with_capacity(registrations.len());
         for (reg, spec) in registrations.iter().zip(&specs) {
-            let listener = match take_by_name(&mut inherited, &reg.addr) {
+            let found = take_by_name(&mut inherited, &reg.addr)
+                .or_else(|| take_by_addr(&mut inherited, spec));
+            let listener = match found {
                 Some(fd) => {
                     debug!(addr = %reg.addr, "adopting inherited socket");
                     Listener::adopt(fd)?
@@ -395,9 +413,22 @@ impl Server {
             addrs.push(addr);
             reg.svc.launch(&conns, name.clone(), l.clone(), tls);
         }
+        let unix_paths: Vec<PathBuf> = addrs
+            .iter()
+            .filter_map(|a| match a {
+                LocalAddr::Unix(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
         let _ = listening.send(Some(addrs));
+        if let Some(path) = &pid_file {
+            write_pid_file(path)?;
+        }
 
         if let Some(parent) = parent {
+            // The service manager learns the new main PID before the old
+            // one exits, or it would take that exit for the service's.
+            systemd::ready_as_main_pid();
             match handover::notify_parent_ready(parent) {
                 Ok(true) => {
                     info!(parent = parent.as_raw(), elapsed = ?started.elapsed(), "serving; told the previous generation")
@@ -412,6 +443,7 @@ impl Server {
             }
         } else {
             info!(pid = std::process::id(), "serving");
+            systemd::ready();
         }
 
         let mut restarter = Restarter::new(signal_set, ready_timeout);
@@ -421,6 +453,9 @@ impl Server {
             .collect();
         let outcome = restarter.serve(&mut signals, &mut commands, &fds).await;
         drop(fds);
+        if matches!(outcome, Outcome::Stop) {
+            systemd::stopping();
+        }
 
         // Stop accepting: the accept loops drop their listeners, and we drop
         // ours. After a hand-over the sockets live on in the new generation.
@@ -458,7 +493,65 @@ impl Server {
                 },
             }
         }
+        if matches!(outcome, Outcome::Stop) {
+            // The final stop: nothing serves after us. (A generation that
+            // handed over leaves both alone: they are its successor's now.)
+            for path in &unix_paths {
+                match std::fs::remove_file(path) {
+                    Ok(()) => debug!(path = %path.display(), "removed the socket file"),
+                    Err(e) => {
+                        warn!(path = %path.display(), cause = %e, "cannot remove the socket file")
+                    }
+                }
+            }
+            if let Some(path) = &pid_file {
+                remove_pid_file(path);
+            }
+        }
         Ok(())
+    }
+}
+
+/// The first inherited socket bound where `spec` asks (systemd's socket
+/// units have names like `app.socket`, which match no registration).
+fn take_by_addr(
+    inherited: &mut Vec<(String, OwnedFd)>,
+    spec: &listener::BindSpec,
+) -> Option<OwnedFd> {
+    use std::os::fd::AsFd;
+    let i = inherited.iter().position(|(_, fd)| {
+        Listener::inherited_addr(fd.as_fd()).is_some_and(|a| spec.matches(&a))
+    })?;
+    Some(inherited.remove(i).1)
+}
+
+/// Writes our PID to `path` atomically: readers see the old file or the new
+/// one, never a partial write.
+fn write_pid_file(path: &Path) -> Result<()> {
+    let pid = std::process::id();
+    let tmp = path.with_extension(format!("tmp.{pid}"));
+    let err = |source| Error::Io {
+        context: format!("cannot write the PID file {}", path.display()),
+        source,
+    };
+    std::fs::write(&tmp, format!("{pid}\n")).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })?;
+    debug!(path = %path.display(), pid, "wrote the PID file");
+    Ok(())
+}
+
+/// Removes the PID file if it still names us.
+fn remove_pid_file(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .map(|s| s.trim() == std::process::id().to_string())
+        .unwrap_or(false);
+    if ours {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), cause = %e, "cannot remove the PID file");
+        }
     }
 }
 

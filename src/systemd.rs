@@ -1,0 +1,88 @@
+//! Talking to systemd (or any manager that speaks its notify protocol).
+//!
+//! The protocol is one datagram of `KEY=VALUE` lines to the Unix socket named
+//! by `$NOTIFY_SOCKET`. It is written by hand here rather than with the
+//! `sd-notify` crate because that crate connects to the address as a path,
+//! so the abstract-namespace addresses (`@name`) that systemd and test
+//! harnesses use would not work; doing it right is a dozen lines.
+//!
+//! What endless says, and when:
+//!
+//! | moment                                   | who                 | message                         |
+//! |------------------------------------------|---------------------|---------------------------------|
+//! | the first generation serves              | it                  | `READY=1`                       |
+//! | a reload starts                          | the old generation  | `RELOADING=1`, `MONOTONIC_USEC=` |
+//! | the new generation serves                | the new generation  | `MAINPID=<its pid>`, `READY=1`  |
+//! | the reload failed                        | the old generation  | `READY=1`                       |
+//! | a graceful stop starts                   | the generation      | `STOPPING=1`                    |
+//!
+//! The new generation sends `MAINPID=` before it tells its parent to exit,
+//! so systemd follows the service to the new PID (with `NotifyAccess=all`).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::net::UnixDatagram;
+
+use tracing::{debug, warn};
+
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Sends `message` if `$NOTIFY_SOCKET` is set; logs (and otherwise ignores)
+/// a failure: a service manager that cannot be told is no reason to stop
+/// serving.
+pub(crate) fn notify(message: &str) {
+    let Some(addr) = std::env::var_os(NOTIFY_SOCKET) else {
+        return;
+    };
+    match send(&addr, message) {
+        Ok(()) => debug!(message = %message.replace('\n', " "), "told the service manager"),
+        Err(e) => warn!(socket = ?addr, cause = %e, "cannot notify the service manager"),
+    }
+}
+
+fn send(addr: &OsString, message: &str) -> io::Result<()> {
+    let socket = UnixDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(addr.as_os_str());
+    match bytes.first() {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        Some(b'@') => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
+            socket.send_to_addr(message.as_bytes(), &addr)?;
+        }
+        Some(b'/') => {
+            socket.send_to(message.as_bytes(), addr)?;
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET is neither an absolute path nor an abstract address (@…)",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The first generation is serving.
+pub(crate) fn ready() {
+    notify("READY=1");
+}
+
+/// A new generation is serving: the service's main PID is now ours.
+pub(crate) fn ready_as_main_pid() {
+    notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+}
+
+/// A reload is starting (for `Type=notify-reload`, which waits for this and
+/// then for `READY=1`).
+pub(crate) fn reloading() {
+    let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as i128 * 1_000_000 + t.tv_nsec() as i128 / 1_000)
+        .unwrap_or(0);
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+}
+
+/// A graceful stop is starting.
+pub(crate) fn stopping() {
+    notify("STOPPING=1");
+}

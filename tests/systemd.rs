@@ -1,0 +1,167 @@
+//! systemd integration, with the test playing systemd: it listens on a
+//! notify socket and checks every message and who sent it.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
+use support::{signal_pid, Spec};
+
+/// A notify socket and the messages it received, each with the sender's PID.
+struct Manager {
+    messages: Arc<Mutex<Vec<(u32, String)>>>,
+    env: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Manager {
+    fn new(abstract_name: bool) -> Manager {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, env) = if abstract_name {
+            use std::os::linux::net::SocketAddrExt;
+            let name = format!(
+                "endless-test-{}-{}",
+                std::process::id(),
+                dir.path().display()
+            );
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+        } else {
+            let path = dir.path().join("notify");
+            (
+                UnixDatagram::bind(&path).unwrap(),
+                path.to_str().unwrap().to_owned(),
+            )
+        };
+        setsockopt(&socket, sockopt::PassCred, &true).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let messages: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                let mut buf = [0u8; 4096];
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+                use std::os::fd::AsRawFd;
+                let Ok(msg) = recvmsg::<UnixAddr>(
+                    socket.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::empty(),
+                ) else {
+                    if Arc::strong_count(&sink) == 1 {
+                        return;
+                    }
+                    continue;
+                };
+                let pid = msg
+                    .cmsgs()
+                    .unwrap()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid() as u32),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let len = msg.bytes;
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                sink.lock().unwrap().push((pid, text));
+            }
+        });
+        Manager {
+            messages,
+            env,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `n` messages have arrived and returns them all.
+    fn wait(&self, n: usize) -> Vec<(u32, String)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = self.messages.lock().unwrap().clone();
+            if m.len() >= n || Instant::now() >= deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The message's lines, with MONOTONIC_USEC's value checked and elided.
+fn lines(message: &str) -> Vec<String> {
+    message
+        .lines()
+        .map(|l| match l.strip_prefix("MONOTONIC_USEC=") {
+            Some(v) => {
+                assert!(v.parse::<u64>().unwrap() > 0, "{l}");
+                "MONOTONIC_USEC=…".to_owned()
+            }
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+fn notify_sequence(abstract_name: bool) {
+    let manager = Manager::new(abstract_name);
+    let dir = tempfile::tempdir().unwrap();
+    let crash = dir.path().join("crash");
+    let mut server = Spec::fixture()
+        .env("NOTIFY_SOCKET", manager.env.clone())
+        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
+        .start();
+    let gen0 = server.current().pid;
+    let gen1 = server.reload(Signal::SIGHUP).pid;
+    let gen2 = server.reload(Signal::SIGUSR1).pid;
+    std::fs::write(&crash, "").unwrap();
+    signal_pid(gen2, Signal::SIGHUP);
+    server.wait_log(
+        "new generation exited before it was ready",
+        Duration::from_secs(10),
+    );
+    manager.wait(7);
+    signal_pid(gen2, Signal::SIGTERM);
+    server.wait_exit(gen2, Duration::from_secs(10)).unwrap();
+
+    let got: Vec<(u32, Vec<String>)> = manager
+        .wait(8)
+        .into_iter()
+        .map(|(pid, m)| (pid, lines(&m)))
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let want = vec![
+        (gen0, s(&["READY=1"])),
+        (gen0, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
+        (gen1, vec![format!("MAINPID={gen1}"), "READY=1".into()]),
+        (gen1, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
+        (gen2, vec![format!("MAINPID={gen2}"), "READY=1".into()]),
+        // The failed reload: announced, then undone.
+        (gen2, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
+        (gen2, s(&["READY=1"])),
+        (gen2, s(&["STOPPING=1"])),
+    ];
+    assert_eq!(got, want, "\n{}", server.report());
+}
+
+#[test]
+fn sd_notify_messages_follow_reloads_failures_and_stop() {
+    notify_sequence(false);
+}
+
+#[test]
+fn sd_notify_works_with_an_abstract_socket_address() {
+    notify_sequence(true);
+}
+
+#[test]
+fn no_notify_socket_means_no_messages_and_no_errors() {
+    let server = Spec::fixture().start();
+    server.reload(Signal::SIGHUP);
+    assert!(!server.log().contains("cannot notify"));
+}
