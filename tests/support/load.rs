@@ -180,6 +180,12 @@ struct Target {
 }
 
 async fn connect(target: &Target, mode: Mode) -> Result<Sender, String> {
+    if let Some(path) = target.addr.strip_prefix("unix:") {
+        let unix = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        return handshake(TokioIo::new(unix), mode).await;
+    }
     let tcp = TcpStream::connect(&target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;

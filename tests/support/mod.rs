@@ -69,6 +69,9 @@ pub struct Spec<'a> {
     pub bin: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(&'a str, String)>,
+    /// Sockets to pass at FDs 3, 4, … as systemd's socket activation does,
+    /// with `LISTEN_PID` set to the started process's own PID.
+    activated: Option<(Vec<std::os::fd::RawFd>, String)>,
 }
 
 impl<'a> Spec<'a> {
@@ -81,7 +84,17 @@ impl<'a> Spec<'a> {
             bin: bin.into(),
             args: Vec::new(),
             env: Vec::new(),
+            activated: None,
         }
+    }
+
+    /// Passes `fds` as systemd would: at 3, 4, …, with `LISTEN_FDS` and
+    /// `LISTEN_PID` = the PID of the started process (a shell sets it to
+    /// `$$`, then execs the server), then the shell assignments in `extra`
+    /// (such as `LISTEN_FDNAMES=a:b`, or an overriding `LISTEN_FDS=x`).
+    pub fn activated(mut self, fds: Vec<std::os::fd::RawFd>, extra: &str) -> Self {
+        self.activated = Some((fds, extra.to_owned()));
+        self
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -103,7 +116,25 @@ impl<'a> Spec<'a> {
     pub fn spawn(self) -> Proc {
         become_subreaper();
         let stderr = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.activated {
+            None => Command::new(&self.bin),
+            Some((fds, extra)) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!(
+                        "LISTEN_PID=$$ LISTEN_FDS={} {extra} exec \"$0\" \"$@\"",
+                        fds.len()
+                    ))
+                    .arg(&self.bin);
+                let fds = fds.clone();
+                // SAFETY: only dup2 between fork and exec, on FDs we own;
+                // the sources are first moved above the target range.
+                unsafe {
+                    cmd_place_fds(&mut sh, fds);
+                }
+                sh
+            }
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -395,6 +426,32 @@ pub fn wait_served_by(addr: &str, pid: u32) {
     }
 }
 
+/// Places `fds` at 3, 4, … in the child (not close-on-exec).
+///
+/// # Safety
+/// Same contract as `CommandExt::pre_exec`.
+unsafe fn cmd_place_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    let mut moved = vec![-1; fds.len()];
+    unsafe {
+        cmd.pre_exec(move || {
+            let above = 3 + fds.len() as i32;
+            for (src, slot) in fds.iter().zip(moved.iter_mut()) {
+                let fd = nix::libc::fcntl(*src, nix::libc::F_DUPFD_CLOEXEC, above);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                *slot = fd;
+            }
+            for (i, fd) in moved.iter().enumerate() {
+                if nix::libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn signal_pid(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
 }
@@ -465,16 +522,25 @@ impl Drop for Proc {
 }
 
 /// A blocking HTTP/1.1 GET over a fresh connection: status and body.
+/// `addr` is `host:port` or `unix:/path`.
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
+    match addr.strip_prefix("unix:") {
+        Some(p) => {
+            let mut s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(request.as_bytes())?;
+            s.read_to_string(&mut buf)?;
+        }
+        None => {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(request.as_bytes())?;
+            s.read_to_string(&mut buf)?;
+        }
+    }
     let status = buf
         .split(' ')
         .nth(1)
