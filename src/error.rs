@@ -75,6 +75,14 @@ pub enum Error {
         /// What the operating system said.
         source: io::Error,
     },
+    /// Re-executing this process in place (`keep_pid`) failed; it went on
+    /// serving.
+    Exec {
+        /// The executable.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// The next generation exited before it was ready.
     ChildExited {
         /// The PID of the failed generation.
@@ -124,6 +132,9 @@ impl fmt::Display for Error {
                     path.display()
                 )
             }
+            Error::Exec { path, source } => {
+                write!(f, "cannot re-execute {} in place: {source}", path.display())
+            }
             Error::ChildExited { pid, status } => {
                 write!(
                     f,
@@ -148,6 +159,7 @@ impl std::error::Error for Error {
             Error::Bind { source, .. }
             | Error::SignalHandler { source }
             | Error::Spawn { source, .. }
+            | Error::Exec { source, .. }
             | Error::Io { source, .. } => Some(source),
             _ => None,
         }

@@ -35,6 +35,16 @@ use crate::error::{Error, Result};
 const FDS: &str = "ENDLESS_FDS";
 const FDNAMES: &str = "ENDLESS_FDNAMES";
 const PPID: &str = "ENDLESS_PPID";
+/// Set on a generation started only to serve while its parent re-executes
+/// itself in place (`keep_pid`).
+const TEMPORARY: &str = "ENDLESS_TEMPORARY";
+/// For an in-place re-exec: the PID that re-executed itself (ours, if the
+/// variables are meant for us), the FD numbers (which stay where they were),
+/// and the temporary generation to stop and reap once we serve.
+const EXEC_PID: &str = "ENDLESS_EXEC_PID";
+const FDNUMS: &str = "ENDLESS_FDNUMS";
+const TEMP_PID: &str = "ENDLESS_TEMP_PID";
+const ALL_VARS: [&str; 7] = [FDS, FDNAMES, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID];
 /// systemd's socket-activation variables: they describe the first
 /// generation's FDs only, so a new generation must never see them.
 const SYSTEMD_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
@@ -44,13 +54,27 @@ pub(crate) const FIRST_FD: RawFd = 3;
 /// More than any server registers; a larger count is a corrupt variable.
 const MAX_FDS: usize = 1024;
 
+/// Where this process's inherited sockets came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Spawned by the previous generation, which waits for our `SIGTERM`.
+    Parent(Pid),
+    /// This process re-executed itself in place (`keep_pid`). The temporary
+    /// generation that served meanwhile is our child: stop it and reap it
+    /// once we serve.
+    SelfExec { temporary: Option<Pid> },
+    /// systemd's socket activation.
+    Systemd,
+}
+
 /// What this process was handed, read once at first use.
 #[derive(Debug)]
 struct Received {
-    /// The previous generation, for a hand-over; `None` for sockets from
-    /// systemd's socket activation.
-    parent: Option<Pid>,
+    origin: Origin,
     names: Vec<String>,
+    fds: Vec<RawFd>,
+    /// We are a temporary generation (see [`TEMPORARY`]).
+    temporary: bool,
 }
 
 /// `Ok(None)`: not started by a reload. `Err`: the variables name our parent
@@ -70,8 +94,7 @@ pub(crate) fn init() {
         };
         if let Some(r) = &received {
             let mut fds = Vec::with_capacity(r.names.len());
-            for (i, name) in r.names.iter().enumerate() {
-                let fd = FIRST_FD + i as RawFd;
+            for (name, &fd) in r.names.iter().zip(&r.fds) {
                 set_cloexec(fd).map_err(|e| (fd, format!("not an open file descriptor ({e})")))?;
                 fds.push((name.clone(), fd));
             }
@@ -81,14 +104,21 @@ pub(crate) fn init() {
     });
 }
 
-/// The PID of the previous generation, if this process was started by a
-/// reload (checked at first use, while that parent is still waiting).
-pub(crate) fn parent() -> Option<Pid> {
+/// Where this process's inherited sockets came from, if it has any
+/// (checked at first use, while a parent is still waiting for us).
+pub(crate) fn origin() -> Option<Origin> {
     init();
     match RECEIVED.get() {
-        Some(Ok(Some(r))) => r.parent,
+        Some(Ok(Some(r))) => Some(r.origin),
         _ => None,
     }
+}
+
+/// Whether this process is a temporary generation, serving only while its
+/// parent re-executes itself in place.
+pub(crate) fn is_temporary() -> bool {
+    init();
+    matches!(RECEIVED.get(), Some(Ok(Some(r))) if r.temporary)
 }
 
 /// Takes ownership of the inherited sockets, with their names, once each
@@ -133,6 +163,9 @@ pub(crate) fn notify_parent_ready(parent: Pid) -> io::Result<bool> {
 }
 
 fn read_env() -> Result<Option<Received>, (RawFd, String)> {
+    if let Some(r) = read_self_exec_env()? {
+        return Ok(Some(r));
+    }
     let Some(ppid) = std::env::var_os(PPID) else {
         return Ok(None);
     };
@@ -145,6 +178,17 @@ fn read_env() -> Result<Option<Received>, (RawFd, String)> {
         // parent died): not ours, and the FDs are not ours to touch.
         return Ok(None);
     }
+    let names = read_names()?;
+    Ok(Some(Received {
+        origin: Origin::Parent(parent),
+        fds: (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect(),
+        names,
+        temporary: std::env::var_os(TEMPORARY).is_some_and(|v| v == "1"),
+    }))
+}
+
+/// `ENDLESS_FDS` and `ENDLESS_FDNAMES`, checked against each other.
+fn read_names() -> Result<Vec<String>, (RawFd, String)> {
     let count = std::env::var_os(FDS).unwrap_or_default();
     let count: usize = match count.to_str().and_then(|s| s.parse().ok()) {
         Some(n) if n <= MAX_FDS => n,
@@ -162,9 +206,48 @@ fn read_env() -> Result<Option<Received>, (RawFd, String)> {
             format!("{FDNAMES} names {} sockets but {FDS}={count}", names.len()),
         ));
     }
+    Ok(names)
+}
+
+/// The variables of an in-place re-exec, if they are ours: `ENDLESS_EXEC_PID`
+/// is our own PID (a process we spawn later has another PID, so the stale
+/// variables never mislead it).
+fn read_self_exec_env() -> Result<Option<Received>, (RawFd, String)> {
+    let ours = std::env::var_os(EXEC_PID)
+        .and_then(|v| v.to_str()?.parse::<i32>().ok())
+        .is_some_and(|pid| pid == getpid().as_raw());
+    if !ours {
+        return Ok(None);
+    }
+    let names = read_names()?;
+    let nums = std::env::var_os(FDNUMS).unwrap_or_default();
+    let fds: Vec<RawFd> = nums
+        .to_string_lossy()
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse::<RawFd>().ok().filter(|fd| *fd > 2))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            (
+                FIRST_FD,
+                format!("{FDNUMS}={nums:?} is not a list of FDs above 2"),
+            )
+        })?;
+    if fds.len() != names.len() {
+        return Err((
+            fds.first().copied().unwrap_or(FIRST_FD),
+            format!("{FDNUMS} lists {} FDs but {FDS}={}", fds.len(), names.len()),
+        ));
+    }
+    let temporary = std::env::var_os(TEMP_PID)
+        .and_then(|v| v.to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+        .map(Pid::from_raw);
     Ok(Some(Received {
-        parent: Some(parent),
+        origin: Origin::SelfExec { temporary },
         names,
+        fds,
+        temporary: false,
     }))
 }
 
@@ -208,8 +291,10 @@ fn read_systemd_env() -> Result<Option<Received>, (RawFd, String)> {
         }
     };
     Ok(Some(Received {
-        parent: None,
+        origin: Origin::Systemd,
+        fds: (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect(),
         names,
+        temporary: false,
     }))
 }
 
@@ -218,14 +303,24 @@ fn read_systemd_env() -> Result<Option<Received>, (RawFd, String)> {
 /// `blocked` is blocked in the child before the exec and stays blocked across
 /// it, so a reload or stop signal that arrives before the new generation has
 /// installed its handlers stays pending instead of killing it.
-pub(crate) fn pass_listeners(cmd: &mut Command, listeners: &[(&str, RawFd)], blocked: SigSet) {
-    for var in SYSTEMD_VARS {
+///
+/// `temporary`: the child only serves while we re-execute ourselves in place.
+pub(crate) fn pass_listeners(
+    cmd: &mut Command,
+    listeners: &[(&str, RawFd)],
+    blocked: SigSet,
+    temporary: bool,
+) {
+    for var in SYSTEMD_VARS.iter().chain(&ALL_VARS) {
         cmd.env_remove(var);
     }
     let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
     cmd.env(FDS, listeners.len().to_string())
         .env(FDNAMES, encode_names(&names))
         .env(PPID, getpid().to_string());
+    if temporary {
+        cmd.env(TEMPORARY, "1");
+    }
 
     // Everything the closure needs is allocated here, before the fork.
     let sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
@@ -274,13 +369,105 @@ fn place_fds(sources: &[RawFd], moved: &mut [RawFd], blocked: &SigSet) -> io::Re
     Ok(())
 }
 
+/// Re-executes this process in place (same PID) as `path` with `args`,
+/// handing it `listeners` where they are, and naming `temporary`, the
+/// generation serving meanwhile. Returns only if the exec failed, after
+/// undoing what it changed, so the caller can go on serving.
+///
+/// Exactly the listeners lose close-on-exec, just before the `execve`; a
+/// process that another thread forks in that instant could inherit them (a
+/// window of a few system calls). The reload and stop signals are blocked in
+/// this thread, whose mask the new image inherits, so none that arrives
+/// after the exec is lost or fatal before the new image's handlers are in.
+pub(crate) fn exec_in_place(
+    path: &std::path::Path,
+    args: &[std::ffi::OsString],
+    listeners: &[(&str, RawFd)],
+    blocked: SigSet,
+    temporary: Option<Pid>,
+) -> io::Error {
+    use std::ffi::CString;
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let prepared = (|| -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let exe = cstr(path.as_os_str().as_bytes())?;
+        let mut argv = vec![exe.clone()];
+        for a in args {
+            argv.push(cstr(a.as_bytes())?);
+        }
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if ALL_VARS.contains(&k.as_ref()) || SYSTEMD_VARS.contains(&k.as_ref()) {
+                continue;
+            }
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(cstr(&kv)?);
+        }
+        let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
+        let nums: Vec<String> = listeners.iter().map(|(_, fd)| fd.to_string()).collect();
+        let mut set = |k: &str, v: String| -> io::Result<()> {
+            env.push(cstr(format!("{k}={v}").as_bytes())?);
+            Ok(())
+        };
+        set(FDS, listeners.len().to_string())?;
+        set(FDNAMES, encode_names(&names))?;
+        set(FDNUMS, nums.join(","))?;
+        set(EXEC_PID, getpid().to_string())?;
+        if let Some(t) = temporary {
+            set(TEMP_PID, t.to_string())?;
+        }
+        Ok((exe, argv, env))
+    })();
+    let (exe, argv, env) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let mut old_mask = SigSet::empty();
+    if let Err(e) = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&blocked),
+        Some(&mut old_mask),
+    ) {
+        return e.into();
+    }
+    for (_, fd) in listeners {
+        let _ = set_cloexec_flag(*fd, false);
+    }
+    let err = match nix::unistd::execve(&exe, &argv, &env) {
+        Err(e) => io::Error::from(e),
+        Ok(never) => match never {},
+    };
+    // Still here: undo, and let the caller resume.
+    for (_, fd) in listeners {
+        let _ = set_cloexec_flag(*fd, true);
+    }
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&old_mask),
+        None,
+    );
+    err
+}
+
 fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    set_cloexec_flag(fd, true)
+}
+
+fn set_cloexec_flag(fd: RawFd, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     // SAFETY: the FD is only borrowed for the duration of the two `fcntl`
     // calls; if it is not open, `fcntl` fails with EBADF, which we report.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let flags = fcntl(fd, FcntlArg::F_GETFD)?;
-    let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+    let mut flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
+    flags.set(FdFlag::FD_CLOEXEC, on);
     fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
 }

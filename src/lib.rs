@@ -212,5 +212,8 @@ pub fn started_at() -> SystemTime {
 /// is still waiting for this one, so it stays true after that one exits.
 pub fn started_by_reload() -> bool {
     init_process_state();
-    handover::parent().is_some()
+    matches!(
+        handover::origin(),
+        Some(handover::Origin::Parent(_) | handover::Origin::SelfExec { .. })
+    )
 }

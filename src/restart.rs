@@ -63,6 +63,14 @@ impl Exe {
         })
     }
 
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
     fn command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.path);
         cmd.args(&self.args);
@@ -118,8 +126,12 @@ pub(crate) enum Meaning {
 /// Why [`Restarter::serve`] returned: the generation must drain now.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// A new generation is serving.
-    HandedOver,
+    /// A new generation is serving: `pid`, and the `Handle::reload` call
+    /// that asked for it, if any, for the caller to answer.
+    HandedOver {
+        pid: u32,
+        waiter: Option<oneshot::Sender<Result<()>>>,
+    },
     /// A stop signal, or `Handle::shutdown`.
     Stop,
 }
@@ -138,6 +150,11 @@ struct Starting {
 pub(crate) struct Restarter {
     signals: SignalSet,
     ready_timeout: Duration,
+    /// The next generation is temporary: we re-execute ourselves in place
+    /// once it serves (`keep_pid`).
+    keep_pid: bool,
+    /// We are such a temporary generation: we start none.
+    temporary: bool,
     /// Every PID this generation started.
     children: Vec<u32>,
 }
@@ -147,8 +164,17 @@ impl Restarter {
         Restarter {
             signals,
             ready_timeout,
+            keep_pid: false,
+            temporary: false,
             children: Vec::new(),
         }
+    }
+
+    /// Sets the `keep_pid` mode, and whether this generation is a temporary one.
+    pub(crate) fn keep_pid(mut self, keep_pid: bool, temporary: bool) -> Self {
+        self.keep_pid = keep_pid;
+        self.temporary = temporary;
+        self
     }
 
     pub(crate) fn classify(&self, r: Received, starting: Option<u32>) -> Meaning {
@@ -192,6 +218,10 @@ impl Restarter {
             };
             let reload_waiter = match event {
                 Event::Signal(r) => match self.classify(r, starting.as_ref().map(|s| s.pid)) {
+                    Meaning::Reload(signal) if self.temporary => {
+                        info!(%signal, "temporary generation: reload ignored (one is under way)");
+                        continue;
+                    }
                     Meaning::Reload(signal) => {
                         if let Some(s) = &starting {
                             info!(%signal, pid = s.pid, "reload already under way; request coalesced");
@@ -210,13 +240,13 @@ impl Restarter {
                             .take()
                             .expect("Ready implies a starting generation");
                         info!(pid, elapsed = ?s.since.elapsed(), "new generation ready; handing over");
-                        if let Some(w) = s.waiter {
-                            let _ = w.send(Ok(()));
-                        }
                         // The child is not ours to wait for any more; dropping
                         // the handle leaves it running (tokio reaps it if it
                         // exits while we are still here).
-                        return Outcome::HandedOver;
+                        return Outcome::HandedOver {
+                            pid,
+                            waiter: s.waiter,
+                        };
                     }
                     Meaning::Stale(pid) => {
                         debug!(pid, "SIGTERM from an abandoned generation ignored");
@@ -228,7 +258,7 @@ impl Restarter {
                     }
                 },
                 Event::Command(Some(Command::Reload(tx))) => {
-                    if starting.is_some() {
+                    if starting.is_some() || self.temporary {
                         let _ = tx.send(Err(Error::ReloadInProgress));
                         continue;
                     }
@@ -316,7 +346,7 @@ impl Restarter {
         let mut tries = 0;
         loop {
             let mut cmd = exe.command();
-            handover::pass_listeners(&mut cmd, listeners, blocked);
+            handover::pass_listeners(&mut cmd, listeners, blocked, self.keep_pid);
             match tokio::process::Command::from(cmd).spawn() {
                 Ok(child) => return Ok(child),
                 Err(e) if is_text_busy(&e) && tries < TEXT_BUSY_RETRIES => {
@@ -333,6 +363,57 @@ impl Restarter {
             }
         }
     }
+}
+
+/// Reaps `pids`, children this process was left with by the image it
+/// replaced (which tokio does not know of), as they exit. A process that
+/// re-executed itself in place (and a PID 1) must, or they stay zombies.
+pub(crate) fn reap_leftovers(pids: Vec<nix::unistd::Pid>) {
+    if pids.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let mut pids = pids;
+        while !pids.is_empty() {
+            pids.retain(|pid| match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => true,
+                Ok(status) => {
+                    debug!(
+                        pid = pid.as_raw(),
+                        ?status,
+                        "reaped a child left from before the re-exec"
+                    );
+                    false
+                }
+                // Not (or no longer) our child.
+                Err(_) => false,
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// Our children that exist now (Linux: from /proc), before this image has
+/// started any: after an in-place re-exec, they are the old image's.
+pub(crate) fn current_children() -> Vec<nix::unistd::Pid> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .map(nix::unistd::Pid::from_raw),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 enum Event {

@@ -9,14 +9,15 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::handle::{Command, Handle};
 use crate::handover;
+use crate::handover::Origin;
 use crate::listener::{self, Listener, LocalAddr};
-use crate::restart::{Meaning, Outcome, Restarter};
-use crate::serve::{Connections, IDLE_GRACE};
+use crate::restart::{self, Meaning, Outcome, Restarter};
+use crate::serve::{Connections, Tls, IDLE_GRACE};
 use crate::service::{self, BoxError, Launch};
 use crate::signal::{SignalSet, Signals};
 use crate::systemd;
@@ -72,6 +73,7 @@ pub struct Server {
     tls_handshake_timeout: Duration,
     signals: SignalSet,
     pid_file: Option<PathBuf>,
+    keep_pid: bool,
     commands: mpsc::UnboundedReceiver<Command>,
     handle: Handle,
     listening: watch::Sender<Option<Vec<LocalAddr>>>,
@@ -115,6 +117,7 @@ impl Server {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             signals: SignalSet::default(),
             pid_file: None,
+            keep_pid: false,
             commands,
             handle: Handle {
                 commands: tx,
@@ -301,6 +304,27 @@ impl Server {
         self
     }
 
+    /// Keeps the process ID across reloads (default off), for managers that
+    /// follow one PID: supervisord, Docker (as PID 1 or under tini), scripts.
+    ///
+    /// A reload then hands over twice, with no master process: this process
+    /// starts a temporary generation with the listeners; once it serves,
+    /// this one drains and re-executes itself in place (same PID, the binary
+    /// now on disk) with the listeners; once that serves, the temporary one
+    /// drains and exits, and this process reaps it. Only this PID writes the
+    /// PID file and talks to systemd.
+    ///
+    /// If the re-exec fails, this process serves again on its listeners and
+    /// the temporary generation drains: the PID and the service survive, and
+    /// [`Handle::reload`] returns [`Error::Exec`]. (On success the process
+    /// image is replaced, so a `reload()` awaited in this process never
+    /// returns; do not await it inside a request handler, whose request the
+    /// drain waits for.)
+    pub fn keep_pid(mut self, keep: bool) -> Self {
+        self.keep_pid = keep;
+        self
+    }
+
     /// A handle to reload or stop this server from code, or to learn its
     /// addresses. Call it before [`run`](Self::run).
     pub fn handle(&self) -> Handle {
@@ -324,6 +348,7 @@ impl Server {
             tls_handshake_timeout,
             signals: signal_set,
             pid_file,
+            keep_pid,
             mut commands,
             handle,
             listening,
@@ -364,13 +389,23 @@ impl Server {
         // Certificates are read by every generation, before it binds or
         // adopts anything: one that cannot load them never takes over.
         #[cfg(feature = "tls")]
-        let acceptors = registrations
+        let acceptors: Vec<Tls> = registrations
             .iter()
             .map(|r| r.tls.as_ref().map(TlsSource::acceptor).transpose())
             .collect::<Result<Vec<_>>>()?;
+        #[cfg(not(feature = "tls"))]
+        let acceptors: Vec<Tls> = registrations.iter().map(|_| None).collect();
 
         let started = Instant::now();
-        let parent = handover::parent();
+        let origin = handover::origin();
+        // A temporary generation (keep_pid) serves quietly: the process
+        // manager, the PID file and the socket files belong to the PID that
+        // re-executes itself meanwhile.
+        let quiet = handover::is_temporary();
+        let leftovers = match origin {
+            Some(Origin::SelfExec { .. }) => restart::current_children(),
+            _ => Vec::new(),
+        };
         let mut inherited = handover::take_inherited(Listener::check_inherited)?;
         let mut bound: Vec<(String, Arc<Listener>)> = Vec::with_capacity(registrations.len());
         for (reg, spec) in registrations.iter().zip(&specs) {
@@ -389,30 +424,31 @@ impl Server {
             warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
         }
 
-        #[cfg(not(feature = "tls"))]
-        let tls_handshake_timeout = Duration::ZERO;
-        let conns = Connections::new(
-            header_read_timeout,
-            IDLE_GRACE.min(stop_timeout),
-            tls_handshake_timeout,
-        );
-        conns.spawn_sweeper();
-        #[cfg(feature = "tls")]
-        let mut acceptors = acceptors.into_iter();
         let mut addrs = Vec::with_capacity(bound.len());
-        for ((name, l), reg) in bound.iter().zip(registrations) {
+        for ((name, l), tls) in bound.iter().zip(&acceptors) {
             let addr = l.local_addr().map_err(|source| Error::Io {
                 context: format!("cannot read the local address of {name}"),
                 source,
             })?;
-            #[cfg(feature = "tls")]
-            let tls = acceptors.next().flatten();
-            #[cfg(not(feature = "tls"))]
-            let tls = None;
             info!(addr = %addr, name = %name, tls = tls.is_some(), "listening");
             addrs.push(addr);
-            reg.svc.launch(&conns, name.clone(), l.clone(), tls);
         }
+        #[cfg(not(feature = "tls"))]
+        let tls_handshake_timeout = Duration::ZERO;
+        // Starts (or, after a failed in-place re-exec, restarts) accepting.
+        let serve = || {
+            let conns = Connections::new(
+                header_read_timeout,
+                IDLE_GRACE.min(stop_timeout),
+                tls_handshake_timeout,
+            );
+            conns.spawn_sweeper();
+            for (((name, l), reg), tls) in bound.iter().zip(&registrations).zip(&acceptors) {
+                reg.svc.launch(&conns, name.clone(), l.clone(), tls.clone());
+            }
+            conns
+        };
+        let mut conns = serve();
         let unix_paths: Vec<PathBuf> = addrs
             .iter()
             .filter_map(|a| match a {
@@ -421,39 +457,112 @@ impl Server {
             })
             .collect();
         let _ = listening.send(Some(addrs));
-        if let Some(path) = &pid_file {
+        if let (Some(path), false) = (&pid_file, quiet) {
             write_pid_file(path)?;
         }
 
-        if let Some(parent) = parent {
-            // The service manager learns the new main PID before the old
-            // one exits, or it would take that exit for the service's.
-            systemd::ready_as_main_pid();
-            match handover::notify_parent_ready(parent) {
-                Ok(true) => {
-                    info!(parent = parent.as_raw(), elapsed = ?started.elapsed(), "serving; told the previous generation")
+        match origin {
+            Some(Origin::Parent(parent)) => {
+                // The service manager learns the new main PID before the old
+                // one exits, or it would take that exit for the service's.
+                if !quiet {
+                    systemd::ready_as_main_pid();
                 }
-                Ok(false) => info!(
-                    parent = parent.as_raw(),
-                    "serving; the previous generation is gone"
-                ),
-                Err(e) => {
-                    warn!(parent = parent.as_raw(), cause = %e, "serving; could not signal the previous generation")
+                match handover::notify_parent_ready(parent) {
+                    Ok(true) => {
+                        info!(parent = parent.as_raw(), elapsed = ?started.elapsed(), "serving; told the previous generation")
+                    }
+                    Ok(false) => info!(
+                        parent = parent.as_raw(),
+                        "serving; the previous generation is gone"
+                    ),
+                    Err(e) => {
+                        warn!(parent = parent.as_raw(), cause = %e, "serving; could not signal the previous generation")
+                    }
                 }
             }
-        } else {
-            info!(pid = std::process::id(), "serving");
-            systemd::ready();
+            Some(Origin::SelfExec { temporary }) => {
+                systemd::ready_as_main_pid();
+                info!(elapsed = ?started.elapsed(), "serving again under the same PID");
+                if let Some(t) = temporary {
+                    // Our child (we have not reaped it, so the PID is still
+                    // its): a stop from its parent makes it drain and exit.
+                    info!(pid = t.as_raw(), "stopping the temporary generation");
+                    let _ = nix::sys::signal::kill(t, nix::sys::signal::Signal::SIGTERM);
+                }
+                restart::reap_leftovers(leftovers);
+            }
+            Some(Origin::Systemd) | None => {
+                info!(pid = std::process::id(), "serving");
+                systemd::ready();
+            }
         }
 
-        let mut restarter = Restarter::new(signal_set, ready_timeout);
-        let fds: Vec<(&str, RawFd)> = bound
-            .iter()
-            .map(|(n, l)| (n.as_str(), l.raw_fd()))
-            .collect();
-        let outcome = restarter.serve(&mut signals, &mut commands, &fds).await;
-        drop(fds);
-        if matches!(outcome, Outcome::Stop) {
+        let mut restarter =
+            Restarter::new(signal_set.clone(), ready_timeout).keep_pid(keep_pid, quiet);
+        let outcome = loop {
+            let fds: Vec<(&str, RawFd)> = bound
+                .iter()
+                .map(|(n, l)| (n.as_str(), l.raw_fd()))
+                .collect();
+            match restarter.serve(&mut signals, &mut commands, &fds).await {
+                Outcome::HandedOver { pid, waiter } if keep_pid && !quiet => {
+                    // The temporary generation serves; drain ours, keeping the
+                    // listeners, then become the new binary under our PID.
+                    conns.start_drain();
+                    info!(connections = conns.active(), timeout = ?stop_timeout, "draining before re-executing in place");
+                    let temporary = nix::unistd::Pid::from_raw(pid as i32);
+                    if drain(
+                        &conns,
+                        stop_timeout,
+                        &mut signals,
+                        &restarter,
+                        &mut commands,
+                    )
+                    .await
+                        == Drained::StopRequested
+                    {
+                        info!(pid, "stop requested; stopping the temporary generation too");
+                        let _ =
+                            nix::sys::signal::kill(temporary, nix::sys::signal::Signal::SIGTERM);
+                        if let Some(w) = waiter {
+                            let _ = w.send(Err(Error::Draining));
+                        }
+                        break Outcome::Stop;
+                    }
+                    let exe = restart::Exe::get();
+                    info!(path = %exe.path().display(), "re-executing in place");
+                    let source = handover::exec_in_place(
+                        exe.path(),
+                        exe.args(),
+                        &fds,
+                        signal_set.handled(),
+                        Some(temporary),
+                    );
+                    // Still here: the exec failed. Serve again and send the
+                    // temporary generation away; the PID and service survive.
+                    error!(path = %exe.path().display(), cause = %source, "re-executing in place failed; serving again");
+                    conns = serve();
+                    systemd::ready();
+                    let _ = nix::sys::signal::kill(temporary, nix::sys::signal::Signal::SIGTERM);
+                    if let Some(w) = waiter {
+                        let _ = w.send(Err(Error::Exec {
+                            path: exe.path().to_path_buf(),
+                            source,
+                        }));
+                    }
+                }
+                Outcome::HandedOver { pid, waiter } => {
+                    if let Some(w) = waiter {
+                        let _ = w.send(Ok(()));
+                    }
+                    break Outcome::HandedOver { pid, waiter: None };
+                }
+                Outcome::Stop => break Outcome::Stop,
+            }
+        };
+        let stop = matches!(outcome, Outcome::Stop);
+        if stop && !quiet {
             systemd::stopping();
         }
 
@@ -462,38 +571,23 @@ impl Server {
         conns.start_drain();
         drop(bound);
         info!(connections = conns.active(), ?outcome, timeout = ?stop_timeout, "draining");
-
-        let deadline = tokio::time::sleep(stop_timeout);
-        tokio::pin!(deadline);
-        let mut commands_open = true;
-        loop {
-            tokio::select! {
-                _ = conns.drained() => {
-                    info!("drained; all connections closed");
-                    break;
-                }
-                _ = &mut deadline => {
-                    warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
-                    conns.cut_off().await;
-                    break;
-                }
-                r = signals.recv() => match restarter.classify(r, None) {
-                    Meaning::Stop(signal) => {
-                        warn!(%signal, connections = conns.active(), "second stop signal; cutting off the connections left");
-                        conns.cut_off().await;
-                        break;
-                    }
-                    Meaning::Reload(signal) => info!(%signal, "draining; reload ignored"),
-                    other => debug!(?other, "draining; signal ignored"),
-                },
-                c = commands.recv(), if commands_open => match c {
-                    Some(Command::Reload(tx)) => { let _ = tx.send(Err(Error::Draining)); }
-                    Some(Command::Shutdown) => {}
-                    None => commands_open = false,
-                },
-            }
+        if drain(
+            &conns,
+            stop_timeout,
+            &mut signals,
+            &restarter,
+            &mut commands,
+        )
+        .await
+            == Drained::StopRequested
+        {
+            warn!(
+                connections = conns.active(),
+                "second stop signal; cutting off the connections left"
+            );
+            conns.cut_off().await;
         }
-        if matches!(outcome, Outcome::Stop) {
+        if stop && !quiet {
             // The final stop: nothing serves after us. (A generation that
             // handed over leaves both alone: they are its successor's now.)
             for path in &unix_paths {
@@ -509,6 +603,56 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// Every connection closed, or the stop timeout cut off the rest.
+    Done,
+    /// A stop signal arrived first; the connections are still draining.
+    StopRequested,
+}
+
+/// Waits for `conns` (already draining) to close, cutting off what is left
+/// at `timeout`, while answering signals and handles: reloads are refused,
+/// and a stop signal ends the wait early.
+async fn drain(
+    conns: &Connections,
+    timeout: Duration,
+    signals: &mut Signals,
+    restarter: &Restarter,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Drained {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut commands_open = true;
+    loop {
+        tokio::select! {
+            _ = conns.drained() => {
+                info!("drained; all connections closed");
+                return Drained::Done;
+            }
+            _ = &mut deadline => {
+                warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
+                conns.cut_off().await;
+                return Drained::Done;
+            }
+            r = signals.recv() => match restarter.classify(r, None) {
+                Meaning::Stop(signal) => {
+                    info!(%signal, "stop signal while draining");
+                    return Drained::StopRequested;
+                }
+                Meaning::Reload(signal) => info!(%signal, "draining; reload ignored"),
+                other => debug!(?other, "draining; signal ignored"),
+            },
+            c = commands.recv(), if commands_open => match c {
+                Some(Command::Reload(tx)) => { let _ = tx.send(Err(Error::Draining)); }
+                Some(Command::Shutdown) => {}
+                None => commands_open = false,
+            },
+        }
     }
 }
 

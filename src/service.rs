@@ -59,14 +59,9 @@ where
 }
 
 /// Starts the accept loop of one registration, with its service's own type.
-pub(crate) trait Launch: Send {
-    fn launch(
-        self: Box<Self>,
-        conns: &Connections,
-        name: String,
-        listener: Arc<Listener>,
-        tls: Tls,
-    );
+/// Callable again (a generation whose in-place re-exec failed resumes).
+pub(crate) trait Launch: Send + Sync {
+    fn launch(&self, conns: &Connections, name: String, listener: Arc<Listener>, tls: Tls);
 }
 
 /// A registered service, waiting for its listener.
@@ -92,13 +87,7 @@ where
     S: HttpService<B>,
     B: HttpBody,
 {
-    fn launch(
-        self: Box<Self>,
-        conns: &Connections,
-        name: String,
-        listener: Arc<Listener>,
-        tls: Tls,
-    ) {
-        conns.spawn_accept_loop(name, listener, self.svc, tls);
+    fn launch(&self, conns: &Connections, name: String, listener: Arc<Listener>, tls: Tls) {
+        conns.spawn_accept_loop(name, listener, self.svc.clone(), tls);
     }
 }
