@@ -68,7 +68,12 @@ impl Drop for Connections {
 pub(crate) type Tls = Option<tokio_rustls::TlsAcceptor>;
 /// Without the `tls` feature no listener serves HTTPS.
 #[cfg(not(feature = "tls"))]
-pub(crate) type Tls = Option<std::convert::Infallible>;
+pub(crate) type Tls = Option<NoTls>;
+
+/// Uninhabited: without the `tls` feature there is no acceptor.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub(crate) enum NoTls {}
 
 /// What every connection of a generation shares. One `Arc` clone per
 /// connection; nothing in here is written per request except by atomics.

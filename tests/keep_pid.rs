@@ -1,0 +1,213 @@
+//! `keep_pid`: reloads that keep the process ID, by a double hand-over.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::load::{self, Mode};
+use support::{get, served_pid, signal_pid, wait_served_by, Proc, Spec};
+
+/// Waits for the `n`-th READY line (counting from 1) and returns its PID.
+fn nth_ready(server: &Proc, n: usize) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let readies = server.readies();
+        if readies.len() >= n {
+            return readies[n - 1].pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no READY #{n}:\n{}",
+            server.report()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reloads a keep_pid server once: the temporary generation's READY, then
+/// the original PID's. Returns the temporary generation's PID.
+fn keep_pid_reload(server: &Proc, pid: u32) -> u32 {
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = nth_ready(server, before + 1);
+    assert_ne!(
+        temporary, pid,
+        "the first READY of a reload is the temporary generation's"
+    );
+    assert_eq!(
+        nth_ready(server, before + 2),
+        pid,
+        "the PID changed:\n{}",
+        server.report()
+    );
+    temporary
+}
+
+fn exe_of(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn five_reloads_under_load_keep_the_pid_and_lose_nothing() {
+    let _heavy = support::heavy();
+    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let rt = load::runtime();
+    let l = load::start(rt.handle(), &addr, Mode::KeepAlive, 32, "/");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut temporaries = Vec::new();
+    for _ in 0..5 {
+        temporaries.push(keep_pid_reload(&server, pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = l.finish();
+    eprintln!(
+        "keep_pid: 5 reloads, {} ok, {} failed",
+        stats.ok, stats.failed
+    );
+    assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, server.report());
+    assert!(stats.ok > 1000, "{stats:?}");
+    // Both the original PID and the temporary generations served.
+    let served: Vec<u32> = stats.bodies.keys().map(|b| served_pid(b)).collect();
+    assert!(served.contains(&pid));
+    assert!(
+        temporaries.iter().any(|t| served.contains(t)),
+        "{served:?} {temporaries:?}"
+    );
+    // The temporary generations are gone and reaped, by the original PID.
+    for t in &temporaries {
+        server
+            .wait_exit(*t, Duration::from_secs(15))
+            .expect("temporary generation exits");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(server.alive() == vec![pid] && server.zombies().is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "alive {:?} zombies {:?}",
+            server.alive(),
+            server.zombies()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.log().contains("serving again under the same PID"));
+}
+
+#[test]
+fn the_new_binary_runs_under_the_old_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(support::fixture(), &app).unwrap();
+    let server = Spec::fixture()
+        .bin(&app)
+        .env("FIXTURE_KEEP_PID", "1")
+        .start();
+    let pid = server.current().pid;
+    assert_eq!(exe_of(pid), app.to_string_lossy());
+
+    // Deploy: a new file renamed over the old one. The running image is now
+    // the old, deleted inode ...
+    let staged = dir.path().join("app.new");
+    std::fs::copy(support::fixture(), &staged).unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    assert!(exe_of(pid).ends_with("(deleted)"), "{}", exe_of(pid));
+    // ... and after a reload, the same PID runs the new file.
+    keep_pid_reload(&server, pid);
+    assert_eq!(exe_of(pid), app.to_string_lossy());
+    wait_served_by(&server.addr(), pid);
+    assert!(server.current().reloaded);
+}
+
+#[test]
+fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(support::fixture(), &app).unwrap();
+    let mut server = Spec::fixture()
+        .bin(&app)
+        .env("FIXTURE_KEEP_PID", "1")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+
+    // The temporary generation starts from the file; once it serves, the
+    // file goes, so the re-exec cannot find it. (A slow request keeps the
+    // original PID draining meanwhile.)
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/sleep/1500"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let before = server.readies().len();
+    assert_eq!(get(&addr, "/reload-bg").unwrap().0, 200);
+    let temporary = nth_ready(&server, before + 1);
+    assert_ne!(temporary, pid);
+    std::fs::remove_file(&app).unwrap();
+    assert_eq!(
+        slow.join().unwrap().unwrap().0,
+        200,
+        "the request in flight finished"
+    );
+
+    // Handle::reload says why; same PID, still serving, the temporary
+    // generation sent away.
+    let line = server
+        .wait_line(Duration::from_secs(30), |l| l.starts_with("RELOADED"))
+        .unwrap_or_else(|| panic!("no reload result:\n{}", server.report()));
+    assert_eq!(
+        line,
+        format!(
+            "RELOADED pid={pid} error: cannot re-execute {} in place: No such file or directory (os error 2)",
+            app.display()
+        )
+    );
+    server
+        .wait_exit(temporary, Duration::from_secs(15))
+        .expect("temporary generation exits");
+    wait_served_by(&addr, pid);
+    assert!(server.alive().contains(&pid));
+
+    // With the binary back, the next reload works.
+    std::fs::copy(support::fixture(), &app).unwrap();
+    keep_pid_reload(&server, pid);
+    wait_served_by(&addr, pid);
+}
+
+#[test]
+fn signals_during_the_re_exec_neither_kill_nor_get_lost() {
+    let server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_START_DELAY_MS", "300")
+        .start();
+    let pid = server.current().pid;
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = nth_ready(&server, before + 1);
+    assert_ne!(temporary, pid);
+    // While the original PID drains, re-executes and starts (300 ms of
+    // start-up in which its handlers are not installed yet), keep sending
+    // reload signals: none may kill it.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        signal_pid(pid, Signal::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(nth_ready(&server, before + 2), pid, "{}", server.report());
+    assert!(
+        server.alive().contains(&pid),
+        "killed by a signal:\n{}",
+        server.report()
+    );
+    // A reload signal that arrived after the exec was kept, not lost: it
+    // starts another round once the handlers are in.
+    let next_temporary = nth_ready(&server, before + 3);
+    assert_ne!(next_temporary, pid);
+    assert_eq!(nth_ready(&server, before + 4), pid);
+    wait_served_by(&server.addr(), pid);
+}
