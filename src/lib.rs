@@ -25,6 +25,42 @@
 //! Then `kill -USR1 <pid>` (or `-HUP`) reloads it, and `kill -TERM <pid>` or
 //! Ctrl-C stops it gracefully.
 //!
+//! Several listeners, settings and a [`Handle`] come with [`Server`]. This
+//! one runs (as a doc test): it serves on a kernel-chosen port, answers a
+//! request, and stops from code.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::{Read, Write};
+//! use std::time::Duration;
+//! use hyper::service::service_fn;
+//!
+//! let server = endless::Server::new()
+//!     .stop_timeout(Duration::from_secs(5))
+//!     .register("127.0.0.1:0", service_fn(|_req| async {
+//!         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+//!     }));
+//! let handle = server.handle();
+//! let serving = tokio::spawn(server.run());
+//!
+//! let addr = handle.listening().await?[0].to_string();
+//! let reply = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+//!     let mut conn = std::net::TcpStream::connect(addr)?;
+//!     conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+//!     let mut reply = String::new();
+//!     conn.read_to_string(&mut reply)?;
+//!     Ok(reply)
+//! })
+//! .await??;
+//! assert!(reply.starts_with("HTTP/1.1 200 OK") && reply.ends_with("hi\n"));
+//!
+//! handle.shutdown(); // as SIGTERM would: drain, then `run` returns
+//! serving.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # How a reload works
 //!
 //! 1. Generation N gets a reload signal, or [`Handle::reload`] is called.
@@ -58,6 +94,19 @@
 //! | `SIGTERM`, `SIGINT`  | graceful stop ([`Server::stop_signals`]); a second one during the drain cuts it short |
 //! | `SIGTERM` from the new generation | "ready": the hand-over is done      |
 //!
+//! # HTTPS, process managers, Unix sockets
+//!
+//! - [`listen_and_serve_tls`] and [`Server::register_tls`] serve HTTPS with
+//!   rustls (feature `tls`, on by default). Certificates are read by each
+//!   generation, so replacing the files and reloading rotates them.
+//! - Under systemd, the notify protocol is spoken whenever `NOTIFY_SOCKET`
+//!   is set (`READY=1`, `RELOADING=1`, `MAINPID=` from the new generation,
+//!   `STOPPING=1`), and sockets from socket activation are adopted.
+//! - [`Server::keep_pid`] keeps the process ID across reloads, for managers
+//!   that follow one PID (supervisord, Docker); [`Server::pid_file`] keeps
+//!   a PID file current.
+//! - `register("unix:/run/app.sock", svc)` serves on a Unix stream socket.
+//!
 //! # Tracing
 //!
 //! Every step of a reload is a [`tracing`] event: requested, spawned, ready
@@ -71,8 +120,8 @@
 //!
 //! # Limits
 //!
-//! - The process ID changes at every reload. systemd follows it; most other
-//!   process managers need a PID file or a wrapper.
+//! - The process ID changes at every reload unless [`Server::keep_pid`] is
+//!   on. systemd follows it (`Type=notify`, `NotifyAccess=all`).
 //! - One [`Server`] per process takes over the inherited sockets.
 //! - A new generation must register the same addresses (as strings) to adopt
 //!   its predecessor's sockets; an address it does not register is closed.

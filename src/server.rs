@@ -456,10 +456,12 @@ impl Server {
                 _ => None,
             })
             .collect();
-        let _ = listening.send(Some(addrs));
+        // The PID file first: whoever learns that we serve (from `listening`,
+        // or our parent from our signal) finds the file already current.
         if let (Some(path), false) = (&pid_file, quiet) {
             write_pid_file(path)?;
         }
+        let _ = listening.send(Some(addrs));
 
         match origin {
             Some(Origin::Parent(parent)) => {
