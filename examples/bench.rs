@@ -274,6 +274,21 @@ fn exited(pid: u32) -> bool {
     }
 }
 
+/// Until `until` or until all have exited, records in `exit_ms` the exits of
+/// the old generations in `exiting` (PID, time of its reload signal).
+fn watch_exits(exiting: &mut Vec<(u32, Instant)>, exit_ms: &mut Vec<f64>, until: Instant) {
+    while !exiting.is_empty() && Instant::now() < until {
+        exiting.retain(|(pid, t)| {
+            let gone = exited(*pid);
+            if gone {
+                exit_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            !gone
+        });
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 struct ReloadRun {
     mode: Mode,
     stats: Stats,
@@ -308,32 +323,16 @@ fn reload_run(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) -> ReloadRu
         exiting.push((old, t));
         // Let the load settle between reloads, watching the old ones exit.
         let until = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < until {
-            exiting.retain(|(pid, t)| {
-                if exited(*pid) {
-                    exit_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    false
-                } else {
-                    true
-                }
-            });
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        watch_exits(&mut exiting, &mut exit_ms, until);
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
     }
     std::thread::sleep(Duration::from_millis(300));
     let stats = l.finish();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !exiting.is_empty() && Instant::now() < deadline {
-        exiting.retain(|(pid, t)| {
-            if exited(*pid) {
-                exit_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                false
-            } else {
-                true
-            }
-        });
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    watch_exits(
+        &mut exiting,
+        &mut exit_ms,
+        Instant::now() + Duration::from_secs(30),
+    );
     // Buckets: skip the first (connections opening) and the last (partial).
     let b = &stats.buckets;
     let steady: Vec<f64> = b

@@ -165,3 +165,60 @@ fn no_notify_socket_means_no_messages_and_no_errors() {
     server.reload(Signal::SIGHUP);
     assert!(!server.log().contains("cannot notify"));
 }
+
+#[test]
+fn with_keep_pid_only_the_original_pid_speaks_and_writes_the_pid_file() {
+    let manager = Manager::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("app.pid");
+    let server = Spec::fixture()
+        .env("NOTIFY_SOCKET", manager.env.clone())
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_PID_FILE", pid_file.to_str().unwrap())
+        .start();
+    let pid = server.current().pid;
+    signal_pid(pid, Signal::SIGHUP);
+    // The temporary generation's READY line, then the original PID's again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.readies().len() < 3 {
+        assert!(Instant::now() < deadline, "{}", server.report());
+        // Meanwhile the PID file never names anyone else.
+        if let Ok(p) = std::fs::read_to_string(&pid_file) {
+            assert_eq!(p, format!("{pid}\n"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let readies = server.readies();
+    let temporary = readies[1].pid;
+    assert_ne!(temporary, pid);
+    assert_eq!(readies[2].pid, pid);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{pid}\n")
+    );
+    // Give a late message (from the temporary generation, say) time to come.
+    let mut server = server;
+    server
+        .wait_exit(temporary, Duration::from_secs(15))
+        .expect("temporary generation exits");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let got: Vec<(u32, Vec<String>)> = manager
+        .wait(3)
+        .into_iter()
+        .map(|(p, m)| (p, lines(&m)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (pid, vec!["READY=1".to_owned()]),
+            (
+                pid,
+                vec!["RELOADING=1".to_owned(), "MONOTONIC_USEC=…".to_owned()]
+            ),
+            (pid, vec![format!("MAINPID={pid}"), "READY=1".to_owned()]),
+        ],
+        "the temporary generation ({temporary}) must stay quiet\n{}",
+        server.report()
+    );
+}
