@@ -167,7 +167,7 @@ fn handle_reload_from_a_handler_resolves_once_the_new_generation_serves() {
         .wait_ready_after(old, Duration::from_secs(10))
         .unwrap();
     assert!(new.reloaded);
-    assert_eq!(served_pid(&get(&addr, "/").unwrap().1), new.pid);
+    support::wait_served_by(&addr, new.pid);
 }
 
 #[test]
