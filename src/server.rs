@@ -359,31 +359,18 @@ impl Server {
 
         // Validate what needs no system call, then install the signal
         // handlers before anything else can fail slowly or be interrupted.
-        signal_set.validate()?;
-        for (setting, value) in [
-            ("stop_timeout", stop_timeout),
-            ("ready_timeout", ready_timeout),
-            ("header_read_timeout", header_read_timeout),
-            #[cfg(feature = "tls")]
-            ("tls_handshake_timeout", tls_handshake_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(Error::Config {
-                    setting,
-                    reason: "must be greater than zero".to_owned(),
-                });
-            }
-        }
-        if registrations.is_empty() {
-            return Err(Error::Config {
-                setting: "listeners",
-                reason: "no address registered".to_owned(),
-            });
-        }
-        let specs = registrations
-            .iter()
-            .map(|r| listener::parse(&r.addr))
-            .collect::<Result<Vec<_>>>()?;
+        #[cfg(not(feature = "tls"))]
+        let tls_handshake_timeout = Duration::from_secs(1);
+        let specs = check(
+            &registrations,
+            &signal_set,
+            [
+                ("stop_timeout", stop_timeout),
+                ("ready_timeout", ready_timeout),
+                ("header_read_timeout", header_read_timeout),
+                ("tls_handshake_timeout", tls_handshake_timeout),
+            ],
+        )?;
         let mut signals = Signals::install(&signal_set)?;
 
         // Certificates are read by every generation, before it binds or
@@ -406,23 +393,7 @@ impl Server {
             Some(Origin::SelfExec { .. }) => restart::current_children(),
             _ => Vec::new(),
         };
-        let mut inherited = handover::take_inherited(Listener::check_inherited)?;
-        let mut bound: Vec<(String, Arc<Listener>)> = Vec::with_capacity(registrations.len());
-        for (reg, spec) in registrations.iter().zip(&specs) {
-            let found = take_by_name(&mut inherited, &reg.addr)
-                .or_else(|| take_by_addr(&mut inherited, spec));
-            let listener = match found {
-                Some(fd) => {
-                    debug!(addr = %reg.addr, "adopting inherited socket");
-                    Listener::adopt(fd)?
-                }
-                None => Listener::bind(&reg.addr, spec)?,
-            };
-            bound.push((reg.addr.clone(), Arc::new(listener)));
-        }
-        for (name, fd) in inherited {
-            warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
-        }
+        let bound = take_listeners(&registrations, &specs)?;
 
         let mut addrs = Vec::with_capacity(bound.len());
         for ((name, l), tls) in bound.iter().zip(&acceptors) {
@@ -433,8 +404,6 @@ impl Server {
             info!(addr = %addr, name = %name, tls = tls.is_some(), "listening");
             addrs.push(addr);
         }
-        #[cfg(not(feature = "tls"))]
-        let tls_handshake_timeout = Duration::ZERO;
         // Starts (or, after a failed in-place re-exec, restarts) accepting.
         let serve = || {
             let conns = Connections::new(
@@ -463,42 +432,7 @@ impl Server {
         }
         let _ = listening.send(Some(addrs));
 
-        match origin {
-            Some(Origin::Parent(parent)) => {
-                // The service manager learns the new main PID before the old
-                // one exits, or it would take that exit for the service's.
-                if !quiet {
-                    systemd::ready_as_main_pid();
-                }
-                match handover::notify_parent_ready(parent) {
-                    Ok(true) => {
-                        info!(parent = parent.as_raw(), elapsed = ?started.elapsed(), "serving; told the previous generation")
-                    }
-                    Ok(false) => info!(
-                        parent = parent.as_raw(),
-                        "serving; the previous generation is gone"
-                    ),
-                    Err(e) => {
-                        warn!(parent = parent.as_raw(), cause = %e, "serving; could not signal the previous generation")
-                    }
-                }
-            }
-            Some(Origin::SelfExec { temporary }) => {
-                systemd::ready_as_main_pid();
-                info!(elapsed = ?started.elapsed(), "serving again under the same PID");
-                if let Some(t) = temporary {
-                    // Our child (we have not reaped it, so the PID is still
-                    // its): a stop from its parent makes it drain and exit.
-                    info!(pid = t.as_raw(), "stopping the temporary generation");
-                    let _ = nix::sys::signal::kill(t, nix::sys::signal::Signal::SIGTERM);
-                }
-                restart::reap_leftovers(leftovers);
-            }
-            Some(Origin::Systemd) | None => {
-                info!(pid = std::process::id(), "serving");
-                systemd::ready();
-            }
-        }
+        announce(origin, quiet, started, leftovers);
 
         let mut restarter =
             Restarter::new(signal_set.clone(), ready_timeout).keep_pid(keep_pid, quiet);
@@ -590,21 +524,124 @@ impl Server {
             conns.cut_off().await;
         }
         if stop && !quiet {
-            // The final stop: nothing serves after us. (A generation that
-            // handed over leaves both alone: they are its successor's now.)
-            for path in &unix_paths {
-                match std::fs::remove_file(path) {
-                    Ok(()) => debug!(path = %path.display(), "removed the socket file"),
-                    Err(e) => {
-                        warn!(path = %path.display(), cause = %e, "cannot remove the socket file")
-                    }
-                }
-            }
-            if let Some(path) = &pid_file {
-                remove_pid_file(path);
-            }
+            final_cleanup(&unix_paths, pid_file.as_deref());
         }
         Ok(())
+    }
+}
+
+/// Checks every setting that needs no system call; returns the parsed
+/// addresses.
+fn check(
+    registrations: &[Registration],
+    signals: &SignalSet,
+    timeouts: [(&'static str, Duration); 4],
+) -> Result<Vec<listener::BindSpec>> {
+    signals.validate()?;
+    for (setting, value) in timeouts {
+        if value.is_zero() {
+            return Err(Error::Config {
+                setting,
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+    }
+    if registrations.is_empty() {
+        return Err(Error::Config {
+            setting: "listeners",
+            reason: "no address registered".to_owned(),
+        });
+    }
+    registrations
+        .iter()
+        .map(|r| listener::parse(&r.addr))
+        .collect()
+}
+
+/// A listener for every registration: the inherited socket of the same name
+/// or address if there is one, else a new one. Inherited sockets that match
+/// nothing are closed.
+fn take_listeners(
+    registrations: &[Registration],
+    specs: &[listener::BindSpec],
+) -> Result<Vec<(String, Arc<Listener>)>> {
+    let mut inherited = handover::take_inherited(Listener::check_inherited)?;
+    let mut bound = Vec::with_capacity(registrations.len());
+    for (reg, spec) in registrations.iter().zip(specs) {
+        let found =
+            take_by_name(&mut inherited, &reg.addr).or_else(|| take_by_addr(&mut inherited, spec));
+        let listener = match found {
+            Some(fd) => {
+                debug!(addr = %reg.addr, "adopting inherited socket");
+                Listener::adopt(fd)?
+            }
+            None => Listener::bind(&reg.addr, spec)?,
+        };
+        bound.push((reg.addr.clone(), Arc::new(listener)));
+    }
+    for (name, fd) in inherited {
+        warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
+    }
+    Ok(bound)
+}
+
+/// Tells whoever waits for it that this generation serves: the previous
+/// generation (by signal), the service manager, and, after an in-place
+/// re-exec, the temporary generation (which then drains).
+fn announce(
+    origin: Option<Origin>,
+    quiet: bool,
+    started: Instant,
+    leftovers: Vec<nix::unistd::Pid>,
+) {
+    match origin {
+        Some(Origin::Parent(parent)) => {
+            // The service manager learns the new main PID before the old one
+            // exits, or it would take that exit for the service's.
+            if !quiet {
+                systemd::ready_as_main_pid();
+            }
+            let pid = parent.as_raw();
+            match handover::notify_parent_ready(parent) {
+                Ok(true) => {
+                    info!(parent = pid, elapsed = ?started.elapsed(), "serving; told the previous generation")
+                }
+                Ok(false) => info!(parent = pid, "serving; the previous generation is gone"),
+                Err(e) => {
+                    warn!(parent = pid, cause = %e, "serving; could not signal the previous generation")
+                }
+            }
+        }
+        Some(Origin::SelfExec { temporary }) => {
+            systemd::ready_as_main_pid();
+            info!(elapsed = ?started.elapsed(), "serving again under the same PID");
+            if let Some(t) = temporary {
+                // Our child (we have not reaped it, so the PID is still its):
+                // a stop from its parent makes it drain and exit.
+                info!(pid = t.as_raw(), "stopping the temporary generation");
+                let _ = nix::sys::signal::kill(t, nix::sys::signal::Signal::SIGTERM);
+            }
+            restart::reap_leftovers(leftovers);
+        }
+        Some(Origin::Systemd) | None => {
+            info!(pid = std::process::id(), "serving");
+            systemd::ready();
+        }
+    }
+}
+
+/// After the final stop nothing serves after us: the socket files and the
+/// PID file go. (A generation that handed over leaves both alone: they are
+/// its successor's now.)
+fn final_cleanup(unix_paths: &[PathBuf], pid_file: Option<&Path>) {
+    for path in unix_paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => debug!(path = %path.display(), "removed the socket file"),
+            Err(e) => warn!(path = %path.display(), cause = %e, "cannot remove the socket file"),
+        }
+    }
+    if let Some(path) = pid_file {
+        remove_pid_file(path);
     }
 }
 
