@@ -161,9 +161,12 @@ impl Listener {
         if !socket.is_listener().unwrap_or(false) {
             return Err(err("not a listening socket".to_owned()));
         }
+        // The family of the address it is bound to: SO_DOMAIN, which
+        // `Socket::domain` reads, exists only on some systems (not macOS).
         let domain = socket
-            .domain()
-            .map_err(|e| err(format!("unknown socket family ({e})")))?;
+            .local_addr()
+            .map_err(|e| err(format!("unknown socket family ({e})")))?
+            .domain();
         if domain != Domain::IPV4 && domain != Domain::IPV6 && domain != Domain::UNIX {
             return Err(err(format!("unsupported socket family {domain:?}")));
         }
@@ -188,7 +191,7 @@ impl Listener {
             reason: format!("cannot prepare it ({e})"),
         };
         socket.set_cloexec(true).map_err(err)?;
-        if socket.domain().map_err(err)? == Domain::UNIX {
+        if socket.local_addr().map_err(err)?.domain() == Domain::UNIX {
             socket.set_nonblocking(true).map_err(err)?;
             let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
             return Ok(Listener::Unix(UnixListener::from_std(l).map_err(err)?));

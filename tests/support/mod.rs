@@ -47,9 +47,13 @@ pub fn fixture() -> PathBuf {
     example("fixture")
 }
 
+/// Makes generations orphaned by their parent's exit our children, so that
+/// we can reap them. Linux only; elsewhere (the bench builds on macOS) they
+/// go to init as usual.
 fn become_subreaper() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        #[cfg(target_os = "linux")]
         nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
     });
 }
