@@ -115,8 +115,8 @@
 //!
 //! # Platform support
 //!
-//! Linux (tested) and other Unix systems such as macOS (built). Windows is
-//! not supported: it has no fork/exec or descriptor inheritance to build on.
+//! Linux (tested) and macOS (type-checked in CI, not run). Windows is not
+//! supported: it has no fork/exec or descriptor inheritance to build on.
 //!
 //! # Limits
 //!

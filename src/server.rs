@@ -615,11 +615,16 @@ fn announce(
         Some(Origin::SelfExec { temporary }) => {
             systemd::ready_as_main_pid();
             info!(elapsed = ?started.elapsed(), "serving again under the same PID");
+            let mut leftovers = leftovers;
             if let Some(t) = temporary {
                 // Our child (we have not reaped it, so the PID is still its):
                 // a stop from its parent makes it drain and exit.
                 info!(pid = t.as_raw(), "stopping the temporary generation");
                 let _ = nix::sys::signal::kill(t, nix::sys::signal::Signal::SIGTERM);
+                // Known from the hand-over even where /proc cannot list it.
+                if !leftovers.contains(&t) {
+                    leftovers.push(t);
+                }
             }
             restart::reap_leftovers(leftovers);
         }
