@@ -286,15 +286,23 @@ fn file_descriptors_do_not_leak_across_100_reloads() {
         .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
         .start();
     let addr = server.addr();
-    let fds = |addr: &str| {
-        get(addr, "/fds")
-            .unwrap()
-            .1
-            .trim()
-            .parse::<usize>()
-            .unwrap()
+    // The FD count of the generation `pid`: right after a reload the old
+    // one may still answer a request or two, without its listeners.
+    let fds_of = |addr: &str, pid: u32| -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let body = get(addr, "/fds").unwrap().1;
+            let (n, who) = body.trim().split_once(" pid=").unwrap();
+            if who.parse::<u32>().unwrap() == pid {
+                return n.parse().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "{pid} never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     };
+    let fds = |addr: &str| fds_of(addr, server.current().pid);
     let first = fds(&addr);
+    let first_list = get(&addr, "/fds-list").unwrap().1;
 
     // A failed reload leaves nothing behind in the generation that survives it.
     std::fs::write(&crash, "").unwrap();
@@ -308,7 +316,12 @@ fn file_descriptors_do_not_leak_across_100_reloads() {
     for _ in 0..100 {
         server.reload(Signal::SIGHUP);
     }
-    assert_eq!(fds(&addr), first, "FDs after 100 reloads");
+    assert_eq!(
+        fds(&addr),
+        first,
+        "FDs after 100 reloads: now {} first {first_list}",
+        get(&addr, "/fds-list").unwrap().1
+    );
     assert_no_zombies_and_one_alive(&server);
 }
 
