@@ -154,12 +154,12 @@ pub use error::{Error, Result};
 pub use handle::Handle;
 pub use hyper_util::service::TowerToHyperService;
 pub use listener::LocalAddr;
-pub use server::Server;
-pub use signal::Signal;
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.
 #[cfg(feature = "tls")]
 pub use rustls;
+pub use server::Server;
+pub use signal::Signal;
 
 /// Serves `svc` on `addr` with the default settings, reloading on `SIGHUP`
 /// or `SIGUSR1` and stopping gracefully on `SIGTERM` or `SIGINT`.
