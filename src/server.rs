@@ -137,7 +137,7 @@ impl Server {
     /// `svc` is any hyper service, such as one made with
     /// [`hyper::service::service_fn`]; wrap a tower service (an axum `Router`)
     /// in [`TowerToHyperService`](crate::TowerToHyperService).
-    pub fn register<S, B>(mut self, addr: &str, svc: S) -> Self
+    pub fn register<S, B>(self, addr: &str, svc: S) -> Self
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
@@ -150,11 +150,25 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        self.push(
+            addr,
+            service::register::<S, B>(svc),
+            #[cfg(feature = "tls")]
+            None,
+        )
+    }
+
+    fn push(
+        mut self,
+        addr: &str,
+        svc: Box<dyn Launch>,
+        #[cfg(feature = "tls")] tls: Option<TlsSource>,
+    ) -> Self {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
-            svc: service::register::<S, B>(svc),
+            svc,
             #[cfg(feature = "tls")]
-            tls: None,
+            tls,
         });
         self
     }
@@ -192,7 +206,7 @@ impl Server {
             cert: cert_pem.as_ref().to_path_buf(),
             key: key_pem.as_ref().to_path_buf(),
         };
-        self.register_with_tls(addr, source, svc)
+        self.push(addr, service::register::<S, B>(svc), Some(source))
     }
 
     /// Adds an HTTPS listener on `addr` with a rustls configuration you
@@ -220,29 +234,11 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.register_with_tls(addr, TlsSource::Config(config), svc)
-    }
-
-    #[cfg(feature = "tls")]
-    fn register_with_tls<S, B>(mut self, addr: &str, tls: TlsSource, svc: S) -> Self
-    where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.registrations.push(Registration {
-            addr: addr.to_owned(),
-            svc: service::register::<S, B>(svc),
-            tls: Some(tls),
-        });
-        self
+        self.push(
+            addr,
+            service::register::<S, B>(svc),
+            Some(TlsSource::Config(config)),
+        )
     }
 
     /// How long a client may take to complete the TLS handshake (default
