@@ -15,7 +15,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Every variant names what was at fault: the address, file descriptor,
 /// signal, path or process. Messages are meant to be shown to an operator as
-/// they are.
+/// they are, so each `Display` is complete: it includes what the operating
+/// system said. For that reason [`source`](std::error::Error::source)
+/// returns `None` (the Rust API guidelines ask for one or the other, so that
+/// chain printers such as `anyhow`'s `{:#}` do not say it twice); the
+/// underlying [`io::Error`] is in the variant's `source` field.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -50,6 +54,8 @@ pub enum Error {
     },
     /// Installing the signal handlers failed.
     SignalHandler {
+        /// The signals whose handlers were being installed.
+        signals: String,
         /// What the operating system said.
         source: io::Error,
     },
@@ -87,6 +93,8 @@ pub enum Error {
     ChildExited {
         /// The PID of the failed generation.
         pid: u32,
+        /// The executable it was started from.
+        path: PathBuf,
         /// How it ended.
         status: ExitStatus,
     },
@@ -120,8 +128,8 @@ impl fmt::Display for Error {
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Inherit { fd, reason } => write!(f, "cannot adopt inherited fd {fd}: {reason}"),
             Error::Signal { signal, reason } => write!(f, "signal {signal}: {reason}"),
-            Error::SignalHandler { source } => {
-                write!(f, "cannot install signal handlers: {source}")
+            Error::SignalHandler { signals, source } => {
+                write!(f, "cannot install signal handlers for {signals}: {source}")
             }
             Error::Config { setting, reason } => write!(f, "invalid {setting}: {reason}"),
             Error::Tls { path, reason } => write!(f, "TLS file {}: {reason}", path.display()),
@@ -135,10 +143,11 @@ impl fmt::Display for Error {
             Error::Exec { path, source } => {
                 write!(f, "cannot re-execute {} in place: {source}", path.display())
             }
-            Error::ChildExited { pid, status } => {
+            Error::ChildExited { pid, path, status } => {
                 write!(
                     f,
-                    "new generation (pid {pid}) exited before it was ready: {status}"
+                    "new generation {} (pid {pid}) exited before it was ready: {status}",
+                    path.display()
                 )
             }
             Error::ReadyTimeout { pid, timeout } => write!(
@@ -153,15 +162,5 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Bind { source, .. }
-            | Error::SignalHandler { source }
-            | Error::Spawn { source, .. }
-            | Error::Exec { source, .. }
-            | Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// Every message is complete (see [`Error`]), so no error has a `source`.
+impl std::error::Error for Error {}

@@ -1,5 +1,8 @@
 //! [`Handle`]: reload or stop a running server from code.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
@@ -42,6 +45,9 @@ pub(crate) enum Command {
 pub struct Handle {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) listening: watch::Receiver<Option<Vec<LocalAddr>>>,
+    /// Set once `run` serves: a reload asked before that has nothing to
+    /// reload, and must not wait for a server that may never run.
+    pub(crate) serving: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -55,12 +61,15 @@ impl Handle {
     /// ([`Error::ReadyTimeout`]), another reload is under way
     /// ([`Error::ReloadInProgress`]), this generation is already draining
     /// ([`Error::Draining`]), or the server is not running
-    /// ([`Error::NotRunning`]).
+    /// ([`Error::NotRunning`], also before [`run`](crate::Server::run) serves).
     ///
     /// # Cancellation safety
     ///
     /// Dropping the future does not cancel the reload once it was sent.
     pub async fn reload(&self) -> Result<()> {
+        if !self.serving.load(Ordering::Acquire) {
+            return Err(Error::NotRunning);
+        }
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Reload(tx))

@@ -7,11 +7,17 @@
 //! |-------------------|-------------------------------------------------------|
 //! | `ENDLESS_FDS`     | how many sockets follow FD 2                          |
 //! | `ENDLESS_FDNAMES` | their names (registered addresses), `;`-separated     |
-//! | `ENDLESS_PPID`    | the PID of the process that placed them               |
+//! | `ENDLESS_FDIDS`   | each socket's identity, `device:inode`, `;`-separated |
+//! | `ENDLESS_PPID`    | the PID of the process that placed them (to signal)   |
 //!
-//! The child accepts them only when `getppid()` is the PID named, so a process
-//! that the server itself spawns later (a grandchild, whose parent is the
-//! child) ignores the stale variables it inherits. These are not systemd's
+//! The child accepts them only when every FD named is a socket with exactly
+//! the identity given (checked with `fstat`, touching nothing else), so a
+//! process that the server itself spawns later (a grandchild, which inherits
+//! the variables but, the sockets being close-on-exec, not the sockets)
+//! ignores the stale variables. The sockets themselves authenticate the
+//! hand-over, not the parent's PID: if the parent dies while the child
+//! starts (a crash, the OOM killer), the child still adopts them and serves,
+//! and signals nobody. These are not systemd's
 //! `LISTEN_*` variables on purpose: systemd's `LISTEN_PID` must name the
 //! child itself, which is unknown until after the fork, and writing it
 //! between fork and exec would need an allocation there.
@@ -34,6 +40,7 @@ use crate::error::{Error, Result};
 
 const FDS: &str = "ENDLESS_FDS";
 const FDNAMES: &str = "ENDLESS_FDNAMES";
+const FDIDS: &str = "ENDLESS_FDIDS";
 const PPID: &str = "ENDLESS_PPID";
 /// Set on a generation started only to serve while its parent re-executes
 /// itself in place (`keep_pid`).
@@ -44,7 +51,9 @@ const TEMPORARY: &str = "ENDLESS_TEMPORARY";
 const EXEC_PID: &str = "ENDLESS_EXEC_PID";
 const FDNUMS: &str = "ENDLESS_FDNUMS";
 const TEMP_PID: &str = "ENDLESS_TEMP_PID";
-const ALL_VARS: [&str; 7] = [FDS, FDNAMES, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID];
+const ALL_VARS: [&str; 8] = [
+    FDS, FDNAMES, FDIDS, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID,
+];
 /// systemd's socket-activation variables: they describe the first
 /// generation's FDs only, so a new generation must never see them.
 const SYSTEMD_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
@@ -173,18 +182,62 @@ fn read_env() -> Result<Option<Received>, (RawFd, String)> {
         Some(pid) if pid > 0 => Pid::from_raw(pid),
         _ => return Ok(None),
     };
-    if parent != getppid() {
-        // Variables meant for another process (we are a grandchild, or our
-        // parent died): not ours, and the FDs are not ours to touch.
+    let names = read_names()?;
+    let fds: Vec<RawFd> = (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect();
+    if !sockets_are(&fds) {
+        // Variables meant for another process (we are a grandchild that
+        // inherited them): the FDs are not those sockets, not ours to touch.
         return Ok(None);
     }
-    let names = read_names()?;
     Ok(Some(Received {
         origin: Origin::Parent(parent),
-        fds: (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect(),
+        fds,
         names,
         temporary: std::env::var_os(TEMPORARY).is_some_and(|v| v == "1"),
     }))
+}
+
+/// Whether each of `fds` is open and is the socket `ENDLESS_FDIDS` names.
+/// Only `fstat` is called: an FD that is not what the variables say is
+/// somebody else's and stays untouched.
+fn sockets_are(fds: &[RawFd]) -> bool {
+    let ids = std::env::var_os(FDIDS).unwrap_or_default();
+    let ids: Vec<&str> = match ids.to_str() {
+        Some("") => Vec::new(),
+        Some(v) => v.split(';').collect(),
+        None => return false,
+    };
+    ids.len() == fds.len()
+        && fds
+            .iter()
+            .zip(ids)
+            .all(|(&fd, id)| socket_id(fd).is_some_and(|actual| actual == id))
+}
+
+/// `device:inode` of the socket at `fd`, if it is an open socket.
+fn socket_id(fd: RawFd) -> Option<String> {
+    use nix::sys::stat::{fstat, SFlag};
+    // SAFETY: borrowed only for the `fstat`; an FD that is not open makes
+    // it fail with EBADF, and nothing is closed or changed.
+    let st = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
+    let is_socket = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK;
+    is_socket.then(|| format!("{}:{}", st.st_dev, st.st_ino))
+}
+
+/// The identities of `fds` for `ENDLESS_FDIDS`.
+fn encode_ids(fds: &[RawFd]) -> io::Result<String> {
+    let ids = fds
+        .iter()
+        .map(|&fd| {
+            socket_id(fd).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("FD {fd} is not an open socket"),
+                )
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(ids.join(";"))
 }
 
 /// `ENDLESS_FDS` and `ENDLESS_FDNAMES`, checked against each other.
@@ -305,25 +358,28 @@ fn read_systemd_env() -> Result<Option<Received>, (RawFd, String)> {
 /// installed its handlers stays pending instead of killing it.
 ///
 /// `temporary`: the child only serves while we re-execute ourselves in place.
+///
+/// Fails only if a listener is not an open socket (which would be a bug).
 pub(crate) fn pass_listeners(
     cmd: &mut Command,
     listeners: &[(&str, RawFd)],
     blocked: SigSet,
     temporary: bool,
-) {
+) -> io::Result<()> {
     for var in SYSTEMD_VARS.iter().chain(&ALL_VARS) {
         cmd.env_remove(var);
     }
     let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
+    let sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
     cmd.env(FDS, listeners.len().to_string())
         .env(FDNAMES, encode_names(&names))
+        .env(FDIDS, encode_ids(&sources)?)
         .env(PPID, getpid().to_string());
     if temporary {
         cmd.env(TEMPORARY, "1");
     }
 
     // Everything the closure needs is allocated here, before the fork.
-    let sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
     let mut moved: Vec<RawFd> = vec![-1; sources.len()];
     // SAFETY: the closure runs between fork and exec, where only
     // async-signal-safe calls are allowed. It calls only `sigprocmask`,
@@ -332,6 +388,7 @@ pub(crate) fn pass_listeners(
     unsafe {
         cmd.pre_exec(move || place_fds(&sources, &mut moved, &blocked));
     }
+    Ok(())
 }
 
 /// Runs in the forked child: blocks `blocked`, then puts `sources[i]` at
@@ -369,10 +426,10 @@ fn place_fds(sources: &[RawFd], moved: &mut [RawFd], blocked: &SigSet) -> io::Re
     Ok(())
 }
 
-/// Re-executes this process in place (same PID) as `path` with `args`,
-/// handing it `listeners` where they are, and naming `temporary`, the
-/// generation serving meanwhile. Returns only if the exec failed, after
-/// undoing what it changed, so the caller can go on serving.
+/// Re-executes this process in place (same PID) as `path` with `args` in
+/// the directory `cwd`, handing it `listeners` where they are, and naming
+/// `temporary`, the generation serving meanwhile. Returns only if the exec
+/// failed, after undoing what it changed, so the caller can go on serving.
 ///
 /// Exactly the listeners lose close-on-exec, just before the `execve`; a
 /// process that another thread forks in that instant could inherit them (a
@@ -382,6 +439,7 @@ fn place_fds(sources: &[RawFd], moved: &mut [RawFd], blocked: &SigSet) -> io::Re
 pub(crate) fn exec_in_place(
     path: &std::path::Path,
     args: &[std::ffi::OsString],
+    cwd: Option<&std::path::Path>,
     listeners: &[(&str, RawFd)],
     blocked: SigSet,
     temporary: Option<Pid>,
@@ -400,7 +458,8 @@ pub(crate) fn exec_in_place(
         let mut env = Vec::new();
         for (k, v) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if ALL_VARS.contains(&k.as_ref()) || SYSTEMD_VARS.contains(&k.as_ref()) {
+            let replaced = k == "PWD" && cwd.is_some();
+            if replaced || ALL_VARS.contains(&k.as_ref()) || SYSTEMD_VARS.contains(&k.as_ref()) {
                 continue;
             }
             let mut kv = k.as_bytes().to_vec();
@@ -421,6 +480,11 @@ pub(crate) fn exec_in_place(
         if let Some(t) = temporary {
             set(TEMP_PID, t.to_string())?;
         }
+        if let Some(cwd) = cwd {
+            let mut kv = b"PWD=".to_vec();
+            kv.extend_from_slice(cwd.as_os_str().as_bytes());
+            env.push(cstr(&kv)?);
+        }
         Ok((exe, argv, env))
     })();
     let (exe, argv, env) = match prepared {
@@ -428,6 +492,19 @@ pub(crate) fn exec_in_place(
         Err(e) => return e,
     };
 
+    // The logical directory (see `exe`): after a symlink switch, the new
+    // release's. The old one is restored if the exec fails.
+    let old_cwd = std::env::current_dir().ok();
+    if let Some(cwd) = cwd {
+        if let Err(e) = std::env::set_current_dir(cwd) {
+            return e;
+        }
+    }
+    let restore_cwd = || {
+        if let (Some(old), Some(_)) = (&old_cwd, cwd) {
+            let _ = std::env::set_current_dir(old);
+        }
+    };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     let mut old_mask = SigSet::empty();
@@ -436,6 +513,7 @@ pub(crate) fn exec_in_place(
         Some(&blocked),
         Some(&mut old_mask),
     ) {
+        restore_cwd();
         return e.into();
     }
     for (_, fd) in listeners {
@@ -454,6 +532,7 @@ pub(crate) fn exec_in_place(
         Some(&old_mask),
         None,
     );
+    restore_cwd();
     err
 }
 

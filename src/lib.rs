@@ -129,10 +129,16 @@
 #![cfg(unix)]
 #![deny(unsafe_code)]
 
+mod drain;
 mod error;
+mod events;
+#[allow(unsafe_code)]
+mod exe;
+mod generation;
 mod handle;
 #[allow(unsafe_code)]
 mod handover;
+mod keep_pid;
 mod listener;
 mod restart;
 mod serve;
@@ -146,10 +152,6 @@ mod tls;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use http_body::Body;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use hyper_util::service::TowerToHyperService;
@@ -159,7 +161,8 @@ pub use listener::LocalAddr;
 #[cfg(feature = "tls")]
 pub use rustls;
 pub use server::Server;
-pub use signal::Signal;
+pub use service::{HttpBody, HttpService};
+pub use signal::{ParseSignalError, Signal};
 
 /// Serves `svc` on `addr` with the default settings, reloading on `SIGHUP`
 /// or `SIGUSR1` and stopping gracefully on `SIGTERM` or `SIGINT`.
@@ -181,16 +184,8 @@ pub use signal::Signal;
 /// ```
 pub async fn listen_and_serve<S, B>(addr: &str, svc: S) -> Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     Server::new().register(addr, svc).run().await
 }
@@ -223,16 +218,8 @@ pub async fn listen_and_serve_tls<S, B>(
     svc: S,
 ) -> Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     Server::new()
         .register_tls(addr, cert_pem, key_pem, svc)
@@ -247,7 +234,7 @@ static STARTED_AT: OnceLock<SystemTime> = OnceLock::new();
 fn init_process_state() {
     STARTED_AT.get_or_init(SystemTime::now);
     handover::init();
-    restart::Exe::get();
+    exe::init();
 }
 
 /// When this generation started: the first call into `endless` in this

@@ -1,34 +1,25 @@
-//! The [`Server`] builder and the life of one generation.
+//! The [`Server`] builder: listeners and settings, checked by [`Server::run`].
 
-use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http_body::Body;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::generation::Generation;
 use crate::handle::{Command, Handle};
-use crate::handover;
-use crate::handover::Origin;
-use crate::listener::{self, Listener, LocalAddr};
-use crate::restart::{self, Meaning, Outcome, Restarter};
-use crate::serve::{Connections, Tls, IDLE_GRACE};
-use crate::service::{self, BoxError, Launch};
-use crate::signal::{SignalSet, Signals};
-use crate::systemd;
+use crate::listener::{self, LocalAddr};
+use crate::service::{self, HttpBody, HttpService, Launch};
+use crate::signal::{Signal, SignalSet};
 #[cfg(feature = "tls")]
-use crate::tls::TlsSource;
-use crate::Signal;
+pub(crate) use crate::tls::TlsSource;
 
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-#[cfg(feature = "tls")]
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server with one or more listeners that restarts itself without
@@ -66,25 +57,52 @@ const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Server {
     registrations: Vec<Registration>,
-    stop_timeout: Duration,
-    ready_timeout: Duration,
-    header_read_timeout: Duration,
-    #[cfg(feature = "tls")]
-    tls_handshake_timeout: Duration,
-    signals: SignalSet,
-    pid_file: Option<PathBuf>,
-    keep_pid: bool,
+    settings: Settings,
     commands: mpsc::UnboundedReceiver<Command>,
     handle: Handle,
-    listening: watch::Sender<Option<Vec<LocalAddr>>>,
 }
 
-struct Registration {
-    addr: String,
-    svc: Box<dyn Launch>,
-    #[cfg(feature = "tls")]
-    tls: Option<TlsSource>,
+/// Everything a generation needs to know besides its listeners.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) stop_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    /// Used only with the `tls` feature.
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) signals: SignalSet,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) keep_pid: bool,
+    /// Tells the handles where the server listens.
+    pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
+    /// Tells the handles that the server serves.
+    pub(crate) serving: Arc<AtomicBool>,
 }
+
+/// One registered listener: its address (also its name across reloads),
+/// its service, and its TLS configuration, if it serves HTTPS.
+pub(crate) struct Registration {
+    pub(crate) addr: String,
+    pub(crate) svc: Box<dyn Launch>,
+    pub(crate) tls: Option<TlsSource>,
+}
+
+/// Without the `tls` feature no listener serves HTTPS: the type has no
+/// values, so code that handles one compiles and is never reached.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub(crate) enum TlsSource {}
+
+#[cfg(not(feature = "tls"))]
+impl TlsSource {
+    pub(crate) fn acceptor(&self) -> Result<crate::serve::NoTls> {
+        match *self {}
+    }
+}
+
+/// The longest duration any setting takes: longer ones are taken as this
+/// (about a year), so that no deadline computed from one can overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,22 +126,26 @@ impl Server {
         crate::init_process_state();
         let (tx, commands) = mpsc::unbounded_channel();
         let (listening, listening_rx) = watch::channel(None);
+        let serving = Arc::new(AtomicBool::new(false));
         Server {
             registrations: Vec::new(),
-            stop_timeout: DEFAULT_STOP_TIMEOUT,
-            ready_timeout: DEFAULT_READY_TIMEOUT,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            #[cfg(feature = "tls")]
-            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-            signals: SignalSet::default(),
-            pid_file: None,
-            keep_pid: false,
+            settings: Settings {
+                stop_timeout: DEFAULT_STOP_TIMEOUT,
+                ready_timeout: DEFAULT_READY_TIMEOUT,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                signals: SignalSet::default(),
+                pid_file: None,
+                keep_pid: false,
+                listening,
+                serving: serving.clone(),
+            },
             commands,
             handle: Handle {
                 commands: tx,
                 listening: listening_rx,
+                serving,
             },
-            listening,
         }
     }
 
@@ -139,35 +161,16 @@ impl Server {
     /// in [`TowerToHyperService`](crate::TowerToHyperService).
     pub fn register<S, B>(self, addr: &str, svc: S) -> Self
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
-        self.push(
-            addr,
-            service::register::<S, B>(svc),
-            #[cfg(feature = "tls")]
-            None,
-        )
+        self.push(addr, service::register::<S, B>(svc), None)
     }
 
-    fn push(
-        mut self,
-        addr: &str,
-        svc: Box<dyn Launch>,
-        #[cfg(feature = "tls")] tls: Option<TlsSource>,
-    ) -> Self {
+    fn push(mut self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
             svc,
-            #[cfg(feature = "tls")]
             tls,
         });
         self
@@ -191,16 +194,8 @@ impl Server {
         svc: S,
     ) -> Self
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         let source = TlsSource::Files {
             cert: cert_pem.as_ref().to_path_buf(),
@@ -223,16 +218,8 @@ impl Server {
         svc: S,
     ) -> Self
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         self.push(
             addr,
@@ -246,21 +233,21 @@ impl Server {
     /// client never holds up accepting. Must not be zero.
     #[cfg(feature = "tls")]
     pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.tls_handshake_timeout = timeout;
+        self.settings.tls_handshake_timeout = timeout.min(MAX_DURATION);
         self
     }
 
     /// How long a drain may take before the connections left are cut off
     /// (default 20 s). Must not be zero.
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
+        self.settings.stop_timeout = timeout.min(MAX_DURATION);
         self
     }
 
     /// How long a new generation may take from spawn to serving before it is
     /// killed and the reload abandoned (default 60 s). Must not be zero.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
+        self.settings.ready_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -268,7 +255,7 @@ impl Server {
     /// the first request of a connection (default 30 s), so that a silent
     /// client cannot hold a connection forever. Must not be zero.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
+        self.settings.header_read_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -278,14 +265,14 @@ impl Server {
     /// [`Handle::reload`]. `SIGTERM` cannot be one (it is how a new
     /// generation reports that it is ready).
     pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.signals.reload = signals.into_iter().collect();
+        self.settings.signals.reload = signals.into_iter().collect();
         self
     }
 
     /// The signals that start a graceful stop (default `SIGTERM`, `SIGINT`).
     /// A second stop signal during the drain cuts it short.
     pub fn stop_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.signals.stop = signals.into_iter().collect();
+        self.settings.signals.stop = signals.into_iter().collect();
         self
     }
 
@@ -296,7 +283,7 @@ impl Server {
     /// predecessor exits, so the file always names a live, serving process.
     /// A final stop removes it (if it still holds our PID).
     pub fn pid_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.pid_file = Some(path.as_ref().to_path_buf());
+        self.settings.pid_file = Some(path.as_ref().to_path_buf());
         self
     }
 
@@ -317,7 +304,7 @@ impl Server {
     /// returns; do not await it inside a request handler, whose request the
     /// drain waits for.)
     pub fn keep_pid(mut self, keep: bool) -> Self {
-        self.keep_pid = keep;
+        self.settings.keep_pid = keep;
         self
     }
 
@@ -334,207 +321,40 @@ impl Server {
     /// whose stop timeout cut connections off; `Err` if the server cannot
     /// start (a bad setting, address or signal, a busy port, an unusable
     /// inherited socket).
+    ///
+    /// The signal handlers it installs stay installed after it returns (the
+    /// signal-hook crate cannot restore what was there before): a reload or
+    /// stop signal that arrives then is caught and ignored rather than, say,
+    /// terminating the process. A program that goes on after `run` and wants
+    /// those signals must handle them itself (with `tokio::signal`, say).
     pub async fn run(self) -> Result<()> {
         let Server {
             registrations,
-            stop_timeout,
-            ready_timeout,
-            header_read_timeout,
-            #[cfg(feature = "tls")]
-            tls_handshake_timeout,
-            signals: signal_set,
-            pid_file,
-            keep_pid,
-            mut commands,
+            settings,
+            commands,
             handle,
-            listening,
         } = self;
         // Keep our own sender alive only as long as a user handle might be;
-        // dropping it lets `commands.recv()` report "no handles left".
+        // dropping it lets the events report "no handles left".
         drop(handle);
-
-        // Validate what needs no system call, then install the signal
-        // handlers before anything else can fail slowly or be interrupted.
-        #[cfg(not(feature = "tls"))]
-        let tls_handshake_timeout = Duration::from_secs(1);
-        let specs = check(
-            &registrations,
-            &signal_set,
-            [
-                ("stop_timeout", stop_timeout),
-                ("ready_timeout", ready_timeout),
-                ("header_read_timeout", header_read_timeout),
-                ("tls_handshake_timeout", tls_handshake_timeout),
-            ],
-        )?;
-        let mut signals = Signals::install(&signal_set)?;
-
-        // Certificates are read by every generation, before it binds or
-        // adopts anything: one that cannot load them never takes over.
-        #[cfg(feature = "tls")]
-        let acceptors: Vec<Tls> = registrations
-            .iter()
-            .map(|r| r.tls.as_ref().map(TlsSource::acceptor).transpose())
-            .collect::<Result<Vec<_>>>()?;
-        #[cfg(not(feature = "tls"))]
-        let acceptors: Vec<Tls> = registrations.iter().map(|_| None).collect();
-
-        let started = Instant::now();
-        let origin = handover::origin();
-        // A temporary generation (keep_pid) serves quietly: the process
-        // manager, the PID file and the socket files belong to the PID that
-        // re-executes itself meanwhile.
-        let quiet = handover::is_temporary();
-        let leftovers = match origin {
-            Some(Origin::SelfExec { .. }) => restart::current_children(),
-            _ => Vec::new(),
-        };
-        let bound = take_listeners(&registrations, &specs)?;
-
-        let mut addrs = Vec::with_capacity(bound.len());
-        for ((name, l), tls) in bound.iter().zip(&acceptors) {
-            let addr = l.local_addr().map_err(|source| Error::Io {
-                context: format!("cannot read the local address of {name}"),
-                source,
-            })?;
-            info!(addr = %addr, name = %name, tls = tls.is_some(), "listening");
-            addrs.push(addr);
-        }
-        // Starts (or, after a failed in-place re-exec, restarts) accepting.
-        let serve = || {
-            let conns = Connections::new(
-                header_read_timeout,
-                IDLE_GRACE.min(stop_timeout),
-                tls_handshake_timeout,
-            );
-            conns.spawn_sweeper();
-            for (((name, l), reg), tls) in bound.iter().zip(&registrations).zip(&acceptors) {
-                reg.svc.launch(&conns, name.clone(), l.clone(), tls.clone());
-            }
-            conns
-        };
-        let mut conns = serve();
-        let unix_paths: Vec<PathBuf> = addrs
-            .iter()
-            .filter_map(|a| match a {
-                LocalAddr::Unix(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect();
-        // The PID file first: whoever learns that we serve (from `listening`,
-        // or our parent from our signal) finds the file already current.
-        if let (Some(path), false) = (&pid_file, quiet) {
-            write_pid_file(path)?;
-        }
-        let _ = listening.send(Some(addrs));
-
-        announce(origin, quiet, started, leftovers);
-
-        let mut restarter =
-            Restarter::new(signal_set.clone(), ready_timeout).keep_pid(keep_pid, quiet);
-        let outcome = loop {
-            let fds: Vec<(&str, RawFd)> = bound
-                .iter()
-                .map(|(n, l)| (n.as_str(), l.raw_fd()))
-                .collect();
-            match restarter.serve(&mut signals, &mut commands, &fds).await {
-                Outcome::HandedOver { pid, waiter } if keep_pid && !quiet => {
-                    // The temporary generation serves; drain ours, keeping the
-                    // listeners, then become the new binary under our PID.
-                    conns.start_drain();
-                    info!(connections = conns.active(), timeout = ?stop_timeout, "draining before re-executing in place");
-                    let temporary = nix::unistd::Pid::from_raw(pid as i32);
-                    if drain(
-                        &conns,
-                        stop_timeout,
-                        &mut signals,
-                        &restarter,
-                        &mut commands,
-                    )
-                    .await
-                        == Drained::StopRequested
-                    {
-                        info!(pid, "stop requested; stopping the temporary generation too");
-                        let _ =
-                            nix::sys::signal::kill(temporary, nix::sys::signal::Signal::SIGTERM);
-                        if let Some(w) = waiter {
-                            let _ = w.send(Err(Error::Draining));
-                        }
-                        break Outcome::Stop;
-                    }
-                    let exe = restart::Exe::get();
-                    info!(path = %exe.path().display(), "re-executing in place");
-                    let source = handover::exec_in_place(
-                        exe.path(),
-                        exe.args(),
-                        &fds,
-                        signal_set.handled(),
-                        Some(temporary),
-                    );
-                    // Still here: the exec failed. Serve again and send the
-                    // temporary generation away; the PID and service survive.
-                    error!(path = %exe.path().display(), cause = %source, "re-executing in place failed; serving again");
-                    conns = serve();
-                    systemd::ready();
-                    let _ = nix::sys::signal::kill(temporary, nix::sys::signal::Signal::SIGTERM);
-                    if let Some(w) = waiter {
-                        let _ = w.send(Err(Error::Exec {
-                            path: exe.path().to_path_buf(),
-                            source,
-                        }));
-                    }
-                }
-                Outcome::HandedOver { pid, waiter } => {
-                    if let Some(w) = waiter {
-                        let _ = w.send(Ok(()));
-                    }
-                    break Outcome::HandedOver { pid, waiter: None };
-                }
-                Outcome::Stop => break Outcome::Stop,
-            }
-        };
-        let stop = matches!(outcome, Outcome::Stop);
-        if stop && !quiet {
-            systemd::stopping();
-        }
-
-        // Stop accepting: the accept loops drop their listeners, and we drop
-        // ours. After a hand-over the sockets live on in the new generation.
-        conns.start_drain();
-        drop(bound);
-        info!(connections = conns.active(), ?outcome, timeout = ?stop_timeout, "draining");
-        if drain(
-            &conns,
-            stop_timeout,
-            &mut signals,
-            &restarter,
-            &mut commands,
-        )
-        .await
-            == Drained::StopRequested
-        {
-            warn!(
-                connections = conns.active(),
-                "second stop signal; cutting off the connections left"
-            );
-            conns.cut_off().await;
-        }
-        if stop && !quiet {
-            final_cleanup(&unix_paths, pid_file.as_deref());
-        }
+        let specs = check(&registrations, &settings)?;
+        let mut generation = Generation::start(settings, registrations, specs, commands).await?;
+        let drain = generation.serve().await;
+        generation.finish(drain).await;
         Ok(())
     }
 }
 
 /// Checks every setting that needs no system call; returns the parsed
 /// addresses.
-fn check(
-    registrations: &[Registration],
-    signals: &SignalSet,
-    timeouts: [(&'static str, Duration); 4],
-) -> Result<Vec<listener::BindSpec>> {
-    signals.validate()?;
-    for (setting, value) in timeouts {
+fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<listener::BindSpec>> {
+    settings.signals.validate()?;
+    for (setting, value) in [
+        ("stop_timeout", settings.stop_timeout),
+        ("ready_timeout", settings.ready_timeout),
+        ("header_read_timeout", settings.header_read_timeout),
+        ("tls_handshake_timeout", settings.tls_handshake_timeout),
+    ] {
         if value.is_zero() {
             return Err(Error::Config {
                 setting,
@@ -554,164 +374,9 @@ fn check(
         .collect()
 }
 
-/// A listener for every registration: the inherited socket of the same name
-/// or address if there is one, else a new one. Inherited sockets that match
-/// nothing are closed.
-fn take_listeners(
-    registrations: &[Registration],
-    specs: &[listener::BindSpec],
-) -> Result<Vec<(String, Arc<Listener>)>> {
-    let mut inherited = handover::take_inherited(Listener::check_inherited)?;
-    let mut bound = Vec::with_capacity(registrations.len());
-    for (reg, spec) in registrations.iter().zip(specs) {
-        let found =
-            take_by_name(&mut inherited, &reg.addr).or_else(|| take_by_addr(&mut inherited, spec));
-        let listener = match found {
-            Some(fd) => {
-                debug!(addr = %reg.addr, "adopting inherited socket");
-                Listener::adopt(fd)?
-            }
-            None => Listener::bind(&reg.addr, spec)?,
-        };
-        bound.push((reg.addr.clone(), Arc::new(listener)));
-    }
-    for (name, fd) in inherited {
-        warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
-    }
-    Ok(bound)
-}
-
-/// Tells whoever waits for it that this generation serves: the previous
-/// generation (by signal), the service manager, and, after an in-place
-/// re-exec, the temporary generation (which then drains).
-fn announce(
-    origin: Option<Origin>,
-    quiet: bool,
-    started: Instant,
-    leftovers: Vec<nix::unistd::Pid>,
-) {
-    match origin {
-        Some(Origin::Parent(parent)) => {
-            // The service manager learns the new main PID before the old one
-            // exits, or it would take that exit for the service's.
-            if !quiet {
-                systemd::ready_as_main_pid();
-            }
-            let pid = parent.as_raw();
-            match handover::notify_parent_ready(parent) {
-                Ok(true) => {
-                    info!(parent = pid, elapsed = ?started.elapsed(), "serving; told the previous generation")
-                }
-                Ok(false) => info!(parent = pid, "serving; the previous generation is gone"),
-                Err(e) => {
-                    warn!(parent = pid, cause = %e, "serving; could not signal the previous generation")
-                }
-            }
-        }
-        Some(Origin::SelfExec { temporary }) => {
-            systemd::ready_as_main_pid();
-            info!(elapsed = ?started.elapsed(), "serving again under the same PID");
-            let mut leftovers = leftovers;
-            if let Some(t) = temporary {
-                // Our child (we have not reaped it, so the PID is still its):
-                // a stop from its parent makes it drain and exit.
-                info!(pid = t.as_raw(), "stopping the temporary generation");
-                let _ = nix::sys::signal::kill(t, nix::sys::signal::Signal::SIGTERM);
-                // Known from the hand-over even where /proc cannot list it.
-                if !leftovers.contains(&t) {
-                    leftovers.push(t);
-                }
-            }
-            restart::reap_leftovers(leftovers);
-        }
-        Some(Origin::Systemd) | None => {
-            info!(pid = std::process::id(), "serving");
-            systemd::ready();
-        }
-    }
-}
-
-/// After the final stop nothing serves after us: the socket files and the
-/// PID file go. (A generation that handed over leaves both alone: they are
-/// its successor's now.)
-fn final_cleanup(unix_paths: &[PathBuf], pid_file: Option<&Path>) {
-    for path in unix_paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => debug!(path = %path.display(), "removed the socket file"),
-            Err(e) => warn!(path = %path.display(), cause = %e, "cannot remove the socket file"),
-        }
-    }
-    if let Some(path) = pid_file {
-        remove_pid_file(path);
-    }
-}
-
-/// How a drain ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Drained {
-    /// Every connection closed, or the stop timeout cut off the rest.
-    Done,
-    /// A stop signal arrived first; the connections are still draining.
-    StopRequested,
-}
-
-/// Waits for `conns` (already draining) to close, cutting off what is left
-/// at `timeout`, while answering signals and handles: reloads are refused,
-/// and a stop signal ends the wait early.
-async fn drain(
-    conns: &Connections,
-    timeout: Duration,
-    signals: &mut Signals,
-    restarter: &Restarter,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Drained {
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let mut commands_open = true;
-    loop {
-        tokio::select! {
-            _ = conns.drained() => {
-                info!("drained; all connections closed");
-                return Drained::Done;
-            }
-            _ = &mut deadline => {
-                warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
-                conns.cut_off().await;
-                return Drained::Done;
-            }
-            r = signals.recv() => match restarter.classify(r, None) {
-                Meaning::Stop(signal) => {
-                    info!(%signal, "stop signal while draining");
-                    return Drained::StopRequested;
-                }
-                Meaning::Reload(signal) => info!(%signal, "draining; reload ignored"),
-                other => debug!(?other, "draining; signal ignored"),
-            },
-            c = commands.recv(), if commands_open => match c {
-                Some(Command::Reload(tx)) => { let _ = tx.send(Err(Error::Draining)); }
-                Some(Command::Shutdown) => {}
-                None => commands_open = false,
-            },
-        }
-    }
-}
-
-/// The first inherited socket bound where `spec` asks (systemd's socket
-/// units have names like `app.socket`, which match no registration).
-fn take_by_addr(
-    inherited: &mut Vec<(String, OwnedFd)>,
-    spec: &listener::BindSpec,
-) -> Option<OwnedFd> {
-    use std::os::fd::AsFd;
-    let i = inherited.iter().position(|(_, fd)| {
-        Listener::inherited_addr(fd.as_fd()).is_some_and(|a| spec.matches(&a))
-    })?;
-    Some(inherited.remove(i).1)
-}
-
 /// Writes our PID to `path` atomically: readers see the old file or the new
 /// one, never a partial write.
-fn write_pid_file(path: &Path) -> Result<()> {
+pub(crate) fn write_pid_file(path: &Path) -> Result<()> {
     let pid = std::process::id();
     let tmp = path.with_extension(format!("tmp.{pid}"));
     let err = |source| Error::Io {
@@ -728,7 +393,7 @@ fn write_pid_file(path: &Path) -> Result<()> {
 }
 
 /// Removes the PID file if it still names us.
-fn remove_pid_file(path: &Path) {
+pub(crate) fn remove_pid_file(path: &Path) {
     let ours = std::fs::read_to_string(path)
         .map(|s| s.trim() == std::process::id().to_string())
         .unwrap_or(false);
@@ -737,11 +402,4 @@ fn remove_pid_file(path: &Path) {
             warn!(path = %path.display(), cause = %e, "cannot remove the PID file");
         }
     }
-}
-
-/// The first inherited socket named `name`. Several registrations of one
-/// name (say `127.0.0.1:0` twice) thus get their sockets back in order.
-fn take_by_name(inherited: &mut Vec<(String, OwnedFd)>, name: &str) -> Option<OwnedFd> {
-    let i = inherited.iter().position(|(n, _)| n == name)?;
-    Some(inherited.remove(i).1)
 }

@@ -16,11 +16,23 @@ use crate::serve::{Connections, Tls};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What endless needs of a service to serve it over HTTP/1 and HTTP/2 with
-/// upgrades: hyper-util's `auto` bounds, plus `Clone` (each connection gets
-/// its own copy, as with hyper) and `Sync` (a listener's tasks share it).
-pub(crate) trait HttpService<B>:
-    hyper::service::Service<
+/// A hyper service `endless` can serve, with `B` its response body.
+///
+/// Any [`hyper::service::Service`] of `Request<Incoming>` qualifies whose
+/// future is `Send`, whose error converts into a boxed error, and which is
+/// `Clone + Send + Sync + 'static` (each connection gets its own copy, as
+/// with hyper; a listener's tasks share it): a `service_fn`, or a tower
+/// service such as an axum `Router` wrapped in
+/// [`TowerToHyperService`](crate::TowerToHyperService). The bounds are
+/// hyper-util's `auto` connection bounds plus `Clone`, written once here, as
+/// hyper does with its own `HttpService`.
+///
+/// It is implemented for every such type and cannot be implemented by
+/// hand (it is sealed), so it can gain supertraits' methods without
+/// breaking anyone.
+pub trait HttpService<B: HttpBody>:
+    sealed::Service<B>
+    + hyper::service::Service<
         Request<Incoming>,
         Response = Response<B>,
         Future: Send + 'static,
@@ -29,8 +41,6 @@ pub(crate) trait HttpService<B>:
     + Send
     + Sync
     + 'static
-where
-    B: HttpBody,
 {
 }
 
@@ -47,8 +57,13 @@ where
 {
 }
 
-/// A response body hyper can send from any thread.
-pub(crate) trait HttpBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+/// A response body `endless` can send: any [`http_body::Body`] that is
+/// `Send + 'static` with `Send` data and an error that converts into a
+/// boxed error. Sealed, like [`HttpService`].
+pub trait HttpBody:
+    sealed::Body + Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
 
 impl<B> HttpBody for B
 where
@@ -56,6 +71,14 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+}
+
+mod sealed {
+    /// Only the blanket impls exist.
+    pub trait Service<B> {}
+    impl<S, B> Service<B> for S {}
+    pub trait Body {}
+    impl<B> Body for B {}
 }
 
 /// Starts the accept loop of one registration, with its service's own type.

@@ -1,20 +1,112 @@
 //! Which signals reload and stop the server, and the stream that delivers them.
 //!
 //! `SIGTERM` has a second job besides stopping: a new generation sends it to
-//! its parent to say "I am serving". The stream therefore reports the PID of
-//! each signal's sender, so the restart policy can tell the two apart.
+//! its parent to say "I am serving". The stream therefore reports who sent
+//! each signal and how, so that [`events`](crate::events) can tell the two
+//! apart.
 
+use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::str::FromStr;
 
 use futures_core::Stream;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use signal_hook::iterator::exfiltrator::origin::WithOrigin;
+use signal_hook::low_level::siginfo::{Cause, Sent};
 use signal_hook_tokio::SignalsInfo;
 
 use crate::error::{Error, Result};
 
-pub use nix::sys::signal::Signal;
+/// A Unix signal, named as in C (`Signal::SIGHUP`).
+///
+/// `endless` has its own small type rather than re-exporting `nix`'s, so
+/// that a `nix` upgrade (a 0.x crate) never breaks code that configures
+/// [`Server::reload_signals`](crate::Server::reload_signals). It parses from
+/// `"SIGHUP"` or `"HUP"` and prints as `SIGHUP`.
+///
+/// # Examples
+///
+/// ```
+/// use endless::Signal;
+/// assert_eq!("USR2".parse::<Signal>().unwrap(), Signal::SIGUSR2);
+/// assert_eq!(Signal::SIGHUP.to_string(), "SIGHUP");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(nix::sys::signal::Signal);
+
+macro_rules! signals {
+    ($($name:ident),* $(,)?) => {
+        impl Signal {
+            $(
+                #[doc = concat!("`", stringify!($name), "`")]
+                pub const $name: Signal = Signal(nix::sys::signal::Signal::$name);
+            )*
+        }
+    };
+}
+
+signals!(
+    SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGUSR1, SIGSEGV,
+    SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU,
+    SIGURG, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGWINCH, SIGIO, SIGSYS,
+);
+
+impl Signal {
+    /// The signal's number on this platform.
+    pub fn as_raw(self) -> i32 {
+        self.0 as i32
+    }
+
+    /// The signal with number `n`, if there is one on this platform.
+    pub fn from_raw(n: i32) -> Option<Signal> {
+        nix::sys::signal::Signal::try_from(n).ok().map(Signal)
+    }
+
+    pub(crate) fn nix(self) -> nix::sys::signal::Signal {
+        self.0
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+/// The error of parsing a [`Signal`] from a name it does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseSignalError(String);
+
+impl fmt::Display for ParseSignalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} is not a signal name such as SIGHUP", self.0)
+    }
+}
+
+impl std::error::Error for ParseSignalError {}
+
+impl FromStr for Signal {
+    type Err = ParseSignalError;
+
+    fn from_str(s: &str) -> Result<Signal, ParseSignalError> {
+        let upper = s.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        nix::sys::signal::Signal::from_str(&full)
+            .map(Signal)
+            .map_err(|_| ParseSignalError(s.to_owned()))
+    }
+}
 
 /// The signals a server reacts to, as configured on the builder.
 #[derive(Debug, Clone)]
@@ -32,12 +124,16 @@ impl Default for SignalSet {
     }
 }
 
-/// What a received signal means, before the restart policy looks at who sent it.
+/// A signal as it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Received {
     pub(crate) signal: Signal,
     /// The PID of the sending process, when the kernel reports one.
     pub(crate) sender: Option<i32>,
+    /// Sent with `kill(2)` (`SI_USER`), as opposed to `sigqueue` (whose
+    /// siginfo may name any sender), `tkill`/`raise`, or the kernel. Where
+    /// the platform does not say (macOS), taken as `kill`.
+    pub(crate) by_kill: bool,
 }
 
 impl SignalSet {
@@ -82,9 +178,9 @@ impl SignalSet {
     pub(crate) fn handled(&self) -> SigSet {
         let mut set = SigSet::empty();
         for &s in self.reload.iter().chain(&self.stop) {
-            set.add(s);
+            set.add(s.nix());
         }
-        set.add(Signal::SIGTERM);
+        set.add(nix::sys::signal::Signal::SIGTERM);
         set
     }
 }
@@ -94,8 +190,8 @@ pub(crate) struct Signals {
     inner: SignalsInfo<WithOrigin>,
 }
 
-impl std::fmt::Debug for Signals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Signals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Signals").finish_non_exhaustive()
     }
 }
@@ -104,16 +200,27 @@ impl Signals {
     /// Installs the handlers, then unblocks the signals.
     ///
     /// A generation started by a reload begins life with these signals
-    /// blocked (see `handover::block_signals_across_exec`): any that arrived
-    /// since the exec are pending and are delivered here, so a reload or stop
-    /// request during start-up is neither lost nor fatal.
+    /// blocked (see `handover::pass_listeners`): any that arrived since the
+    /// exec are pending and are delivered here, so a reload or stop request
+    /// during start-up is neither lost nor fatal.
+    ///
+    /// The handlers stay installed after the server stops (signal-hook
+    /// cannot restore the previous disposition): a later signal is then
+    /// caught and ignored, not acted on. See [`Server::run`](crate::Server::run).
     pub(crate) fn install(set: &SignalSet) -> Result<Signals> {
         let mask = set.handled();
         let numbers: Vec<i32> = mask.iter().map(|s| s as i32).collect();
-        let inner = SignalsInfo::<WithOrigin>::new(numbers)
-            .map_err(|source| Error::SignalHandler { source })?;
-        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None)
-            .map_err(|e| Error::SignalHandler { source: e.into() })?;
+        let inner =
+            SignalsInfo::<WithOrigin>::new(numbers).map_err(|source| Error::SignalHandler {
+                signals: describe(&mask),
+                source,
+            })?;
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None).map_err(|e| {
+            Error::SignalHandler {
+                signals: describe(&mask),
+                source: e.into(),
+            }
+        })?;
         Ok(Signals { inner })
     }
 
@@ -126,12 +233,30 @@ impl Signals {
                 // this crate never does; wait forever rather than spin.
                 return std::future::pending().await;
             };
-            if let Ok(signal) = Signal::try_from(origin.signal) {
+            if let Some(signal) = Signal::from_raw(origin.signal) {
+                let by_kill = match origin.cause {
+                    Cause::Sent(Sent::User) => true,
+                    // Platforms that do not fill in `si_code`.
+                    Cause::Unknown => !cfg!(any(target_os = "linux", target_os = "android")),
+                    _ => false,
+                };
                 let sender = origin.process.map(|p| p.pid);
-                return Received { signal, sender };
+                return Received {
+                    signal,
+                    sender,
+                    by_kill,
+                };
             }
         }
     }
+}
+
+/// `SIGHUP, SIGTERM` for error messages.
+fn describe(set: &SigSet) -> String {
+    set.iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -180,8 +305,21 @@ mod tests {
     #[test]
     fn handled_always_includes_sigterm() {
         let s = set(&[Signal::SIGUSR2], &[Signal::SIGINT]).handled();
-        assert!(s.contains(Signal::SIGTERM));
-        assert!(s.contains(Signal::SIGUSR2));
-        assert!(!s.contains(Signal::SIGHUP));
+        assert!(s.contains(nix::sys::signal::Signal::SIGTERM));
+        assert!(s.contains(nix::sys::signal::Signal::SIGUSR2));
+        assert!(!s.contains(nix::sys::signal::Signal::SIGHUP));
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        assert_eq!("SIGHUP".parse::<Signal>(), Ok(Signal::SIGHUP));
+        assert_eq!("usr1".parse::<Signal>(), Ok(Signal::SIGUSR1));
+        assert_eq!(Signal::SIGWINCH.to_string(), "SIGWINCH");
+        assert_eq!(
+            Signal::from_raw(Signal::SIGINT.as_raw()),
+            Some(Signal::SIGINT)
+        );
+        assert!("SIGNOPE".parse::<Signal>().is_err());
+        assert!(Signal::from_raw(0).is_none());
     }
 }

@@ -18,7 +18,7 @@ fn server() -> endless::Server {
 
 #[tokio::test]
 async fn settings_are_checked_by_run() {
-    use endless::Signal::*;
+    use endless::Signal;
     let cases = [
         (endless::Server::new(), "invalid listeners: no address registered"),
         (server().stop_timeout(Duration::ZERO), "invalid stop_timeout: must be greater than zero"),
@@ -27,15 +27,15 @@ async fn settings_are_checked_by_run() {
             server().header_read_timeout(Duration::ZERO),
             "invalid header_read_timeout: must be greater than zero",
         ),
-        (server().reload_signals([SIGKILL]), "signal SIGKILL: cannot be caught"),
-        (server().stop_signals([SIGINT, SIGSTOP]), "signal SIGSTOP: cannot be caught"),
-        (server().stop_signals([SIGCHLD]), "signal SIGCHLD: is needed to watch the next generation"),
+        (server().reload_signals([Signal::SIGKILL]), "signal SIGKILL: cannot be caught"),
+        (server().stop_signals([Signal::SIGINT, Signal::SIGSTOP]), "signal SIGSTOP: cannot be caught"),
+        (server().stop_signals([Signal::SIGCHLD]), "signal SIGCHLD: is needed to watch the next generation"),
         (
-            server().reload_signals([SIGTERM]),
+            server().reload_signals([Signal::SIGTERM]),
             "signal SIGTERM: is how a new generation reports that it is ready; it cannot be a reload signal",
         ),
         (
-            server().reload_signals([SIGUSR2]).stop_signals([SIGUSR2]),
+            server().reload_signals([Signal::SIGUSR2]).stop_signals([Signal::SIGUSR2]),
             "signal SIGUSR2: is both a reload and a stop signal",
         ),
         (
@@ -50,6 +50,25 @@ async fn settings_are_checked_by_run() {
         let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
         assert_eq!(boxed.to_string(), want);
     }
+}
+
+/// A reload asked for before `run` has nothing to reload: it fails at once
+/// rather than waiting (forever, if the server never runs) and reloading
+/// right after start-up.
+#[tokio::test]
+async fn a_reload_before_run_is_not_running() {
+    let server = server();
+    let handle = server.handle();
+    let reload = tokio::time::timeout(Duration::from_secs(2), handle.reload()).await;
+    assert!(
+        matches!(reload, Ok(Err(endless::Error::NotRunning))),
+        "{reload:?}"
+    );
+    // The server then runs normally and stops on request.
+    let serving = tokio::spawn(server.run());
+    handle.listening().await.unwrap();
+    handle.shutdown();
+    serving.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -70,8 +70,10 @@ fn a_new_generation_that_crashes_leaves_the_old_one_serving() {
     let (status, body) = get(&addr, "/reload").unwrap();
     assert_eq!(status, 500);
     assert!(
-        body.starts_with("new generation (pid ")
-            && body.contains("exited before it was ready: exit status: 3"),
+        body.starts_with(&format!(
+            "new generation {} (pid ",
+            support::fixture().display()
+        )) && body.contains("exited before it was ready: exit status: 3"),
         "{body}"
     );
     // Both crashed generations printed (the second line may still be on its
@@ -338,4 +340,94 @@ fn processes_the_server_spawns_inherit_neither_sockets_nor_a_false_hand_over() {
     // what it spawns must not believe them.
     server.reload(Signal::SIGHUP);
     assert_eq!(probe(&addr), "PROBE reloaded=false sockets=[]\n");
+}
+
+/// The old generation dies (a crash, the OOM killer, `kill -9`) while the
+/// new one starts: the new one still adopts the sockets (the hand-over is
+/// tied to the sockets, not to the parent's PID), answers the connections
+/// queued meanwhile, and signals nobody.
+#[test]
+fn the_new_generation_serves_when_the_old_one_dies_during_the_reload() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_RELOAD_DELAY_MS", "1000")
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    signal_pid(old, Signal::SIGHUP);
+    server
+        .wait_line(Duration::from_secs(10), |l| l.starts_with("DELAYING"))
+        .unwrap_or_else(|| panic!("the new generation did not start:\n{}", server.report()));
+    signal_pid(old, Signal::SIGKILL);
+    assert!(matches!(
+        server.wait_exit(old, Duration::from_secs(5)),
+        Some(WaitStatus::Signaled(_, Signal::SIGKILL, _))
+    ));
+    // Queued in the accept queue while nothing accepts.
+    let queued = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/"))
+    };
+    let new = server
+        .wait_ready_after(old, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no new generation:\n{}", server.report()));
+    assert_eq!(new.addrs, vec![addr.clone()], "{}", server.report());
+    let (status, body) = queued.join().unwrap().unwrap();
+    assert_eq!((status, served_pid(&body)), (200, new.pid));
+    assert!(server.log().contains("the previous generation is gone"));
+    // It serves on, and reloads as usual.
+    let next = server.reload(Signal::SIGHUP).pid;
+    wait_served_by(&addr, next);
+}
+
+/// Huge durations (`Duration::MAX` for "never") are taken as about a year:
+/// no setting can make the server panic, at start, per connection, or at
+/// a reload.
+#[test]
+fn huge_durations_do_not_panic() {
+    let max = "max";
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", max)
+        .env("FIXTURE_READY_TIMEOUT_MS", max)
+        .env("FIXTURE_HEADER_TIMEOUT_MS", max)
+        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", max)
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    let new = server.reload(Signal::SIGHUP).pid;
+    wait_served_by(&addr, new);
+    assert_eq!(
+        server.wait_exit(old, Duration::from_secs(10)),
+        Some(WaitStatus::Exited(
+            nix::unistd::Pid::from_raw(old as i32),
+            0
+        )),
+        "{}",
+        server.report()
+    );
+    assert!(!server.log().contains("panicked"), "{}", server.report());
+}
+
+/// Signals the process sends itself (a `SIGPIPE` from a write to a closed
+/// pipe, a library's `raise`) are no requests, even when configured.
+#[test]
+fn signals_the_process_sends_itself_are_not_requests() {
+    let server = Spec::fixture()
+        .env("FIXTURE_RELOAD_SIGNALS", "SIGPIPE,SIGHUP")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    for signal in ["SIGPIPE", "SIGHUP", "SIGTERM"] {
+        let (status, _) = get(&addr, &format!("/raise/{signal}")).unwrap();
+        assert_eq!(status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.readies().len(), 1, "{}", server.report());
+    assert_eq!(server.alive(), vec![pid]);
+    assert_eq!(served_pid(&get(&addr, "/").unwrap().1), pid);
+    // From outside, the same signal reloads.
+    signal_pid(pid, Signal::SIGPIPE);
+    server
+        .wait_ready_after(pid, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("SIGPIPE from outside did not reload:\n{}", server.report()));
 }

@@ -211,3 +211,162 @@ fn signals_during_the_re_exec_neither_kill_nor_get_lost() {
     assert_eq!(nth_ready(&server, before + 4), pid);
     wait_served_by(&server.addr(), pid);
 }
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The new version registers an address the old one did not: the
+/// temporary generation leaves it alone, and the original PID binds it
+/// after its re-exec and serves every address. Nothing else remains.
+#[test]
+fn a_new_address_is_served_by_the_original_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("extra");
+    let extra = format!("127.0.0.1:{}", free_port());
+    let mut server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_EXTRA_ADDR", &extra)
+        .env("FIXTURE_EXTRA_ADDR_FILE", flag.display().to_string())
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    std::fs::write(&flag, "").unwrap();
+    let temporary = keep_pid_reload(&server, pid);
+    let now = server.current();
+    assert_eq!((now.pid, now.addrs.len()), (pid, 2), "{}", server.report());
+    assert_eq!(now.addrs[1], extra);
+    wait_served_by(&addr, pid);
+    wait_served_by(&extra, pid);
+    server
+        .wait_exit(temporary, Duration::from_secs(15))
+        .expect("the temporary generation exits");
+    assert_eq!(server.alive(), vec![pid], "{}", server.report());
+}
+
+/// A child the program started before `run` stays the program's: after a
+/// re-exec in place, endless reaps its temporary generation and nothing
+/// else, so the program's own `wait` sees its child's status.
+#[test]
+fn children_of_the_program_are_not_reaped_by_the_re_exec() {
+    let server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_PRE_CHILD_MS", "2500")
+        .start();
+    let pid = server.current().pid;
+    keep_pid_reload(&server, pid);
+    // The re-executed image started its own child before `run`, and waits
+    // for it 2.5 s later.
+    let line = server
+        .wait_line(Duration::from_secs(10), |l| l.starts_with("PRECHILD"))
+        .unwrap_or_else(|| panic!("no PRECHILD line:\n{}", server.report()));
+    assert_eq!(
+        line,
+        format!("PRECHILD pid={pid} status=exit status: 0"),
+        "{}",
+        server.report()
+    );
+}
+
+/// If the original PID dies while its temporary generation serves (say it
+/// is killed while it drains before the re-exec), the temporary generation
+/// does not stay behind serving the port: it drains and exits.
+#[test]
+fn a_temporary_generation_exits_when_its_parent_is_gone() {
+    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    // Keeps the original PID draining (not yet re-executed).
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/sleep/5000"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = nth_ready(&server, before + 1);
+    assert_ne!(temporary, pid);
+    signal_pid(pid, Signal::SIGKILL);
+    server.wait_exit(pid, Duration::from_secs(5)).unwrap();
+    let _ = slow.join();
+    server
+        .wait_exit(temporary, Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "the orphaned temporary generation still runs:\n{}",
+                server.report()
+            )
+        });
+    assert!(server.alive().is_empty(), "{}", server.report());
+}
+
+/// A stop while the original PID drains before its re-exec (as `systemctl
+/// stop` sends SIGTERM to every process of the service): no re-exec, the
+/// request in flight finishes, and the drain keeps its deadline rather than
+/// starting a fresh stop timeout. The temporary generation, signalled by
+/// both its parent and the manager, takes that calmly: its own request in
+/// flight finishes too.
+#[test]
+fn a_stop_during_a_keep_pid_reload_keeps_the_deadline() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_STOP_TIMEOUT_MS", "3000")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let slow = |ms: u32| {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, &format!("/sleep/{ms}")))
+    };
+    let finishing = slow(2500);
+    let too_slow = slow(20000);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.readies().len();
+    let reload_at = Instant::now();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = nth_ready(&server, before + 1);
+    // New connections go to the temporary generation now.
+    std::thread::sleep(Duration::from_millis(100));
+    let on_temporary = slow(1000);
+    std::thread::sleep(Duration::from_millis(1300));
+    signal_pid(pid, Signal::SIGTERM);
+    signal_pid(temporary, Signal::SIGTERM);
+    let (status, body) = finishing.join().unwrap().unwrap();
+    assert_eq!((status, body), (200, format!("slept pid={pid}\n")));
+    let (status, body) = on_temporary.join().unwrap().unwrap();
+    assert_eq!(
+        (status, body),
+        (200, format!("slept pid={temporary}\n")),
+        "{}",
+        server.report()
+    );
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        Some(nix::sys::wait::WaitStatus::Exited(
+            nix::unistd::Pid::from_raw(pid as i32),
+            0
+        )),
+        "{}",
+        server.report()
+    );
+    let took = reload_at.elapsed();
+    assert!(
+        took < Duration::from_millis(4000),
+        "the stop started a fresh stop timeout: exited {took:?} after the reload\n{}",
+        server.report()
+    );
+    assert!(too_slow.join().unwrap().is_err());
+    server
+        .wait_exit(temporary, Duration::from_secs(10))
+        .expect("the temporary generation exits");
+    assert_eq!(
+        server.readies().len(),
+        before + 1,
+        "re-executed after a stop"
+    );
+}

@@ -76,6 +76,10 @@ pub struct Spec<'a> {
     /// Sockets to pass at FDs 3, 4, … as systemd's socket activation does,
     /// with `LISTEN_PID` set to the started process's own PID.
     activated: Option<(Vec<std::os::fd::RawFd>, String)>,
+    /// The directory to start in (`PWD` is set to it, as a shell would) and
+    /// the `argv[0]` to give, when not the binary's path.
+    cwd: Option<PathBuf>,
+    arg0: Option<String>,
 }
 
 impl<'a> Spec<'a> {
@@ -89,7 +93,22 @@ impl<'a> Spec<'a> {
             args: Vec::new(),
             env: Vec::new(),
             activated: None,
+            cwd: None,
+            arg0: None,
         }
+    }
+
+    /// Starts in `dir` (through symlinks as given: `PWD` names it as a
+    /// shell started there would).
+    pub fn cwd(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Gives the program `arg0` as its `argv[0]` (say `./server`).
+    pub fn arg0(mut self, arg0: impl Into<String>) -> Self {
+        self.arg0 = Some(arg0.into());
+        self
     }
 
     /// Passes `fds` as systemd would: at 3, 4, …, with `LISTEN_FDS` and
@@ -146,6 +165,12 @@ impl<'a> Spec<'a> {
             .process_group(0);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir).env("PWD", dir);
+        }
+        if let Some(arg0) = &self.arg0 {
+            cmd.arg0(arg0);
         }
         if std::env::var_os("FIXTURE_LOG").is_none() {
             cmd.env("FIXTURE_LOG", "debug");

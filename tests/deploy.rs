@@ -1,0 +1,149 @@
+//! Deployment layouts: releases in their own directories behind a
+//! `current` symlink that a deploy switches (Capistrano, Unicorn).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use support::{get, Spec};
+
+/// `root/releases/NAME/server` (a hard link to the fixture) and
+/// `root/current -> releases/NAME`.
+struct Layout {
+    root: tempfile::TempDir,
+}
+
+impl Layout {
+    fn new() -> Layout {
+        // Beside the fixture, so that hard links work (same file system).
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        std::fs::create_dir(root.path().join("releases")).unwrap();
+        Layout { root }
+    }
+
+    fn current(&self) -> PathBuf {
+        self.root.path().join("current")
+    }
+
+    fn release(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join("releases").join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::hard_link(support::fixture(), dir.join("server")).unwrap();
+        dir
+    }
+
+    /// Points `current` at release `name`, atomically (a new link renamed
+    /// over the old one, as deploy tools do).
+    fn switch(&self, name: &str) {
+        let tmp = self.root.path().join("current.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(name), &tmp).unwrap();
+        std::fs::rename(&tmp, self.current()).unwrap();
+    }
+}
+
+/// `(exe, cwd)` of the generation that answers.
+fn whoami(addr: &str) -> (String, String) {
+    let (status, body) = get(addr, "/whoami").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let field = |k: &str| {
+        body.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    };
+    (field("exe="), field("cwd="))
+}
+
+fn canonical(p: &Path) -> String {
+    p.canonicalize().unwrap().display().to_string()
+}
+
+/// Started as `./server` in `current`: after each switch a reload runs the
+/// new release from its directory, also once the old release is deleted.
+/// (The program changes directory before it calls into endless: the start
+/// directory is captured before `main`.)
+#[test]
+fn a_relative_argv0_follows_the_current_symlink() {
+    let layout = Layout::new();
+    let v1 = layout.release("v1");
+    layout.switch("v1");
+    let mut server = Spec::fixture()
+        .bin(layout.current().join("server"))
+        .arg0("./server")
+        .cwd(layout.current())
+        .env("FIXTURE_CHDIR", "/")
+        .start();
+    let addr = server.addr();
+    let first = server.current().pid;
+    assert_eq!(whoami(&addr).0, format!("{}/server", canonical(&v1)));
+
+    let v2 = layout.release("v2");
+    layout.switch("v2");
+    let gen2 = server.reload(Signal::SIGHUP).pid;
+    support::wait_served_by(&addr, gen2);
+    let (exe, cwd) = whoami(&addr);
+    assert_eq!(
+        exe,
+        format!("{}/server", canonical(&v2)),
+        "{}",
+        server.report()
+    );
+    // The fixture moved to / itself; what it started in is checked by the
+    // absolute-argv0 test below.
+    assert_eq!(cwd, "/");
+
+    // The old release is pruned; reloads keep working.
+    std::fs::remove_dir_all(&v1).unwrap();
+    let v3 = layout.release("v3");
+    layout.switch("v3");
+    let gen3 = server.reload(Signal::SIGHUP).pid;
+    support::wait_served_by(&addr, gen3);
+    assert_eq!(whoami(&addr).0, format!("{}/server", canonical(&v3)));
+
+    for pid in [first, gen2] {
+        let status = server.wait_exit(pid, std::time::Duration::from_secs(10));
+        assert_eq!(
+            status,
+            Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0)),
+            "{}",
+            server.report()
+        );
+    }
+}
+
+/// Started by its absolute path through the symlink, in `current`: after a
+/// switch, the new binary runs in the new release's directory, and the old
+/// release can be deleted.
+#[test]
+fn an_absolute_argv0_through_the_symlink_runs_in_the_new_release() {
+    let layout = Layout::new();
+    let v1 = layout.release("v1");
+    layout.switch("v1");
+    let path = layout.current().join("server");
+    let server = Spec::fixture()
+        .bin(&path)
+        .arg0(path.display().to_string())
+        .cwd(layout.current())
+        .start();
+    let addr = server.addr();
+    assert_eq!(
+        whoami(&addr),
+        (format!("{}/server", canonical(&v1)), canonical(&v1))
+    );
+
+    let v2 = layout.release("v2");
+    layout.switch("v2");
+    std::fs::remove_dir_all(&v1).unwrap();
+    let gen2 = server.reload(Signal::SIGHUP).pid;
+    support::wait_served_by(&addr, gen2);
+    assert_eq!(
+        whoami(&addr),
+        (format!("{}/server", canonical(&v2)), canonical(&v2)),
+        "{}",
+        server.report()
+    );
+}
