@@ -134,6 +134,7 @@ mod handle;
 #[allow(unsafe_code)]
 mod handover;
 mod listener;
+mod pid_file;
 mod restart;
 mod serve;
 mod server;

@@ -16,6 +16,7 @@ use crate::handle::{Command, Handle};
 use crate::handover;
 use crate::handover::Origin;
 use crate::listener::{self, Listener, LocalAddr};
+use crate::pid_file::{remove_pid_file, write_pid_file};
 use crate::restart::{self, Meaning, Outcome, Restarter};
 use crate::serve::{Connections, Tls, IDLE_GRACE};
 use crate::service::{self, BoxError, Launch};
@@ -707,36 +708,6 @@ fn take_by_addr(
         Listener::inherited_addr(fd.as_fd()).is_some_and(|a| spec.matches(&a))
     })?;
     Some(inherited.remove(i).1)
-}
-
-/// Writes our PID to `path` atomically: readers see the old file or the new
-/// one, never a partial write.
-fn write_pid_file(path: &Path) -> Result<()> {
-    let pid = std::process::id();
-    let tmp = path.with_extension(format!("tmp.{pid}"));
-    let err = |source| Error::Io {
-        context: format!("cannot write the PID file {}", path.display()),
-        source,
-    };
-    std::fs::write(&tmp, format!("{pid}\n")).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })?;
-    debug!(path = %path.display(), pid, "wrote the PID file");
-    Ok(())
-}
-
-/// Removes the PID file if it still names us.
-fn remove_pid_file(path: &Path) {
-    let ours = std::fs::read_to_string(path)
-        .map(|s| s.trim() == std::process::id().to_string())
-        .unwrap_or(false);
-    if ours {
-        if let Err(e) = std::fs::remove_file(path) {
-            warn!(path = %path.display(), cause = %e, "cannot remove the PID file");
-        }
-    }
 }
 
 /// The first inherited socket named `name`. Several registrations of one
