@@ -1,8 +1,7 @@
 //! The [`Server`] builder and the life of one generation.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body::Body;
@@ -15,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::handle::{Command, Handle};
 use crate::handover;
 use crate::handover::Origin;
-use crate::listener::{self, Listener, LocalAddr};
+use crate::listener::{self, LocalAddr};
 use crate::pid_file::{remove_pid_file, write_pid_file};
 use crate::restart::{self, Meaning, Outcome, Restarter};
 use crate::serve::{Connections, Tls, IDLE_GRACE};
@@ -390,15 +389,17 @@ impl Server {
             Some(Origin::SelfExec { .. }) => restart::current_children(),
             _ => Vec::new(),
         };
-        let bound = take_listeners(&registrations, &specs)?;
+        let names: Vec<&str> = registrations.iter().map(|r| r.addr.as_str()).collect();
+        let bound = listener::take_all(&names, &specs).await?;
 
         let mut addrs = Vec::with_capacity(bound.len());
-        for ((name, l), tls) in bound.iter().zip(&acceptors) {
-            let addr = l.local_addr().map_err(|source| Error::Io {
-                context: format!("cannot read the local address of {name}"),
+        for b in &bound {
+            let addr = b.listener.local_addr().map_err(|source| Error::Io {
+                context: format!("cannot read the local address of {}", b.name),
                 source,
             })?;
-            info!(addr = %addr, name = %name, tls = tls.is_some(), "listening");
+            let tls = acceptors[b.index].is_some();
+            info!(addr = %addr, name = %b.name, tls, "listening");
             addrs.push(addr);
         }
         // Starts (or, after a failed in-place re-exec, restarts) accepting.
@@ -409,19 +410,18 @@ impl Server {
                 tls_handshake_timeout,
             );
             conns.spawn_sweeper();
-            for (((name, l), reg), tls) in bound.iter().zip(&registrations).zip(&acceptors) {
-                reg.svc.launch(&conns, name.clone(), l.clone(), tls.clone());
+            for b in &bound {
+                let (svc, tls) = (&registrations[b.index].svc, &acceptors[b.index]);
+                svc.launch(&conns, b.name.clone(), b.listener.clone(), tls.clone());
             }
             conns
         };
         let mut conns = serve();
-        let unix_paths: Vec<PathBuf> = addrs
+        let socket_files: Vec<listener::SocketFile> = bound
             .iter()
-            .filter_map(|a| match a {
-                LocalAddr::Unix(p) => Some(p.clone()),
-                _ => None,
-            })
+            .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
+        let handover_names: Vec<String> = bound.iter().map(|b| b.handover_name()).collect();
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
         if let (Some(path), false) = (&pid_file, quiet) {
@@ -436,7 +436,8 @@ impl Server {
         let outcome = loop {
             let fds: Vec<(&str, RawFd)> = bound
                 .iter()
-                .map(|(n, l)| (n.as_str(), l.raw_fd()))
+                .zip(&handover_names)
+                .map(|(b, n)| (n.as_str(), b.listener.raw_fd()))
                 .collect();
             match restarter.serve(&mut signals, &mut commands, &fds).await {
                 Outcome::HandedOver { pid, waiter } if keep_pid && !quiet => {
@@ -521,7 +522,7 @@ impl Server {
             conns.cut_off().await;
         }
         if stop && !quiet {
-            final_cleanup(&unix_paths, pid_file.as_deref());
+            final_cleanup(&socket_files, pid_file.as_deref());
         }
         Ok(())
     }
@@ -553,33 +554,6 @@ fn check(
         .iter()
         .map(|r| listener::parse(&r.addr))
         .collect()
-}
-
-/// A listener for every registration: the inherited socket of the same name
-/// or address if there is one, else a new one. Inherited sockets that match
-/// nothing are closed.
-fn take_listeners(
-    registrations: &[Registration],
-    specs: &[listener::BindSpec],
-) -> Result<Vec<(String, Arc<Listener>)>> {
-    let mut inherited = handover::take_inherited(Listener::check_inherited)?;
-    let mut bound = Vec::with_capacity(registrations.len());
-    for (reg, spec) in registrations.iter().zip(specs) {
-        let found =
-            take_by_name(&mut inherited, &reg.addr).or_else(|| take_by_addr(&mut inherited, spec));
-        let listener = match found {
-            Some(fd) => {
-                debug!(addr = %reg.addr, "adopting inherited socket");
-                Listener::adopt(fd)?
-            }
-            None => Listener::bind(&reg.addr, spec)?,
-        };
-        bound.push((reg.addr.clone(), Arc::new(listener)));
-    }
-    for (name, fd) in inherited {
-        warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
-    }
-    Ok(bound)
 }
 
 /// Tells whoever waits for it that this generation serves: the previous
@@ -632,15 +606,12 @@ fn announce(
     }
 }
 
-/// After the final stop nothing serves after us: the socket files and the
+/// After the final stop nothing serves after us: our socket files and the
 /// PID file go. (A generation that handed over leaves both alone: they are
 /// its successor's now.)
-fn final_cleanup(unix_paths: &[PathBuf], pid_file: Option<&Path>) {
-    for path in unix_paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => debug!(path = %path.display(), "removed the socket file"),
-            Err(e) => warn!(path = %path.display(), cause = %e, "cannot remove the socket file"),
-        }
+fn final_cleanup(socket_files: &[listener::SocketFile], pid_file: Option<&Path>) {
+    for file in socket_files {
+        file.unlink_if_ours();
     }
     if let Some(path) = pid_file {
         remove_pid_file(path);
@@ -695,24 +666,4 @@ async fn drain(
             },
         }
     }
-}
-
-/// The first inherited socket bound where `spec` asks (systemd's socket
-/// units have names like `app.socket`, which match no registration).
-fn take_by_addr(
-    inherited: &mut Vec<(String, OwnedFd)>,
-    spec: &listener::BindSpec,
-) -> Option<OwnedFd> {
-    use std::os::fd::AsFd;
-    let i = inherited.iter().position(|(_, fd)| {
-        Listener::inherited_addr(fd.as_fd()).is_some_and(|a| spec.matches(&a))
-    })?;
-    Some(inherited.remove(i).1)
-}
-
-/// The first inherited socket named `name`. Several registrations of one
-/// name (say `127.0.0.1:0` twice) thus get their sockets back in order.
-fn take_by_name(inherited: &mut Vec<(String, OwnedFd)>, name: &str) -> Option<OwnedFd> {
-    let i = inherited.iter().position(|(n, _)| n == name)?;
-    Some(inherited.remove(i).1)
 }
