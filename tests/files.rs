@@ -215,3 +215,48 @@ fn a_host_name_is_served_on_every_address_it_resolves_to_across_reloads() {
         server.report()
     );
 }
+
+#[test]
+fn a_resolver_that_never_answers_is_an_error_within_the_timeout() {
+    // Needs a resolver we control: a private resolv.conf (root, mount
+    // namespaces) naming 127.0.0.1, where we hold UDP port 53 and never
+    // answer, with a resolver timeout far beyond ours.
+    let Ok(silent) = std::net::UdpSocket::bind("127.0.0.1:53") else {
+        eprintln!("skipped: UDP 127.0.0.1:53 is taken or not ours to bind");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &conf,
+        "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let private = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !private {
+        eprintln!("skipped: no mount namespace for a private resolv.conf");
+        return;
+    }
+    let spec = Spec::new("unshare")
+        .arg("--mount")
+        .arg("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "mount --bind '{}' /etc/resolv.conf && exec \"$0\" \"$@\"",
+            conf.display()
+        ))
+        .arg(support::fixture().to_str().unwrap())
+        .arg("never-answered.test:0");
+    let t = std::time::Instant::now();
+    let got = support::start_error(spec);
+    let took = t.elapsed();
+    assert_eq!(
+        got,
+        "invalid address \"never-answered.test:0\": cannot resolve: no answer within 5s"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    drop(silent);
+}
