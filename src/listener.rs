@@ -300,7 +300,7 @@ fn bind_every(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
                     bound.push(l);
                 }
                 Err((a, e)) if family_unavailable(&e) => {
-                    info!(addr = %a, cause = %e, "address family unavailable; skipping it");
+                    warn!(addr = %a, cause = %e, "cannot bind this address of the host name; serving the others");
                     last = Some(named(a, e));
                 }
                 Err((_, e))
