@@ -10,53 +10,40 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::handover::{self, Origin};
 use crate::keep_pid::{self, Reexec};
-use crate::listener::{BindSpec, Listener, LocalAddr};
+use crate::listener::{self, BindSpec, Bound, SocketFile};
+use crate::pid_file;
 use crate::restart::{Outcome, Restarter};
 use crate::serve::{Connections, Tls, IDLE_GRACE};
 use crate::server::{Registration, Settings};
 use crate::signal::Signals;
 use crate::systemd;
 
-/// A listener this generation serves, and the registration it serves.
-struct Bound {
-    name: String,
-    listener: Arc<Listener>,
-    registration: usize,
-    tls: Tls,
-}
-
-impl std::fmt::Debug for Bound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bound")
-            .field("name", &self.name)
-            .field("tls", &self.tls.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 /// One generation of a server.
-#[derive(Debug)]
 pub(crate) struct Generation {
     settings: Settings,
     registrations: Vec<Registration>,
+    /// Each registration's TLS acceptor, if it serves HTTPS.
+    tls: Vec<Tls>,
     bound: Vec<Bound>,
+    /// The name each listener is handed over under.
+    handover_names: Vec<String>,
     conns: Connections,
     events: Events,
     /// A `keep_pid` temporary generation: it serves while its parent
     /// re-executes itself, and leaves the service manager, the PID file and
     /// the socket files to that parent.
     temporary: Option<u32>,
-    unix_paths: Vec<std::path::PathBuf>,
+    /// The Unix socket files this server bound, removed after a final stop.
+    socket_files: Vec<SocketFile>,
 }
 
 impl Generation {
@@ -85,7 +72,11 @@ impl Generation {
             }
             _ => None,
         };
-        let bound = take_listeners(&registrations, &specs, tls, temporary.is_some())?;
+        // A temporary generation binds nothing new: the process it stands in
+        // for binds new addresses after its re-exec (were it to bind them, it
+        // would hold them and that process could not).
+        let names: Vec<&str> = registrations.iter().map(|r| r.addr.as_str()).collect();
+        let bound = listener::take_all(&names, &specs, temporary.is_none()).await?;
 
         let mut addrs = Vec::with_capacity(bound.len());
         for b in &bound {
@@ -93,29 +84,29 @@ impl Generation {
                 context: format!("cannot read the local address of {}", b.name),
                 source,
             })?;
-            info!(addr = %addr, name = %b.name, tls = b.tls.is_some(), "listening");
+            info!(addr = %addr, name = %b.name, tls = tls[b.index].is_some(), "listening");
             addrs.push(addr);
         }
-        let unix_paths = addrs
+        let socket_files = bound
             .iter()
-            .filter_map(|a| match a {
-                LocalAddr::Unix(p) => Some(p.clone()),
-                _ => None,
-            })
+            .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
+        let handover_names = bound.iter().map(|b| b.handover_name()).collect();
         let mut generation = Generation {
-            conns: accept(&settings, &registrations, &bound),
+            conns: accept(&settings, &registrations, &tls, &bound),
             settings,
             registrations,
+            tls,
             bound,
+            handover_names,
             events,
             temporary,
-            unix_paths,
+            socket_files,
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
         if let (Some(path), None) = (&generation.settings.pid_file, temporary) {
-            crate::server::write_pid_file(path)?;
+            pid_file::write_pid_file(path)?;
         }
         generation.settings.serving.store(true, Ordering::Release);
         let _ = generation.settings.listening.send(Some(addrs));
@@ -184,9 +175,9 @@ impl Generation {
                     return Drain::start(&self.conns, Why::HandedOver, timeout);
                 }
                 Outcome::HandedOver { pid, trigger } => {
-                    let (settings, registrations, bound) =
-                        (&self.settings, &self.registrations, &self.bound);
-                    let resume = || accept(settings, registrations, bound);
+                    let (settings, registrations, tls, bound) =
+                        (&self.settings, &self.registrations, &self.tls, &self.bound);
+                    let resume = || accept(settings, registrations, tls, bound);
                     let step = keep_pid::reexec(
                         keep_pid::Context {
                             conns: &self.conns,
@@ -228,7 +219,8 @@ impl Generation {
     fn listener_fds(&self) -> Vec<(String, RawFd)> {
         self.bound
             .iter()
-            .map(|b| (b.name.clone(), b.listener.raw_fd()))
+            .zip(&self.handover_names)
+            .map(|(b, name)| (name.clone(), b.listener.raw_fd()))
             .collect()
     }
 
@@ -236,23 +228,23 @@ impl Generation {
     /// the PID file go. (A generation that handed over leaves both alone:
     /// they are its successor's now.)
     fn final_cleanup(&self) {
-        for path in &self.unix_paths {
-            match std::fs::remove_file(path) {
-                Ok(()) => debug!(path = %path.display(), "removed the socket file"),
-                Err(e) => {
-                    warn!(path = %path.display(), cause = %e, "cannot remove the socket file")
-                }
-            }
+        for file in &self.socket_files {
+            file.unlink_if_ours();
         }
         if let Some(path) = &self.settings.pid_file {
-            crate::server::remove_pid_file(path);
+            pid_file::remove_pid_file(path);
         }
     }
 }
 
 /// Starts accepting on every listener (again, after a failed in-place
 /// re-exec).
-fn accept(settings: &Settings, registrations: &[Registration], bound: &[Bound]) -> Connections {
+fn accept(
+    settings: &Settings,
+    registrations: &[Registration],
+    tls: &[Tls],
+    bound: &[Bound],
+) -> Connections {
     let conns = Connections::new(
         settings.header_read_timeout,
         IDLE_GRACE.min(settings.stop_timeout),
@@ -260,75 +252,12 @@ fn accept(settings: &Settings, registrations: &[Registration], bound: &[Bound]) 
     );
     conns.spawn_sweeper();
     for b in bound {
-        registrations[b.registration].svc.launch(
+        registrations[b.index].svc.launch(
             &conns,
             b.name.clone(),
             b.listener.clone(),
-            b.tls.clone(),
+            tls[b.index].clone(),
         );
     }
     conns
-}
-
-/// A listener for every registration: the inherited socket of the same name
-/// or address if there is one, else a new one. Inherited sockets that match
-/// nothing are closed. A temporary generation binds nothing new: the
-/// process it stands in for binds new addresses after its re-exec (were it
-/// to bind them, it would hold them and that process could not).
-fn take_listeners(
-    registrations: &[Registration],
-    specs: &[BindSpec],
-    tls: Vec<Tls>,
-    temporary: bool,
-) -> Result<Vec<Bound>> {
-    let mut inherited = handover::take_inherited(Listener::check_inherited)?;
-    let mut bound = Vec::with_capacity(registrations.len());
-    for (i, ((reg, spec), tls)) in registrations.iter().zip(specs).zip(tls).enumerate() {
-        let found =
-            take_by_name(&mut inherited, &reg.addr).or_else(|| take_by_addr(&mut inherited, spec));
-        let listener = match found {
-            Some(fd) => {
-                debug!(addr = %reg.addr, "adopting inherited socket");
-                Listener::adopt(fd)?
-            }
-            None if temporary => {
-                info!(addr = %reg.addr, "new address left to the generation re-executing in place");
-                continue;
-            }
-            None => Listener::bind(&reg.addr, spec)?,
-        };
-        bound.push(Bound {
-            name: reg.addr.clone(),
-            listener: Arc::new(listener),
-            registration: i,
-            tls,
-        });
-    }
-    for (name, fd) in inherited {
-        warn!(name = %name, fd = ?fd, "inherited socket matches no registration; closing it");
-    }
-    Ok(bound)
-}
-
-/// The first inherited socket named `name`. Several registrations of one
-/// name (say `127.0.0.1:0` twice) thus get their sockets back in order.
-fn take_by_name(
-    inherited: &mut Vec<(String, std::os::fd::OwnedFd)>,
-    name: &str,
-) -> Option<std::os::fd::OwnedFd> {
-    let i = inherited.iter().position(|(n, _)| n == name)?;
-    Some(inherited.remove(i).1)
-}
-
-/// The first inherited socket bound where `spec` asks (systemd's socket
-/// units have names like `app.socket`, which match no registration).
-fn take_by_addr(
-    inherited: &mut Vec<(String, std::os::fd::OwnedFd)>,
-    spec: &BindSpec,
-) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::AsFd;
-    let i = inherited.iter().position(|(_, fd)| {
-        Listener::inherited_addr(fd.as_fd()).is_some_and(|a| spec.matches(&a))
-    })?;
-    Some(inherited.remove(i).1)
 }

@@ -140,6 +140,7 @@ mod handle;
 mod handover;
 mod keep_pid;
 mod listener;
+mod pid_file;
 mod restart;
 mod serve;
 mod server;

@@ -1,23 +1,48 @@
 //! Listening sockets: parse an address, bind it or adopt an inherited one,
 //! and accept. Knows nothing of HTTP.
 
+mod address;
+mod socket_file;
+
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::handover::{self, Origin};
+
+pub(crate) use address::{parse, BindSpec};
+pub(crate) use socket_file::SocketFile;
 
 /// The kernel's accept queue length we ask for; Linux caps it at
 /// `net.core.somaxconn`.
 const BACKLOG: i32 = 1024;
+
+/// How long the server at an existing socket file may take to answer the
+/// probe that tells a live file from a stale one.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often `host:0` is tried again when the port the kernel chose for the
+/// first address is taken on another.
+const SHARED_PORT_ATTEMPTS: usize = 3;
+
+/// Marks, in the hand-over, a Unix socket whose file this server does not
+/// own (systemd's socket activation passed it in): every later generation
+/// must leave that file alone too. No registered address starts with it,
+/// and a generation that does not know it still finds the socket by its
+/// address.
+const UNOWNED: &str = "unowned+";
 
 /// Where a listener is bound, as reported once it is serving.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,110 +63,300 @@ impl fmt::Display for LocalAddr {
     }
 }
 
-/// A parsed registration address.
-#[derive(Debug, Clone)]
-pub(crate) enum BindSpec {
-    /// Candidates to try in order, like `std::net::TcpListener::bind`.
-    Tcp(Vec<SocketAddr>),
-    /// A Unix stream socket at this path.
-    Unix(PathBuf),
+/// One listening socket of a registration. A registration has one, or one
+/// per address for a host name that resolves to several; they are all
+/// served alike and handed over under the registration's name.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    /// The registration it serves, by index.
+    pub(crate) index: usize,
+    /// The registered address.
+    pub(crate) name: String,
+    pub(crate) listener: Arc<Listener>,
 }
 
-impl BindSpec {
-    /// Whether an inherited socket bound at `addr` is the one this spec
-    /// asks for (a port of 0 asks for no particular socket).
-    pub(crate) fn matches(&self, addr: &LocalAddr) -> bool {
-        match (self, addr) {
-            (BindSpec::Tcp(candidates), LocalAddr::Tcp(a)) => {
-                candidates.iter().any(|c| c.port() != 0 && c == a)
-            }
-            (BindSpec::Unix(path), LocalAddr::Unix(p)) => path == p,
-            _ => false,
+impl Bound {
+    /// The name to hand it over under (see [`UNOWNED`]).
+    pub(crate) fn handover_name(&self) -> String {
+        match &*self.listener {
+            Listener::Unix(_, None) => format!("{UNOWNED}{}", self.name),
+            _ => self.name.clone(),
         }
     }
 }
 
-/// Parses `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`,
-/// `":8080"` (every interface, as in Go) or `"unix:/path/to.sock"`.
-pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
-    let invalid = |reason: String| Error::Address {
-        addr: addr.to_owned(),
-        reason,
-    };
-    if let Some(path) = addr.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err(invalid("expected unix:/path/to.sock".to_owned()));
-        }
-        return Ok(BindSpec::Unix(PathBuf::from(path)));
-    }
-    if let Some(port) = addr.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| invalid(format!("{port:?} is not a port number from 0 to 65535")))?;
-        // Dual-stack first; hosts without IPv6 fall back to IPv4.
-        return Ok(BindSpec::Tcp(vec![
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-        ]));
-    }
-    if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return Ok(BindSpec::Tcp(vec![sa]));
-    }
-    if !addr.contains(':') {
-        return Err(invalid(
-            "expected host:port, [ipv6]:port or :port".to_owned(),
-        ));
-    }
-    let resolved: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| invalid(format!("cannot resolve: {e}")))?
+/// A socket handed over to us, with its name, and whether its file (for a
+/// Unix socket) is ours to remove.
+struct Inherited {
+    name: String,
+    fd: OwnedFd,
+    owns_file: bool,
+}
+
+/// Listening sockets for every registration, `names[i]` parsed as
+/// `specs[i]`: the inherited ones of the same name (or, for systemd's
+/// sockets, the same address) if there are any, else new ones, unless
+/// `bind_new` is false (then a registration with nothing inherited gets no
+/// socket). Inherited sockets that match nothing are closed.
+pub(crate) async fn take_all(
+    names: &[&str],
+    specs: &[BindSpec],
+    bind_new: bool,
+) -> Result<Vec<Bound>> {
+    let activated = matches!(handover::origin(), Some(Origin::Systemd));
+    let mut inherited: Vec<Inherited> = handover::take_inherited(Listener::check_inherited)?
+        .into_iter()
+        .map(|(name, fd)| match name.strip_prefix(UNOWNED) {
+            Some(n) => Inherited {
+                name: n.to_owned(),
+                fd,
+                owns_file: false,
+            },
+            None => Inherited {
+                name,
+                fd,
+                owns_file: !activated,
+            },
+        })
         .collect();
-    if resolved.is_empty() {
-        return Err(invalid("resolves to no address".to_owned()));
+    let mut bound = Vec::with_capacity(names.len());
+    for (index, (name, spec)) in names.iter().zip(specs).enumerate() {
+        let mut found = take_by_name(&mut inherited, name, spec);
+        // Resolve only if it can matter: nothing else needs DNS on a reload.
+        let mut addrs = None;
+        if found.is_empty() && !inherited.is_empty() {
+            let tcp = address::tcp_addrs(name, spec).await?;
+            found = take_by_addr(&mut inherited, spec, tcp.as_deref());
+            addrs = Some(tcp);
+        }
+        let listeners = if found.is_empty() && !bind_new {
+            tracing::info!(addr = %name, "new address left to the generation re-executing in place");
+            Vec::new()
+        } else if found.is_empty() {
+            let tcp = match addrs {
+                Some(tcp) => tcp,
+                None => address::tcp_addrs(name, spec).await?,
+            };
+            bind(name, spec, tcp).await?
+        } else {
+            let mut adopted = Vec::with_capacity(found.len());
+            for i in found {
+                debug!(addr = %name, fd = i.fd.as_raw_fd(), "adopting inherited socket");
+                adopted.push(Listener::adopt(i.fd, i.owns_file)?);
+            }
+            adopted
+        };
+        bound.extend(listeners.into_iter().map(|l| Bound {
+            index,
+            name: (*name).to_owned(),
+            listener: Arc::new(l),
+        }));
     }
-    Ok(BindSpec::Tcp(resolved))
+    for i in inherited {
+        warn!(name = %i.name, fd = ?i.fd, "inherited socket matches no registration; closing it");
+    }
+    Ok(bound)
+}
+
+/// The first inherited socket named `name` and, for a host name, the later
+/// ones of that name on the same port: the sockets one registration handed
+/// over. Several registrations of one name (say `127.0.0.1:0` twice) thus
+/// get their sockets back in order.
+fn take_by_name(inherited: &mut Vec<Inherited>, name: &str, spec: &BindSpec) -> Vec<Inherited> {
+    let Some(first) = inherited.iter().position(|i| i.name == name) else {
+        return Vec::new();
+    };
+    let first = inherited.remove(first);
+    let mut group = vec![first];
+    if let (BindSpec::Host(..), Some(LocalAddr::Tcp(a))) =
+        (spec, Listener::inherited_addr(group[0].fd.as_fd()))
+    {
+        let mut seen = vec![a];
+        let mut i = 0;
+        while i < inherited.len() {
+            let same = match Listener::inherited_addr(inherited[i].fd.as_fd()) {
+                Some(LocalAddr::Tcp(b)) => {
+                    inherited[i].name == name && b.port() == a.port() && !seen.contains(&b)
+                }
+                _ => false,
+            };
+            if same {
+                let taken = inherited.remove(i);
+                if let Some(LocalAddr::Tcp(b)) = Listener::inherited_addr(taken.fd.as_fd()) {
+                    seen.push(b);
+                }
+                group.push(taken);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    group
+}
+
+/// The inherited sockets bound where `spec` asks (systemd's socket units
+/// have names like `app.socket`, which match no registration): the one at
+/// that path, or every one at one of the TCP addresses `tcp` (a port of 0
+/// asks for no particular socket).
+fn take_by_addr(
+    inherited: &mut Vec<Inherited>,
+    spec: &BindSpec,
+    tcp: Option<&[SocketAddr]>,
+) -> Vec<Inherited> {
+    let wanted = |i: &Inherited| match (Listener::inherited_addr(i.fd.as_fd()), spec, tcp) {
+        (Some(LocalAddr::Unix(p)), BindSpec::Unix(path), _) => p == *path,
+        (Some(LocalAddr::Tcp(a)), _, Some(candidates)) => {
+            candidates.iter().any(|c| c.port() != 0 && *c == a)
+        }
+        _ => false,
+    };
+    let mut taken = Vec::new();
+    let mut i = 0;
+    while i < inherited.len() {
+        if wanted(&inherited[i]) {
+            taken.push(inherited.remove(i));
+            // `:port` asks for one socket, the first supported of two.
+            if matches!(
+                spec,
+                BindSpec::Addr(_) | BindSpec::AnyInterface(_) | BindSpec::Unix(_)
+            ) {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    taken
+}
+
+/// Binds new sockets for `spec` (its TCP addresses already resolved into
+/// `tcp`); `name` is the registered address, for errors.
+async fn bind(name: &str, spec: &BindSpec, tcp: Option<Vec<SocketAddr>>) -> Result<Vec<Listener>> {
+    let bind_err = |source| Error::Bind {
+        addr: name.to_owned(),
+        source,
+    };
+    let tcp = match (spec, tcp) {
+        (BindSpec::Unix(path), _) => {
+            let l = bind_unix(path).await.map_err(bind_err)?;
+            return Ok(vec![l]);
+        }
+        (_, Some(tcp)) => tcp,
+        (_, None) => return Err(bind_err(io::ErrorKind::AddrNotAvailable.into())),
+    };
+    let sockets = match spec {
+        BindSpec::AnyInterface(_) => bind_first_supported(&tcp),
+        BindSpec::Host(..) => bind_every(&tcp),
+        // A literal address: the error is about it, no need to repeat it.
+        _ => bind_tcp(tcp[0]).map(|l| vec![l]).map_err(|(_, e)| e),
+    }
+    .map_err(bind_err)?;
+    sockets
+        .into_iter()
+        .map(|l| Listener::from_std_tcp(name, l))
+        .collect()
+}
+
+/// Whether a bind failed only because the host lacks that address family
+/// (no IPv6, say), as opposed to a real problem such as a busy port.
+fn family_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL | nix::libc::EPROTONOSUPPORT)
+    )
+}
+
+/// `:port`: the first address the host supports (dual-stack IPv6, then
+/// IPv4). Any other error, a busy port above all, is the answer.
+fn bind_first_supported(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut last = None;
+    for addr in addrs {
+        match bind_tcp(*addr) {
+            Ok(l) => return Ok(vec![l]),
+            Err((a, e)) if family_unavailable(&e) => {
+                info!(addr = %a, cause = %e, "address family unavailable; trying the next");
+                last = Some(named(a, e));
+            }
+            Err((a, e)) => return Err(named(a, e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()))
+}
+
+/// A host name: one socket on every address it resolved to, skipping those
+/// of a family the host lacks. With port 0 they all share the port the
+/// kernel picks for the first, so that the name means one port.
+fn bind_every(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
+    let shared_port = addrs.len() > 1 && addrs.iter().all(|a| a.port() == 0);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut port = None;
+        let mut bound = Vec::with_capacity(addrs.len());
+        let mut last = None;
+        let mut retry = false;
+        for addr in addrs {
+            let mut addr = *addr;
+            if let Some(p) = port {
+                addr.set_port(p);
+            }
+            match bind_tcp(addr) {
+                Ok(l) => {
+                    if shared_port && port.is_none() {
+                        port = l.local_addr().ok().map(|a| a.port());
+                    }
+                    bound.push(l);
+                }
+                Err((a, e)) if family_unavailable(&e) => {
+                    warn!(addr = %a, cause = %e, "cannot bind this address of the host name; serving the others");
+                    last = Some(named(a, e));
+                }
+                Err((_, e))
+                    if shared_port
+                        && e.kind() == io::ErrorKind::AddrInUse
+                        && attempt < SHARED_PORT_ATTEMPTS =>
+                {
+                    retry = true;
+                    break;
+                }
+                Err((a, e)) => return Err(named(a, e)),
+            }
+        }
+        if retry {
+            debug!(
+                attempt,
+                "the chosen port is taken on another address; trying again"
+            );
+            continue;
+        }
+        if bound.is_empty() {
+            return Err(last.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()));
+        }
+        return Ok(bound);
+    }
+}
+
+/// The error `e` about `addr`, saying which address it was.
+fn named(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{addr}: {e}"))
 }
 
 /// A listening socket ready to accept.
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener),
+    /// With its file, if the file is ours to remove at the final stop.
+    Unix(UnixListener, Option<SocketFile>),
 }
 
 impl Listener {
-    /// Binds a new socket for `spec`; `name` is the registered address, for errors.
-    pub(crate) fn bind(name: &str, spec: &BindSpec) -> Result<Listener> {
-        match spec {
-            BindSpec::Tcp(candidates) => {
-                let mut last = None;
-                for addr in candidates {
-                    match bind_tcp(*addr) {
-                        Ok(l) => return Listener::from_std_tcp(name, l),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(Error::Bind {
-                    addr: name.to_owned(),
-                    source: last.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()),
-                })
-            }
-            BindSpec::Unix(path) => {
-                let l = bind_unix(path).map_err(|source| Error::Bind {
-                    addr: name.to_owned(),
-                    source,
-                })?;
-                l.set_nonblocking(true).map_err(|source| Error::Bind {
-                    addr: name.to_owned(),
-                    source,
-                })?;
-                let l = UnixListener::from_std(l).map_err(|source| Error::Bind {
-                    addr: name.to_owned(),
-                    source,
-                })?;
-                Ok(Listener::Unix(l))
-            }
-        }
+    /// Binds new sockets for `spec`, resolving a host name first: one
+    /// listener, or one per address of a host name. `name` is the registered
+    /// address, for errors.
+    #[cfg(test)]
+    pub(crate) async fn bind(name: &str, spec: &BindSpec) -> Result<Vec<Listener>> {
+        let tcp = address::tcp_addrs(name, spec).await?;
+        bind(name, spec, tcp).await
     }
 
     /// Checks that an inherited FD is what it claims to be, a listening stream
@@ -183,7 +398,9 @@ impl Listener {
     }
 
     /// Adopts an inherited socket that passed [`Listener::check_inherited`].
-    pub(crate) fn adopt(fd: OwnedFd) -> Result<Listener> {
+    /// `owns_file`: a Unix socket's file was created by this server (a
+    /// predecessor bound it), not by systemd.
+    pub(crate) fn adopt(fd: OwnedFd, owns_file: bool) -> Result<Listener> {
         let raw = fd.as_raw_fd();
         let socket = Socket::from(fd);
         let err = |e: io::Error| Error::Inherit {
@@ -191,10 +408,25 @@ impl Listener {
             reason: format!("cannot prepare it ({e})"),
         };
         socket.set_cloexec(true).map_err(err)?;
-        if socket.local_addr().map_err(err)?.domain() == Domain::UNIX {
+        let local = socket.local_addr().map_err(err)?;
+        if local.domain() == Domain::UNIX {
+            // The file at the path now is the one our predecessor bound: it
+            // has been listening there all along, so nobody could have
+            // replaced it as stale.
+            let file = match local.as_pathname() {
+                Some(path) if owns_file => SocketFile::at(path)
+                    .inspect_err(|e| {
+                        info!(path = %path.display(), cause = %e, "no socket file of ours at the path")
+                    })
+                    .ok(),
+                _ => None,
+            };
             socket.set_nonblocking(true).map_err(err)?;
             let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
-            return Ok(Listener::Unix(UnixListener::from_std(l).map_err(err)?));
+            return Ok(Listener::Unix(
+                UnixListener::from_std(l).map_err(err)?,
+                file,
+            ));
         }
         Listener::from_std_tcp(&format!("fd {raw}"), socket.into())
     }
@@ -211,7 +443,7 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> io::Result<LocalAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr().map(LocalAddr::Tcp),
-            Listener::Unix(l) => {
+            Listener::Unix(l, _) => {
                 let addr = l.local_addr()?;
                 let path = addr.as_pathname().unwrap_or(Path::new("(unnamed)"));
                 Ok(LocalAddr::Unix(path.to_path_buf()))
@@ -219,10 +451,18 @@ impl Listener {
         }
     }
 
+    /// The socket file to remove at the final stop, if it is ours.
+    pub(crate) fn socket_file(&self) -> Option<&SocketFile> {
+        match self {
+            Listener::Unix(_, file) => file.as_ref(),
+            Listener::Tcp(_) => None,
+        }
+    }
+
     pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
         }
     }
 
@@ -235,15 +475,16 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))
             }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
         }
     }
 }
 
-/// Binds a Unix stream socket at `path`. A socket file left by a crashed
-/// run is replaced, but only if nothing answers on it; anything else at the
-/// path (a listening server, a regular file) is an error.
-fn bind_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+/// Binds a Unix stream socket at `path`, and records its file as ours. A
+/// socket file left by a crashed run is replaced, but only if nothing
+/// answers on it; anything else at the path (a listening server, a regular
+/// file) is an error. The probe runs on the runtime, with a timeout.
+async fn bind_unix(path: &Path) -> io::Result<Listener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -252,40 +493,53 @@ fn bind_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
                 "the path exists and is not a socket",
             ));
         }
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
+        let live = || {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process is listening on it",
+            )
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, UnixStream::connect(path)).await {
+            Err(_) => {
                 return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is listening on it",
+                    io::ErrorKind::TimedOut,
+                    format!("the socket file did not answer within {PROBE_TIMEOUT:?}"),
                 ))
             }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!(path = %path.display(), "replacing a stale socket file");
+            // A full accept queue is a live server too.
+            Ok(Ok(_)) => return Err(live()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Err(live()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "replacing a stale socket file");
                 std::fs::remove_file(path)?;
             }
-            Err(_) => {}
+            Ok(Err(_)) => {}
         }
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.bind(&socket2::SockAddr::unix(path)?)?;
+    // Right after the bind the file at the path is the one we created.
+    let file = SocketFile::at(path)?;
     socket.listen(BACKLOG)?;
-    Ok(std::os::unix::net::UnixListener::from(OwnedFd::from(
-        socket,
-    )))
+    socket.set_nonblocking(true)?;
+    let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
+    Ok(Listener::Unix(UnixListener::from_std(l)?, Some(file)))
 }
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Binds one TCP socket; on error, also says which address failed.
+fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, (SocketAddr, io::Error)> {
+    let fail = |e| (addr, e);
     // socket2 creates sockets close-on-exec: a listener crosses an exec only
     // through the hand-over.
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
     // Rebinding right after a restart must not fail on old connections in
     // TIME_WAIT.
-    socket.set_reuse_address(true)?;
+    socket.set_reuse_address(true).map_err(fail)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
+        socket.set_only_v6(false).map_err(fail)?;
     }
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(BACKLOG).map_err(fail)?;
     Ok(socket.into())
 }
 
@@ -393,62 +647,17 @@ impl AsyncWrite for Stream {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_the_usual_forms() {
-        let tcp = |addr: &str| match parse(addr).unwrap() {
-            BindSpec::Tcp(a) => a,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(
-            tcp("127.0.0.1:8080"),
-            vec!["127.0.0.1:8080".parse().unwrap()]
-        );
-        let a = tcp(":9000");
-        assert_eq!(a[0], "[::]:9000".parse().unwrap());
-        assert_eq!(a[1], "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(tcp("[::1]:0"), vec!["[::1]:0".parse().unwrap()]);
-        assert!(tcp("localhost:80")
-            .iter()
-            .all(|a| a.ip().is_loopback() && a.port() == 80));
-        assert!(
-            matches!(parse("unix:/run/app.sock").unwrap(), BindSpec::Unix(p) if p == Path::new("/run/app.sock"))
-        );
+    async fn bind_one(addr: &str) -> Result<Listener> {
+        let mut v = Listener::bind(addr, &parse(addr)?).await?;
+        assert_eq!(v.len(), 1);
+        Ok(v.remove(0))
     }
 
-    #[test]
-    fn bad_addresses_name_themselves() {
-        for (addr, msg) in [
-            (
-                ":http",
-                "invalid address \":http\": \"http\" is not a port number from 0 to 65535",
-            ),
-            (
-                ":70000",
-                "invalid address \":70000\": \"70000\" is not a port number from 0 to 65535",
-            ),
-            (
-                "8080",
-                "invalid address \"8080\": expected host:port, [ipv6]:port or :port",
-            ),
-            (
-                "",
-                "invalid address \"\": expected host:port, [ipv6]:port or :port",
-            ),
-        ] {
-            assert_eq!(parse(addr).unwrap_err().to_string(), msg);
-        }
-        let err = parse("no such host.invalid:80").unwrap_err().to_string();
-        assert!(
-            err.starts_with("invalid address \"no such host.invalid:80\": cannot resolve"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_busy_port_names_the_address() {
+    #[tokio::test]
+    async fn a_busy_port_names_the_address() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let err = Listener::bind(&addr, &parse(&addr).unwrap()).unwrap_err();
+        let err = bind_one(&addr).await.unwrap_err();
         assert!(
             err.to_string()
                 .starts_with(&format!("cannot listen on {addr}: ")),
@@ -457,9 +666,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_name_binds_every_address_it_resolves_to() {
+        // As if `localhost` resolved to both loopback addresses, IPv6 first
+        // (as glibc orders them): both must answer, on one port.
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = v6.local_addr().unwrap().port();
+        drop(v6);
+        let addrs: Vec<SocketAddr> = vec![
+            format!("[::1]:{port}").parse().unwrap(),
+            format!("127.0.0.1:{port}").parse().unwrap(),
+        ];
+        let spec = BindSpec::Host("localhost".into(), port);
+        let ls = bind("localhost:P", &spec, Some(addrs.clone()))
+            .await
+            .unwrap();
+        let got: Vec<LocalAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
+        assert_eq!(
+            got,
+            addrs.iter().map(|a| LocalAddr::Tcp(*a)).collect::<Vec<_>>()
+        );
+        for a in &addrs {
+            std::net::TcpStream::connect(a).unwrap();
+        }
+
+        // Port 0: every address gets the port the kernel chose for the first.
+        let zero: Vec<SocketAddr> =
+            vec!["[::1]:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()];
+        let spec = BindSpec::Host("localhost".into(), 0);
+        let ls = bind("localhost:0", &spec, Some(zero)).await.unwrap();
+        let ports: Vec<u16> = ls
+            .iter()
+            .map(|l| match l.local_addr().unwrap() {
+                LocalAddr::Tcp(a) => a.port(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ports.len(), 2);
+        assert_ne!(ports[0], 0);
+        assert_eq!(ports[0], ports[1]);
+    }
+
+    #[tokio::test]
+    async fn a_host_name_with_one_address_taken_is_an_error_naming_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let addrs: Vec<SocketAddr> = vec![
+            format!("[::1]:{port}").parse().unwrap(),
+            format!("127.0.0.1:{port}").parse().unwrap(),
+        ];
+        let spec = BindSpec::Host("localhost".into(), port);
+        let err = bind("localhost:P", &spec, Some(addrs))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("cannot listen on localhost:P: 127.0.0.1:{port}: ")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn bound_listeners_are_close_on_exec() {
         use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-        let l = Listener::bind("127.0.0.1:0", &parse("127.0.0.1:0").unwrap()).unwrap();
+        let l = bind_one("127.0.0.1:0").await.unwrap();
         let Listener::Tcp(tcp) = &l else {
             unreachable!()
         };
@@ -468,8 +737,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unix_socket_files_are_ours_only_when_we_bound_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let addr = format!("unix:{}", path.display());
+        let l = bind_one(&addr).await.unwrap();
+        assert_eq!(l.socket_file().unwrap().path(), path);
+        let b = Bound {
+            index: 0,
+            name: addr.clone(),
+            listener: Arc::new(l),
+        };
+        assert_eq!(b.handover_name(), addr);
+
+        // Adopted from systemd: not ours, and every successor is told so.
+        let other = dir.path().join("b.sock");
+        let unit = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        let l = Listener::adopt(OwnedFd::from(unit), false).unwrap();
+        assert!(l.socket_file().is_none());
+        let b = Bound {
+            index: 0,
+            name: format!("unix:{}", other.display()),
+            listener: Arc::new(l),
+        };
+        assert_eq!(
+            b.handover_name(),
+            format!("{UNOWNED}unix:{}", other.display())
+        );
+    }
+
+    #[tokio::test]
     async fn inherited_fds_are_checked_and_left_open_when_wrong() {
-        use std::os::fd::AsFd;
         let check =
             |fd: &dyn AsFd| Listener::check_inherited(fd.as_fd()).map_err(|e| e.to_string());
 
@@ -500,7 +798,7 @@ mod tests {
         let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         check(&good).unwrap();
         let addr = good.local_addr().unwrap();
-        let l = Listener::adopt(OwnedFd::from(good)).unwrap();
+        let l = Listener::adopt(OwnedFd::from(good), true).unwrap();
         assert_eq!(l.local_addr().unwrap(), LocalAddr::Tcp(addr));
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::generation::Generation;
@@ -372,34 +371,4 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
         .iter()
         .map(|r| listener::parse(&r.addr))
         .collect()
-}
-
-/// Writes our PID to `path` atomically: readers see the old file or the new
-/// one, never a partial write.
-pub(crate) fn write_pid_file(path: &Path) -> Result<()> {
-    let pid = std::process::id();
-    let tmp = path.with_extension(format!("tmp.{pid}"));
-    let err = |source| Error::Io {
-        context: format!("cannot write the PID file {}", path.display()),
-        source,
-    };
-    std::fs::write(&tmp, format!("{pid}\n")).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })?;
-    debug!(path = %path.display(), pid, "wrote the PID file");
-    Ok(())
-}
-
-/// Removes the PID file if it still names us.
-pub(crate) fn remove_pid_file(path: &Path) {
-    let ours = std::fs::read_to_string(path)
-        .map(|s| s.trim() == std::process::id().to_string())
-        .unwrap_or(false);
-    if ours {
-        if let Err(e) = std::fs::remove_file(path) {
-            warn!(path = %path.display(), cause = %e, "cannot remove the PID file");
-        }
-    }
 }

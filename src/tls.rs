@@ -65,6 +65,11 @@ fn load_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
     if chain.is_empty() {
         return Err(tls_error(cert, "no certificate found (expected PEM)"));
     }
+    // Parse the end-entity certificate ourselves first: rustls checks it
+    // only while matching it against the key, and its error would then read
+    // as if the key were at fault.
+    rustls::server::ParsedCertificate::try_from(&chain[0])
+        .map_err(|e| tls_error(cert, format!("not a valid certificate: {e}")))?;
     let private_key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, "private key", e))?;
     // The provider is named rather than taken from the process default, which
@@ -83,7 +88,12 @@ fn load_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
                     cert.display()
                 ),
             ),
-            e => tls_error(key, format!("unusable private key or certificate: {e}")),
+            // Not expected after the check above, but a certificate error is
+            // the certificate's whatever rustls version reports it.
+            e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+                tls_error(cert, format!("not a valid certificate: {e}"))
+            }
+            e => tls_error(key, format!("unusable private key: {e}")),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -186,5 +196,38 @@ mod tests {
             format!("TLS file {d}/other.pem: private key does not match the certificate in {d}/cert.pem")
         );
         assert!(err(dir.path(), &key).starts_with(&format!("TLS file {d}: cannot read: ")));
+    }
+
+    #[test]
+    fn a_certificate_with_bad_contents_is_blamed_on_the_certificate_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = write(dir.path(), "key.pem", good.signing_key.serialize_pem());
+        // Valid PEM and base64, but the DER inside is no certificate.
+        let bad = write(
+            dir.path(),
+            "bad-der.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        );
+        let d = dir.path().display();
+        let err = load_files(&bad, &key).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "TLS file {d}/bad-der.pem: not a valid certificate: "
+            )),
+            "{err}"
+        );
+        // And a key with the same kind of garbage is the key's problem.
+        let cert = write(dir.path(), "cert.pem", good.cert.pem());
+        let bad_key = write(
+            dir.path(),
+            "bad-key.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
+        );
+        let err = load_files(&cert, &bad_key).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("TLS file {d}/bad-key.pem: unusable private key: ")),
+            "{err}"
+        );
     }
 }

@@ -402,7 +402,8 @@ fn bad_configuration_is_an_error_naming_the_culprit() {
         ),
         (
             Spec::fixture().arg("127.0.0.1:99999"),
-            "invalid address \"127.0.0.1:99999\": cannot resolve: invalid port value".into(),
+            "invalid address \"127.0.0.1:99999\": \"99999\" is not a port number from 0 to 65535"
+                .into(),
         ),
     ];
     for (spec, want) in cases {
