@@ -115,7 +115,8 @@ fn notify_reloads_under_load_follow_the_main_pid() {
 }
 
 /// Scenario 2 (and the item 1): `systemctl stop` 0.3 s after a
-/// reload, with slow requests in flight on both generations.
+/// reload, with a slow request in flight on the draining old generation
+/// and a shorter one on the new.
 #[test]
 fn stop_shortly_after_a_reload_lets_requests_in_flight_finish() {
     let _heavy = support::heavy();
@@ -130,8 +131,11 @@ fn stop_shortly_after_a_reload_lets_requests_in_flight_finish() {
 
     let t_reload = Instant::now();
     let (new, _) = reload(&sd, HELLO, &addr);
-    // On the new generation, the main process at the stop.
-    let on_new = get_in_background(&addr, "/sleep/3000");
+    // On the new generation, the main process at the stop: a shorter one, so
+    // that the main process exits while the old generation still drains,
+    // and systemd (KillMode=control-group) then sends its SIGTERM to the old
+    // generation too, which must not take it as a second stop signal.
+    let on_new = get_in_background(&addr, "/sleep/1000");
     std::thread::sleep(
         (t_reload + Duration::from_millis(300)).saturating_duration_since(Instant::now()),
     );
