@@ -163,14 +163,13 @@ fn stop_shortly_after_a_reload_lets_requests_in_flight_finish() {
 }
 
 /// The issue's item 12: after a reload, the main process is one systemd did
-/// not fork, and systemd 252 does not wait for it at a stop (SIGTERM and
-/// SIGKILL at once) unless the unit's `ExecStop=` waits for it.
-#[test]
-fn stop_after_two_reloads_waits_for_the_request_in_flight() {
-    let _heavy = support::heavy();
-    let Some((sd, addr)) = boot_hello() else {
-        return;
-    };
+/// not fork, and systemd 252 does not wait for it at a stop or restart
+/// (SIGTERM and SIGKILL at once) unless the unit's `ExecStop=` waits for it.
+/// Boots, reloads twice, then runs `systemctl VERB` with a 2 s request in
+/// flight on the main process, which must complete. Returns the boot, the
+/// address and the main PID before the verb.
+fn two_reloads_then(verb: &str) -> Option<(Systemd, String, u32)> {
+    let (sd, addr) = boot_hello()?;
     // As under real traffic, each old generation still has a request to
     // finish when the new one reports `MAINPID=`, so the new main process
     // is surely not systemd's child at that moment (without one, the old
@@ -192,26 +191,47 @@ fn stop_after_two_reloads_waits_for_the_request_in_flight() {
 
     let slow = get_in_background(&addr, "/sleep/2000");
     std::thread::sleep(Duration::from_millis(300));
-    let t_stop = Instant::now();
-    sd.ok(&["stop", HELLO]);
-    let stop_took = t_stop.elapsed();
+    let t = Instant::now();
+    sd.ok(&[verb, HELLO]);
+    let took = t.elapsed();
     let slow = slow.join().unwrap();
-    let result = sd.show(HELLO, "Result");
     eprintln!(
-        "systemd stop after two reloads (MainPID {main}): stop took {stop_took:?}, \
-         request in flight: {slow:?}, Result={result}"
+        "systemd {verb} after two reloads (MainPID {main}): took {took:?}, \
+         request in flight: {slow:?}, Result={}",
+        sd.show(HELLO, "Result")
     );
     assert!(
         matches!(&slow, Ok((200, body)) if body == &format!("slept pid={main}\n")),
-        "the request in flight: {slow:?} (Result={result}, stop took {stop_took:?})\n{}",
+        "the request in flight: {slow:?} ({verb} took {took:?})\n{}",
         sd.log_tail()
     );
-    assert_eq!(result, "success", "{}", sd.log_tail());
     assert!(
-        stop_took >= Duration::from_millis(1400),
-        "the stop did not wait for the request: {stop_took:?}"
+        took >= Duration::from_millis(1400),
+        "the {verb} did not wait for the request: {took:?}"
     );
+    Some((sd, addr, main))
+}
+
+#[test]
+fn stop_after_two_reloads_waits_for_the_request_in_flight() {
+    let _heavy = support::heavy();
+    let Some((sd, ..)) = two_reloads_then("stop") else {
+        return;
+    };
+    assert_eq!(sd.show(HELLO, "Result"), "success", "{}", sd.log_tail());
     assert_eq!(sd.show(HELLO, "ActiveState"), "inactive");
+}
+
+#[test]
+fn restart_after_two_reloads_waits_for_the_request_in_flight() {
+    let _heavy = support::heavy();
+    let Some((sd, addr, main)) = two_reloads_then("restart") else {
+        return;
+    };
+    assert_eq!(sd.show(HELLO, "ActiveState"), "active", "{}", sd.log_tail());
+    let new = sd.main_pid(HELLO);
+    assert_ne!(new, main);
+    wait_served_by(&addr, new);
 }
 
 /// Scenario 3: socket activation with a TCP and a Unix `ListenStream`.
