@@ -1,7 +1,7 @@
 //! The smallest endless server.
 //!
 //! ```text
-//! cargo run --release --example hello [ADDR]     # default 127.0.0.1:8080
+//! cargo run --release --example hello [ADDR...]  # default 127.0.0.1:8080
 //! curl http://127.0.0.1:8080/                    # hello from pid N
 //! kill -USR1 N                                   # reload: a new pid answers
 //! kill -TERM <new pid>                           # graceful stop
@@ -28,10 +28,27 @@ async fn main() -> Result<(), endless::Error> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    // Every address given (such as those of a systemd socket unit, TCP and
+    // `unix:/path`), or the default.
+    let mut addrs: Vec<String> = std::env::args().skip(1).collect();
+    if addrs.is_empty() {
+        addrs.push("127.0.0.1:8080".into());
+    }
     let pid = std::process::id();
-    println!("hello: pid {pid} serving http://{addr}/  (reload: kill -USR1 {pid}, stop: kill -TERM {pid})");
-    endless::listen_and_serve(&addr, service_fn(hello)).await
+    let urls: Vec<String> = addrs
+        .iter()
+        .map(|a| match a.starts_with("unix:") {
+            true => a.clone(),
+            false => format!("http://{a}/"),
+        })
+        .collect();
+    println!(
+        "hello: pid {pid} serving {}  (reload: kill -USR1 {pid}, stop: kill -TERM {pid})",
+        urls.join(" ")
+    );
+    let mut server = endless::Server::new();
+    for addr in &addrs {
+        server = server.register(addr, service_fn(hello));
+    }
+    server.run().await
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod load;
+pub mod systemd;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
