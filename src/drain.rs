@@ -3,7 +3,7 @@
 //!
 //! A generation drains for one of two reasons, and that decides what its
 //! next stop signal means:
-//! - it was **stopped** (a stop signal, `Handle::shutdown`): the next stop
+//! - it was **stopped** (a stop signal, `Handle::stop`): the next stop
 //!   signal is the second one, and cuts the drain short;
 //! - it **handed over** to a new generation (or, as a `keep_pid` temporary
 //!   generation, back to its parent): it is already stopping, so its first
@@ -46,7 +46,7 @@ pub(crate) enum Ended {
 pub(crate) struct Drain {
     why: Why,
     deadline: Instant,
-    /// Stop signals (and `Handle::shutdown` calls) counted so far, the one
+    /// Stop signals (and `Handle::stop` calls) counted so far, the one
     /// that started a stop included.
     stops: u32,
 }

@@ -7,7 +7,7 @@
 //! | arrives                                             | means            |
 //! |-----------------------------------------------------|------------------|
 //! | a reload signal, `Handle::reload`                   | [`Event::Reload`] |
-//! | a stop signal, `Handle::shutdown`                   | [`Event::Stop`]   |
+//! | a stop signal, `Handle::stop`                   | [`Event::Stop`]   |
 //! | `SIGTERM` sent with `kill` by a generation we started | [`Event::Ready`] |
 //! | a signal this process sent itself (`SIGPIPE`, `raise`) | nothing (logged) |
 //! | `SIGTERM` when it is not a stop signal              | nothing (logged) |
@@ -48,7 +48,7 @@ impl Trigger {
 pub(crate) enum Event {
     Reload(Trigger),
     /// A stop signal (named, with its sender's PID if known), or
-    /// `Handle::shutdown` (`None, None`).
+    /// `Handle::stop` (`None, None`).
     Stop(Option<Signal>, Option<u32>),
     /// `SIGTERM` (sent with `kill`) from a generation this one started: it
     /// serves.
@@ -115,7 +115,7 @@ impl Events {
                 r = self.signals.recv() => r,
                 c = self.commands.recv(), if self.commands_open => match c {
                     Some(Command::Reload(reply)) => return Event::Reload(Trigger::Handle(reply)),
-                    Some(Command::Shutdown) => return Event::Stop(None, None),
+                    Some(Command::Stop) => return Event::Stop(None, None),
                     None => {
                         self.commands_open = false;
                         continue;

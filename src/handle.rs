@@ -12,7 +12,7 @@ use crate::listener::LocalAddr;
 #[derive(Debug)]
 pub(crate) enum Command {
     Reload(oneshot::Sender<Result<()>>),
-    Shutdown,
+    Stop,
 }
 
 /// Reloads or stops a [`Server`](crate::Server) from code.
@@ -81,9 +81,16 @@ impl Handle {
     ///
     /// The server stops accepting, lets in-flight requests finish, and
     /// [`Server::run`](crate::Server::run) returns once they are done or the
-    /// stop timeout has passed. Does nothing if the server is already stopping.
+    /// stop timeout has passed. Like a first stop signal to a generation that
+    /// is already draining, it then changes nothing.
+    pub fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+
+    /// The former name of [`stop`](Self::stop).
+    #[deprecated(since = "0.2.0", note = "renamed to `stop`: one word for one concept")]
     pub fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown);
+        self.stop();
     }
 
     /// Waits until the server accepts on every listener and returns the

@@ -78,7 +78,7 @@ pub(crate) enum Origin {
 
 /// What this process was handed, read once at first use.
 #[derive(Debug)]
-struct Received {
+struct HandedOver {
     origin: Origin,
     names: Vec<String>,
     fds: Vec<RawFd>,
@@ -88,7 +88,7 @@ struct Received {
 
 /// `Ok(None)`: not started by a reload. `Err`: the variables name our parent
 /// but are corrupt; reported by `take_inherited`.
-static RECEIVED: OnceLock<Result<Option<Received>, (RawFd, String)>> = OnceLock::new();
+static HANDED_OVER: OnceLock<Result<Option<HandedOver>, (RawFd, String)>> = OnceLock::new();
 /// The inherited FDs, until a server claims them.
 static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
 
@@ -96,7 +96,7 @@ static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
 /// close-on-exec straight away, so nothing this process spawns can inherit
 /// them. Cheap to call again.
 pub(crate) fn init() {
-    RECEIVED.get_or_init(|| {
+    HANDED_OVER.get_or_init(|| {
         let received = match read_env()? {
             Some(r) => Some(r),
             None => read_systemd_env()?,
@@ -117,7 +117,7 @@ pub(crate) fn init() {
 /// (checked at first use, while a parent is still waiting for us).
 pub(crate) fn origin() -> Option<Origin> {
     init();
-    match RECEIVED.get() {
+    match HANDED_OVER.get() {
         Some(Ok(Some(r))) => Some(r.origin),
         _ => None,
     }
@@ -127,7 +127,7 @@ pub(crate) fn origin() -> Option<Origin> {
 /// parent re-executes itself in place.
 pub(crate) fn is_temporary() -> bool {
     init();
-    matches!(RECEIVED.get(), Some(Ok(Some(r))) if r.temporary)
+    matches!(HANDED_OVER.get(), Some(Ok(Some(r))) if r.temporary)
 }
 
 /// Takes ownership of the inherited sockets, with their names, once each
@@ -138,7 +138,7 @@ pub(crate) fn take_inherited(
     check: impl Fn(BorrowedFd<'_>) -> Result<()>,
 ) -> Result<Vec<(String, OwnedFd)>> {
     init();
-    if let Some(Err((fd, reason))) = RECEIVED.get() {
+    if let Some(Err((fd, reason))) = HANDED_OVER.get() {
         return Err(Error::Inherit {
             fd: *fd,
             reason: reason.clone(),
@@ -171,7 +171,7 @@ pub(crate) fn notify_parent_ready(parent: Pid) -> io::Result<bool> {
     Ok(true)
 }
 
-fn read_env() -> Result<Option<Received>, (RawFd, String)> {
+fn read_env() -> Result<Option<HandedOver>, (RawFd, String)> {
     if let Some(r) = read_self_exec_env()? {
         return Ok(Some(r));
     }
@@ -189,7 +189,7 @@ fn read_env() -> Result<Option<Received>, (RawFd, String)> {
         // inherited them): the FDs are not those sockets, not ours to touch.
         return Ok(None);
     }
-    Ok(Some(Received {
+    Ok(Some(HandedOver {
         origin: Origin::Parent(parent),
         fds,
         names,
@@ -265,7 +265,7 @@ fn read_names() -> Result<Vec<String>, (RawFd, String)> {
 /// The variables of an in-place re-exec, if they are ours: `ENDLESS_EXEC_PID`
 /// is our own PID (a process we spawn later has another PID, so the stale
 /// variables never mislead it).
-fn read_self_exec_env() -> Result<Option<Received>, (RawFd, String)> {
+fn read_self_exec_env() -> Result<Option<HandedOver>, (RawFd, String)> {
     let ours = std::env::var_os(EXEC_PID)
         .and_then(|v| v.to_str()?.parse::<i32>().ok())
         .is_some_and(|pid| pid == getpid().as_raw());
@@ -296,7 +296,7 @@ fn read_self_exec_env() -> Result<Option<Received>, (RawFd, String)> {
         .and_then(|v| v.to_str()?.parse::<i32>().ok())
         .filter(|pid| *pid > 0)
         .map(Pid::from_raw);
-    Ok(Some(Received {
+    Ok(Some(HandedOver {
         origin: Origin::SelfExec { temporary },
         names,
         fds,
@@ -308,7 +308,7 @@ fn read_self_exec_env() -> Result<Option<Received>, (RawFd, String)> {
 /// and optionally `LISTEN_FDNAMES` (`:`-separated). Read by hand rather than
 /// with `sd-notify`'s helper so that a bad value is an error naming the FD and
 /// nothing is touched before it has been checked.
-fn read_systemd_env() -> Result<Option<Received>, (RawFd, String)> {
+fn read_systemd_env() -> Result<Option<HandedOver>, (RawFd, String)> {
     let Some(pid) = std::env::var_os("LISTEN_PID") else {
         return Ok(None);
     };
@@ -343,7 +343,7 @@ fn read_systemd_env() -> Result<Option<Received>, (RawFd, String)> {
             names
         }
     };
-    Ok(Some(Received {
+    Ok(Some(HandedOver {
         origin: Origin::Systemd,
         fds: (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect(),
         names,

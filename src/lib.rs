@@ -55,7 +55,7 @@
 //! .await??;
 //! assert!(reply.starts_with("HTTP/1.1 200 OK") && reply.ends_with("hi\n"));
 //!
-//! handle.shutdown(); // as SIGTERM would: drain, then `run` returns
+//! handle.stop(); // as SIGTERM would: drain, then `run` returns
 //! serving.await??;
 //! # Ok(())
 //! # }

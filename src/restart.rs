@@ -39,7 +39,7 @@ pub(crate) enum Outcome {
     /// A new generation serves: `pid`, and the `Handle::reload` call that
     /// asked for it, if any, for the caller to answer.
     HandedOver { pid: u32, trigger: Trigger },
-    /// A stop signal (or `Handle::shutdown`); also the parent's `SIGTERM`
+    /// A stop signal (or `Handle::stop`); also the parent's `SIGTERM`
     /// to a temporary generation (`keep_pid`), or its parent gone.
     Stop,
 }

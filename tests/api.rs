@@ -67,7 +67,7 @@ async fn a_reload_before_run_is_not_running() {
     // The server then runs normally and stops on request.
     let serving = tokio::spawn(server.run());
     handle.listening().await.unwrap();
-    handle.shutdown();
+    handle.stop();
     serving.await.unwrap().unwrap();
 }
 
@@ -84,7 +84,7 @@ async fn a_handle_whose_server_is_gone_says_so() {
         handle.listening().await,
         Err(endless::Error::NotRunning)
     ));
-    handle.shutdown(); // no panic, nothing to do
+    handle.stop(); // no panic, nothing to do
     assert_eq!(
         endless::Error::NotRunning.to_string(),
         "the server is not running"
