@@ -64,15 +64,19 @@
 //! # How a reload works
 //!
 //! 1. Generation N gets a reload signal, or [`Handle::reload`] is called.
-//! 2. It spawns the program it was started from (argv\[0\], resolved to an
-//!    absolute path at start-up) with the same arguments and working
-//!    directory, passing its listening sockets as FDs 3, 4, … and their
-//!    addresses in the environment. Only during that spawn are the sockets
-//!    not close-on-exec, and only in that child.
+//! 2. It spawns the program it was started from (argv\[0\] and the logical
+//!    working directory, both captured when the process started and
+//!    resolved again now, so a switched `current -> releases/vN` symlink
+//!    runs the new release) with the same arguments, passing its listening
+//!    sockets as FDs 3, 4, … and their addresses and identities (device and
+//!    inode) in the environment. Only during that spawn are the sockets not
+//!    close-on-exec, and only in that child.
 //! 3. Generation N+1 installs its signal handlers (reload and stop signals
 //!    stay blocked from before the exec until then, so none is lost and none
-//!    kills it), adopts the inherited sockets by address, binds any new
-//!    address, starts accepting, and sends `SIGTERM` to N.
+//!    kills it), adopts the inherited sockets (if each is the socket named:
+//!    a process that merely inherited the variables adopts nothing) by
+//!    address, binds any new address, starts accepting, and sends `SIGTERM`
+//!    to N, if N is still its parent.
 //! 4. N sees `SIGTERM` from its child, which means "ready" (from anyone else
 //!    it means "stop"). N stops accepting and drops its copy of each socket;
 //!    the sockets and their accept queues live on in N+1. HTTP/1 responses
@@ -83,16 +87,20 @@
 //!
 //! If N+1 exits before it is ready, or is not ready within the ready
 //! timeout, N kills and reaps it, logs why and keeps serving; the next reload
-//! works as usual. Reload signals that arrive while N+1 is starting are
-//! coalesced; a draining generation starts none.
+//! works as usual. If N dies while N+1 starts, N+1 serves on its sockets.
+//! Reload signals that arrive while N+1 is starting are coalesced; a
+//! draining generation starts none.
 //!
 //! # Signals
 //!
 //! | signal               | default meaning                                   |
 //! |----------------------|---------------------------------------------------|
 //! | `SIGHUP`, `SIGUSR1`  | reload ([`Server::reload_signals`])               |
-//! | `SIGTERM`, `SIGINT`  | graceful stop ([`Server::stop_signals`]); a second one during the drain cuts it short |
-//! | `SIGTERM` from the new generation | "ready": the hand-over is done      |
+//! | `SIGTERM`, `SIGINT`  | graceful stop ([`Server::stop_signals`]); a second one during the drain cuts it short; to a generation draining after a hand-over, the first one changes nothing |
+//! | `SIGTERM` sent with `kill` by the new generation | "ready": the hand-over is done |
+//!
+//! Signals the process sends itself (a `SIGPIPE`, `raise`) are never
+//! requests.
 //!
 //! # HTTPS, process managers, Unix sockets
 //!
@@ -125,6 +133,8 @@
 //! - One [`Server`] per process takes over the inherited sockets.
 //! - A new generation must register the same addresses (as strings) to adopt
 //!   its predecessor's sockets; an address it does not register is closed.
+//! - After [`Server::run`] returns, its signal handlers stay installed: the
+//!   signals are caught and ignored from then on.
 
 #![cfg(unix)]
 #![deny(unsafe_code)]
