@@ -10,7 +10,7 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -44,6 +44,9 @@ pub(crate) struct Generation {
     temporary: Option<u32>,
     /// The Unix socket files this server bound, removed after a final stop.
     socket_files: Vec<SocketFile>,
+    /// A `keep_pid` temporary generation still draining when this one
+    /// stops: this process exits after it.
+    outlive: Option<u32>,
 }
 
 impl Generation {
@@ -102,6 +105,7 @@ impl Generation {
             events,
             temporary,
             socket_files,
+            outlive: None,
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
@@ -193,8 +197,9 @@ impl Generation {
                     .await;
                     match step {
                         Reexec::Resumed(conns) => self.conns = conns,
-                        Reexec::Stopping(drain) => {
+                        Reexec::Stopping(drain, temporary) => {
                             systemd::stopping();
+                            self.outlive = Some(temporary);
                             return drain;
                         }
                     }
@@ -210,7 +215,12 @@ impl Generation {
         // The accept loops dropped their listeners when the drain started;
         // ours go now.
         self.bound.clear();
-        drain.wait(&self.conns, &mut self.events).await;
+        let ended = drain.wait(&self.conns, &mut self.events).await;
+        if let Some(temporary) = self.outlive {
+            let cut = ended == crate::drain::Ended::CutShort;
+            let timeout = self.settings.stop_timeout + Duration::from_secs(1);
+            keep_pid::wait_for_temporary(temporary, cut, timeout).await;
+        }
         if drain.why() == Why::Stopped && self.temporary.is_none() {
             self.final_cleanup();
         }

@@ -41,8 +41,9 @@ pub(crate) enum Reexec {
     /// The exec failed; the listeners serve again (new connections).
     Resumed(Connections),
     /// A stop arrived during the drain: no re-exec. The drain goes on
-    /// (same deadline) and T was told to stop.
-    Stopping(Drain),
+    /// (same deadline) and T (its PID here) was told to stop; P must
+    /// outlive it ([`wait_for_temporary`]).
+    Stopping(Drain, u32),
 }
 
 /// What [`reexec`] works with.
@@ -83,7 +84,7 @@ pub(crate) async fn reexec(
         );
         signal_pid(temporary, NixSignal::SIGTERM);
         cx.trigger.answer(Err(Error::Draining));
-        return Reexec::Stopping(drain);
+        return Reexec::Stopping(drain, temporary);
     }
     let exe = exe::current();
     info!(path = %exe.path.display(), cwd = ?exe.cwd, "re-executing in place");
@@ -135,6 +136,42 @@ pub(crate) fn after_reexec(temporary: Option<Pid>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+}
+
+/// P stops while T still drains: P waits for T to exit (up to `timeout`,
+/// T's own stop timeout being the same), so that T's requests in flight
+/// finish even where P's exit ends everything else (P as PID 1 of a
+/// container). `cut`: P's drain was cut short by a second stop, so T is
+/// told a second time too.
+pub(crate) async fn wait_for_temporary(temporary: u32, cut: bool, timeout: Duration) {
+    if cut {
+        signal_pid(temporary, NixSignal::SIGTERM);
+    }
+    info!(
+        pid = temporary,
+        "waiting for the temporary generation to finish"
+    );
+    let pid = Pid::from_raw(temporary as i32);
+    let waited = tokio::time::timeout(timeout, async {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        loop {
+            // Our child: reaped here, or already by tokio (ECHILD).
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    match waited {
+        Ok(()) => debug!(pid = temporary, "the temporary generation has exited"),
+        Err(_) => warn!(
+            pid = temporary,
+            ?timeout,
+            "the temporary generation is still running; stopping anyway"
+        ),
+    }
 }
 
 /// How a temporary generation's service ends.

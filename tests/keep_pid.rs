@@ -370,3 +370,48 @@ fn a_stop_during_a_keep_pid_reload_keeps_the_deadline() {
         "re-executed after a stop"
     );
 }
+
+/// A stop that reaches only the original PID (as `docker stop` signals only
+/// PID 1) while its temporary generation serves: the original PID outlives
+/// the temporary generation, whose request in flight finishes. (As PID 1 of
+/// a container, its exit would kill everything else.)
+#[test]
+fn a_stop_during_a_keep_pid_reload_outlives_the_temporary_generation() {
+    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    // Keeps the original PID draining (not yet re-executed).
+    let on_original = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/sleep/600"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = nth_ready(&server, before + 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let on_temporary = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/sleep/1500"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(pid, Signal::SIGTERM);
+    assert_eq!(on_original.join().unwrap().unwrap().0, 200);
+    assert_eq!(
+        server.wait_exit(pid, Duration::from_secs(10)),
+        Some(nix::sys::wait::WaitStatus::Exited(
+            nix::unistd::Pid::from_raw(pid as i32),
+            0
+        )),
+        "{}",
+        server.report()
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{temporary}")).exists()
+            || server.zombies().contains(&temporary),
+        "the original PID exited before its temporary generation:\n{}",
+        server.report()
+    );
+    let (status, body) = on_temporary.join().unwrap().unwrap();
+    assert_eq!((status, body), (200, format!("slept pid={temporary}\n")));
+}
