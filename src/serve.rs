@@ -201,7 +201,7 @@ impl Connections {
     /// Stops accepting and starts closing connections.
     pub(crate) fn start_drain(&self) {
         self.stop_accepting.cancel();
-        self.shared.sockets.raise(ConnSignal::DRAIN);
+        self.shared.sockets.raise(Level::Draining);
         self.tracker.close();
     }
 
@@ -212,7 +212,7 @@ impl Connections {
 
     /// Cuts every connection that is left and waits (briefly) for them to go.
     pub(crate) async fn cut_off(&self) {
-        self.shared.sockets.raise(ConnSignal::CUT);
+        self.shared.sockets.raise(Level::Cut);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
     }
 }
@@ -293,7 +293,7 @@ async fn tls_connection<S, B>(
     let timeout = listening.shared.tls_handshake_timeout;
     let stream = tokio::select! {
         s = crate::tls::handshake(&acceptor, io, timeout) => s,
-        _ = signal.reached(ConnSignal::CUT) => return,
+        _ = signal.reached(Level::Cut) => return,
     };
     if let Some(stream) = stream {
         serve_connection(stream, &signal, &listening).await;
@@ -320,15 +320,15 @@ where
     // (`Connections::spawn_sweeper`), through its signal.
     tokio::select! {
         r = conn.as_mut() => return log_end(r),
-        _ = signal.reached(ConnSignal::CUT) => return,
-        _ = signal.reached(ConnSignal::DRAIN) => {}
+        _ = signal.reached(Level::Cut) => return,
+        _ = signal.reached(Level::Draining) => {}
     }
     // Draining. HTTP/1: let the client learn of it from a response
     // (`Connection: close`) for up to the idle grace, then close.
-    if !signal.has(ConnSignal::HTTP2) {
+    if !signal.seen().contains(Seen::HTTP2) {
         tokio::select! {
             r = conn.as_mut() => return log_end(r),
-            _ = signal.reached(ConnSignal::CUT) => return,
+            _ = signal.reached(Level::Cut) => return,
             _ = tokio::time::sleep(shared.idle_grace) => {}
         }
     }
@@ -336,7 +336,7 @@ where
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         r = conn.as_mut() => log_end(r),
-        _ = signal.reached(ConnSignal::CUT) => {}
+        _ = signal.reached(Level::Cut) => {}
     }
 }
 
@@ -348,8 +348,8 @@ fn log_end(result: Result<(), BoxError>) {
     }
 }
 
-/// How the drain reaches one connection: a level that only rises, and the
-/// connection task's waker.
+/// How the drain reaches one connection: a [`Level`] that only rises, and
+/// the connection task's waker.
 ///
 /// A `CancellationToken` shared by every connection would do the same, but
 /// each poll of its `cancelled()` future takes the token's mutex, and a
@@ -357,48 +357,103 @@ fn log_end(result: Result<(), BoxError>) {
 /// several threads that lock is contended on the hot path (it cost 13% of
 /// HTTP/2 throughput). This is an uncontended atomic load per poll.
 ///
-/// It also carries what the connection has learnt from its requests.
+/// It also carries what the connection has shown of itself ([`Seen`]).
+/// Each is its own atomic with its own type, read and written only through the
+/// accessors below, so a level can never be tested as a flag.
 #[derive(Debug, Default)]
 pub(crate) struct ConnSignal {
+    /// A [`Level`], as its `u8`.
     level: AtomicU8,
     waker: AtomicWaker,
-    flags: AtomicU8,
+    /// [`Seen`] bits.
+    seen: AtomicU8,
+}
+
+/// How far the drain has gone for one connection. It only rises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub(crate) enum Level {
+    /// Serving as usual.
+    #[default]
+    Serving = 0,
+    /// The drain has started.
+    Draining = 1,
+    /// The deadline has passed, or the connection stayed silent too long:
+    /// cut it.
+    Cut = 2,
+}
+
+impl Level {
+    fn from_u8(v: u8) -> Level {
+        match v {
+            0 => Level::Serving,
+            1 => Level::Draining,
+            _ => Level::Cut,
+        }
+    }
+}
+
+/// What a connection has shown of itself: a set of bits that are only ever
+/// added.
+///
+/// | bit | constant          | set when                              |
+/// |-----|-------------------|---------------------------------------|
+/// | 0   | [`Seen::REQUEST`] | a request head was parsed             |
+/// | 1   | [`Seen::HTTP2`]   | that request came over HTTP/2         |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Seen(u8);
+
+impl Seen {
+    /// At least one request arrived.
+    const REQUEST: Seen = Seen(1 << 0);
+    /// The connection speaks HTTP/2.
+    const HTTP2: Seen = Seen(1 << 1);
+
+    fn contains(self, other: Seen) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    fn with(self, other: Seen) -> Seen {
+        Seen(self.0 | other.0)
+    }
 }
 
 impl ConnSignal {
-    /// The drain has started.
-    const DRAIN: u8 = 1;
-    /// The deadline has passed: cut the connection.
-    const CUT: u8 = 2;
+    fn level(&self) -> Level {
+        Level::from_u8(self.level.load(Ordering::Acquire))
+    }
 
-    /// At least one request arrived.
-    const REQUEST: u8 = 1;
-    /// The connection speaks HTTP/2.
-    const HTTP2: u8 = 2;
+    fn seen(&self) -> Seen {
+        Seen(self.seen.load(Ordering::Relaxed))
+    }
 
-    fn has(&self, flag: u8) -> bool {
-        self.flags.load(Ordering::Relaxed) & flag != 0
+    /// Adds `seen`; one load and no write when nothing is new (the case
+    /// for every request after a connection's first).
+    fn note(&self, seen: Seen) {
+        if !self.seen().contains(seen) {
+            self.seen.fetch_or(seen.0, Ordering::Relaxed);
+        }
     }
 
     fn draining(&self) -> bool {
-        self.level.load(Ordering::Acquire) >= Self::DRAIN
+        self.level() >= Level::Draining
     }
 
-    fn raise(&self, level: u8) {
-        if self.level.fetch_max(level, Ordering::AcqRel) < level {
+    fn raise(&self, level: Level) {
+        if self.level.fetch_max(level as u8, Ordering::AcqRel) < level as u8 {
             self.waker.wake();
         }
     }
 
     /// Resolves once the level is at least `level`. Only the connection's
     /// own task waits on it.
-    fn reached(&self, level: u8) -> impl Future<Output = ()> + '_ {
+    fn reached(&self, level: Level) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
-            if self.level.load(Ordering::Acquire) >= level {
+            if self.level() >= level {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            if self.level.load(Ordering::Acquire) >= level {
+            if self.level() >= level {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -426,14 +481,11 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < Version::HTTP_2;
-        let flags = if http1 {
-            ConnSignal::REQUEST
+        self.signal.note(if http1 {
+            Seen::REQUEST
         } else {
-            ConnSignal::REQUEST | ConnSignal::HTTP2
-        };
-        if self.signal.flags.load(Ordering::Relaxed) != flags {
-            self.signal.flags.fetch_or(flags, Ordering::Relaxed);
-        }
+            Seen::REQUEST.with(Seen::HTTP2)
+        });
         CloseWhenDraining {
             inner: self.svc.call(req),
             // HTTP/2 forbids the header; its drain is GOAWAY.
@@ -483,7 +535,7 @@ struct Sockets {
 struct SocketsInner {
     /// The level every connection has been raised to; a connection
     /// registered later starts at it, so none misses the drain.
-    level: u8,
+    level: Level,
     open: HashMap<u64, Entry>,
 }
 
@@ -504,7 +556,7 @@ impl Sockets {
         let signal = Arc::new(ConnSignal::default());
         {
             let mut inner = self.lock();
-            signal.level.store(inner.level, Ordering::Relaxed);
+            signal.raise(inner.level);
             let entry = Entry {
                 fd: stream.raw_fd(),
                 signal: signal.clone(),
@@ -523,9 +575,9 @@ impl Sockets {
         (io, signal)
     }
 
-    /// Raises every connection to `level`; at [`ConnSignal::CUT`] also shuts
+    /// Raises every connection to `level`; at [`Level::Cut`] also shuts
     /// every socket down, which wakes whoever reads or writes it.
-    fn raise(&self, level: u8) {
+    fn raise(&self, level: Level) {
         let mut inner = self.lock();
         inner.level = inner.level.max(level);
         for entry in inner.open.values() {
@@ -539,11 +591,11 @@ impl Sockets {
         let inner = self.lock();
         let mut cut = 0;
         for entry in inner.open.values() {
-            if !entry.signal.has(ConnSignal::REQUEST)
-                && entry.signal.level.load(Ordering::Relaxed) < ConnSignal::CUT
+            if !entry.signal.seen().contains(Seen::REQUEST)
+                && entry.signal.level() < Level::Cut
                 && entry.accepted.elapsed() >= timeout
             {
-                entry.cut_or_raise(ConnSignal::CUT);
+                entry.cut_or_raise(Level::Cut);
                 cut += 1;
             }
         }
@@ -556,11 +608,11 @@ impl Sockets {
 }
 
 impl Entry {
-    /// Raises the connection to `level`; at [`ConnSignal::CUT`] also shuts
+    /// Raises the connection to `level`; at [`Level::Cut`] also shuts
     /// its socket down, which wakes whoever reads or writes it.
-    fn cut_or_raise(&self, level: u8) {
+    fn cut_or_raise(&self, level: Level) {
         self.signal.raise(level);
-        if level >= ConnSignal::CUT {
+        if level >= Level::Cut {
             // The FD is open: it leaves the map (under the lock our caller
             // holds) before its owner closes it.
             let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
