@@ -75,8 +75,10 @@ fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
     reload_and_wait_for_the_drain(&server, old);
 
     // Within the idle grace, on the old generation's connection.
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
     let (head, _) = read_response(&mut s).unwrap();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     // RFC 6455 and RFC 9110: a 101 without `Connection: upgrade` is to be
@@ -117,8 +119,8 @@ fn a_request_arriving_across_the_end_of_the_idle_grace_is_answered() {
     let sent = drain.elapsed();
     assert!(sent < Duration::from_millis(1500), "too slow: {sent:?}");
 
-    let (head, body) = read_response(&mut s)
-        .unwrap_or_else(|e| panic!("no answer: {e}\n{}", server.report()));
+    let (head, body) =
+        read_response(&mut s).unwrap_or_else(|e| panic!("no answer: {e}\n{}", server.report()));
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(served_pid(&body), old);
     assert_eq!(connection_header(&head), Some("close"), "{head}");

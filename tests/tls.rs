@@ -458,7 +458,10 @@ fn a_client_stuck_in_its_tls_handshake_does_not_hold_up_a_drain() {
     let took = t.elapsed();
     // The idle grace (1 s) after the drain started, and some slack; not the
     // handshake timeout (30 s) nor the stop timeout (20 s).
-    assert!(took < Duration::from_secs(4), "old generation took {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "old generation took {took:?}"
+    );
     for s in [&mut silent, &mut half] {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut rest = Vec::new();
