@@ -208,9 +208,7 @@ fn reload_under_https_load(mode: Mode, alpn: &[u8], reloads: usize) {
     assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, server.report());
     assert!(stats.ok > 500, "{stats:?}");
     for pid in &pids[..pids.len() - 1] {
-        server
-            .wait_exit(*pid, Duration::from_secs(15))
-            .expect("old generation exits");
+        server.assert_exited_0(*pid, Duration::from_secs(15));
     }
     assert_eq!(server.alive(), vec![*pids.last().unwrap()]);
 }
