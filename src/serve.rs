@@ -10,7 +10,12 @@
 //!   its own next response and reconnects (to the new generation) without an
 //!   error. Closing an idle connection at once would race with a request the
 //!   client is sending at that moment, so a connection is only closed once
-//!   it has had [`IDLE_GRACE`] to send something;
+//!   it has had [`IDLE_GRACE`] to send something, and not while bytes of a
+//!   request are still arriving (read since its last request head, or
+//!   waiting in the kernel); responses that hand the connection over (101,
+//!   2xx to CONNECT) keep the handler's `Connection` header;
+//! - TLS: a connection still in its handshake gets [`IDLE_GRACE`] to finish
+//!   it, not the whole handshake timeout;
 //! - HTTP/2: GOAWAY at once; streams in flight finish;
 //! - at the deadline, whatever is left (long streams, upgraded connections
 //!   such as WebSockets, silent clients) is cut: tasks are dropped and every
@@ -29,7 +34,7 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION};
-use hyper::{Request, Response, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -44,6 +49,16 @@ use crate::service::{BoxError, HttpBody, HttpService};
 /// How long an HTTP/1 connection may stay quiet after the drain starts before
 /// it is closed. Busy clients are told by `Connection: close` well before.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(1000);
+
+/// The longest duration this module hands to hyper or to a timer. hyper adds
+/// its timeouts to `Instant::now()`, which panics on overflow (with
+/// `Duration::MAX`, say); a year is "never" for a connection.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `d`, or [`LONGEST`] if it is longer: safe to add to an `Instant`.
+fn bounded(d: Duration) -> Duration {
+    d.min(LONGEST)
+}
 
 /// The connections of one generation.
 #[derive(Debug)]
@@ -111,6 +126,10 @@ impl Connections {
         idle_grace: Duration,
         tls_handshake_timeout: Duration,
     ) -> Self {
+        // Whatever the caller checked, nothing here may overflow an Instant.
+        let header_read_timeout = bounded(header_read_timeout);
+        let idle_grace = bounded(idle_grace);
+        let tls_handshake_timeout = bounded(tls_handshake_timeout);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -201,7 +220,7 @@ impl Connections {
     /// Stops accepting and starts closing connections.
     pub(crate) fn start_drain(&self) {
         self.stop_accepting.cancel();
-        self.shared.sockets.raise(ConnSignal::DRAIN);
+        self.shared.sockets.raise(Level::Draining);
         self.tracker.close();
     }
 
@@ -212,7 +231,7 @@ impl Connections {
 
     /// Cuts every connection that is left and waits (briefly) for them to go.
     pub(crate) async fn cut_off(&self) {
-        self.shared.sockets.raise(ConnSignal::CUT);
+        self.shared.sockets.raise(Level::Cut);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
     }
 }
@@ -268,20 +287,22 @@ async fn connection<S, B>(
     S: HttpService<B>,
     B: HttpBody,
 {
+    let fd = io.raw_fd();
     #[cfg(feature = "tls")]
     if let Some(acceptor) = listening.tls.clone() {
         // Boxed: rustls's state would otherwise make every connection's
         // future, plain ones included, several KiB larger (tokio allocates
         // and moves the whole future for each connection).
-        return Box::pin(tls_connection(acceptor, io, signal, listening)).await;
+        return Box::pin(tls_connection(acceptor, io, fd, signal, listening)).await;
     }
-    serve_connection(io, &signal, &listening).await
+    serve_connection(io, fd, &signal, &listening).await
 }
 
 #[cfg(feature = "tls")]
 async fn tls_connection<S, B>(
     acceptor: tokio_rustls::TlsAcceptor,
     io: Tracked<Stream>,
+    fd: RawFd,
     signal: Arc<ConnSignal>,
     listening: Arc<Listening<S>>,
 ) where
@@ -290,18 +311,34 @@ async fn tls_connection<S, B>(
 {
     // In the connection's task, never the accept loop: a slow or silent
     // client delays nobody but itself.
-    let timeout = listening.shared.tls_handshake_timeout;
+    let shared = &listening.shared;
+    let grace = shared.idle_grace;
+    // Once the drain starts, a handshake gets no more than the idle grace to
+    // finish: a client that never completes it must not keep this generation
+    // alive until the handshake timeout.
+    let drain_grace = async {
+        signal.reached(Level::Draining).await;
+        tokio::time::sleep(grace).await;
+    };
     let stream = tokio::select! {
-        s = crate::tls::handshake(&acceptor, io, timeout) => s,
-        _ = signal.reached(ConnSignal::CUT) => return,
+        s = crate::tls::handshake(&acceptor, io, shared.tls_handshake_timeout) => s,
+        _ = signal.reached(Level::Cut) => return,
+        _ = drain_grace => {
+            debug!(?grace, "TLS handshake unfinished at the end of the drain's idle grace; closing");
+            return;
+        }
     };
     if let Some(stream) = stream {
-        serve_connection(stream, &signal, &listening).await;
+        serve_connection(stream, fd, &signal, &listening).await;
     }
 }
 
-async fn serve_connection<IO, S, B>(io: IO, signal: &Arc<ConnSignal>, listening: &Listening<S>)
-where
+async fn serve_connection<IO, S, B>(
+    io: IO,
+    fd: RawFd,
+    signal: &Arc<ConnSignal>,
+    listening: &Listening<S>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<B>,
     B: HttpBody,
@@ -320,23 +357,37 @@ where
     // (`Connections::spawn_sweeper`), through its signal.
     tokio::select! {
         r = conn.as_mut() => return log_end(r),
-        _ = signal.reached(ConnSignal::CUT) => return,
-        _ = signal.reached(ConnSignal::DRAIN) => {}
+        _ = signal.reached(Level::Cut) => return,
+        _ = signal.reached(Level::Draining) => {}
     }
     // Draining. HTTP/1: let the client learn of it from a response
-    // (`Connection: close`) for up to the idle grace, then close.
-    if !signal.has(ConnSignal::HTTP2) {
-        tokio::select! {
-            r = conn.as_mut() => return log_end(r),
-            _ = signal.reached(ConnSignal::CUT) => return,
-            _ = tokio::time::sleep(shared.idle_grace) => {}
+    // (`Connection: close`) for up to the idle grace, then close. hyper
+    // would close a connection whose next request is half received as if
+    // it were idle, so while bytes of one keep arriving, it gets another
+    // grace (the deadline cuts it in any case).
+    if !signal.seen().contains(Seen::HTTP2) {
+        let mut graces = 0u32;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return log_end(r),
+                _ = signal.reached(Level::Cut) => return,
+                _ = tokio::time::sleep(shared.idle_grace) => {}
+            }
+            if !signal.request_arriving(fd) {
+                break;
+            }
+            graces += 1;
+            trace!(
+                graces,
+                "a request is arriving; not closing the connection yet"
+            );
         }
     }
     // HTTP/2 GOAWAY; HTTP/1 close once idle, or after the request in flight.
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         r = conn.as_mut() => log_end(r),
-        _ = signal.reached(ConnSignal::CUT) => {}
+        _ = signal.reached(Level::Cut) => {}
     }
 }
 
@@ -348,8 +399,8 @@ fn log_end(result: Result<(), BoxError>) {
     }
 }
 
-/// How the drain reaches one connection: a level that only rises, and the
-/// connection task's waker.
+/// How the drain reaches one connection: a [`Level`] that only rises, and
+/// the connection task's waker.
 ///
 /// A `CancellationToken` shared by every connection would do the same, but
 /// each poll of its `cancelled()` future takes the token's mutex, and a
@@ -357,59 +408,180 @@ fn log_end(result: Result<(), BoxError>) {
 /// several threads that lock is contended on the hot path (it cost 13% of
 /// HTTP/2 throughput). This is an uncontended atomic load per poll.
 ///
-/// It also carries what the connection has learnt from its requests.
+/// It also carries what the connection has shown of itself ([`Seen`]) and
+/// whether a request is arriving on it ([`Arrival`]). Each of the three is
+/// its own atomic with its own type, read and written only through the
+/// accessors below, so a level can never be tested as a flag.
 #[derive(Debug, Default)]
 pub(crate) struct ConnSignal {
+    /// A [`Level`], as its `u8`.
     level: AtomicU8,
     waker: AtomicWaker,
-    flags: AtomicU8,
+    /// [`Seen`] bits.
+    seen: AtomicU8,
+    /// An [`Arrival`], as its `u8`. Written on every read (when it changes),
+    /// so kept apart from the rest.
+    arrival: AtomicU8,
+}
+
+/// How far the drain has gone for one connection. It only rises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub(crate) enum Level {
+    /// Serving as usual.
+    #[default]
+    Serving = 0,
+    /// The drain has started.
+    Draining = 1,
+    /// The deadline has passed, or the connection stayed silent too long:
+    /// cut it.
+    Cut = 2,
+}
+
+impl Level {
+    fn from_u8(v: u8) -> Level {
+        match v {
+            0 => Level::Serving,
+            1 => Level::Draining,
+            _ => Level::Cut,
+        }
+    }
+}
+
+/// What a connection has shown of itself: a set of bits that are only ever
+/// added.
+///
+/// | bit | constant          | set when                              |
+/// |-----|-------------------|---------------------------------------|
+/// | 0   | [`Seen::REQUEST`] | a request head was parsed             |
+/// | 1   | [`Seen::HTTP2`]   | that request came over HTTP/2         |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Seen(u8);
+
+impl Seen {
+    /// At least one request arrived.
+    const REQUEST: Seen = Seen(1 << 0);
+    /// The connection speaks HTTP/2.
+    const HTTP2: Seen = Seen(1 << 1);
+
+    fn contains(self, other: Seen) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    fn with(self, other: Seen) -> Seen {
+        Seen(self.0 | other.0)
+    }
+}
+
+/// Whether bytes of a request are on their way, which hyper cannot tell us:
+/// it counts an HTTP/1 connection as idle until a whole request head is
+/// parsed, and closes it as such on `graceful_shutdown`, request half read
+/// or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Arrival {
+    /// Nothing read since the last request head was parsed.
+    None = 0,
+    /// Bytes read since the last request head, and since the drain last
+    /// looked.
+    Recent = 1,
+    /// Bytes read since the last request head, but none since the drain
+    /// last looked.
+    Stalled = 2,
 }
 
 impl ConnSignal {
-    /// The drain has started.
-    const DRAIN: u8 = 1;
-    /// The deadline has passed: cut the connection.
-    const CUT: u8 = 2;
+    fn level(&self) -> Level {
+        Level::from_u8(self.level.load(Ordering::Acquire))
+    }
 
-    /// At least one request arrived.
-    const REQUEST: u8 = 1;
-    /// The connection speaks HTTP/2.
-    const HTTP2: u8 = 2;
+    fn seen(&self) -> Seen {
+        Seen(self.seen.load(Ordering::Relaxed))
+    }
 
-    fn has(&self, flag: u8) -> bool {
-        self.flags.load(Ordering::Relaxed) & flag != 0
+    /// Adds `seen`; one load and no write when nothing is new (the case
+    /// for every request after a connection's first).
+    fn note(&self, seen: Seen) {
+        if !self.seen().contains(seen) {
+            self.seen.fetch_or(seen.0, Ordering::Relaxed);
+        }
     }
 
     fn draining(&self) -> bool {
-        self.level.load(Ordering::Acquire) >= Self::DRAIN
+        self.level() >= Level::Draining
     }
 
-    fn raise(&self, level: u8) {
-        if self.level.fetch_max(level, Ordering::AcqRel) < level {
+    fn raise(&self, level: Level) {
+        if self.level.fetch_max(level as u8, Ordering::AcqRel) < level as u8 {
             self.waker.wake();
         }
     }
 
     /// Resolves once the level is at least `level`. Only the connection's
     /// own task waits on it.
-    fn reached(&self, level: u8) -> impl Future<Output = ()> + '_ {
+    fn reached(&self, level: Level) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
-            if self.level.load(Ordering::Acquire) >= level {
+            if self.level() >= level {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            if self.level.load(Ordering::Acquire) >= level {
+            if self.level() >= level {
                 Poll::Ready(())
             } else {
                 Poll::Pending
             }
         })
     }
+
+    /// Bytes were read from the connection: the hot path, one relaxed load
+    /// and, at most, one relaxed store.
+    fn note_read(&self) {
+        if self.arrival.load(Ordering::Relaxed) != Arrival::Recent as u8 {
+            self.arrival.store(Arrival::Recent as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head was parsed: the bytes read so far were its own.
+    fn note_request_head(&self) {
+        if self.arrival.load(Ordering::Relaxed) != Arrival::None as u8 {
+            self.arrival.store(Arrival::None as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a request may be arriving on the connection whose socket is
+    /// `fd`: bytes were read since its last request head and since the last
+    /// call, or bytes wait in the kernel. A connection whose partial request
+    /// made no progress since the last call counts as idle: its client has
+    /// stalled for a whole idle grace.
+    fn request_arriving(&self, fd: RawFd) -> bool {
+        let recent = self
+            .arrival
+            .compare_exchange(
+                Arrival::Recent as u8,
+                Arrival::Stalled as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        recent || bytes_waiting(fd)
+    }
+}
+
+/// Whether bytes wait in the kernel's receive buffer of socket `fd`, not yet
+/// read by the connection. (An end of stream is not a request.)
+fn bytes_waiting(fd: RawFd) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Ok(n) if n > 0
+    )
 }
 
 /// Wraps the registered service for one connection: notes what the
 /// connection is, and marks HTTP/1 responses `Connection: close` once the
-/// drain has started.
+/// drain has started (except those that hand the connection over, see
+/// [`hands_over_the_connection`]).
 #[derive(Clone)]
 struct ConnService<S> {
     svc: S,
@@ -425,19 +597,19 @@ where
     type Future = CloseWhenDraining<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.signal.note_request_head();
         let http1 = req.version() < Version::HTTP_2;
-        let flags = if http1 {
-            ConnSignal::REQUEST
+        self.signal.note(if http1 {
+            Seen::REQUEST
         } else {
-            ConnSignal::REQUEST | ConnSignal::HTTP2
-        };
-        if self.signal.flags.load(Ordering::Relaxed) != flags {
-            self.signal.flags.fetch_or(flags, Ordering::Relaxed);
-        }
+            Seen::REQUEST.with(Seen::HTTP2)
+        });
+        let connect = req.method() == Method::CONNECT;
         CloseWhenDraining {
             inner: self.svc.call(req),
             // HTTP/2 forbids the header; its drain is GOAWAY.
             signal: http1.then(|| self.signal.clone()),
+            connect,
         }
     }
 }
@@ -448,6 +620,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         signal: Option<Arc<ConnSignal>>,
+        // Whether the request was a CONNECT.
+        connect: bool,
     }
 }
 
@@ -461,13 +635,23 @@ where
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx));
         if let (Ok(res), Some(signal)) = (&mut res, this.signal.as_ref()) {
-            if signal.draining() {
+            if signal.draining() && !hands_over_the_connection(res.status(), *this.connect) {
                 res.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
         }
         Poll::Ready(res)
     }
+}
+
+/// Whether a response hands the connection itself over (it switches
+/// protocols, or opens a CONNECT tunnel), so that its `Connection` header is
+/// the handler's to set: `Connection: close` on a 101 makes the client
+/// reject the upgrade (RFC 6455, section 4.1), and on a 2xx to CONNECT it
+/// would end the tunnel it opens. (Other 1xx responses are interim: the
+/// final response that follows carries the `Connection: close`.)
+fn hands_over_the_connection(status: StatusCode, connect: bool) -> bool {
+    status.is_informational() || (connect && status.is_success())
 }
 
 /// Every connection this generation has open, so the drain can reach each
@@ -483,7 +667,7 @@ struct Sockets {
 struct SocketsInner {
     /// The level every connection has been raised to; a connection
     /// registered later starts at it, so none misses the drain.
-    level: u8,
+    level: Level,
     open: HashMap<u64, Entry>,
 }
 
@@ -504,7 +688,7 @@ impl Sockets {
         let signal = Arc::new(ConnSignal::default());
         {
             let mut inner = self.lock();
-            signal.level.store(inner.level, Ordering::Relaxed);
+            signal.raise(inner.level);
             let entry = Entry {
                 fd: stream.raw_fd(),
                 signal: signal.clone(),
@@ -518,14 +702,15 @@ impl Sockets {
                 sockets: self.clone(),
                 _token: token,
             },
+            signal: signal.clone(),
             io: stream,
         };
         (io, signal)
     }
 
-    /// Raises every connection to `level`; at [`ConnSignal::CUT`] also shuts
+    /// Raises every connection to `level`; at [`Level::Cut`] also shuts
     /// every socket down, which wakes whoever reads or writes it.
-    fn raise(&self, level: u8) {
+    fn raise(&self, level: Level) {
         let mut inner = self.lock();
         inner.level = inner.level.max(level);
         for entry in inner.open.values() {
@@ -539,11 +724,11 @@ impl Sockets {
         let inner = self.lock();
         let mut cut = 0;
         for entry in inner.open.values() {
-            if !entry.signal.has(ConnSignal::REQUEST)
-                && entry.signal.level.load(Ordering::Relaxed) < ConnSignal::CUT
+            if !entry.signal.seen().contains(Seen::REQUEST)
+                && entry.signal.level() < Level::Cut
                 && entry.accepted.elapsed() >= timeout
             {
-                entry.cut_or_raise(ConnSignal::CUT);
+                entry.cut_or_raise(Level::Cut);
                 cut += 1;
             }
         }
@@ -556,11 +741,11 @@ impl Sockets {
 }
 
 impl Entry {
-    /// Raises the connection to `level`; at [`ConnSignal::CUT`] also shuts
+    /// Raises the connection to `level`; at [`Level::Cut`] also shuts
     /// its socket down, which wakes whoever reads or writes it.
-    fn cut_or_raise(&self, level: u8) {
+    fn cut_or_raise(&self, level: Level) {
         self.signal.raise(level);
-        if level >= ConnSignal::CUT {
+        if level >= Level::Cut {
             // The FD is open: it leaves the map (under the lock our caller
             // holds) before its owner closes it.
             let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
@@ -587,7 +772,16 @@ impl Drop for SocketGuard {
 /// so the FD leaves the list before it is closed and can be reused.
 struct Tracked<IO> {
     guard: SocketGuard,
+    /// Told of every read, so the drain can tell a request arriving from an
+    /// idle connection.
+    signal: Arc<ConnSignal>,
     io: IO,
+}
+
+impl Tracked<Stream> {
+    fn raw_fd(&self) -> RawFd {
+        self.io.raw_fd()
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -596,7 +790,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.signal.note_read();
+        }
+        polled
     }
 }
 
@@ -635,5 +835,80 @@ impl<IO> std::fmt::Debug for Tracked<IO> {
         f.debug_struct("Tracked")
             .field("id", &self.guard.id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn durations_are_bounded_to_a_year() {
+        assert_eq!(bounded(Duration::MAX), LONGEST);
+        assert_eq!(bounded(Duration::from_secs(5)), Duration::from_secs(5));
+        let _ = Instant::now() + bounded(Duration::MAX);
+    }
+
+    #[test]
+    fn levels_and_seen_bits_are_apart() {
+        let signal = ConnSignal::default();
+        assert_eq!(signal.level(), Level::Serving);
+        signal.note(Seen::REQUEST);
+        assert_eq!(signal.level(), Level::Serving, "a flag is not a level");
+        assert!(signal.seen().contains(Seen::REQUEST));
+        assert!(!signal.seen().contains(Seen::HTTP2));
+        signal.raise(Level::Cut);
+        signal.raise(Level::Draining);
+        assert_eq!(signal.level(), Level::Cut, "levels only rise");
+        assert!(
+            !signal.seen().contains(Seen::HTTP2),
+            "a level is not a flag"
+        );
+    }
+
+    #[test]
+    fn only_responses_that_hand_the_connection_over_keep_their_header() {
+        assert!(hands_over_the_connection(
+            StatusCode::SWITCHING_PROTOCOLS,
+            false
+        ));
+        assert!(hands_over_the_connection(StatusCode::OK, true));
+        assert!(!hands_over_the_connection(StatusCode::OK, false));
+        assert!(!hands_over_the_connection(StatusCode::FORBIDDEN, true));
+    }
+
+    /// `Duration::MAX` settings used to reach hyper unchanged, which then
+    /// panicked in every connection's task (`Instant + Duration` overflow).
+    #[tokio::test]
+    async fn endless_settings_still_serve() {
+        let conns = Connections::new(Duration::MAX, Duration::MAX, Duration::MAX);
+        conns.spawn_sweeper();
+        let spec = crate::listener::parse("127.0.0.1:0").unwrap();
+        let listener = Listener::bind("127.0.0.1:0", &spec).await.unwrap();
+        let listener = Arc::new(listener.into_iter().next().unwrap());
+        let addr = listener.local_addr().unwrap().to_string();
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(Response::new(String::from("served")))
+        });
+        conns.spawn_accept_loop("127.0.0.1:0".into(), listener, svc, None);
+
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("an answer, not a reset");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.ends_with("served"), "{answer:?}");
+
+        conns.start_drain();
+        tokio::time::timeout(Duration::from_secs(10), conns.drained())
+            .await
+            .expect("drained");
     }
 }

@@ -51,7 +51,7 @@ fn a_new_generation_that_crashes_leaves_the_old_one_serving() {
     let _heavy = support::heavy();
     let dir = tempfile::tempdir().unwrap();
     let crash = dir.path().join("crash");
-    let server = Spec::fixture()
+    let mut server = Spec::fixture()
         .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
         .start();
     let addr = server.addr();
@@ -102,6 +102,11 @@ fn a_new_generation_that_crashes_leaves_the_old_one_serving() {
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, server.report());
+    assert!(
+        stats.ok > 500,
+        "too little load to mean anything: {stats:?}"
+    );
+    server.assert_exited_0(old, Duration::from_secs(15));
     wait_served_by(&addr, new.pid);
     assert_eq!(assert_no_zombies_and_one_alive(&server), new.pid);
 }

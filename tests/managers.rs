@@ -7,7 +7,6 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
 use support::load::{self, Mode};
 use support::{get, served_pid, signal_pid, start_error, wait_served_by, Spec};
 
@@ -181,7 +180,7 @@ fn unix_sockets_serve_and_reload_under_load_without_loss() {
     assert!(stats.ok > 500, "{stats:?}");
     // Draining generations never unlinked the path.
     for pid in &pids[..pids.len() - 1] {
-        server.wait_exit(*pid, Duration::from_secs(10)).unwrap();
+        server.assert_exited_0(*pid, Duration::from_secs(10));
     }
     assert!(path.exists());
     let last = *pids.last().unwrap();
@@ -189,10 +188,7 @@ fn unix_sockets_serve_and_reload_under_load_without_loss() {
 
     // The final stop removes it.
     signal_pid(last, Signal::SIGTERM);
-    assert!(matches!(
-        server.wait_exit(last, Duration::from_secs(10)),
-        Some(WaitStatus::Exited(_, 0)) | Some(WaitStatus::StillAlive)
-    ));
+    server.assert_exited_0(last, Duration::from_secs(10));
     assert!(!path.exists(), "the final stop leaves the socket file");
 }
 

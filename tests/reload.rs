@@ -83,10 +83,7 @@ fn reload_under_load(mode: Mode, conns: usize) {
 
     // Every old generation exits 0; only the newest is left.
     for &pid in &pids[..pids.len() - 1] {
-        match server.wait_exit(pid, Duration::from_secs(15)) {
-            Some(WaitStatus::Exited(_, 0)) | Some(WaitStatus::StillAlive) => {}
-            other => panic!("generation {pid} ended with {other:?}\n{}", server.report()),
-        }
+        server.assert_exited_0(pid, Duration::from_secs(15));
     }
     assert_eq!(server.alive(), vec![last], "{}", server.report());
 }

@@ -166,6 +166,10 @@ fn supervisord_keeps_seeing_the_same_pid_across_reloads() {
     }
     let stats = l.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert!(
+        stats.ok > 500,
+        "too little load to mean anything: {stats:?}"
+    );
     assert!(stats.bodies.keys().any(|b| served_pid(b) == pid));
 
     let s = status(ctl(&pythonpath, &conf, &["status", "app"]));

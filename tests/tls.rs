@@ -208,9 +208,7 @@ fn reload_under_https_load(mode: Mode, alpn: &[u8], reloads: usize) {
     assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, server.report());
     assert!(stats.ok > 500, "{stats:?}");
     for pid in &pids[..pids.len() - 1] {
-        server
-            .wait_exit(*pid, Duration::from_secs(15))
-            .expect("old generation exits");
+        server.assert_exited_0(*pid, Duration::from_secs(15));
     }
     assert_eq!(server.alive(), vec![*pids.last().unwrap()]);
 }
@@ -417,4 +415,56 @@ fn the_tls_example_serves_https_and_rotates_on_reload() {
         .expect("old generation exits");
     let c = Https::connect(&addr, h1(&ca)).unwrap();
     assert_eq!(c.peer_cert(), der_b);
+}
+
+#[test]
+fn a_client_stuck_in_its_tls_handshake_does_not_hold_up_a_drain() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let mut server = files
+        .spec()
+        .arg("tls:127.0.0.1:0")
+        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", "30000")
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "30000")
+        .env("FIXTURE_STOP_TIMEOUT_MS", "20000")
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    // One client sends nothing; another half a ClientHello (a handshake
+    // record announcing 512 bytes, then four of them).
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+        .unwrap();
+    // Both are the old generation's once it has answered a later client.
+    let mut c = Https::connect(&addr, h1(&ca)).unwrap();
+    assert_eq!(c.get("/").unwrap(), (200, format!("pid={old}\n")));
+    drop(c);
+
+    let t = Instant::now();
+    let new = server.reload(Signal::SIGHUP);
+    assert_eq!(
+        server.wait_exit(old, Duration::from_secs(8)),
+        Some(nix::sys::wait::WaitStatus::Exited(
+            nix::unistd::Pid::from_raw(old as i32),
+            0
+        )),
+        "{}",
+        server.report()
+    );
+    let took = t.elapsed();
+    // The idle grace (1 s) after the drain started, and some slack; not the
+    // handshake timeout (30 s) nor the stop timeout (20 s).
+    assert!(
+        took < Duration::from_secs(4),
+        "old generation took {took:?}"
+    );
+    for s in [&mut silent, &mut half] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let mut c = Https::connect(&addr, h1(&ca)).unwrap();
+    assert_eq!(c.get("/").unwrap(), (200, format!("pid={}\n", new.pid)));
 }

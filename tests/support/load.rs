@@ -1,11 +1,26 @@
 //! A load generator that counts every failed request.
 //!
 //! Each worker owns one connection at a time and sends requests on it back
-//! to back, like wrk. A request counts as failed if it could not connect, was
-//! reset or cut short, timed out, or got a non-2xx answer. A request that
-//! was never sent (the connection was already known to be closed, or an
-//! HTTP/2 GOAWAY said the server never processed it) is sent again on a new
-//! connection, as every HTTP client does, and does not count.
+//! to back, like wrk. Every attempt ends in exactly one of three ways:
+//!
+//! - **ok**: a `200` whose whole body arrived in time and names the PID
+//!   that answered (see [`body_ok`]);
+//! - **retried**: an HTTP/2 request the server refused before processing it
+//!   (`REFUSED_STREAM`, or a stream above the last one a GOAWAY said it
+//!   would process). HTTP/2 makes that promise explicit, so every client
+//!   sends such a request again, safely, on a new connection: the one
+//!   outcome that is not a failure;
+//! - **failed**, for any other reason, each counted under its kind in
+//!   [`Stats::failures`]: connect error or timeout, TLS or HTTP handshake
+//!   error or timeout, a connection the server closed before a request
+//!   could be sent on it (fresh or kept alive, without the
+//!   `Connection: close` that tells a client not to reuse it), a request
+//!   error (reset, cut short), a response or body timeout, a status other
+//!   than 200, a body that does not match.
+//!
+//! After a failure a worker backs off (10 ms, doubling to 500 ms) before its
+//! next attempt, so a server that refuses everything is not hammered and
+//! every failure is one failed request, not a spin.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -35,8 +50,14 @@ pub enum Mode {
 pub struct Stats {
     pub ok: u64,
     pub failed: u64,
-    /// Requests sent again because the server had not processed them.
+    /// Failed attempts per kind (`connect`, `connect timeout`, `request`, …).
+    pub failures: BTreeMap<&'static str, u64>,
+    /// HTTP/2 requests the server refused unprocessed (GOAWAY,
+    /// `REFUSED_STREAM`), sent again on a new connection. Not failures.
     pub retried: u64,
+    /// New HTTP/2 connections opened because the last one was closed
+    /// gracefully (GOAWAY) between two requests. No request was lost.
+    pub reconnects_after_goaway: u64,
     /// The first few failures, for messages.
     pub errors: Vec<String>,
     /// Successful responses per body (the fixture's `/` answers `pid=N`).
@@ -46,17 +67,22 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn fail(&mut self, what: String) {
+    fn fail(&mut self, f: Failure) {
         self.failed += 1;
+        *self.failures.entry(f.kind).or_default() += 1;
         if self.errors.len() < 20 {
-            self.errors.push(what);
+            self.errors.push(format!("{}: {}", f.kind, f.detail));
         }
     }
 
     fn merge(&mut self, o: Stats) {
         self.ok += o.ok;
         self.failed += o.failed;
+        for (k, v) in o.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
         self.retried += o.retried;
+        self.reconnects_after_goaway += o.reconnects_after_goaway;
         for e in o.errors {
             if self.errors.len() < 20 {
                 self.errors.push(e);
@@ -152,23 +178,65 @@ impl Load {
         for w in self.workers {
             match self.rt.block_on(w) {
                 Ok(s) => total.merge(s),
-                Err(e) => total.fail(format!("worker panicked: {e}")),
+                Err(e) => total.fail(Failure::new("worker panicked", e)),
             }
         }
         total
     }
 }
 
+/// One failed attempt: its kind (a fixed name, for counting) and details.
+#[derive(Debug)]
+struct Failure {
+    kind: &'static str,
+    detail: String,
+}
+
+impl Failure {
+    fn new(kind: &'static str, detail: impl std::fmt::Display) -> Failure {
+        Failure {
+            kind,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// For the TLS handshake and for the HTTP handshake, each.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// For a connection to become ready, for the response head, for the body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
 enum Sender {
     H1(http1::SendRequest<Empty<Bytes>>),
     H2(http2::SendRequest<Empty<Bytes>>),
 }
 
-impl Sender {
+/// A client connection: its sender and the task that drives it (whose
+/// result says how the connection ended).
+struct Conn {
+    sender: Sender,
+    task: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Conn {
     fn is_closed(&self) -> bool {
-        match self {
+        match &self.sender {
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// How a closed connection ended: `Ok` if gracefully (after a GOAWAY,
+    /// for HTTP/2), or what went wrong.
+    async fn ended(self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(1), self.task).await {
+            Err(_) => Err("closed, but its task did not end".into()),
+            Ok(Err(e)) => Err(format!("its task failed: {e}")),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(Ok(()))) => Ok(()),
         }
     }
 }
@@ -179,53 +247,89 @@ struct Target {
     tls: Option<tokio_rustls::TlsConnector>,
 }
 
-async fn connect(target: &Target, mode: Mode) -> Result<Sender, String> {
+/// Runs `fut` with `timeout`, naming a failure `kind` (or `timeout_kind`).
+async fn timed<T, E: std::fmt::Display>(
+    timeout: Duration,
+    kind: &'static str,
+    timeout_kind: &'static str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(Failure::new(timeout_kind, format!("after {timeout:?}"))),
+        Ok(Err(e)) => Err(Failure::new(kind, e)),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+async fn connect(target: &Target, mode: Mode) -> Result<Conn, Failure> {
     if let Some(path) = target.addr.strip_prefix("unix:") {
-        let unix = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let unix = timed(
+            CONNECT_TIMEOUT,
+            "connect",
+            "connect timeout",
+            tokio::net::UnixStream::connect(path),
+        )
+        .await?;
         return handshake(TokioIo::new(unix), mode).await;
     }
-    let tcp = TcpStream::connect(&target.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let tcp = timed(
+        CONNECT_TIMEOUT,
+        "connect",
+        "connect timeout",
+        TcpStream::connect(&target.addr),
+    )
+    .await?;
     let _ = tcp.set_nodelay(true);
     match &target.tls {
         None => handshake(TokioIo::new(tcp), mode).await,
         Some(tls) => {
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let stream = tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("tls handshake: {e}"))?;
+            let stream = timed(
+                HANDSHAKE_TIMEOUT,
+                "tls handshake",
+                "tls handshake timeout",
+                tls.connect(name, tcp),
+            )
+            .await?;
             handshake(TokioIo::new(stream), mode).await
         }
     }
 }
 
-async fn handshake<IO>(io: IO, mode: Mode) -> Result<Sender, String>
+async fn handshake<IO>(io: IO, mode: Mode) -> Result<Conn, Failure>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    const KIND: &str = "http handshake";
+    const TIMEOUT: &str = "http handshake timeout";
     match mode {
         Mode::KeepAlive | Mode::Close => {
-            let (send, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(conn);
-            Ok(Sender::H1(send))
+            let (send, conn) =
+                timed(HANDSHAKE_TIMEOUT, KIND, TIMEOUT, http1::handshake(io)).await?;
+            Ok(Conn {
+                sender: Sender::H1(send),
+                task: tokio::spawn(conn),
+            })
         }
         Mode::Http2 => {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-            tokio::spawn(conn);
-            Ok(Sender::H2(send))
+            let (send, conn) = timed(
+                HANDSHAKE_TIMEOUT,
+                KIND,
+                TIMEOUT,
+                http2::handshake(TokioExecutor::new(), io),
+            )
+            .await?;
+            Ok(Conn {
+                sender: Sender::H2(send),
+                task: tokio::spawn(conn),
+            })
         }
     }
 }
 
-/// Whether an HTTP/2 error says the server never processed the stream.
+/// Whether an HTTP/2 error says the server never processed the stream:
+/// `REFUSED_STREAM`, or the graceful GOAWAY (`NO_ERROR`) that h2 reports
+/// for the streams above the last one the server said it processed.
 fn unprocessed(err: &hyper::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = src {
@@ -238,7 +342,47 @@ fn unprocessed(err: &hyper::Error) -> bool {
     false
 }
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Whether `body` is what the servers the load is pointed at answer: the
+/// fixture's `/` (`pid=N\n`) and the benchmark's hello (`Hello from pid
+/// N\n`) both end with the answering PID and a newline. Anything else (cut
+/// short, mixed up, an error page) is a mismatch.
+pub fn body_ok(body: &str) -> bool {
+    body.strip_suffix('\n')
+        .and_then(|l| {
+            l.strip_prefix("pid=")
+                .or_else(|| l.strip_prefix("Hello from pid "))
+        })
+        .is_some_and(|pid| pid.parse::<u32>().is_ok())
+}
+
+/// Bounded exponential back-off after failures.
+struct Backoff(Duration);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+
+    fn reset(&mut self) {
+        self.0 = MIN_BACKOFF;
+    }
+}
+
+/// What happened to one attempt.
+enum Attempt {
+    /// Answered well; the connection may be used again.
+    Ok {
+        body: String,
+        reuse: bool,
+    },
+    /// An HTTP/2 request refused unprocessed: send it again.
+    Retry,
+    /// An HTTP/2 connection closed gracefully between two requests: open
+    /// another, nothing was lost.
+    Reconnect,
+    Failed(Failure),
+}
 
 async fn worker(
     target: Target,
@@ -247,89 +391,174 @@ async fn worker(
     stop: Arc<AtomicBool>,
     t0: Instant,
 ) -> Stats {
-    let addr = target.addr.clone();
     let mut stats = Stats::default();
-    let mut conn: Option<Sender> = None;
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Backoff(MIN_BACKOFF);
     while !stop.load(Ordering::Relaxed) {
-        let mut sender = match conn.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => match connect(&target, mode).await {
-                Ok(s) => s,
-                Err(e) => {
-                    stats.fail(e);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        // A connection found closed before anything was sent on it costs
-        // nothing: open another.
-        let ready = match &mut sender {
-            Sender::H1(s) => s.ready().await.is_ok(),
-            Sender::H2(s) => s.ready().await.is_ok(),
-        };
-        if !ready {
-            continue;
-        }
-        let mut req = Request::get(&path);
-        if mode != Mode::Http2 {
-            req = req.header(HOST, &addr);
-        } else {
-            let scheme = if target.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            req = req.uri(format!("{scheme}://{addr}{path}"));
-        }
-        if mode == Mode::Close {
-            req = req.header(CONNECTION, "close");
-        }
-        let req = req.body(Empty::new()).unwrap();
-        let sent = match &mut sender {
-            Sender::H1(s) => tokio::time::timeout(REQUEST_TIMEOUT, s.try_send_request(req)).await,
-            Sender::H2(s) => tokio::time::timeout(REQUEST_TIMEOUT, s.try_send_request(req)).await,
-        };
-        let res = match sent {
-            Err(_) => {
-                stats.fail("timeout waiting for response headers".into());
-                continue;
-            }
-            Ok(Err(mut e)) => {
-                if e.take_message().is_some() || unprocessed(e.error()) {
-                    stats.retried += 1;
-                } else {
-                    stats.fail(format!("request: {}", e.error()));
-                }
-                continue;
-            }
-            Ok(Ok(res)) => res,
-        };
-        let status = res.status();
-        let close = res
-            .headers()
-            .get(CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        match tokio::time::timeout(REQUEST_TIMEOUT, res.into_body().collect()).await {
-            Err(_) => stats.fail("timeout reading body".into()),
-            Ok(Err(e)) => stats.fail(format!("body: {e}")),
-            Ok(Ok(_)) if !status.is_success() => stats.fail(format!("status {status}")),
-            Ok(Ok(body)) => {
+        let (attempt, kept) = attempt(&target, &path, mode, conn.take()).await;
+        conn = kept;
+        match attempt {
+            Attempt::Ok { body, reuse } => {
+                backoff.reset();
                 stats.ok += 1;
-                let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
                 *stats.bodies.entry(body).or_default() += 1;
                 let bucket = (t0.elapsed().as_millis() / 100) as usize;
                 if stats.buckets.len() <= bucket {
                     stats.buckets.resize(bucket + 1, 0);
                 }
                 stats.buckets[bucket] += 1;
-                if !close && mode != Mode::Close {
-                    conn = Some(sender);
+                if !reuse {
+                    conn = None;
                 }
+            }
+            Attempt::Retry => stats.retried += 1,
+            Attempt::Reconnect => stats.reconnects_after_goaway += 1,
+            Attempt::Failed(f) => {
+                stats.fail(f);
+                conn = None;
+                backoff.wait().await;
             }
         }
     }
     stats
+}
+
+/// One request, on `conn` if it is still open (else on a new connection).
+/// Returns the outcome and the connection, if it may be used again.
+async fn attempt(
+    target: &Target,
+    path: &str,
+    mode: Mode,
+    conn: Option<Conn>,
+) -> (Attempt, Option<Conn>) {
+    let fresh = conn.is_none();
+    let mut conn = match conn {
+        Some(c) if c.is_closed() => {
+            // Closed between two requests. HTTP/2 after a GOAWAY: fine.
+            // Anything else is a server closing a connection it had not
+            // said it would close: a real client sending its next request
+            // at that moment gets an error.
+            return match (mode, c.ended().await) {
+                (Mode::Http2, Ok(())) => (Attempt::Reconnect, None),
+                (_, Ok(())) => (
+                    Attempt::Failed(Failure::new(
+                        "closed between requests",
+                        "the server closed a kept-alive connection without Connection: close",
+                    )),
+                    None,
+                ),
+                (_, Err(e)) => (
+                    Attempt::Failed(Failure::new("closed between requests", e)),
+                    None,
+                ),
+            };
+        }
+        Some(c) => c,
+        None => match connect(target, mode).await {
+            Ok(c) => c,
+            Err(f) => return (Attempt::Failed(f), None),
+        },
+    };
+    let ready = match &mut conn.sender {
+        Sender::H1(s) => timed(REQUEST_TIMEOUT, "not ready", "ready timeout", s.ready()).await,
+        Sender::H2(s) => timed(REQUEST_TIMEOUT, "not ready", "ready timeout", s.ready()).await,
+    };
+    if let Err(f) = ready {
+        if mode == Mode::Http2 && conn.is_closed() && conn.ended().await.is_ok() {
+            // A GOAWAY that arrived as we were about to send.
+            return (Attempt::Reconnect, None);
+        }
+        let f = Failure {
+            detail: format!("{} ({} connection)", f.detail, fresh_or_reused(fresh)),
+            ..f
+        };
+        return (Attempt::Failed(f), None);
+    }
+
+    let req = request(target, path, mode);
+    let sent = match &mut conn.sender {
+        Sender::H1(s) => tokio::time::timeout(REQUEST_TIMEOUT, s.try_send_request(req)).await,
+        Sender::H2(s) => tokio::time::timeout(REQUEST_TIMEOUT, s.try_send_request(req)).await,
+    };
+    let res = match sent {
+        Err(_) => {
+            return (
+                Attempt::Failed(Failure::new(
+                    "response timeout",
+                    format!("no response head within {REQUEST_TIMEOUT:?}"),
+                )),
+                None,
+            )
+        }
+        Ok(Err(mut e)) => {
+            let not_sent = e.take_message().is_some();
+            // The one exception, see the module's docs: HTTP/2 says
+            // explicitly that the server did not process the request.
+            if mode == Mode::Http2 && (not_sent || unprocessed(e.error())) {
+                return (Attempt::Retry, None);
+            }
+            let kind = if not_sent {
+                "closed before the request was sent"
+            } else {
+                "request"
+            };
+            let detail = format!("{} ({} connection)", e.error(), fresh_or_reused(fresh));
+            return (Attempt::Failed(Failure::new(kind, detail)), None);
+        }
+        Ok(Ok(res)) => res,
+    };
+    let status = res.status();
+    let close = res
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let body = match tokio::time::timeout(REQUEST_TIMEOUT, res.into_body().collect()).await {
+        Err(_) => {
+            let f = Failure::new("body timeout", format!("after {REQUEST_TIMEOUT:?}"));
+            return (Attempt::Failed(f), None);
+        }
+        Ok(Err(e)) => return (Attempt::Failed(Failure::new("body", e)), None),
+        Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    };
+    if status != hyper::StatusCode::OK {
+        let f = Failure::new("status", format!("{status}: {body:?}"));
+        return (Attempt::Failed(f), None);
+    }
+    if !body_ok(&body) {
+        return (
+            Attempt::Failed(Failure::new("body mismatch", format!("{body:?}"))),
+            None,
+        );
+    }
+    let reuse = !close && mode != Mode::Close;
+    (Attempt::Ok { body, reuse }, reuse.then_some(conn))
+}
+
+fn fresh_or_reused(fresh: bool) -> &'static str {
+    if fresh {
+        "fresh"
+    } else {
+        "reused"
+    }
+}
+
+fn request(target: &Target, path: &str, mode: Mode) -> Request<Empty<Bytes>> {
+    let addr = &target.addr;
+    let mut req = Request::get(path);
+    if mode != Mode::Http2 {
+        req = req.header(HOST, addr);
+    } else {
+        let scheme = if target.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        req = req.uri(format!("{scheme}://{addr}{path}"));
+    }
+    if mode == Mode::Close {
+        req = req.header(CONNECTION, "close");
+    }
+    req.body(Empty::new()).unwrap()
 }
 
 /// A two-worker runtime for the load, apart from the test's own thread.

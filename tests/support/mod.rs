@@ -649,3 +649,26 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+impl Proc {
+    /// Waits for the old generation `pid` to exit and checks that it exited
+    /// with status 0. A generation whose parent was still alive when it
+    /// exited was reaped by that parent, so its status is not ours to read:
+    /// then the fixture's `EXIT pid=P ok` line (printed when `run` returned
+    /// `Ok`, just before `main` returns) must be there instead.
+    pub fn assert_exited_0(&mut self, pid: u32, timeout: Duration) {
+        match self.wait_exit(pid, timeout) {
+            Some(WaitStatus::Exited(p, 0)) if p.as_raw() == pid as i32 => {}
+            Some(WaitStatus::StillAlive) => {
+                let exit = format!("EXIT pid={pid} ok");
+                assert!(
+                    self.wait_line(Duration::from_secs(2), |l| l == exit)
+                        .is_some(),
+                    "generation {pid} (reaped by its parent) never printed {exit:?}\n{}",
+                    self.report()
+                );
+            }
+            other => panic!("generation {pid} ended with {other:?}\n{}", self.report()),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! What a draining generation does to the connections it still holds, each
+//! driven byte by byte over a real socket to a real fixture process.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use support::{served_pid, signal_pid, Proc, Spec};
+
+/// One response read off a keep-alive connection: its head (lower case) and
+/// its body (the fixture's answers carry a `Content-Length`).
+fn read_response(s: &mut TcpStream) -> std::io::Result<(String, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+        if head.len() > 16 * 1024 {
+            return Err(std::io::Error::other("response head too long"));
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A keep-alive connection on which the current generation has answered
+/// once, so that it is known to belong to that generation.
+fn connection_to(server: &Proc) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut s).unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(served_pid(&body), server.current().pid);
+    s
+}
+
+/// Sends the reload signal to `old` and returns once it has started its
+/// drain (it logs `draining` right after), with the time it saw that.
+fn reload_and_wait_for_the_drain(server: &Proc, old: u32) -> Instant {
+    signal_pid(old, Signal::SIGHUP);
+    server.wait_log(" draining ", Duration::from_secs(20));
+    Instant::now()
+}
+
+fn connection_header(head: &str) -> Option<&str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("connection: "))
+        .map(str::trim)
+}
+
+fn exited_0(pid: u32) -> Option<WaitStatus> {
+    Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0))
+}
+
+#[test]
+fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "3000")
+        .start();
+    let old = server.current().pid;
+    let mut s = connection_to(&server);
+    reload_and_wait_for_the_drain(&server, old);
+
+    // Within the idle grace, on the old generation's connection.
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let (head, _) = read_response(&mut s).unwrap();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455 and RFC 9110: a 101 without `Connection: upgrade` is to be
+    // rejected by the client.
+    assert_eq!(connection_header(&head), Some("upgrade"), "{head}");
+    for word in [&b"ping"[..], b"pong"] {
+        s.write_all(word).unwrap();
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, word);
+    }
+    // The upgraded connection lives until the stop timeout, then is cut and
+    // the old generation exits normally.
+    assert_eq!(
+        server.wait_exit(old, Duration::from_secs(15)),
+        exited_0(old),
+        "{}",
+        server.report()
+    );
+}
+
+#[test]
+fn a_request_arriving_across_the_end_of_the_idle_grace_is_answered() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "10000")
+        .start();
+    let old = server.current().pid;
+    let mut s = connection_to(&server);
+    let drain = reload_and_wait_for_the_drain(&server, old);
+
+    // Half a request head before the idle grace (1 s) ends, the rest after
+    // it: a reverse proxy's pooled connection reused at the wrong moment,
+    // its request split over two segments.
+    std::thread::sleep(Duration::from_millis(700).saturating_sub(drain.elapsed()));
+    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(1300).saturating_sub(drain.elapsed()));
+    s.write_all(b"st: x\r\n\r\n").unwrap();
+    let sent = drain.elapsed();
+    assert!(sent < Duration::from_millis(1500), "too slow: {sent:?}");
+
+    let (head, body) =
+        read_response(&mut s).unwrap_or_else(|e| panic!("no answer: {e}\n{}", server.report()));
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(served_pid(&body), old);
+    assert_eq!(connection_header(&head), Some("close"), "{head}");
+    // Answered, and then closed: the drain goes on without waiting for the
+    // deadline.
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    assert_eq!(
+        server.wait_exit(old, Duration::from_secs(5)),
+        exited_0(old),
+        "{}",
+        server.report()
+    );
+}
+
+#[test]
+fn an_idle_connection_is_still_closed_at_the_end_of_the_idle_grace() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "10000")
+        .start();
+    let old = server.current().pid;
+    let mut s = connection_to(&server);
+    let drain = reload_and_wait_for_the_drain(&server, old);
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    let closed = drain.elapsed();
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(3),
+        "closed after {closed:?}"
+    );
+    assert_eq!(
+        server.wait_exit(old, Duration::from_secs(5)),
+        exited_0(old),
+        "{}",
+        server.report()
+    );
+}
