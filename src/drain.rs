@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::connections::Connections;
 use crate::error::Error;
 use crate::events::{Event, Events, Trigger};
-use crate::serve::Connections;
 
 /// Why a generation drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::connections::{Connections, Tls, IDLE_GRACE};
 use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::Events;
@@ -22,7 +23,6 @@ use crate::keep_pid::{self, Reexec};
 use crate::listener::{self, BindSpec, Bound, SocketFile};
 use crate::pid_file;
 use crate::restart::{Outcome, Restarter};
-use crate::serve::{Connections, Tls, IDLE_GRACE};
 use crate::server::{Registration, Settings};
 use crate::signal::Signals;
 use crate::systemd;

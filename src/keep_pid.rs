@@ -23,13 +23,13 @@ use nix::sys::signal::Signal as NixSignal;
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
+use crate::connections::Connections;
 use crate::drain::{Drain, Why};
 use crate::error::Error;
 use crate::events::{Event, Events, Trigger};
 use crate::exe;
 use crate::handover;
 use crate::restart::signal_pid;
-use crate::serve::Connections;
 use crate::signal::SignalSet;
 
 /// How often a temporary generation checks that its parent is still there.

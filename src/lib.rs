@@ -139,6 +139,7 @@
 #![cfg(unix)]
 #![deny(unsafe_code)]
 
+mod connections;
 mod drain;
 mod error;
 mod events;
@@ -152,12 +153,14 @@ mod keep_pid;
 mod listener;
 mod pid_file;
 mod restart;
-mod serve;
 mod server;
 mod service;
 mod signal;
 mod systemd;
 #[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
 mod tls;
 
 use std::sync::OnceLock;

@@ -13,8 +13,7 @@ use crate::handle::{Command, Handle};
 use crate::listener::{self, LocalAddr};
 use crate::service::{self, HttpBody, HttpService, Launch};
 use crate::signal::{Signal, SignalSet};
-#[cfg(feature = "tls")]
-pub(crate) use crate::tls::TlsSource;
+use crate::tls::TlsSource;
 
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,19 +83,6 @@ pub(crate) struct Registration {
     pub(crate) addr: String,
     pub(crate) svc: Box<dyn Launch>,
     pub(crate) tls: Option<TlsSource>,
-}
-
-/// Without the `tls` feature no listener serves HTTPS: the type has no
-/// values, so code that handles one compiles and is never reached.
-#[cfg(not(feature = "tls"))]
-#[derive(Debug, Clone)]
-pub(crate) enum TlsSource {}
-
-#[cfg(not(feature = "tls"))]
-impl TlsSource {
-    pub(crate) fn acceptor(&self) -> Result<crate::serve::NoTls> {
-        match *self {}
-    }
 }
 
 /// The longest duration any setting takes: longer ones are taken as this

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 
+use crate::connections::{Connections, Tls};
 use crate::listener::Listener;
-use crate::serve::{Connections, Tls};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

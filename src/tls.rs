@@ -20,6 +20,9 @@ use tracing::debug;
 
 use crate::error::{Error, Result};
 
+/// A listener's TLS acceptor.
+pub(crate) type Acceptor = TlsAcceptor;
+
 /// Where a listener's TLS configuration comes from.
 #[derive(Debug, Clone)]
 pub(crate) enum TlsSource {

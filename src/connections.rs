@@ -78,17 +78,9 @@ impl Drop for Connections {
     }
 }
 
-/// A listener's TLS acceptor, if it serves HTTPS.
-#[cfg(feature = "tls")]
-pub(crate) type Tls = Option<tokio_rustls::TlsAcceptor>;
-/// Without the `tls` feature no listener serves HTTPS.
-#[cfg(not(feature = "tls"))]
-pub(crate) type Tls = Option<NoTls>;
-
-/// Uninhabited: without the `tls` feature there is no acceptor.
-#[cfg(not(feature = "tls"))]
-#[derive(Debug, Clone)]
-pub(crate) enum NoTls {}
+/// A listener's TLS acceptor, if it serves HTTPS (never, without the `tls`
+/// feature: the acceptor type then has no values).
+pub(crate) type Tls = Option<crate::tls::Acceptor>;
 
 /// What every connection of a generation shares. One `Arc` clone per
 /// connection; nothing in here is written per request except by atomics.
@@ -99,7 +91,6 @@ struct Shared {
     sockets: Arc<Sockets>,
     idle_grace: Duration,
     first_request_timeout: Duration,
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls_handshake_timeout: Duration,
 }
 
@@ -107,7 +98,6 @@ struct Shared {
 /// connection (each clone is an atomic on a line shared across cores).
 struct Listening<S> {
     svc: S,
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls: Tls,
     shared: Arc<Shared>,
 }
@@ -288,7 +278,6 @@ async fn connection<S, B>(
     B: HttpBody,
 {
     let fd = io.raw_fd();
-    #[cfg(feature = "tls")]
     if let Some(acceptor) = listening.tls.clone() {
         // Boxed: rustls's state would otherwise make every connection's
         // future, plain ones included, several KiB larger (tokio allocates
@@ -298,9 +287,8 @@ async fn connection<S, B>(
     serve_connection(io, fd, &signal, &listening).await
 }
 
-#[cfg(feature = "tls")]
 async fn tls_connection<S, B>(
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: crate::tls::Acceptor,
     io: Tracked<Stream>,
     fd: RawFd,
     signal: Arc<ConnSignal>,
