@@ -202,6 +202,13 @@ impl Connections {
         self.tracker.spawn(task);
     }
 
+    /// Counts the connections open now, for whoever asks later (the
+    /// handles' stats).
+    pub(crate) fn counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let sockets = self.shared.sockets.clone();
+        move || sockets.lock().open.len()
+    }
+
     /// Connections open now, upgraded ones included.
     pub(crate) fn active(&self) -> usize {
         self.shared.sockets.lock().open.len()

@@ -14,6 +14,7 @@
 //! Either way the deadline is set once, when the drain starts: nothing that
 //! arrives later extends it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::connections::Connections;
 use crate::error::Error;
 use crate::events::{Event, Events, Trigger};
+use crate::handle::Shared;
 
 /// Why a generation drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,18 +51,28 @@ pub(crate) struct Drain {
     /// Stop signals (and `Handle::stop` calls) counted so far, the one
     /// that started a stop included.
     stops: u32,
+    /// Where the handles learn of the drain.
+    shared: Arc<Shared>,
 }
 
 impl Drain {
-    /// Stops accepting and starts closing `conns`; the deadline is
+    /// Stops accepting and starts closing `conns`, and tells the handles
+    /// ([`Handle::draining`](crate::Handle::draining)); the deadline is
     /// `timeout` from now.
-    pub(crate) fn start(conns: &Connections, why: Why, timeout: Duration) -> Drain {
+    pub(crate) fn start(
+        conns: &Connections,
+        why: Why,
+        timeout: Duration,
+        shared: &Arc<Shared>,
+    ) -> Drain {
         conns.start_drain();
+        shared.set_draining(true);
         info!(connections = conns.active(), ?why, ?timeout, "draining");
         Drain {
             why,
             deadline: Instant::now() + timeout,
             stops: u32::from(why == Why::Stopped),
+            shared: shared.clone(),
         }
     }
 
@@ -91,8 +103,12 @@ impl Drain {
                     return Ended::Deadline;
                 }
                 event = events.next() => match event {
-                    Event::Reload(Trigger::Signal(signal)) => info!(%signal, "draining; reload ignored"),
+                    Event::Reload(Trigger::Signal(signal)) => {
+                        self.shared.reload_requested();
+                        info!(%signal, "draining; reload ignored")
+                    }
                     Event::Reload(Trigger::Handle(reply)) => {
+                        self.shared.reload_requested();
                         let _ = reply.send(Err(Error::Draining));
                     }
                     Event::Stop(signal, _) => {

@@ -95,6 +95,9 @@ pub enum Error {
         pid: u32,
         /// The executable it was started from.
         path: PathBuf,
+        /// Why, in its own words: the error its `Server::run` returned, or
+        /// its panic message, when it said (see `endless::generation`).
+        reason: Option<String>,
         /// How it ended.
         status: ExitStatus,
     },
@@ -143,12 +146,21 @@ impl fmt::Display for Error {
             Error::Exec { path, source } => {
                 write!(f, "cannot re-execute {} in place: {source}", path.display())
             }
-            Error::ChildExited { pid, path, status } => {
+            Error::ChildExited {
+                pid,
+                path,
+                status,
+                reason,
+            } => {
                 write!(
                     f,
                     "new generation {} (pid {pid}) exited before it was ready: {status}",
                     path.display()
-                )
+                )?;
+                match reason {
+                    Some(reason) => write!(f, ": {reason}"),
+                    None => Ok(()),
+                }
             }
             Error::ReadyTimeout { pid, timeout } => write!(
                 f,

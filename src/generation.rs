@@ -58,6 +58,12 @@ impl Generation {
         commands: tokio::sync::mpsc::UnboundedReceiver<crate::handle::Command>,
     ) -> Result<Generation> {
         let signals = Signals::install(&settings.signals)?;
+        let spread = settings.drain_notice_spread.min(settings.stop_timeout / 2);
+        let spread = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        settings
+            .shared
+            .notice_spread_ms
+            .store(spread, Ordering::Relaxed);
         let events = Events::new(signals, settings.signals.clone(), commands);
 
         // Certificates are read by every generation, before it binds or
@@ -112,8 +118,14 @@ impl Generation {
         if let (Some(path), None) = (&generation.settings.pid_file, temporary) {
             pid_file::write_pid_file(path)?;
         }
-        generation.settings.serving.store(true, Ordering::Release);
+        generation.count_connections();
+        generation
+            .settings
+            .shared
+            .serving
+            .store(true, Ordering::Release);
         let _ = generation.settings.listening.send(Some(addrs));
+        crate::report::serving();
         generation.announce(origin, started);
         Ok(generation)
     }
@@ -154,17 +166,29 @@ impl Generation {
         }
     }
 
+    /// Lets the handles count this generation's connections.
+    fn count_connections(&self) {
+        let counter = crate::handle::Counter(Box::new(self.conns.counter()));
+        *self
+            .settings
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(counter);
+    }
+
     /// Phase 2: serves until this generation must drain, and says why.
     pub(crate) async fn serve(&mut self) -> Drain {
         let timeout = self.settings.stop_timeout;
         if let Some(parent) = self.temporary {
             let why = keep_pid::serve_temporary(&mut self.events, parent).await;
-            return Drain::start(&self.conns, why, timeout);
+            return Drain::start(&self.conns, why, timeout, &self.settings.shared);
         }
         let restarter = Restarter::new(
             self.settings.signals.clone(),
             self.settings.ready_timeout,
             self.settings.keep_pid,
+            self.settings.shared.clone(),
         );
         loop {
             let fds = self.listener_fds();
@@ -172,13 +196,22 @@ impl Generation {
             match restarter.serve(&mut self.events, &fds).await {
                 Outcome::Stop => {
                     systemd::stopping();
-                    return Drain::start(&self.conns, Why::Stopped, timeout);
+                    return Drain::start(&self.conns, Why::Stopped, timeout, &self.settings.shared);
                 }
                 Outcome::HandedOver { trigger, .. } if !self.settings.keep_pid => {
                     trigger.answer(Ok(()));
-                    return Drain::start(&self.conns, Why::HandedOver, timeout);
+                    return Drain::start(
+                        &self.conns,
+                        Why::HandedOver,
+                        timeout,
+                        &self.settings.shared,
+                    );
                 }
-                Outcome::HandedOver { pid, trigger } => {
+                Outcome::HandedOver {
+                    pid,
+                    trigger,
+                    since,
+                } => {
                     let (settings, registrations, tls, bound) =
                         (&self.settings, &self.registrations, &self.tls, &self.bound);
                     let resume = || accept(settings, registrations, tls, bound);
@@ -190,13 +223,18 @@ impl Generation {
                             listeners: &fds,
                             signals: &self.settings.signals,
                             stop_timeout: timeout,
+                            shared: &self.settings.shared,
+                            since,
                         },
                         &mut self.events,
                         resume,
                     )
                     .await;
                     match step {
-                        Reexec::Resumed(conns) => self.conns = conns,
+                        Reexec::Resumed(conns) => {
+                            self.conns = conns;
+                            self.count_connections();
+                        }
                         Reexec::Stopping(drain, temporary) => {
                             systemd::stopping();
                             self.outlive = Some(temporary);

@@ -34,6 +34,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::stat::SFlag;
 use nix::unistd::{getpid, getppid, Pid};
 
 use crate::error::{Error, Result};
@@ -41,6 +42,11 @@ use crate::error::{Error, Result};
 const FDS: &str = "ENDLESS_FDS";
 const FDNAMES: &str = "ENDLESS_FDNAMES";
 const FDIDS: &str = "ENDLESS_FDIDS";
+/// The new generation's number (see `endless::generation`).
+const GENERATION: &str = "ENDLESS_GENERATION";
+/// `FD:device:inode` of the write end of a pipe on which a new generation
+/// that fails to start says why (see `report`).
+const REPORT: &str = "ENDLESS_REPORT";
 const PPID: &str = "ENDLESS_PPID";
 /// Set on a generation started only to serve while its parent re-executes
 /// itself in place (`keep_pid`).
@@ -51,8 +57,8 @@ const TEMPORARY: &str = "ENDLESS_TEMPORARY";
 const EXEC_PID: &str = "ENDLESS_EXEC_PID";
 const FDNUMS: &str = "ENDLESS_FDNUMS";
 const TEMP_PID: &str = "ENDLESS_TEMP_PID";
-const ALL_VARS: [&str; 8] = [
-    FDS, FDNAMES, FDIDS, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID,
+const ALL_VARS: [&str; 10] = [
+    FDS, FDNAMES, FDIDS, GENERATION, REPORT, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID,
 ];
 /// systemd's socket-activation variables: they describe the first
 /// generation's FDs only, so a new generation must never see them.
@@ -91,6 +97,8 @@ struct HandedOver {
 static HANDED_OVER: OnceLock<Result<Option<HandedOver>, (RawFd, String)>> = OnceLock::new();
 /// The inherited FDs, until a server claims them.
 static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
+/// The inherited report pipe, until `report` takes it.
+static REPORT_FD: Mutex<Option<RawFd>> = Mutex::new(None);
 
 /// Reads the hand-over variables once and marks the inherited FDs
 /// close-on-exec straight away, so nothing this process spawns can inherit
@@ -108,6 +116,14 @@ pub(crate) fn init() {
                 fds.push((name.clone(), fd));
             }
             *UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds);
+            if let Origin::Parent(_) = r.origin {
+                let report = read_report_env(r.fds.len());
+                if let Some(fd) = report {
+                    // Like the sockets: nothing this process spawns gets it.
+                    let _ = set_cloexec(fd);
+                }
+                *REPORT_FD.lock().unwrap_or_else(|e| e.into_inner()) = report;
+            }
         }
         Ok(received)
     });
@@ -121,6 +137,19 @@ pub(crate) fn origin() -> Option<Origin> {
         Some(Ok(Some(r))) => Some(r.origin),
         _ => None,
     }
+}
+
+/// This generation's number: 0 unless a reload started it, then what the
+/// previous generation said.
+pub(crate) fn generation() -> u64 {
+    init();
+    if !matches!(origin(), Some(Origin::Parent(_) | Origin::SelfExec { .. })) {
+        return 0;
+    }
+    std::env::var(GENERATION)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Whether this process is a temporary generation, serving only while its
@@ -197,6 +226,25 @@ fn read_env() -> Result<Option<HandedOver>, (RawFd, String)> {
     }))
 }
 
+/// The report pipe our parent placed after the `count` sockets, if it is
+/// there and is the pipe `ENDLESS_REPORT` names (checked with `fstat`
+/// only).
+fn read_report_env(count: usize) -> Option<RawFd> {
+    let value = std::env::var(REPORT).ok()?;
+    let (fd, id) = value.split_once(':')?;
+    let fd: RawFd = fd.parse().ok()?;
+    (fd == FIRST_FD + count as RawFd && fd_id(fd, SFlag::S_IFIFO)? == id).then_some(fd)
+}
+
+/// Takes the report pipe this process inherited, once.
+pub(crate) fn take_report_pipe() -> Option<OwnedFd> {
+    init();
+    let fd = REPORT_FD.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    // SAFETY: placed by our parent for us (checked by identity in `init`),
+    // and handed out once (`take`), so nothing else in this process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Whether each of `fds` is open and is the socket `ENDLESS_FDIDS` names.
 /// Only `fstat` is called: an FD that is not what the variables say is
 /// somebody else's and stays untouched.
@@ -216,12 +264,17 @@ fn sockets_are(fds: &[RawFd]) -> bool {
 
 /// `device:inode` of the socket at `fd`, if it is an open socket.
 fn socket_id(fd: RawFd) -> Option<String> {
-    use nix::sys::stat::{fstat, SFlag};
+    fd_id(fd, SFlag::S_IFSOCK)
+}
+
+/// `device:inode` of `fd`, if it is open and of type `kind`.
+fn fd_id(fd: RawFd, kind: SFlag) -> Option<String> {
+    use nix::sys::stat::fstat;
     // SAFETY: borrowed only for the `fstat`; an FD that is not open makes
     // it fail with EBADF, and nothing is closed or changed.
     let st = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
-    let is_socket = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK;
-    is_socket.then(|| format!("{}:{}", st.st_dev, st.st_ino))
+    let of_kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind;
+    of_kind.then(|| format!("{}:{}", st.st_dev, st.st_ino))
 }
 
 /// The identities of `fds` for `ENDLESS_FDIDS`.
@@ -358,6 +411,8 @@ fn read_systemd_env() -> Result<Option<HandedOver>, (RawFd, String)> {
 /// installed its handlers stays pending instead of killing it.
 ///
 /// `temporary`: the child only serves while we re-execute ourselves in place.
+/// `report`: the write end of a pipe, placed after the listeners, on which
+/// the child says why it failed, if it does.
 ///
 /// Fails only if a listener is not an open socket (which would be a bug).
 pub(crate) fn pass_listeners(
@@ -365,18 +420,27 @@ pub(crate) fn pass_listeners(
     listeners: &[(&str, RawFd)],
     blocked: SigSet,
     temporary: bool,
+    report: Option<RawFd>,
 ) -> io::Result<()> {
     for var in SYSTEMD_VARS.iter().chain(&ALL_VARS) {
         cmd.env_remove(var);
     }
     let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
-    let sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
+    let mut sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
     cmd.env(FDS, listeners.len().to_string())
         .env(FDNAMES, encode_names(&names))
         .env(FDIDS, encode_ids(&sources)?)
+        .env(GENERATION, (generation() + 1).to_string())
         .env(PPID, getpid().to_string());
     if temporary {
         cmd.env(TEMPORARY, "1");
+    }
+    if let Some(pipe) = report {
+        if let Some(id) = fd_id(pipe, SFlag::S_IFIFO) {
+            let at = FIRST_FD + sources.len() as RawFd;
+            cmd.env(REPORT, format!("{at}:{id}"));
+            sources.push(pipe);
+        }
     }
 
     // Everything the closure needs is allocated here, before the fork.
@@ -477,6 +541,7 @@ pub(crate) fn exec_in_place(
         set(FDNAMES, encode_names(&names))?;
         set(FDNUMS, nums.join(","))?;
         set(EXEC_PID, getpid().to_string())?;
+        set(GENERATION, (generation() + 1).to_string())?;
         if let Some(t) = temporary {
             set(TEMP_PID, t.to_string())?;
         }

@@ -59,6 +59,9 @@ pub(crate) struct Context<'a> {
     pub(crate) listeners: &'a [(&'a str, RawFd)],
     pub(crate) signals: &'a SignalSet,
     pub(crate) stop_timeout: Duration,
+    pub(crate) shared: &'a std::sync::Arc<crate::handle::Shared>,
+    /// When the reload was asked for.
+    pub(crate) since: std::time::Instant,
 }
 
 /// Step 2: drains P's connections (keeping the listeners), then
@@ -70,7 +73,7 @@ pub(crate) async fn reexec(
     resume: impl FnOnce() -> Connections,
 ) -> Reexec {
     let temporary = cx.temporary;
-    let mut drain = Drain::start(cx.conns, Why::HandedOver, cx.stop_timeout);
+    let mut drain = Drain::start(cx.conns, Why::HandedOver, cx.stop_timeout, cx.shared);
     info!(
         temporary,
         "temporary generation serves; draining before re-executing in place"
@@ -100,12 +103,15 @@ pub(crate) async fn reexec(
     // generation away; the PID and the service survive.
     error!(path = %exe.path.display(), cause = %source, "re-executing in place failed; serving again");
     let conns = resume();
+    cx.shared.set_draining(false);
     crate::systemd::ready();
     signal_pid(temporary, NixSignal::SIGTERM);
-    cx.trigger.answer(Err(Error::Exec {
+    let failure = Err(Error::Exec {
         path: exe.path,
         source,
-    }));
+    });
+    cx.shared.reload_finished(cx.since, &failure);
+    cx.trigger.answer(failure);
     Reexec::Resumed(conns)
 }
 

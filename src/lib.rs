@@ -152,6 +152,7 @@ mod handover;
 mod keep_pid;
 mod listener;
 mod pid_file;
+mod report;
 mod restart;
 mod server;
 mod service;
@@ -249,6 +250,8 @@ fn init_process_state() {
     STARTED_AT.get_or_init(SystemTime::now);
     handover::init();
     exe::init();
+    static REPORT: std::sync::Once = std::sync::Once::new();
+    REPORT.call_once(report::init);
 }
 
 /// When this generation started: the first call into `endless` in this
@@ -257,6 +260,21 @@ fn init_process_state() {
 pub fn started_at() -> SystemTime {
     init_process_state();
     *STARTED_AT.get().expect("initialised above")
+}
+
+/// This generation's number: 0 for a process started by a person or a
+/// process manager, one more for each reload since. Kept across a
+/// [`keep_pid`](Server::keep_pid) re-exec (which is a reload too).
+///
+/// # Examples
+///
+/// ```
+/// // A process that no reload started is generation 0.
+/// assert_eq!(endless::generation(), 0);
+/// ```
+pub fn generation() -> u64 {
+    init_process_state();
+    handover::generation()
 }
 
 /// Whether this process is a generation started by a reload (as opposed to

@@ -15,8 +15,9 @@
 //! to verdict.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 use tracing::{debug, error, info, warn};
@@ -24,7 +25,9 @@ use tracing::{debug, error, info, warn};
 use crate::error::{Error, Result};
 use crate::events::{Event, Events, Trigger};
 use crate::exe;
+use crate::handle::Shared;
 use crate::handover;
+use crate::report::Reader;
 use crate::signal::SignalSet;
 use crate::systemd;
 
@@ -37,8 +40,13 @@ const TEXT_BUSY_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// A new generation serves: `pid`, and the `Handle::reload` call that
-    /// asked for it, if any, for the caller to answer.
-    HandedOver { pid: u32, trigger: Trigger },
+    /// asked for it, if any, for the caller to answer; `since`: when it was
+    /// asked for.
+    HandedOver {
+        pid: u32,
+        trigger: Trigger,
+        since: Instant,
+    },
     /// A stop signal (or `Handle::stop`); also the parent's `SIGTERM`
     /// to a temporary generation (`keep_pid`), or its parent gone.
     Stop,
@@ -49,6 +57,7 @@ enum Attempt {
     HandedOver {
         pid: u32,
         trigger: Trigger,
+        since: Instant,
     },
     /// No new generation; this one serves on.
     Failed,
@@ -63,6 +72,8 @@ pub(crate) struct Restarter {
     /// The next generation is temporary: we re-execute ourselves in place
     /// once it serves (`keep_pid`).
     next_is_temporary: bool,
+    /// Where the reloads are counted.
+    shared: Arc<Shared>,
 }
 
 impl Restarter {
@@ -70,11 +81,13 @@ impl Restarter {
         signals: SignalSet,
         ready_timeout: Duration,
         next_is_temporary: bool,
+        shared: Arc<Shared>,
     ) -> Self {
         Restarter {
             signals,
             ready_timeout,
             next_is_temporary,
+            shared,
         }
     }
 
@@ -83,8 +96,16 @@ impl Restarter {
         loop {
             match events.next().await {
                 Event::Reload(trigger) => match self.attempt(events, listeners, trigger).await {
-                    Attempt::HandedOver { pid, trigger } => {
-                        return Outcome::HandedOver { pid, trigger }
+                    Attempt::HandedOver {
+                        pid,
+                        trigger,
+                        since,
+                    } => {
+                        return Outcome::HandedOver {
+                            pid,
+                            trigger,
+                            since,
+                        }
                     }
                     Attempt::Stopped => return Outcome::Stop,
                     Attempt::Failed => {}
@@ -115,20 +136,21 @@ impl Restarter {
             Trigger::Signal(signal) => info!(%signal, "reload requested"),
             Trigger::Handle(_) => info!(by = "handle", "reload requested"),
         }
+        let since = Instant::now();
+        self.shared.reload_requested();
         systemd::reloading();
-        let (mut child, pid) = match self.spawn(listeners).await {
+        let (mut child, pid, report) = match self.spawn(listeners).await {
             Ok(child) => child,
             Err(e) => {
                 error!(cause = %e, "reload failed; still serving");
                 systemd::ready();
-                trigger.answer(Err(e));
+                self.fail(trigger, since, e);
                 return Attempt::Failed;
             }
         };
         events.started(pid);
         let deadline = tokio::time::sleep(self.ready_timeout);
         tokio::pin!(deadline);
-        let since = tokio::time::Instant::now();
         let failure = loop {
             tokio::select! {
                 // Readiness first: a ready signal that arrives with the ready
@@ -137,15 +159,21 @@ impl Restarter {
                 event = events.next() => match event {
                     Event::Ready(p) if p == pid => {
                         info!(pid, elapsed = ?since.elapsed(), "new generation ready; handing over");
+                        // With keep_pid the verdict comes after the re-exec.
+                        if !self.next_is_temporary {
+                            self.shared.reload_finished(since, &Ok(()));
+                        }
                         // Not ours to wait for any more: dropping the handle
                         // leaves it running.
-                        return Attempt::HandedOver { pid, trigger };
+                        return Attempt::HandedOver { pid, trigger, since };
                     }
                     Event::Ready(p) => debug!(pid = p, "SIGTERM from an abandoned generation ignored"),
                     Event::Reload(Trigger::Signal(signal)) => {
+                        self.shared.reload_requested();
                         info!(%signal, pid, "reload already under way; request coalesced")
                     }
                     Event::Reload(Trigger::Handle(reply)) => {
+                        self.shared.reload_requested();
                         let _ = reply.send(Err(Error::ReloadInProgress));
                     }
                     Event::Stop(signal, _) => {
@@ -161,8 +189,9 @@ impl Restarter {
                         // Only fails if reaped elsewhere: report it gone.
                         std::os::unix::process::ExitStatusExt::from_raw(-1)
                     });
-                    warn!(pid, %status, "new generation exited before it was ready; still serving");
-                    break Error::ChildExited { pid, path: exe::current().path, status };
+                    let reason = report.message().await;
+                    warn!(pid, %status, reason = reason.as_deref().unwrap_or("(none given)"), "new generation exited before it was ready; still serving");
+                    break Error::ChildExited { pid, path: exe::current().path, status, reason };
                 }
                 _ = &mut deadline => {
                     warn!(pid, timeout = ?self.ready_timeout, "new generation not ready in time; killing it, still serving");
@@ -174,11 +203,20 @@ impl Restarter {
         };
         events.gone(pid);
         systemd::ready();
-        trigger.answer(Err(failure));
+        self.fail(trigger, since, failure);
         Attempt::Failed
     }
 
-    async fn spawn(&self, listeners: &[(&str, RawFd)]) -> Result<(Child, u32)> {
+    /// Counts a failed reload and answers whoever asked for it.
+    fn fail(&self, trigger: Trigger, since: Instant, failure: Error) {
+        let failure = Err(failure);
+        self.shared.reload_finished(since, &failure);
+        trigger.answer(failure);
+    }
+
+    /// Starts the next generation, with a pipe on which it can say why it
+    /// failed, if it does.
+    async fn spawn(&self, listeners: &[(&str, RawFd)]) -> Result<(Child, u32, Reader)> {
         let exe = exe::current();
         let blocked = self.signals.handled();
         let spawn_error = |source| Error::Spawn {
@@ -187,14 +225,19 @@ impl Restarter {
         };
         let mut tries = 0;
         loop {
+            let (reader, writer) = Reader::pipe().map_err(spawn_error)?;
             let mut cmd = exe.command();
-            handover::pass_listeners(&mut cmd, listeners, blocked, self.next_is_temporary)
+            let report = Some(writer.as_raw_fd());
+            handover::pass_listeners(&mut cmd, listeners, blocked, self.next_is_temporary, report)
                 .map_err(spawn_error)?;
-            match tokio::process::Command::from(cmd).spawn() {
+            let spawned = tokio::process::Command::from(cmd).spawn();
+            // The child has its copy; ours would keep the pipe from ending.
+            drop(writer);
+            match spawned {
                 Ok(child) => {
                     let pid = child.id().unwrap_or_default();
                     info!(pid, path = %exe.path.display(), cwd = ?exe.cwd, "new generation spawned");
-                    return Ok((child, pid));
+                    return Ok((child, pid, reader));
                 }
                 Err(e) if is_text_busy(&e) && tries < TEXT_BUSY_RETRIES => {
                     tries += 1;

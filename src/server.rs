@@ -1,7 +1,6 @@
 //! The [`Server`] builder: listeners and settings, checked by [`Server::run`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use crate::tls::TlsSource;
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_DRAIN_NOTICE_SPREAD: Duration = Duration::from_secs(2);
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server with one or more listeners that restarts itself without
@@ -73,8 +73,10 @@ pub(crate) struct Settings {
     pub(crate) keep_pid: bool,
     /// Tells the handles where the server listens.
     pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
-    /// Tells the handles that the server serves.
-    pub(crate) serving: Arc<AtomicBool>,
+    /// What the handles see of the server.
+    pub(crate) shared: Arc<crate::handle::Shared>,
+    /// How widely [`Handle::draining`] spreads its wake-ups.
+    pub(crate) drain_notice_spread: Duration,
 }
 
 /// One registered listener: its address (also its name across reloads),
@@ -111,7 +113,7 @@ impl Server {
         crate::init_process_state();
         let (tx, commands) = mpsc::unbounded_channel();
         let (listening, listening_rx) = watch::channel(None);
-        let serving = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(crate::handle::Shared::new(DEFAULT_DRAIN_NOTICE_SPREAD));
         Server {
             registrations: Vec::new(),
             settings: Settings {
@@ -123,13 +125,14 @@ impl Server {
                 pid_file: None,
                 keep_pid: false,
                 listening,
-                serving: serving.clone(),
+                shared: shared.clone(),
+                drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
             },
             commands,
             handle: Handle {
                 commands: tx,
                 listening: listening_rx,
-                serving,
+                shared,
             },
         }
     }
@@ -229,6 +232,17 @@ impl Server {
         self
     }
 
+    /// Spreads the drain notice over `window` (default 2 s, and at most half
+    /// the stop timeout): each [`Handle::draining`] future resolves at a
+    /// random moment within it after the drain starts, so that clients told
+    /// to reconnect (WebSockets closed with 1001 or 1012, server-sent-event
+    /// streams ended) do not all reconnect in the same millisecond.
+    /// `Duration::ZERO` tells everyone at once.
+    pub fn drain_notice_spread(mut self, window: Duration) -> Self {
+        self.settings.drain_notice_spread = window.min(MAX_DURATION);
+        self
+    }
+
     /// How long a new generation may take from spawn to serving before it is
     /// killed and the reload abandoned (default 60 s). Must not be zero.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
@@ -322,8 +336,12 @@ impl Server {
         // Keep our own sender alive only as long as a user handle might be;
         // dropping it lets the events report "no handles left".
         drop(handle);
-        let specs = check(&registrations, &settings)?;
-        let mut generation = Generation::start(settings, registrations, specs, commands).await?;
+        let started = match check(&registrations, &settings) {
+            Ok(specs) => Generation::start(settings, registrations, specs, commands).await,
+            Err(e) => Err(e),
+        };
+        // A generation started by a reload tells its parent why it failed.
+        let mut generation = started.inspect_err(crate::report::failed)?;
         let drain = generation.serve().await;
         generation.finish(drain).await;
         Ok(())

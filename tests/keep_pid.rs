@@ -122,6 +122,9 @@ fn the_new_binary_runs_under_the_old_pid() {
     assert_eq!(exe_of(pid), app.to_string_lossy());
     wait_served_by(&server.addr(), pid);
     assert!(server.current().reloaded);
+    // A reload, so the next generation number, under the same PID.
+    let (_, body) = get(&server.addr(), "/generation").unwrap();
+    assert_eq!(body, format!("generation=1 pid={pid}\n"));
 }
 
 #[test]
