@@ -43,7 +43,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, trace};
 
-use crate::listener::{is_connection_error, Listener, Stream};
+use crate::conn_info::ConnInfo;
+use crate::listener::{is_connection_error, Listener, LocalAddr, Stream};
 use crate::service::{BoxError, HttpBody, HttpService};
 
 /// How long an HTTP/1 connection may stay quiet after the drain starts before
@@ -98,6 +99,10 @@ struct Shared {
 /// connection (each clone is an atomic on a line shared across cores).
 struct Listening<S> {
     svc: S,
+    /// The registered address, and where the listener is bound: what every
+    /// connection's [`ConnInfo`] starts from.
+    name: Arc<str>,
+    local: LocalAddr,
     tls: Tls,
     shared: Arc<Shared>,
 }
@@ -189,8 +194,13 @@ impl Connections {
         S: HttpService<B>,
         B: HttpBody,
     {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| LocalAddr::Unix("(unknown)".into()));
         let listening = Arc::new(Listening {
             svc,
+            name: Arc::from(name.as_str()),
+            local,
             tls,
             shared: self.shared.clone(),
         });
@@ -253,10 +263,11 @@ async fn accept_loop<S, B>(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok(stream) => {
+            Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
+                let info = ConnInfo::new(listening.name.clone(), listening.local.clone(), peer);
                 let (io, signal) = shared.sockets.track(stream, shared.tracker.token());
-                tokio::spawn(connection(io, signal, listening.clone()));
+                tokio::spawn(connection(io, signal, info, listening.clone()));
             }
             Err(e) if is_connection_error(&e) => {
                 trace!(addr = %name, cause = %e, "accept: skipped")
@@ -279,6 +290,7 @@ async fn accept_loop<S, B>(
 async fn connection<S, B>(
     io: Tracked<Stream>,
     signal: Arc<ConnSignal>,
+    info: ConnInfo,
     listening: Arc<Listening<S>>,
 ) where
     S: HttpService<B>,
@@ -289,9 +301,9 @@ async fn connection<S, B>(
         // Boxed: rustls's state would otherwise make every connection's
         // future, plain ones included, several KiB larger (tokio allocates
         // and moves the whole future for each connection).
-        return Box::pin(tls_connection(acceptor, io, fd, signal, listening)).await;
+        return Box::pin(tls_connection(acceptor, io, fd, signal, info, listening)).await;
     }
-    serve_connection(io, fd, &signal, &listening).await
+    serve_connection(io, fd, &signal, info, &listening).await
 }
 
 async fn tls_connection<S, B>(
@@ -299,6 +311,7 @@ async fn tls_connection<S, B>(
     io: Tracked<Stream>,
     fd: RawFd,
     signal: Arc<ConnSignal>,
+    info: ConnInfo,
     listening: Arc<Listening<S>>,
 ) where
     S: HttpService<B>,
@@ -324,7 +337,8 @@ async fn tls_connection<S, B>(
         }
     };
     if let Some(stream) = stream {
-        serve_connection(stream, fd, &signal, &listening).await;
+        let info = crate::tls::attach_info(&info, &stream);
+        serve_connection(stream, fd, &signal, info, &listening).await;
     }
 }
 
@@ -332,6 +346,7 @@ async fn serve_connection<IO, S, B>(
     io: IO,
     fd: RawFd,
     signal: &Arc<ConnSignal>,
+    info: ConnInfo,
     listening: &Listening<S>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -341,6 +356,7 @@ async fn serve_connection<IO, S, B>(
     let svc = ConnService {
         svc: listening.svc.clone(),
         signal: signal.clone(),
+        info,
     };
     let shared = &listening.shared;
     let conn = shared
@@ -581,6 +597,8 @@ fn bytes_waiting(fd: RawFd) -> bool {
 struct ConnService<S> {
     svc: S,
     signal: Arc<ConnSignal>,
+    /// Given to every request.
+    info: ConnInfo,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -591,7 +609,8 @@ where
     type Error = S::Error;
     type Future = CloseWhenDraining<S::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        self.info.attach(&mut req);
         self.signal.note_request_head();
         let http1 = req.version() < Version::HTTP_2;
         self.signal.note(if http1 {

@@ -139,6 +139,7 @@
 #![cfg(unix)]
 #![deny(unsafe_code)]
 
+mod conn_info;
 mod connections;
 mod drain;
 mod error;
@@ -167,6 +168,9 @@ mod tls;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+#[cfg(feature = "tls")]
+pub use conn_info::TlsInfo;
+pub use conn_info::{ConnInfo, PeerCredentials};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use hyper_util::service::TowerToHyperService;

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use crate::conn_info::{Peer, PeerCredentials};
 use crate::error::{Error, Result};
 use crate::handover::{self, Origin};
 
@@ -467,15 +468,23 @@ impl Listener {
     }
 
     /// Accepts one connection.
-    pub(crate) async fn accept(&self) -> io::Result<Stream> {
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, addr) = l.accept().await?;
                 // Responses are written whole; waiting for more data only adds latency.
                 let _ = s.set_nodelay(true);
-                Ok(Stream::Tcp(s))
+                Ok((Stream::Tcp(s), Peer::Tcp(addr)))
             }
-            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+            Listener::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                let creds = s.peer_cred().ok().map(|c| PeerCredentials {
+                    pid: c.pid(),
+                    uid: c.uid(),
+                    gid: c.gid(),
+                });
+                Ok((Stream::Unix(s), Peer::Unix(creds)))
+            }
         }
     }
 }

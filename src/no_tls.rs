@@ -23,3 +23,11 @@ impl TlsSource {
 pub(crate) async fn handshake<IO>(acceptor: &Acceptor, _io: IO, _timeout: Duration) -> Option<IO> {
     match *acceptor {}
 }
+
+/// Without TLS there is nothing to add.
+pub(crate) fn attach_info<IO>(
+    info: &crate::conn_info::ConnInfo,
+    _stream: &IO,
+) -> crate::conn_info::ConnInfo {
+    info.clone()
+}

@@ -125,6 +125,22 @@ where
     }
 }
 
+/// `info` with what the handshake of `stream` settled.
+pub(crate) fn attach_info<IO>(
+    info: &crate::conn_info::ConnInfo,
+    stream: &TlsStream<IO>,
+) -> crate::conn_info::ConnInfo {
+    let conn = stream.get_ref().1;
+    info.with_tls(crate::conn_info::TlsInfo {
+        server_name: conn.server_name().map(str::to_owned),
+        alpn_protocol: conn.alpn_protocol().map(<[u8]>::to_vec),
+        peer_certificates: conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,3 +250,4 @@ mod tests {
         );
     }
 }
+

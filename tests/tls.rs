@@ -20,6 +20,7 @@ use support::{get, served_pid, signal_pid, start_error, Spec};
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
+    pem: String,
 }
 
 impl Ca {
@@ -30,6 +31,7 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             der: cert.der().clone(),
+            pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -41,6 +43,25 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    /// A client configuration that presents a certificate signed by this CA.
+    fn client_with_cert(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
     }
 
     fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -467,4 +488,47 @@ fn a_client_stuck_in_its_tls_handshake_does_not_hold_up_a_drain() {
     }
     let mut c = Https::connect(&addr, h1(&ca)).unwrap();
     assert_eq!(c.get("/").unwrap(), (200, format!("pid={}\n", new.pid)));
+}
+
+/// Over TLS a handler sees the SNI name, the protocol ALPN settled on and
+/// the client's certificate chain (client authentication through
+/// `register_tls_config`), besides the addresses; across a reload too.
+#[test]
+fn handlers_see_the_tls_connection_they_serve() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let ca_file = files.cert.with_file_name("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let server = files
+        .spec()
+        .env("FIXTURE_TLS_CLIENT_CA", ca_file.to_str().unwrap())
+        .arg("tls:127.0.0.1:0")
+        .start();
+    let addr = server.addr();
+    for round in 0..2 {
+        let mut with_cert = Https::connect(&addr, ca.client_with_cert(&[b"http/1.1"])).unwrap();
+        let me = with_cert.stream.sock.local_addr().unwrap();
+        let (status, body) = with_cert.get("/conninfo").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            format!(
+                "listener=127.0.0.1:0 local={addr} peer={me} creds=- sni=localhost alpn=http/1.1 certs=1\n"
+            ),
+            "round {round}"
+        );
+        let mut without = Https::connect(&addr, h1(&ca)).unwrap();
+        let (_, body) = without.get("/conninfo").unwrap();
+        assert!(
+            body.ends_with(" sni=localhost alpn=http/1.1 certs=0\n"),
+            "{body}"
+        );
+        if round == 0 {
+            let pid = server.reload(Signal::SIGHUP).pid;
+            support::wait_served_by_tls(&addr, pid, |a| {
+                Https::connect(a, h1(&ca)).and_then(|mut c| c.get("/"))
+            });
+        }
+    }
 }

@@ -672,3 +672,22 @@ impl Proc {
         }
     }
 }
+
+/// Waits until `/` on `addr`, fetched with `get`, is answered by `pid` (an
+/// HTTPS variant of [`wait_served_by`]).
+pub fn wait_served_by_tls(
+    addr: &str,
+    pid: u32,
+    get: impl Fn(&str) -> std::io::Result<(u16, String)>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = get(addr).expect("GET /");
+        assert_eq!(status, 200);
+        if served_pid(&body) == pid {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} never answered; {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

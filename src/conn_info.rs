@@ -1,0 +1,155 @@
+//! [`ConnInfo`]: what a handler can know of the connection its request came
+//! on. Found in every request's extensions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::Request;
+
+use crate::listener::LocalAddr;
+
+/// The connection a request came on: who is at the other end, where it
+/// came in, and, over TLS, what was negotiated.
+///
+/// `endless` puts one in the extensions of every request it serves. It is
+/// built once per connection; each request gets a clone (one reference
+/// count).
+///
+/// With the `axum` feature, requests over TCP also carry axum's
+/// `ConnectInfo<SocketAddr>`, so `axum::extract::ConnectInfo` works in a
+/// router served by `endless`.
+///
+/// # Examples
+///
+/// ```
+/// use hyper::{body::Incoming, Request, Response};
+///
+/// async fn who(req: Request<Incoming>) -> Result<Response<String>, std::convert::Infallible> {
+///     let info = endless::ConnInfo::of(&req).expect("served by endless");
+///     let peer = match (info.peer_addr(), info.peer_credentials()) {
+///         (Some(addr), _) => addr.to_string(),
+///         (None, Some(creds)) => format!("uid {}", creds.uid),
+///         (None, None) => "unknown".to_string(),
+///     };
+///     Ok(Response::new(format!("{peer} on {} ({})\n", info.local_addr(), info.listener())))
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnInfo(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    listener: Arc<str>,
+    local: LocalAddr,
+    peer: Peer,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsInfo>,
+}
+
+/// The other end of an accepted connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    Tcp(SocketAddr),
+    Unix(Option<PeerCredentials>),
+}
+
+/// The process at the other end of a Unix socket connection, as the kernel
+/// reports it (`SO_PEERCRED` on Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCredentials {
+    /// Its process ID, where the platform reports one.
+    pub pid: Option<i32>,
+    /// Its effective user ID.
+    pub uid: u32,
+    /// Its effective group ID.
+    pub gid: u32,
+}
+
+/// What a TLS handshake settled.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TlsInfo {
+    /// The server name the client asked for (SNI), if it sent one.
+    pub server_name: Option<String>,
+    /// The protocol agreed by ALPN (`b"h2"`, `b"http/1.1"`), if any.
+    pub alpn_protocol: Option<Vec<u8>>,
+    /// The client's certificate chain, end entity first, when client
+    /// authentication was asked for (a configuration given to
+    /// [`Server::register_tls_config`](crate::Server::register_tls_config))
+    /// and the client sent one.
+    pub peer_certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(listener: Arc<str>, local: LocalAddr, peer: Peer) -> ConnInfo {
+        ConnInfo(Arc::new(Inner {
+            listener,
+            local,
+            peer,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }))
+    }
+
+    /// The same, with what the TLS handshake settled.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls(&self, tls: TlsInfo) -> ConnInfo {
+        ConnInfo(Arc::new(Inner {
+            listener: self.0.listener.clone(),
+            local: self.0.local.clone(),
+            peer: self.0.peer.clone(),
+            tls: Some(tls),
+        }))
+    }
+
+    /// The connection info of a request that `endless` serves.
+    pub fn of<B>(req: &Request<B>) -> Option<&ConnInfo> {
+        req.extensions().get::<ConnInfo>()
+    }
+
+    /// The listener's registered address (its name across reloads), as
+    /// given to [`Server::register`](crate::Server::register).
+    pub fn listener(&self) -> &str {
+        &self.0.listener
+    }
+
+    /// Where the connection came in.
+    pub fn local_addr(&self) -> &LocalAddr {
+        &self.0.local
+    }
+
+    /// The client's address, for a TCP connection.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self.0.peer {
+            Peer::Tcp(addr) => Some(addr),
+            Peer::Unix(_) => None,
+        }
+    }
+
+    /// The client process's credentials, for a Unix socket connection.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        match self.0.peer {
+            Peer::Tcp(_) => None,
+            Peer::Unix(creds) => creds,
+        }
+    }
+
+    /// What the TLS handshake settled, for an HTTPS connection.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.0.tls.as_ref()
+    }
+
+    /// Puts this info (and, with the `axum` feature, axum's
+    /// `ConnectInfo<SocketAddr>`) in `req`'s extensions.
+    pub(crate) fn attach<B>(&self, req: &mut Request<B>) {
+        #[cfg(feature = "axum")]
+        if let Peer::Tcp(addr) = self.0.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(addr));
+        }
+        req.extensions_mut().insert(self.clone());
+    }
+}
