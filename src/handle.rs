@@ -56,9 +56,9 @@ pub(crate) struct Shared {
     /// Set once `run` serves: a reload asked before that has nothing to
     /// reload, and must not wait for a server that may never run.
     pub(crate) serving: AtomicBool,
-    /// `true` while this generation drains (back to `false` if a `keep_pid`
-    /// re-exec fails and it serves again).
-    pub(crate) draining: watch::Sender<bool>,
+    /// When this generation started draining (back to `None` if a
+    /// `keep_pid` re-exec fails and it serves again).
+    pub(crate) draining: watch::Sender<Option<tokio::time::Instant>>,
     /// [`Handle::draining`] resolves at a random moment within this window
     /// after the drain starts, in milliseconds.
     pub(crate) notice_spread_ms: AtomicU64,
@@ -80,7 +80,7 @@ impl Shared {
     pub(crate) fn new(notice_spread: Duration) -> Shared {
         Shared {
             serving: AtomicBool::new(false),
-            draining: watch::channel(false).0,
+            draining: watch::channel(None).0,
             notice_spread_ms: AtomicU64::new(notice_spread.as_millis() as u64),
             stats: Mutex::new(Stats {
                 generation: crate::generation(),
@@ -97,7 +97,8 @@ impl Shared {
     /// The drain has started (`true`) or, after a failed `keep_pid`
     /// re-exec, this generation serves again (`false`).
     pub(crate) fn set_draining(&self, draining: bool) {
-        self.draining.send_replace(draining);
+        self.draining
+            .send_replace(draining.then(tokio::time::Instant::now));
     }
 
     /// A reload was asked for (whatever becomes of it).
@@ -218,24 +219,29 @@ impl Handle {
     ///
     /// # Cancellation safety
     ///
-    /// Cancellation safe: a dropped future loses nothing.
+    /// Cancellation safe: a dropped future loses nothing. Each future draws
+    /// its own moment within the window, counted from the start of the
+    /// drain (not from the call), so one made afresh on every turn of a
+    /// loop still resolves within the window.
     pub async fn draining(&self) {
         let mut rx = self.shared.draining.subscribe();
-        if rx.wait_for(|d| *d).await.is_err() {
+        // Copied out at once: the borrow must not live across an await.
+        let since = rx.wait_for(Option::is_some).await.map(|since| *since);
+        let Ok(Some(since)) = since else {
             // The server is gone: nothing will ever drain.
             return std::future::pending().await;
-        }
+        };
         let spread = self.shared.notice_spread_ms.load(Ordering::Relaxed);
         if spread > 0 {
-            let delay = random_below(spread);
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let delay = Duration::from_millis(random_below(spread));
+            tokio::time::sleep_until(since + delay).await;
         }
     }
 
     /// Whether this generation is draining now (no spread: `true` from the
     /// moment the drain starts).
     pub fn is_draining(&self) -> bool {
-        *self.shared.draining.borrow()
+        self.shared.draining.borrow().is_some()
     }
 
     /// A snapshot of what this generation has done: reloads requested,
