@@ -280,14 +280,25 @@ impl Proc {
         self.wait_lines(timeout, |lines| lines.iter().find(|l| pred(l)).cloned())
     }
 
+    /// Waits until `probe`, given every `READY` line so far, finds what it
+    /// looks for. `None` on timeout.
+    pub fn wait_readies<T>(
+        &self,
+        timeout: Duration,
+        mut probe: impl FnMut(&[Ready]) -> Option<T>,
+    ) -> Option<T> {
+        self.wait_lines(timeout, |lines| {
+            let readies: Vec<Ready> = lines.iter().filter_map(|l| Ready::parse(l)).collect();
+            probe(&readies)
+        })
+    }
+
     /// Waits (up to 30 s) for the `n`-th `READY` line, counting from 1, and
     /// returns it.
     pub fn nth_ready(&self, n: usize) -> Ready {
         let timeout = Duration::from_secs(30);
-        self.wait_lines(timeout, |lines| {
-            lines.iter().filter_map(|l| Ready::parse(l)).nth(n - 1)
-        })
-        .unwrap_or_else(|| panic!("no READY #{n} within {timeout:?}:\n{}", self.report()))
+        self.wait_readies(timeout, |readies| readies.get(n - 1).cloned())
+            .unwrap_or_else(|| panic!("no READY #{n} within {timeout:?}:\n{}", self.report()))
     }
 
     pub fn readies(&self) -> Vec<Ready> {
@@ -309,12 +320,12 @@ impl Proc {
     /// Waits for a `READY` line from a generation other than `pid`'s.
     pub fn wait_ready_after(&self, pid: u32, timeout: Duration) -> Option<Ready> {
         let seen = self.readies().len();
-        self.wait_lines(timeout, |lines| {
-            lines
+        self.wait_readies(timeout, |readies| {
+            readies
                 .iter()
-                .filter_map(|l| Ready::parse(l))
                 .skip(seen.saturating_sub(1))
                 .find(|r| r.pid != pid && r.reloaded)
+                .cloned()
         })
     }
 
