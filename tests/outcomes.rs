@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{get, signal_pid, wait_served_by, Spec};
+use support::{get, get_in_background, signal_pid, wait_served_by, Spec};
 
 /// The value after `key` (`generation=` or, in `Stats`'s debug output,
 /// `reloads_failed:`).
@@ -88,10 +88,7 @@ fn a_long_poll_answers_early_when_the_drain_starts() {
     let mut server = Spec::fixture().env("FIXTURE_DRAIN_SPREAD_MS", "0").start();
     let addr = server.addr();
     let old = server.current().pid;
-    let poll = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/drain-wait"))
-    };
+    let poll = get_in_background(&addr, "/drain-wait");
     std::thread::sleep(Duration::from_millis(300));
     let (_, stats) = get(&addr, "/stats").unwrap();
     assert_eq!(field(&stats, "draining:"), "false", "{stats}");
