@@ -16,9 +16,17 @@
 //! on a shared, noisy machine. The load generator is the one the tests use:
 //! one connection per worker, requests back to back, every failure counted.
 
-#[path = "../tests/support/mod.rs"]
+// The parts of the test support the benchmark shares, and no more: the
+// load generator, server processes, and the bounded waits these use.
+#[path = "../tests/support/load.rs"]
 #[allow(missing_docs)]
-mod support;
+mod load;
+#[path = "../tests/support/process.rs"]
+#[allow(missing_docs)]
+mod process;
+#[path = "../tests/support/wait.rs"]
+#[allow(missing_docs)]
+mod wait;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -26,10 +34,10 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
+use load::{Mode, Stats};
 use nix::sys::signal::Signal;
+use process::{signal_pid, Proc, Spec};
 use serde_json::json;
-use support::load::{self, Mode, Stats};
-use support::{signal_pid, Proc, Spec};
 
 async fn hello(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
     Ok(Response::new(format!(

@@ -6,8 +6,6 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
-use nix::unistd::Pid;
 use support::{get, Spec};
 
 /// `root/releases/NAME/server` (a hard link to the fixture) and
@@ -48,8 +46,8 @@ impl Layout {
 /// `(exe, cwd)` of the generation that answers, once it is the newest
 /// (right after a reload the old one may still answer a connection or two).
 fn whoami(addr: &str, pid: u32) -> (String, String) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
+    let timeout = std::time::Duration::from_secs(5);
+    support::wait::eventually(&format!("{pid} answers"), timeout, || {
         let (status, body) = get(addr, "/whoami").unwrap();
         assert_eq!(status, 200, "{body}");
         let field = |k: &str| {
@@ -58,12 +56,11 @@ fn whoami(addr: &str, pid: u32) -> (String, String) {
                 .unwrap()
                 .to_owned()
         };
-        if field("pid=") == pid.to_string() {
-            return (field("exe="), field("cwd="));
+        match field("pid=") == pid.to_string() {
+            true => Ok((field("exe="), field("cwd="))),
+            false => Err(body.clone()),
         }
-        assert!(std::time::Instant::now() < deadline, "{pid} never answered");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    })
 }
 
 fn canonical(p: &Path) -> String {
@@ -112,12 +109,8 @@ fn a_relative_argv0_follows_the_current_symlink() {
 
     for pid in [first, gen2] {
         let status = server.wait_exit(pid, std::time::Duration::from_secs(10));
-        assert_eq!(
-            status,
-            Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0)),
-            "{}",
-            server.report()
-        );
+        // Both ours to reap: the first, and the second once the first is gone.
+        assert_eq!(status, support::exited_0(pid), "{}", server.report());
     }
 }
 

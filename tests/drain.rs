@@ -8,8 +8,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
-use nix::unistd::Pid;
 use support::{served_pid, signal_pid, Proc, Spec};
 
 /// One response read off a keep-alive connection: its head (lower case) and
@@ -61,10 +59,6 @@ fn connection_header(head: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-fn exited_0(pid: u32) -> Option<WaitStatus> {
-    Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0))
-}
-
 #[test]
 fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
     let mut server = Spec::fixture()
@@ -92,12 +86,7 @@ fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
     }
     // The upgraded connection lives until the stop timeout, then is cut and
     // the old generation exits normally.
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(15)),
-        exited_0(old),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(15));
 }
 
 #[test]
@@ -128,12 +117,7 @@ fn a_request_arriving_across_the_end_of_the_idle_grace_is_answered() {
     // deadline.
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(5)),
-        exited_0(old),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(5));
 }
 
 #[test]
@@ -151,10 +135,5 @@ fn an_idle_connection_is_still_closed_at_the_end_of_the_idle_grace() {
         closed >= Duration::from_millis(900) && closed < Duration::from_secs(3),
         "closed after {closed:?}"
     );
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(5)),
-        exited_0(old),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(5));
 }

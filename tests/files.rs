@@ -101,10 +101,7 @@ fn a_socket_file_replaced_during_the_drain_is_left_to_its_new_owner() {
     let pid = server.current().pid;
     // A slow request keeps the drain going while another server takes the
     // path over, as it would from a socket file nobody answers on.
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || support::get(&addr, "/sleep/1500"))
-    };
+    let slow = support::get_in_background(&addr, "/sleep/1500");
     std::thread::sleep(Duration::from_millis(200));
     signal_pid(pid, Signal::SIGTERM);
     server.wait_log("draining", Duration::from_secs(5));

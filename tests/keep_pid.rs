@@ -6,37 +6,20 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::load::{self, Mode};
-use support::{get, served_pid, signal_pid, wait_served_by, Proc, Spec};
-
-/// Waits for the `n`-th READY line (counting from 1) and returns its PID.
-fn nth_ready(server: &Proc, n: usize) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let readies = server.readies();
-        if readies.len() >= n {
-            return readies[n - 1].pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no READY #{n}:\n{}",
-            server.report()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use support::{get, get_in_background, served_pid, signal_pid, wait_served_by, Proc, Spec};
 
 /// Reloads a keep_pid server once: the temporary generation's READY, then
 /// the original PID's. Returns the temporary generation's PID.
 fn keep_pid_reload(server: &Proc, pid: u32) -> u32 {
     let before = server.readies().len();
     signal_pid(pid, Signal::SIGHUP);
-    let temporary = nth_ready(server, before + 1);
+    let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(
         temporary, pid,
         "the first READY of a reload is the temporary generation's"
     );
     assert_eq!(
-        nth_ready(server, before + 2),
+        server.nth_ready(before + 2).pid,
         pid,
         "the PID changed:\n{}",
         server.report()
@@ -86,16 +69,7 @@ fn five_reloads_under_load_keep_the_pid_and_lose_nothing() {
             .wait_exit(*t, Duration::from_secs(15))
             .expect("temporary generation exits");
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !(server.alive() == vec![pid] && server.zombies().is_empty()) {
-        assert!(
-            Instant::now() < deadline,
-            "alive {:?} zombies {:?}",
-            server.alive(),
-            server.zombies()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_eq!(server.wait_settled(Duration::from_secs(5)), pid);
     assert!(server.log().contains("serving again under the same PID"));
 }
 
@@ -122,9 +96,21 @@ fn the_new_binary_runs_under_the_old_pid() {
     assert_eq!(exe_of(pid), app.to_string_lossy());
     wait_served_by(&server.addr(), pid);
     assert!(server.current().reloaded);
-    // A reload, so the next generation number, under the same PID.
-    let (_, body) = get(&server.addr(), "/generation").unwrap();
-    assert_eq!(body, format!("generation=1 pid={pid}\n"));
+    // A reload, so the next generation number, under the same PID (the
+    // temporary generation may still answer a connection or two).
+    let want = format!("generation=1 pid={pid}\n");
+    support::wait::eventually(
+        "the re-executed PID answers",
+        Duration::from_secs(5),
+        || {
+            let (_, body) = get(&server.addr(), "/generation").unwrap();
+            if body == want {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    );
 }
 
 #[test]
@@ -142,14 +128,11 @@ fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
     // The temporary generation starts from the file; once it serves, the
     // file goes, so the re-exec cannot find it. (A slow request keeps the
     // original PID draining meanwhile.)
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/1500"))
-    };
+    let slow = get_in_background(&addr, "/sleep/1500");
     std::thread::sleep(Duration::from_millis(100));
     let before = server.readies().len();
     assert_eq!(get(&addr, "/reload-bg").unwrap().0, 200);
-    let temporary = nth_ready(&server, before + 1);
+    let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(temporary, pid);
     std::fs::remove_file(&app).unwrap();
     assert_eq!(
@@ -191,7 +174,7 @@ fn signals_during_the_re_exec_neither_kill_nor_get_lost() {
     let pid = server.current().pid;
     let before = server.readies().len();
     signal_pid(pid, Signal::SIGHUP);
-    let temporary = nth_ready(&server, before + 1);
+    let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(temporary, pid);
     // While the original PID drains, re-executes and starts (300 ms of
     // start-up in which its handlers are not installed yet), keep sending
@@ -201,7 +184,7 @@ fn signals_during_the_re_exec_neither_kill_nor_get_lost() {
         signal_pid(pid, Signal::SIGUSR1);
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(nth_ready(&server, before + 2), pid, "{}", server.report());
+    assert_eq!(server.nth_ready(before + 2).pid, pid, "{}", server.report());
     assert!(
         server.alive().contains(&pid),
         "killed by a signal:\n{}",
@@ -209,9 +192,9 @@ fn signals_during_the_re_exec_neither_kill_nor_get_lost() {
     );
     // A reload signal that arrived after the exec was kept, not lost: it
     // starts another round once the handlers are in.
-    let next_temporary = nth_ready(&server, before + 3);
+    let next_temporary = server.nth_ready(before + 3).pid;
     assert_ne!(next_temporary, pid);
-    assert_eq!(nth_ready(&server, before + 4), pid);
+    assert_eq!(server.nth_ready(before + 4).pid, pid);
     wait_served_by(&server.addr(), pid);
 }
 
@@ -285,14 +268,11 @@ fn a_temporary_generation_exits_when_its_parent_is_gone() {
     let addr = server.addr();
     let pid = server.current().pid;
     // Keeps the original PID draining (not yet re-executed).
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/5000"))
-    };
+    let slow = get_in_background(&addr, "/sleep/5000");
     std::thread::sleep(Duration::from_millis(200));
     let before = server.readies().len();
     signal_pid(pid, Signal::SIGHUP);
-    let temporary = nth_ready(&server, before + 1);
+    let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(temporary, pid);
     signal_pid(pid, Signal::SIGKILL);
     server.wait_exit(pid, Duration::from_secs(5)).unwrap();
@@ -322,17 +302,14 @@ fn a_stop_during_a_keep_pid_reload_keeps_the_deadline() {
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
-    let slow = |ms: u32| {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, &format!("/sleep/{ms}")))
-    };
+    let slow = |ms: u32| get_in_background(&addr, &format!("/sleep/{ms}"));
     let finishing = slow(2500);
     let too_slow = slow(20000);
     std::thread::sleep(Duration::from_millis(200));
     let before = server.readies().len();
     let reload_at = Instant::now();
     signal_pid(pid, Signal::SIGHUP);
-    let temporary = nth_ready(&server, before + 1);
+    let temporary = server.nth_ready(before + 1).pid;
     // New connections go to the temporary generation now.
     std::thread::sleep(Duration::from_millis(100));
     let on_temporary = slow(1000);
@@ -348,15 +325,7 @@ fn a_stop_during_a_keep_pid_reload_keeps_the_deadline() {
         "{}",
         server.report()
     );
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        Some(nix::sys::wait::WaitStatus::Exited(
-            nix::unistd::Pid::from_raw(pid as i32),
-            0
-        )),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
     let took = reload_at.elapsed();
     assert!(
         took < Duration::from_millis(4000),
@@ -384,31 +353,17 @@ fn a_stop_during_a_keep_pid_reload_outlives_the_temporary_generation() {
     let addr = server.addr();
     let pid = server.current().pid;
     // Keeps the original PID draining (not yet re-executed).
-    let on_original = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/600"))
-    };
+    let on_original = get_in_background(&addr, "/sleep/600");
     std::thread::sleep(Duration::from_millis(200));
     let before = server.readies().len();
     signal_pid(pid, Signal::SIGHUP);
-    let temporary = nth_ready(&server, before + 1);
+    let temporary = server.nth_ready(before + 1).pid;
     std::thread::sleep(Duration::from_millis(100));
-    let on_temporary = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/1500"))
-    };
+    let on_temporary = get_in_background(&addr, "/sleep/1500");
     std::thread::sleep(Duration::from_millis(200));
     signal_pid(pid, Signal::SIGTERM);
     assert_eq!(on_original.join().unwrap().unwrap().0, 200);
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        Some(nix::sys::wait::WaitStatus::Exited(
-            nix::unistd::Pid::from_raw(pid as i32),
-            0
-        )),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
     assert!(
         !std::path::Path::new(&format!("/proc/{temporary}")).exists()
             || server.zombies().contains(&temporary),

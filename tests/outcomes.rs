@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{get, signal_pid, wait_served_by, Spec};
+use support::{get, get_in_background, signal_pid, wait_served_by, Spec};
 
 /// The value after `key` (`generation=` or, in `Stats`'s debug output,
 /// `reloads_failed:`).
@@ -29,15 +29,13 @@ fn generations_are_numbered() {
     // The generation number as `pid` says it (right after a reload the old
     // generation may still answer a connection or two).
     let generation_of = |pid: u32| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        support::wait::eventually(&format!("{pid} answers"), Duration::from_secs(5), || {
             let (_, body) = get(&addr, "/generation").unwrap();
-            if field(&body, "pid=") == pid.to_string() {
-                return field(&body, "generation=").parse::<u64>().unwrap();
+            match field(&body, "pid=") == pid.to_string() {
+                true => Ok(field(&body, "generation=").parse::<u64>().unwrap()),
+                false => Err(body),
             }
-            assert!(Instant::now() < deadline, "{pid} never answered");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        })
     };
     assert_eq!(generation_of(server.current().pid), 0);
     for n in 1..=3 {
@@ -96,10 +94,7 @@ fn a_long_poll_answers_early_when_the_drain_starts() {
     let mut server = Spec::fixture().env("FIXTURE_DRAIN_SPREAD_MS", "0").start();
     let addr = server.addr();
     let old = server.current().pid;
-    let poll = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/drain-wait"))
-    };
+    let poll = get_in_background(&addr, "/drain-wait");
     std::thread::sleep(Duration::from_millis(300));
     let (_, stats) = get(&addr, "/stats").unwrap();
     assert_eq!(field(&stats, "draining:"), "false", "{stats}");

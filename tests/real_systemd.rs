@@ -17,7 +17,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use support::load::{self, Mode};
 use support::systemd::{free_port, namespaces_unavailable, skip, Systemd, Unit};
-use support::{get, signal_pid, wait_served_by, Spec};
+use support::{get, get_in_background, signal_pid, wait_served_by, Spec};
 
 const HELLO: &str = "endless-hello.service";
 const ACTIVATED: &str = "endless-hello-activated.service";
@@ -49,25 +49,14 @@ fn reload(sd: &Systemd, unit: &str, addr: &str) -> (u32, Duration) {
 /// Waits until the unit's cgroup holds only `pid` (the previous generations
 /// have drained and exited).
 fn wait_alone(sd: &Systemd, unit: &str, pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while sd.cgroup_pids(unit) != vec![pid] {
-        assert!(
-            Instant::now() < deadline,
-            "{unit} still has {:?}, expected only {pid}:\n{}",
-            sd.cgroup_pids(unit),
-            sd.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A GET in a thread, for a slow request that must survive what follows.
-fn get_in_background(
-    addr: &str,
-    path: &str,
-) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    std::thread::spawn(move || get(&addr, &path))
+    sd.eventually(
+        &format!("{unit} holds only {pid}"),
+        Duration::from_secs(15),
+        || match sd.cgroup_pids(unit) {
+            pids if pids == [pid] => Ok(()),
+            pids => Err(format!("{pids:?}")),
+        },
+    );
 }
 
 /// Scenario 1: `Type=notify` with `ExecReload=kill -USR1 $MAINPID`.
@@ -348,21 +337,16 @@ fn a_failed_reload_keeps_the_unit_and_its_main_pid() {
     std::thread::sleep(Duration::from_millis(300));
     deploy(b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
     sd.ok(&["reload", HELLO]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !support::strip_ansi(&sd.log()).contains("new generation exited before it was ready") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed reload:\n{}",
-            sd.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sd.eventually("a failed reload", Duration::from_secs(20), || {
+        support::strip_ansi(&sd.log()).contains("new generation exited before it was ready")
+    });
     // RELOADING=1 then READY=1 again from the old generation: active again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sd.show(HELLO, "ActiveState") != "active" {
-        assert!(Instant::now() < deadline, "{}", sd.log_tail());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sd.eventually("active again", Duration::from_secs(5), || {
+        match sd.show(HELLO, "ActiveState") {
+            state if state == "active" => Ok(()),
+            state => Err(state),
+        }
+    });
     assert_eq!(sd.show(HELLO, "SubState"), "running");
     assert_eq!(sd.main_pid(HELLO), pid, "{}", sd.log_tail());
     wait_served_by(&addr, pid);
@@ -435,11 +419,11 @@ fn pid_1_of_its_namespace_reloads_reaps_and_exits_cleanly() {
         let t = Instant::now();
         signal_pid(init, Signal::SIGHUP);
         // keep_pid: the temporary generation's READY, then PID 1's again.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !(server.readies().len() >= before + 2 && server.current().pid == 1) {
-            assert!(Instant::now() < deadline, "no reload:\n{}", server.report());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        server
+            .wait_readies(Duration::from_secs(20), |r| {
+                (r.len() >= before + 2 && r[r.len() - 1].pid == 1).then_some(())
+            })
+            .unwrap_or_else(|| panic!("no reload:\n{}", server.report()));
         times.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -454,19 +438,14 @@ fn pid_1_of_its_namespace_reloads_reaps_and_exits_cleanly() {
 
     // Every temporary generation exited and was reaped (PID 1 reaps what
     // the namespace orphans): PID 1 is alone, and nothing is a zombie.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let procs = namespace_processes(init);
-        if procs.len() == 1 && procs[0].0 == 1 && procs[0].1 != 'Z' {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the namespace still has {procs:?} (state Z = zombie)\n{}",
-            server.report()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.eventually(
+        "PID 1 alone in the namespace",
+        Duration::from_secs(15),
+        || match namespace_processes(init)[..] {
+            [(1, state)] if state != 'Z' => Ok(()),
+            ref procs => Err(format!("{procs:?} (state Z = zombie)")),
+        },
+    );
 
     let t = Instant::now();
     signal_pid(init, Signal::SIGTERM);

@@ -6,9 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
 use support::load::{self, Mode};
-use support::{get, served_pid, signal_pid, Spec};
+use support::{get, get_in_background, served_pid, signal_pid, wait_served_by_within, Spec};
 
 /// Reloads per load test; `ENDLESS_TEST_RELOADS` raises it for measuring.
 fn reloads() -> usize {
@@ -108,28 +107,13 @@ fn slow_request_finishes_on_the_old_generation_while_the_new_one_serves() {
     let mut server = Spec::fixture().start();
     let addr = server.addr();
     let old = server.current().pid;
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/1500"))
-    };
+    let slow = get_in_background(&addr, "/sleep/1500");
     std::thread::sleep(Duration::from_millis(200));
     let new = server.reload(Signal::SIGUSR1);
     // New requests reach the new generation while the old one is busy. (The
     // old one may take a connection or two from the shared accept queue
     // until it has seen the new one's signal: it answers them, too.)
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let (status, body) = get(&addr, "/").unwrap();
-        assert_eq!(status, 200);
-        if served_pid(&body) == new.pid {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new generation never answered"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_served_by_within(&addr, new.pid, Duration::from_secs(1));
     assert!(
         server.alive().contains(&old),
         "old generation left before its request was done"
@@ -139,13 +123,7 @@ fn slow_request_finishes_on_the_old_generation_while_the_new_one_serves() {
         (status, body.as_str()),
         (200, format!("slept pid={old}\n").as_str())
     );
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(10)),
-        Some(WaitStatus::Exited(
-            nix::unistd::Pid::from_raw(old as i32),
-            0
-        ))
-    );
+    server.assert_exited_0(old, Duration::from_secs(10));
 }
 
 #[test]
@@ -205,20 +183,11 @@ fn a_replaced_binary_is_what_serves_after_a_reload() {
     std::fs::rename(&staged, &app).unwrap();
     signal_pid(old, Signal::SIGHUP);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let body = server.eventually("the new binary serves", Duration::from_secs(20), || {
         let body = get(&addr, "/").map(|r| r.1).unwrap_or_default();
-        if body.starts_with("Hello from pid") {
-            assert!(body.contains("started by reload: true"), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new binary never served:\n{}",
-            server.report()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        body.starts_with("Hello from pid").then_some(body)
+    });
+    assert!(body.contains("started by reload: true"), "{body}");
 }
 
 #[test]

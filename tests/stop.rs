@@ -8,34 +8,20 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
-use nix::unistd::Pid;
-use support::{get, signal_pid, start_error, Spec};
-
-fn exited_0(pid: u32) -> Option<WaitStatus> {
-    Some(WaitStatus::Exited(Pid::from_raw(pid as i32), 0))
-}
+use support::{get, get_in_background, signal_pid, start_error, Spec};
 
 fn graceful_stop(signal: Signal) {
     let mut server = Spec::fixture().start();
     let addr = server.addr();
     let pid = server.current().pid;
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/800"))
-    };
+    let slow = get_in_background(&addr, "/sleep/800");
     std::thread::sleep(Duration::from_millis(200));
     signal_pid(pid, signal);
     // The request in flight completes …
     let (status, body) = slow.join().unwrap().unwrap();
     assert_eq!((status, body), (200, format!("slept pid={pid}\n")));
     // … and the process exits 0 once it is done.
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
     assert!(server.lines().contains(&format!("EXIT pid={pid} ok")));
     // Nothing listens any more.
     assert!(TcpStream::connect(&addr).is_err());
@@ -56,7 +42,7 @@ fn a_second_stop_signal_cuts_the_drain_short() {
     let mut server = Spec::fixture().start();
     let addr = server.addr();
     let pid = server.current().pid;
-    let slow = std::thread::spawn(move || get(&addr, "/sleep/30000"));
+    let slow = get_in_background(&addr, "/sleep/30000");
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     signal_pid(pid, Signal::SIGINT);
@@ -66,12 +52,7 @@ fn a_second_stop_signal_cuts_the_drain_short() {
         "the first SIGINT did not wait for the request"
     );
     signal_pid(pid, Signal::SIGINT);
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(5)),
-        exited_0(pid),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(pid, Duration::from_secs(5));
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(
         slow.join().unwrap().is_err(),
@@ -90,10 +71,7 @@ fn a_stop_right_after_a_reload_lets_the_old_generation_finish() {
     let mut server = Spec::fixture().start();
     let addr = server.addr();
     let old = server.current().pid;
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/1500"))
-    };
+    let slow = get_in_background(&addr, "/sleep/1500");
     std::thread::sleep(Duration::from_millis(200));
     let new = server.reload(Signal::SIGHUP).pid;
     std::thread::sleep(Duration::from_millis(300));
@@ -107,12 +85,7 @@ fn a_stop_right_after_a_reload_lets_the_old_generation_finish() {
         "{}",
         server.report()
     );
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(10)),
-        exited_0(old),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(10));
     // The new generation is the old one's child (which reaps it): its exit
     // status is seen in its own words.
     server
@@ -128,10 +101,7 @@ fn a_second_stop_signal_cuts_a_drain_after_a_reload_short() {
     let mut server = Spec::fixture().start();
     let addr = server.addr();
     let old = server.current().pid;
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/30000"))
-    };
+    let slow = get_in_background(&addr, "/sleep/30000");
     std::thread::sleep(Duration::from_millis(200));
     server.reload(Signal::SIGHUP);
     signal_pid(old, Signal::SIGTERM);
@@ -143,12 +113,7 @@ fn a_second_stop_signal_cuts_a_drain_after_a_reload_short() {
     );
     let t = Instant::now();
     signal_pid(old, Signal::SIGTERM);
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(5)),
-        exited_0(old),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(5));
     assert!(t.elapsed() < Duration::from_secs(3));
     assert!(slow.join().unwrap().is_err());
 }
@@ -160,16 +125,11 @@ fn the_stop_timeout_cuts_off_a_request_that_is_too_slow() {
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
-    let slow = std::thread::spawn(move || get(&addr, "/sleep/20000"));
+    let slow = get_in_background(&addr, "/sleep/20000");
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     signal_pid(pid, Signal::SIGTERM);
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(650) && took < Duration::from_secs(4),
@@ -188,18 +148,10 @@ fn the_stop_timeout_cuts_off_a_request_that_is_too_slow_on_reload() {
         .start();
     let addr = server.addr();
     let old = server.current().pid;
-    let slow = {
-        let addr = addr.clone();
-        std::thread::spawn(move || get(&addr, "/sleep/20000"))
-    };
+    let slow = get_in_background(&addr, "/sleep/20000");
     std::thread::sleep(Duration::from_millis(200));
     let new = server.reload(Signal::SIGHUP);
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(10)),
-        exited_0(old),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(10));
     assert!(slow.join().unwrap().is_err());
     assert!(get(&addr, "/").unwrap().1.contains(&new.pid.to_string()));
 }
@@ -253,12 +205,7 @@ fn upgraded_connections_are_tracked_and_cut_at_the_deadline() {
         "cut too early: {:?}",
         t.elapsed()
     );
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
 }
 
 #[test]
@@ -282,10 +229,7 @@ fn a_never_ending_body_is_cut_at_the_deadline() {
         "cut too early: {:?}",
         t.elapsed()
     );
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid)
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
 }
 
 #[test]
@@ -327,10 +271,7 @@ fn a_silent_client_does_not_hold_up_a_stop() {
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     signal_pid(pid, Signal::SIGTERM);
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid)
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
     // Closed after the idle grace, far from the 20 s stop timeout.
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
@@ -340,17 +281,14 @@ fn a_draining_generation_starts_no_new_generation() {
     let mut server = Spec::fixture().start();
     let addr = server.addr();
     let pid = server.current().pid;
-    let slow = std::thread::spawn(move || get(&addr, "/sleep/1000"));
+    let slow = get_in_background(&addr, "/sleep/1000");
     std::thread::sleep(Duration::from_millis(200));
     signal_pid(pid, Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
     signal_pid(pid, Signal::SIGHUP);
     signal_pid(pid, Signal::SIGUSR1);
     assert_eq!(slow.join().unwrap().unwrap().0, 200);
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid)
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
     assert_eq!(
         server.readies().len(),
         1,
@@ -365,10 +303,7 @@ fn handle_shutdown_from_a_handler_stops_gracefully() {
     let addr = server.addr();
     let pid = server.current().pid;
     assert_eq!(get(&addr, "/shutdown").unwrap(), (200, "stopping\n".into()));
-    assert_eq!(
-        server.wait_exit(pid, Duration::from_secs(10)),
-        exited_0(pid)
-    );
+    server.assert_exited_0(pid, Duration::from_secs(10));
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::load::{self, Mode};
 use support::{served_pid, Spec};
@@ -70,20 +70,15 @@ fn readies(out: &Path) -> Vec<(u32, String)> {
 }
 
 fn wait_readies(out: &Path, n: usize) -> Vec<(u32, String)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{n} READY lines in {}", out.display());
+    support::eventually(&what, Duration::from_secs(30), || {
         let r = readies(out);
         if r.len() >= n {
-            return r;
+            Ok(r)
+        } else {
+            Err(format!("{} lines", r.len()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} READY lines in {}",
-            r.len(),
-            out.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 #[test]
@@ -137,19 +132,14 @@ fn supervisord_keeps_seeing_the_same_pid_across_reloads() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first = loop {
+    let first = supervisord.eventually("app RUNNING", Duration::from_secs(20), || {
         let s = status(ctl(&pythonpath, &conf, &["status", "app"]));
         if s.get(1).map(String::as_str) == Some("RUNNING") {
-            break s;
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "never RUNNING: {s:?}\n{}",
-            supervisord.report()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    });
     assert_eq!(first[3], format!("{pid},"), "{first:?}");
 
     let rt = load::runtime();

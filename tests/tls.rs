@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::CertificateDer;
 use support::load::{self, Mode};
-use support::{get, served_pid, signal_pid, start_error, Spec};
+use support::{eventually, get, served_pid, signal_pid, start_error, Spec};
 
 /// A test certificate authority.
 struct Ca {
@@ -262,20 +262,16 @@ fn replacing_the_files_and_reloading_rotates_the_certificate() {
     let new = server.reload(Signal::SIGUSR1);
 
     // A new client sees the new certificate once the new generation answers.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let c = eventually("the new generation answers", Duration::from_secs(5), || {
         let mut c = Https::connect(&addr, h1(&ca)).unwrap();
         let (_, body) = c.get("/").unwrap();
-        if served_pid(&body) == new.pid {
-            assert_eq!(
-                c.peer_cert(),
-                der_b,
-                "the new generation serves the new certificate"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline);
-    }
+        (served_pid(&body) == new.pid).then_some(c)
+    });
+    assert_eq!(
+        c.peer_cert(),
+        der_b,
+        "the new generation serves the new certificate"
+    );
     // The connection that was already open keeps its session and is served …
     assert_eq!(open.get("/").unwrap(), (200, format!("pid={old}\n")));
     assert_eq!(open.peer_cert(), der_a);
@@ -465,15 +461,7 @@ fn a_client_stuck_in_its_tls_handshake_does_not_hold_up_a_drain() {
 
     let t = Instant::now();
     let new = server.reload(Signal::SIGHUP);
-    assert_eq!(
-        server.wait_exit(old, Duration::from_secs(8)),
-        Some(nix::sys::wait::WaitStatus::Exited(
-            nix::unistd::Pid::from_raw(old as i32),
-            0
-        )),
-        "{}",
-        server.report()
-    );
+    server.assert_exited_0(old, Duration::from_secs(8));
     let took = t.elapsed();
     // The idle grace (1 s) after the drain started, and some slack; not the
     // handshake timeout (30 s) nor the stop timeout (20 s).

@@ -1,25 +1,34 @@
-//! Helpers for the process-level tests: start the fixture (or an example) as
-//! a real process, read what it prints, signal it, and reap every generation
-//! it leads to.
+//! Helpers for the process-level tests, one concept a module:
 //!
-//! Each started server gets its own process group, which every re-exec'd
-//! generation inherits, and the test process is a child subreaper, so
-//! generations orphaned by their parent's exit become our children. On drop
-//! the whole group is killed and every member that is our child is reaped.
+//! - [`process`]: start the fixture (or an example) as a real process, read
+//!   what it prints, signal it, and reap every generation it leads to;
+//! - [`wait`]: bounded polling (`eventually`), for every "wait until X";
+//! - [`load`]: the load generator that counts every failed request;
+//! - [`systemd`]: a real systemd booted in private namespaces;
+//! - here: a blocking HTTP client for single requests, and the lock that
+//!   serialises the heavy tests.
+//!
+//! `process`, `wait` and `load` are self-contained so that the benchmark
+//! (`examples/bench.rs`) can include them by `#[path]` without the rest.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod load;
+pub mod process;
 pub mod systemd;
+pub mod wait;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, Once};
-use std::time::{Duration, Instant};
+// The names tests have always used (`support::Proc`, `support::get`, ...),
+// and the waits, at the top. Not every test uses each.
+#[allow(unused_imports)]
+pub use process::*;
+#[allow(unused_imports)]
+pub use wait::{eventually, eventually_with, within};
 
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 /// Serialises the tests that put the machine under load, so that they do not
@@ -30,525 +39,32 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The path of an example binary built by `cargo test`.
-pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run the tests with `cargo test`",
-        path.display()
-    );
-    path
-}
-
-pub fn fixture() -> PathBuf {
-    example("fixture")
-}
-
-/// Makes generations orphaned by their parent's exit our children, so that
-/// we can reap them. Linux only; elsewhere (the bench builds on macOS) they
-/// go to init as usual.
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        #[cfg(target_os = "linux")]
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-    });
-}
-
-type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
-
-/// A running server and all of its generations.
-pub struct Proc {
-    child: Child,
-    reaped_first: bool,
-    pgid: Pid,
-    lines: Lines,
-    stderr: tempfile::NamedTempFile,
-}
-
-pub struct Spec<'a> {
-    pub bin: PathBuf,
-    pub args: Vec<String>,
-    pub env: Vec<(&'a str, String)>,
-    /// Sockets to pass at FDs 3, 4, … as systemd's socket activation does,
-    /// with `LISTEN_PID` set to the started process's own PID.
-    activated: Option<(Vec<std::os::fd::RawFd>, String)>,
-    /// The directory to start in (`PWD` is set to it, as a shell would) and
-    /// the `argv[0]` to give, when not the binary's path.
-    cwd: Option<PathBuf>,
-    arg0: Option<String>,
-}
-
-impl<'a> Spec<'a> {
-    pub fn fixture() -> Self {
-        Self::new(fixture())
-    }
-
-    pub fn new(bin: impl Into<PathBuf>) -> Self {
-        Spec {
-            bin: bin.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            activated: None,
-            cwd: None,
-            arg0: None,
-        }
-    }
-
-    /// Starts in `dir` (through symlinks as given: `PWD` names it as a
-    /// shell started there would).
-    pub fn cwd(mut self, dir: impl AsRef<Path>) -> Self {
-        self.cwd = Some(dir.as_ref().to_path_buf());
-        self
-    }
-
-    /// Gives the program `arg0` as its `argv[0]` (say `./server`).
-    pub fn arg0(mut self, arg0: impl Into<String>) -> Self {
-        self.arg0 = Some(arg0.into());
-        self
-    }
-
-    /// Passes `fds` as systemd would: at 3, 4, …, with `LISTEN_FDS` and
-    /// `LISTEN_PID` = the PID of the started process (a shell sets it to
-    /// `$$`, then execs the server), then the shell assignments in `extra`
-    /// (such as `LISTEN_FDNAMES=a:b`, or an overriding `LISTEN_FDS=x`).
-    pub fn activated(mut self, fds: Vec<std::os::fd::RawFd>, extra: &str) -> Self {
-        self.activated = Some((fds, extra.to_owned()));
-        self
-    }
-
-    pub fn arg(mut self, a: impl Into<String>) -> Self {
-        self.args.push(a.into());
-        self
-    }
-
-    pub fn env(mut self, k: &'a str, v: impl Into<String>) -> Self {
-        self.env.push((k, v.into()));
-        self
-    }
-
-    pub fn bin(mut self, bin: impl AsRef<Path>) -> Self {
-        self.bin = bin.as_ref().to_path_buf();
-        self
-    }
-
-    /// Starts the process without waiting for anything.
-    pub fn spawn(self) -> Proc {
-        become_subreaper();
-        let stderr = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = match &self.activated {
-            None => Command::new(&self.bin),
-            Some((fds, extra)) => {
-                let mut sh = Command::new("/bin/sh");
-                sh.arg("-c")
-                    .arg(format!(
-                        "LISTEN_PID=$$ LISTEN_FDS={} {extra} exec \"$0\" \"$@\"",
-                        fds.len()
-                    ))
-                    .arg(&self.bin);
-                let fds = fds.clone();
-                // SAFETY: only dup2 between fork and exec, on FDs we own;
-                // the sources are first moved above the target range.
-                unsafe {
-                    cmd_place_fds(&mut sh, fds);
-                }
-                sh
-            }
-        };
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().unwrap())
-            .process_group(0);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        if let Some(dir) = &self.cwd {
-            cmd.current_dir(dir).env("PWD", dir);
-        }
-        if let Some(arg0) = &self.arg0 {
-            cmd.arg0(arg0);
-        }
-        if std::env::var_os("FIXTURE_LOG").is_none() {
-            cmd.env("FIXTURE_LOG", "debug");
-        }
-        // A binary the test has just written can be busy for a moment: a
-        // fork in another test thread briefly holds the FD it was written
-        // through, until that child's exec closes it.
-        let mut tries = 0;
-        let mut child = loop {
-            match cmd.spawn() {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                r => break r.expect("start the server"),
-            }
-        };
-        let pgid = Pid::from_raw(child.id() as i32);
-        let lines: Lines = Arc::default();
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let (lock, cv) = &*sink;
-                lock.lock().unwrap().push(line);
-                cv.notify_all();
-            }
-        });
-        Proc {
-            child,
-            reaped_first: false,
-            pgid,
-            lines,
-            stderr,
-        }
-    }
-
-    /// Starts the process and waits for its first `READY` line.
-    pub fn start(self) -> Proc {
-        let p = self.spawn();
-        p.wait_line(Duration::from_secs(20), |l| l.starts_with("READY"))
-            .unwrap_or_else(|| panic!("server did not start:\n{}", p.report()));
-        p
-    }
-}
-
-/// A parsed `READY pid=P reloaded=B addrs=A,B` line.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    pub pid: u32,
-    pub reloaded: bool,
-    pub addrs: Vec<String>,
-}
-
-impl Ready {
-    fn parse(line: &str) -> Option<Ready> {
-        let rest = line.strip_prefix("READY ")?;
-        let mut pid = None;
-        let mut reloaded = false;
-        let mut addrs = Vec::new();
-        for part in rest.split(' ') {
-            if let Some(v) = part.strip_prefix("pid=") {
-                pid = v.parse().ok();
-            } else if let Some(v) = part.strip_prefix("reloaded=") {
-                reloaded = v == "true";
-            } else if let Some(v) = part.strip_prefix("addrs=") {
-                addrs = v.split(',').map(str::to_owned).collect();
-            }
-        }
-        Some(Ready {
-            pid: pid?,
-            reloaded,
-            addrs,
-        })
-    }
-}
-
-impl Proc {
-    pub fn first_pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.0.lock().unwrap().clone()
-    }
-
-    /// Waits for a line (already printed or to come) that `pred` accepts.
-    pub fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let (lock, cv) = &*self.lines;
-        let deadline = Instant::now() + timeout;
-        let mut lines = lock.lock().unwrap();
-        loop {
-            if let Some(l) = lines.iter().find(|l| pred(l)) {
-                return Some(l.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
-        }
-    }
-
-    pub fn readies(&self) -> Vec<Ready> {
-        self.lines()
-            .iter()
-            .filter_map(|l| Ready::parse(l))
-            .collect()
-    }
-
-    /// The generation that printed `READY` last.
-    pub fn current(&self) -> Ready {
-        self.readies().pop().expect("no READY line yet")
-    }
-
-    pub fn addr(&self) -> String {
-        self.current().addrs[0].clone()
-    }
-
-    /// Waits for a `READY` line from a generation other than `pid`'s.
-    pub fn wait_ready_after(&self, pid: u32, timeout: Duration) -> Option<Ready> {
-        let seen = self.readies().len();
-        let (lock, cv) = &*self.lines;
-        let deadline = Instant::now() + timeout;
-        let mut lines = lock.lock().unwrap();
-        loop {
-            let found = lines
-                .iter()
-                .filter_map(|l| Ready::parse(l))
-                .skip(seen.saturating_sub(1))
-                .find(|r| r.pid != pid && r.reloaded);
-            if found.is_some() {
-                return found;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
-        }
-    }
-
-    /// Sends a reload signal to the current generation and waits for the
-    /// next one to be ready.
-    pub fn reload(&self, signal: Signal) -> Ready {
-        let old = self.current().pid;
-        signal_pid(old, signal);
-        self.wait_ready_after(old, Duration::from_secs(20))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no new generation after {signal} to {old}:\n{}",
-                    self.report()
-                )
-            })
-    }
-
-    /// Waits for `pid` (one of this server's generations) to exit, reaping it
-    /// if it is our child (the first one always is; later ones become ours
-    /// when their parent exits). `None` on timeout.
-    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<WaitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if pid == self.child.id() {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    self.reaped_first = true;
-                    use std::os::unix::process::ExitStatusExt;
-                    let p = Pid::from_raw(pid as i32);
-                    return Some(match status.signal() {
-                        Some(sig) => WaitStatus::Signaled(p, Signal::try_from(sig).unwrap(), false),
-                        None => WaitStatus::Exited(p, status.code().unwrap()),
-                    });
-                }
-            } else {
-                match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => {}
-                    Ok(status) => return Some(status),
-                    // Not our child (yet): its parent is still alive, or it
-                    // was reaped by its parent.
-                    Err(_) => {
-                        if !Path::new(&format!("/proc/{pid}")).exists() {
-                            return Some(WaitStatus::StillAlive);
-                        }
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The PIDs of this server's processes that are alive (not zombies).
-    pub fn alive(&self) -> Vec<u32> {
-        group_members(self.pgid)
-            .into_iter()
-            .filter(|m| m.state != 'Z')
-            .map(|m| m.pid)
-            .collect()
-    }
-
-    /// The PIDs of this server's processes that exited but were not reaped
-    /// by the generation that started them. (Generations orphaned to the test
-    /// process are the test's to reap, in `wait_exit` or on drop.)
-    pub fn zombies(&self) -> Vec<u32> {
-        let me = std::process::id();
-        group_members(self.pgid)
-            .into_iter()
-            .filter(|m| m.state == 'Z' && m.ppid != me)
-            .map(|m| m.pid)
-            .collect()
-    }
-
-    /// Everything the server printed, for assertion messages.
-    pub fn report(&self) -> String {
-        let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
-        let tail: Vec<&str> = err.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "--- stdout\n{}\n--- stderr (last 60 lines)\n{}",
-            self.lines().join("\n"),
-            tail.join("\n")
-        )
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-
-    /// The address of the `skip`+1-th `listening addr=…` event in the log,
-    /// waiting for it (for programs that print no `READY` line).
-    pub fn listening_addr(&self, skip: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let log = strip_ansi(&self.log());
-            let found: Vec<String> = log
-                .lines()
-                .filter(|l| l.contains("listening"))
-                .filter_map(|l| l.split("addr=").nth(1))
-                .map(|a| a.split_whitespace().next().unwrap().to_owned())
-                .collect();
-            if let Some(a) = found.get(skip) {
-                return a.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never listened:\n{}",
-                self.report()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until the server's log (stderr) contains `needle`.
-    pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "never logged {needle:?}:\n{}",
-                self.report()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// Waits until `/` on `addr` is answered by `pid`. Right after a new
-/// generation is ready the old one may still take a connection or two from
-/// the shared accept queue (and answers them): that is not a failure.
+/// Waits until `/` on `addr` is answered by `pid` (within 5 s). Right after
+/// a new generation is ready the old one may still take a connection or two
+/// from the shared accept queue (and answers them): that is not a failure.
 pub fn wait_served_by(addr: &str, pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_served_by_within(addr, pid, Duration::from_secs(5));
+}
+
+/// [`wait_served_by`] with its timeout: every answer on the way must be a
+/// `200`.
+pub fn wait_served_by_within(addr: &str, pid: u32, timeout: Duration) {
+    eventually(&format!("{pid} answers on {addr}"), timeout, || {
         let (status, body) = get(addr, "/").expect("GET /");
         assert_eq!(status, 200);
         if served_pid(&body) == pid {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{pid} never answered; {body}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Places `fds` at 3, 4, … in the child (not close-on-exec).
-///
-/// # Safety
-/// Same contract as `CommandExt::pre_exec`.
-unsafe fn cmd_place_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
-    let mut moved = vec![-1; fds.len()];
-    unsafe {
-        cmd.pre_exec(move || {
-            let above = 3 + fds.len() as i32;
-            for (src, slot) in fds.iter().zip(moved.iter_mut()) {
-                let fd = nix::libc::fcntl(*src, nix::libc::F_DUPFD_CLOEXEC, above);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                *slot = fd;
-            }
-            for (i, fd) in moved.iter().enumerate() {
-                if nix::libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
             Ok(())
-        });
-    }
+        } else {
+            Err(body)
+        }
+    })
 }
 
-pub fn signal_pid(pid: u32, signal: Signal) {
-    kill(Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
-}
-
-struct Member {
-    pid: u32,
-    ppid: u32,
-    state: char,
-}
-
-/// The processes in process group `pgid`, zombies included, from /proc.
-fn group_members(pgid: Pid) -> Vec<Member> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split(' ').collect();
-        if fields.len() < 3 {
-            continue;
-        }
-        if fields[2].parse::<i32>().ok() == Some(pgid.as_raw()) {
-            out.push(Member {
-                pid,
-                ppid: fields[1].parse().unwrap_or(0),
-                state: fields[0].chars().next().unwrap_or('?'),
-            });
-        }
-    }
-    out
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = killpg(self.pgid, Signal::SIGKILL);
-        if !self.reaped_first {
-            let _ = self.child.wait();
-        }
-        // Reap every generation that became our child; bounded in time.
-        let me = std::process::id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let members = group_members(self.pgid);
-            if members.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for m in members.iter().filter(|m| m.ppid == me) {
-                let _ = waitpid(Pid::from_raw(m.pid as i32), Some(WaitPidFlag::WNOHANG));
-            }
-            let _ = killpg(self.pgid, Signal::SIGKILL);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// [`get`] in a thread of its own: for a slow request (`/sleep/MS`) that
+/// must survive what the test does meanwhile. Join it for the response.
+pub fn get_in_background(addr: &str, path: &str) -> JoinHandle<std::io::Result<(u16, String)>> {
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    std::thread::spawn(move || get(&addr, &path))
 }
 
 /// A blocking HTTP/1.1 GET over a fresh connection: status and body.
@@ -631,48 +147,6 @@ pub fn start_error(spec: Spec) -> String {
     // "ERROR pid=P message"
     line.splitn(3, ' ').nth(2).unwrap().to_owned()
 }
-
-/// Removes the colour codes tracing puts in its output.
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Proc {
-    /// Waits for the old generation `pid` to exit and checks that it exited
-    /// with status 0. A generation whose parent was still alive when it
-    /// exited was reaped by that parent, so its status is not ours to read:
-    /// then the fixture's `EXIT pid=P ok` line (printed when `run` returned
-    /// `Ok`, just before `main` returns) must be there instead.
-    pub fn assert_exited_0(&mut self, pid: u32, timeout: Duration) {
-        match self.wait_exit(pid, timeout) {
-            Some(WaitStatus::Exited(p, 0)) if p.as_raw() == pid as i32 => {}
-            Some(WaitStatus::StillAlive) => {
-                let exit = format!("EXIT pid={pid} ok");
-                assert!(
-                    self.wait_line(Duration::from_secs(2), |l| l == exit)
-                        .is_some(),
-                    "generation {pid} (reaped by its parent) never printed {exit:?}\n{}",
-                    self.report()
-                );
-            }
-            other => panic!("generation {pid} ended with {other:?}\n{}", self.report()),
-        }
-    }
-}
-
 /// Waits until `/` on `addr`, fetched with `get`, is answered by `pid` (an
 /// HTTPS variant of [`wait_served_by`]).
 pub fn wait_served_by_tls(
@@ -680,14 +154,17 @@ pub fn wait_served_by_tls(
     pid: u32,
     get: impl Fn(&str) -> std::io::Result<(u16, String)>,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = get(addr).expect("GET /");
-        assert_eq!(status, 200);
-        if served_pid(&body) == pid {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{pid} never answered; {body}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait::eventually(
+        &format!("{pid} answers on {addr}"),
+        Duration::from_secs(5),
+        || {
+            let (status, body) = get(addr).expect("GET /");
+            assert_eq!(status, 200);
+            if served_pid(&body) == pid {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
 }

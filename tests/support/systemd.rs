@@ -28,10 +28,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use super::wait::{eventually, eventually_with, within, Attempt};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
 /// Where the boot's temporary directory is seen inside the namespaces.
@@ -247,22 +249,22 @@ impl Systemd {
         };
         sd.init = sd.find_init();
         // The boot script runs as the namespaces' init, then execs systemd.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sd.console().contains(BOOTING) {
-            if let Ok(Some(status)) = sd.unshare.try_wait() {
-                sd.reaped = true;
-                let reason = format!(
-                    "cannot set up the private mounts for systemd ({status}): {}",
-                    sd.console().trim()
-                );
-                return skip(&reason);
+        // Booting, or ended: `Some(None)` or `Some(Some(status))`.
+        let ended = within(Duration::from_secs(10), || {
+            if sd.console().contains(BOOTING) {
+                return Some(None);
             }
-            assert!(
-                Instant::now() < deadline,
-                "boot script stuck:\n{}",
-                sd.console()
+            let status = sd.unshare.try_wait().ok()??;
+            Some(Some(status))
+        })
+        .unwrap_or_else(|| panic!("boot script stuck:\n{}", sd.console()));
+        if let Some(status) = ended {
+            sd.reaped = true;
+            let reason = format!(
+                "cannot set up the private mounts for systemd ({status}): {}",
+                sd.console().trim()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            return skip(&reason);
         }
         sd.wait_booted();
         Some(sd)
@@ -272,30 +274,31 @@ impl Systemd {
     /// script, then systemd); 0 if unshare has ended.
     fn find_init(&mut self) -> u32 {
         let u = self.unshare.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let children =
-                std::fs::read_to_string(format!("/proc/{u}/task/{u}/children")).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next() {
-                return pid.parse().unwrap();
-            }
-            if let Ok(Some(_)) = self.unshare.try_wait() {
-                // Ended already: `boot` says why.
-                self.reaped = true;
-                return 0;
-            }
-            assert!(Instant::now() < deadline, "no init under unshare {u}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(
+            &format!("init under unshare {u}"),
+            Duration::from_secs(10),
+            || {
+                let children = std::fs::read_to_string(format!("/proc/{u}/task/{u}/children"))
+                    .unwrap_or_default();
+                if let Some(pid) = children.split_whitespace().next() {
+                    return Some(pid.parse().unwrap());
+                }
+                if let Ok(Some(_)) = self.unshare.try_wait() {
+                    // Ended already: `boot` says why.
+                    self.reaped = true;
+                    return Some(0);
+                }
+                None
+            },
+        )
     }
 
     /// Waits until the boot target is active (its units have started).
     fn wait_booted(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let booted = within(Duration::from_secs(30), || {
             let out = self.systemctl(&["is-active", TARGET]);
             if String::from_utf8_lossy(&out.stdout).trim() == "active" {
-                return;
+                return true;
             }
             if let Ok(Some(status)) = self.unshare.try_wait() {
                 self.reaped = true;
@@ -304,14 +307,14 @@ impl Systemd {
                     self.console()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "{TARGET} not active after 30 s:\n{}\n{}",
-                self.status_all(),
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            false
+        });
+        assert!(
+            booted.is_some(),
+            "{TARGET} not active after 30 s:\n{}\n{}",
+            self.status_all(),
+            self.console()
+        );
     }
 
     /// Runs `argv` inside the namespaces (`nsenter -a`), bounded to 60 s.
@@ -359,19 +362,23 @@ impl Systemd {
 
     /// Waits until the unit's main PID is neither 0 nor `old`; returns it.
     pub fn wait_main_pid_change(&self, unit: &str, old: u32, timeout: Duration) -> u32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pid = self.main_pid(unit);
-            if pid != 0 && pid != old {
-                return pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "MainPID of {unit} still {pid} (was {old}) after {timeout:?}:\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let what = format!("MainPID of {unit} other than 0 and {old}");
+        self.eventually(&what, timeout, || match self.main_pid(unit) {
+            0 => Err(0),
+            pid if pid == old => Err(pid),
+            pid => Ok(pid),
+        })
+    }
+
+    /// [`eventually`](super::wait::eventually), with the services' log
+    /// and the units' status in the panic message.
+    pub fn eventually<T, A: Attempt<T>>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        probe: impl FnMut() -> A,
+    ) -> T {
+        eventually_with(what, timeout, || self.log_tail(), probe)
     }
 
     /// The PIDs (as seen inside) in the unit's cgroup.
@@ -426,15 +433,11 @@ impl Systemd {
 
     /// Waits up to `timeout` for unshare (and so the namespaces) to end.
     fn wait_gone(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.unshare.try_wait() {
-                self.reaped = true;
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let gone = within(timeout, || matches!(self.unshare.try_wait(), Ok(Some(_))));
+        if gone.is_some() {
+            self.reaped = true;
         }
-        false
+        gone.is_some()
     }
 }
 
