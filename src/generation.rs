@@ -85,7 +85,8 @@ impl Generation {
         // for binds new addresses after its re-exec (were it to bind them, it
         // would hold them and that process could not).
         let names: Vec<&str> = registrations.iter().map(|r| r.addr.as_str()).collect();
-        let bound = listener::take_all(&names, &specs, temporary.is_none()).await?;
+        let perms = crate::server::permissions_of(&registrations, &settings);
+        let bound = listener::take_all(&names, &specs, &perms, temporary.is_none()).await?;
 
         let mut addrs = Vec::with_capacity(bound.len());
         for b in &bound {

@@ -113,7 +113,10 @@
 //! - [`Server::keep_pid`] keeps the process ID across reloads, for managers
 //!   that follow one PID (supervisord, Docker); [`Server::pid_file`] keeps
 //!   a PID file current.
-//! - `register("unix:/run/app.sock", svc)` serves on a Unix stream socket.
+//! - `register("unix:/run/app.sock", svc)` serves on a Unix stream socket,
+//!   whose file [`Server::unix_permissions`] gives a mode, owner and group
+//!   before the first client can connect; on Linux, `"unix:@name"` serves
+//!   on an abstract socket (no file).
 //!
 //! # Tracing
 //!
@@ -170,7 +173,7 @@ use std::time::SystemTime;
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use hyper_util::service::TowerToHyperService;
-pub use listener::LocalAddr;
+pub use listener::{LocalAddr, UnixPermissions};
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.
 #[cfg(feature = "tls")]

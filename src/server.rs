@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::handle::{Command, Handle};
-use crate::listener::{self, LocalAddr};
+use crate::listener::{self, LocalAddr, UnixPermissions};
 use crate::service::{self, HttpBody, HttpService, Launch};
 use crate::signal::{Signal, SignalSet};
 use crate::tls::TlsSource;
@@ -71,6 +71,8 @@ pub(crate) struct Settings {
     pub(crate) signals: SignalSet,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) keep_pid: bool,
+    /// Socket file permissions, by registered address.
+    pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
     /// Tells the handles where the server listens.
     pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
     /// What the handles see of the server.
@@ -124,6 +126,7 @@ impl Server {
                 signals: SignalSet::default(),
                 pid_file: None,
                 keep_pid: false,
+                unix_permissions: Vec::new(),
                 listening,
                 shared: shared.clone(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
@@ -307,6 +310,46 @@ impl Server {
         self
     }
 
+    /// Gives the file of the Unix socket registered as `addr`
+    /// (`"unix:/run/app.sock"`) a mode, an owner and a group, as systemd's
+    /// `SocketMode=`, `SocketUser=` and `SocketGroup=` do.
+    ///
+    /// They are set after the socket is bound and before it listens, so no
+    /// client ever connects while the file has other permissions; a
+    /// generation that adopts the socket sets them again (a changed setting
+    /// takes effect at the next reload). `addr` must be registered, with
+    /// [`register`](Self::register) or [`register_tls`](Self::register_tls),
+    /// and name a socket file: [`run`](Self::run) returns
+    /// [`Error::Config`] otherwise. A later call for the same address
+    /// replaces an earlier one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use endless::UnixPermissions;
+    /// use hyper::service::service_fn;
+    ///
+    /// endless::Server::new()
+    ///     .register("unix:/run/app/app.sock", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .unix_permissions(
+    ///         "unix:/run/app/app.sock",
+    ///         UnixPermissions::new().mode(0o660).group("www-data"),
+    ///     )
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn unix_permissions(mut self, addr: &str, permissions: UnixPermissions) -> Self {
+        self.settings.unix_permissions.retain(|(a, _)| a != addr);
+        self.settings
+            .unix_permissions
+            .push((addr.to_owned(), permissions));
+        self
+    }
+
     /// A handle to reload or stop this server from code, or to learn its
     /// addresses. Call it before [`run`](Self::run).
     pub fn handle(&self) -> Handle {
@@ -371,8 +414,38 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
             reason: "no address registered".to_owned(),
         });
     }
-    registrations
+    let specs: Vec<listener::BindSpec> = registrations
         .iter()
         .map(|r| listener::parse(&r.addr))
+        .collect::<Result<_>>()?;
+    for (addr, _) in &settings.unix_permissions {
+        let found = registrations
+            .iter()
+            .zip(&specs)
+            .find(|(r, _)| r.addr == *addr);
+        let reason = match found {
+            None => format!("{addr:?} is not a registered address"),
+            Some((_, listener::BindSpec::Unix(_))) => continue,
+            Some(_) => format!("{addr:?} is not a Unix socket file (unix:/path)"),
+        };
+        return Err(Error::Config {
+            setting: "unix_permissions",
+            reason,
+        });
+    }
+    Ok(specs)
+}
+
+/// The permissions of each registration's socket file, in order.
+pub(crate) fn permissions_of(
+    registrations: &[Registration],
+    settings: &Settings,
+) -> Vec<Option<UnixPermissions>> {
+    registrations
+        .iter()
+        .map(|r| {
+            let found = settings.unix_permissions.iter().find(|(a, _)| *a == r.addr);
+            found.map(|(_, p)| p.clone())
+        })
         .collect()
 }
