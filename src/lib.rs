@@ -118,6 +118,13 @@
 //!   before the first client can connect; on Linux, `"unix:@name"` serves
 //!   on an abstract socket (no file).
 //!
+//! # Reloading without a signal
+//!
+//! [`Server::reload_on_binary_change`] reloads once a new executable is in
+//! place (renamed over the old one), and [`Server::reload_on_file_change`]
+//! when a certificate or configuration file changes; a new binary that
+//! cannot start changes nothing.
+//!
 //! # Tracing
 //!
 //! Every step of a reload is a [`tracing`] event: requested, spawned, ready
@@ -166,6 +173,7 @@ mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 mod tls;
+mod watch;
 
 use std::sync::OnceLock;
 use std::time::SystemTime;

@@ -71,6 +71,10 @@ pub(crate) struct Settings {
     pub(crate) signals: SignalSet,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) keep_pid: bool,
+    /// Reload when the executable changes.
+    pub(crate) watch_binary: bool,
+    /// Reload when one of these changes.
+    pub(crate) watch_files: Vec<PathBuf>,
     /// Socket file permissions, by registered address.
     pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
     /// Tells the handles where the server listens.
@@ -127,6 +131,8 @@ impl Server {
                 pid_file: None,
                 keep_pid: false,
                 unix_permissions: Vec::new(),
+                watch_binary: false,
+                watch_files: Vec::new(),
                 listening,
                 shared: shared.clone(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
@@ -350,6 +356,51 @@ impl Server {
         self
     }
 
+    /// Reloads when the executable is replaced (default off), like
+    /// overseer's file fetcher: copy a new release into place and it serves
+    /// within a second or so, with no signal to send.
+    ///
+    /// The path watched is the one the next generation is started from
+    /// (argv\[0\], resolved when this generation started). The reload starts
+    /// once the file has stayed the same for 300 ms after its last change
+    /// (it is checked every 200 ms), so a file renamed over the old one, or
+    /// written in place and closed, starts whole. A new binary that cannot
+    /// start (a broken copy, one that exits or is not ready in time) is
+    /// handled as any failed reload: the old generation keeps serving, and
+    /// the next change is tried again. Deploy by renaming a complete file
+    /// over the old one (`install`, `mv`): a running binary cannot be
+    /// written in place on Linux (`ETXTBSY`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .reload_on_binary_change(true)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn reload_on_binary_change(mut self, watch: bool) -> Self {
+        self.settings.watch_binary = watch;
+        self
+    }
+
+    /// Reloads when the file at `path` changes: a TLS certificate or key
+    /// (each generation reads them again), a configuration file. Changes
+    /// are noticed as with
+    /// [`reload_on_binary_change`](Self::reload_on_binary_change); changes
+    /// to several files within 300 ms make one reload. May be called for
+    /// several files.
+    pub fn reload_on_file_change(mut self, path: impl AsRef<Path>) -> Self {
+        self.settings.watch_files.push(path.as_ref().to_path_buf());
+        self
+    }
+
     /// A handle to reload or stop this server from code, or to learn its
     /// addresses. Call it before [`run`](Self::run).
     pub fn handle(&self) -> Handle {
@@ -376,8 +427,16 @@ impl Server {
             commands,
             handle,
         } = self;
-        // Keep our own sender alive only as long as a user handle might be;
-        // dropping it lets the events report "no handles left".
+        let mut watched = settings.watch_files.clone();
+        // A temporary generation (`keep_pid`) leaves reloading to the
+        // process it stands in for.
+        if settings.watch_binary && !crate::handover::is_temporary() {
+            watched.push(crate::exe::current().path);
+        }
+        // Keep our own sender alive only as long as a user handle (or the
+        // watcher) might be; dropping it lets the events report "no handles
+        // left".
+        let watcher_handle = (!watched.is_empty()).then(|| handle.clone());
         drop(handle);
         let started = match check(&registrations, &settings) {
             Ok(specs) => Generation::start(settings, registrations, specs, commands).await,
@@ -385,7 +444,10 @@ impl Server {
         };
         // A generation started by a reload tells its parent why it failed.
         let mut generation = started.inspect_err(crate::report::failed)?;
+        let watcher = watcher_handle.map(|h| crate::watch::spawn(watched, h));
         let drain = generation.serve().await;
+        // A draining generation reloads nothing.
+        drop(watcher);
         generation.finish(drain).await;
         Ok(())
     }
