@@ -160,6 +160,7 @@ mod handle;
 #[allow(unsafe_code)]
 mod handover;
 mod keep_pid;
+mod lifecycle;
 mod listener;
 mod pid_file;
 mod report;
@@ -167,6 +168,7 @@ mod restart;
 mod server;
 mod service;
 mod signal;
+pub mod sockets;
 mod systemd;
 #[cfg(feature = "tls")]
 mod tls;

@@ -446,8 +446,10 @@ impl Server {
         let mut generation = started.inspect_err(crate::report::failed)?;
         let watcher = watcher_handle.map(|h| crate::watch::spawn(watched, h));
         let drain = generation.serve().await;
-        // A draining generation reloads nothing.
+        // A draining generation reloads nothing, and leaves the extra
+        // sockets to its successor.
         drop(watcher);
+        crate::lifecycle::drain_started();
         generation.finish(drain).await;
         Ok(())
     }
