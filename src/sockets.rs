@@ -296,3 +296,33 @@ pub(crate) fn freeze() -> Vec<(String, RawFd)> {
         .map(|(name, fd)| (format!("{}{name}", handover::EXTRA), fd.as_raw_fd()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unix_datagram_socket_replaces_a_stale_file_and_is_kept_for_the_hand_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        // A crashed run's file: nothing bound to it any more.
+        drop(UnixDatagram::bind(&path).unwrap());
+        let d = unix_datagram("test-dgram", &path).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.send_to(b"x", &path).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(d.recv(&mut buf).unwrap(), 1);
+        // A live one is not taken over.
+        let err = unix_datagram("test-dgram-2", &path).unwrap_err().to_string();
+        assert!(err.contains("another process is bound to it"), "{err}");
+        let kept = REGISTERED.lock().unwrap();
+        assert!(kept.list.iter().any(|(n, _)| n == "test-dgram"));
+        assert!(!kept.list.iter().any(|(n, _)| n == "test-dgram-2"));
+    }
+
+    #[test]
+    fn addresses_must_be_literal() {
+        let err = udp("test-bad", "localhost:53").unwrap_err().to_string();
+        assert!(err.starts_with("invalid address \"localhost:53\""), "{err}");
+    }
+}
