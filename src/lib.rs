@@ -118,6 +118,14 @@
 //!   before the first client can connect; on Linux, `"unix:@name"` serves
 //!   on an abstract socket (no file).
 //!
+//! # Carrying more than the HTTP listeners
+//!
+//! [`sockets`] hands over what the program serves itself: a UDP socket, a
+//! TCP listener for another protocol, a Unix datagram socket, any
+//! descriptor (a memfd). Ask for them by name before [`Server::run`]; each
+//! generation gets its predecessor's, and [`sockets::draining`] tells the
+//! old one to stop reading them.
+//!
 //! # Reloading without a signal
 //!
 //! [`Server::reload_on_binary_change`] reloads once a new executable is in

@@ -313,7 +313,9 @@ mod tests {
         let mut buf = [0u8; 4];
         assert_eq!(d.recv(&mut buf).unwrap(), 1);
         // A live one is not taken over.
-        let err = unix_datagram("test-dgram-2", &path).unwrap_err().to_string();
+        let err = unix_datagram("test-dgram-2", &path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("another process is bound to it"), "{err}");
         let kept = REGISTERED.lock().unwrap();
         assert!(kept.list.iter().any(|(n, _)| n == "test-dgram"));
