@@ -36,6 +36,8 @@ pub(crate) struct Generation {
     bound: Vec<Bound>,
     /// The name each listener is handed over under.
     handover_names: Vec<String>,
+    /// The extra descriptors (`crate::sockets`), with their hand-over names.
+    extras: Vec<(String, RawFd)>,
     conns: Connections,
     events: Events,
     /// A `keep_pid` temporary generation: it serves while its parent
@@ -85,7 +87,10 @@ impl Generation {
         // for binds new addresses after its re-exec (were it to bind them, it
         // would hold them and that process could not).
         let names: Vec<&str> = registrations.iter().map(|r| r.addr.as_str()).collect();
-        let bound = listener::take_all(&names, &specs, temporary.is_none()).await?;
+        let perms = crate::server::permissions_of(&registrations, &settings);
+        let bound = listener::take_all(&names, &specs, &perms, temporary.is_none()).await?;
+        // The extra descriptors asked for so far are the ones handed on.
+        let extras = crate::sockets::freeze();
 
         let mut addrs = Vec::with_capacity(bound.len());
         for b in &bound {
@@ -108,6 +113,7 @@ impl Generation {
             tls,
             bound,
             handover_names,
+            extras,
             events,
             temporary,
             socket_files,
@@ -264,11 +270,14 @@ impl Generation {
         }
     }
 
+    /// What the next generation gets: the listeners, then the extra
+    /// descriptors of `crate::sockets`.
     fn listener_fds(&self) -> Vec<(String, RawFd)> {
         self.bound
             .iter()
             .zip(&self.handover_names)
             .map(|(b, name)| (name.clone(), b.listener.raw_fd()))
+            .chain(self.extras.iter().cloned())
             .collect()
     }
 

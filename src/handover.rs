@@ -6,7 +6,7 @@
 //! | variable          | value                                                 |
 //! |-------------------|-------------------------------------------------------|
 //! | `ENDLESS_FDS`     | how many sockets follow FD 2                          |
-//! | `ENDLESS_FDNAMES` | their names (registered addresses), `;`-separated     |
+//! | `ENDLESS_FDNAMES` | their names (registered addresses, or `extra:NAME` for the descriptors of `crate::sockets`), `;`-separated |
 //! | `ENDLESS_FDIDS`   | each socket's identity, `device:inode`, `;`-separated |
 //! | `ENDLESS_PPID`    | the PID of the process that placed them (to signal)   |
 //!
@@ -97,6 +97,11 @@ struct HandedOver {
 static HANDED_OVER: OnceLock<Result<Option<HandedOver>, (RawFd, String)>> = OnceLock::new();
 /// The inherited FDs, until a server claims them.
 static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
+/// The prefix of the hand-over name of an extra descriptor (see
+/// `crate::sockets`), which no registered address starts with.
+pub(crate) const EXTRA: &str = "extra:";
+/// The inherited extra descriptors, by name, until claimed.
+static UNCLAIMED_EXTRAS: Mutex<Vec<(String, RawFd)>> = Mutex::new(Vec::new());
 /// The inherited report pipe, until `report` takes it.
 static REPORT_FD: Mutex<Option<RawFd>> = Mutex::new(None);
 
@@ -111,11 +116,20 @@ pub(crate) fn init() {
         };
         if let Some(r) = &received {
             let mut fds = Vec::with_capacity(r.names.len());
+            let mut extras = Vec::new();
             for (name, &fd) in r.names.iter().zip(&r.fds) {
                 set_cloexec(fd).map_err(|e| (fd, format!("not an open file descriptor ({e})")))?;
-                fds.push((name.clone(), fd));
+                // Only our own hand-over carries extras; a systemd socket
+                // named like one is still a listener.
+                match name.strip_prefix(EXTRA) {
+                    Some(extra) if r.origin != Origin::Systemd => {
+                        extras.push((extra.to_owned(), fd))
+                    }
+                    _ => fds.push((name.clone(), fd)),
+                }
             }
             *UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds);
+            *UNCLAIMED_EXTRAS.lock().unwrap_or_else(|e| e.into_inner()) = extras;
             if let Origin::Parent(_) = r.origin {
                 let report = read_report_env(r.fds.len());
                 if let Some(fd) = report {
@@ -189,6 +203,33 @@ pub(crate) fn take_inherited(
         .collect())
 }
 
+/// Takes ownership of the extra descriptor handed over as `name`, if there
+/// is one (see `crate::sockets`). Each is handed out once.
+pub(crate) fn take_extra(name: &str) -> Option<OwnedFd> {
+    init();
+    let mut extras = UNCLAIMED_EXTRAS.lock().unwrap_or_else(|e| e.into_inner());
+    let i = extras.iter().position(|(n, _)| n == name)?;
+    let (_, fd) = extras.remove(i);
+    // SAFETY: as in `take_inherited`: placed for us (its identity checked),
+    // open, and removed from the list, so handed out exactly once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Closes the extra descriptors no code claimed (a new version that no
+/// longer uses them), and returns their names.
+pub(crate) fn close_unclaimed_extras() -> Vec<String> {
+    init();
+    let extras = std::mem::take(&mut *UNCLAIMED_EXTRAS.lock().unwrap_or_else(|e| e.into_inner()));
+    extras
+        .into_iter()
+        .map(|(name, fd)| {
+            // SAFETY: as in `take_extra`; dropped at once, which closes it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            name
+        })
+        .collect()
+}
+
 /// Tells the previous generation that this one is serving, by `SIGTERM`, but
 /// only if it is still our parent: a reparented process never signals a
 /// stranger that happens to reuse the PID.
@@ -213,7 +254,7 @@ fn read_env() -> Result<Option<HandedOver>, (RawFd, String)> {
     };
     let names = read_names()?;
     let fds: Vec<RawFd> = (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect();
-    if !sockets_are(&fds) {
+    if !sockets_are(&names, &fds) {
         // Variables meant for another process (we are a grandchild that
         // inherited them): the FDs are not those sockets, not ours to touch.
         return Ok(None);
@@ -248,7 +289,7 @@ pub(crate) fn take_report_pipe() -> Option<OwnedFd> {
 /// Whether each of `fds` is open and is the socket `ENDLESS_FDIDS` names.
 /// Only `fstat` is called: an FD that is not what the variables say is
 /// somebody else's and stays untouched.
-fn sockets_are(fds: &[RawFd]) -> bool {
+fn sockets_are(names: &[String], fds: &[RawFd]) -> bool {
     let ids = std::env::var_os(FDIDS).unwrap_or_default();
     let ids: Vec<&str> = match ids.to_str() {
         Some("") => Vec::new(),
@@ -259,7 +300,26 @@ fn sockets_are(fds: &[RawFd]) -> bool {
         && fds
             .iter()
             .zip(ids)
-            .all(|(&fd, id)| socket_id(fd).is_some_and(|actual| actual == id))
+            .zip(names)
+            .all(|((&fd, id), name)| id_of(name, fd).is_some_and(|actual| actual == id))
+}
+
+/// The identity `fd` is handed over under: a listener's must be a socket's,
+/// an extra descriptor's may be any file's (a memfd, a pipe).
+fn id_of(name: &str, fd: RawFd) -> Option<String> {
+    if name.starts_with(EXTRA) {
+        fd_id_any(fd)
+    } else {
+        socket_id(fd)
+    }
+}
+
+/// `device:inode` of `fd`, if it is open, whatever its type.
+fn fd_id_any(fd: RawFd) -> Option<String> {
+    use nix::sys::stat::fstat;
+    // SAFETY: as in `fd_id`: borrowed for the `fstat` only.
+    let st = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
+    Some(format!("{}:{}", st.st_dev, st.st_ino))
 }
 
 /// `device:inode` of the socket at `fd`, if it is an open socket.
@@ -278,11 +338,12 @@ fn fd_id(fd: RawFd, kind: SFlag) -> Option<String> {
 }
 
 /// The identities of `fds` for `ENDLESS_FDIDS`.
-fn encode_ids(fds: &[RawFd]) -> io::Result<String> {
+fn encode_ids(names: &[&str], fds: &[RawFd]) -> io::Result<String> {
     let ids = fds
         .iter()
-        .map(|&fd| {
-            socket_id(fd).ok_or_else(|| {
+        .zip(names)
+        .map(|(&fd, name)| {
+            id_of(name, fd).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("FD {fd} is not an open socket"),
@@ -429,7 +490,7 @@ pub(crate) fn pass_listeners(
     let mut sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
     cmd.env(FDS, listeners.len().to_string())
         .env(FDNAMES, encode_names(&names))
-        .env(FDIDS, encode_ids(&sources)?)
+        .env(FDIDS, encode_ids(&names, &sources)?)
         .env(GENERATION, (generation() + 1).to_string())
         .env(PPID, getpid().to_string());
     if temporary {

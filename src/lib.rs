@@ -113,7 +113,25 @@
 //! - [`Server::keep_pid`] keeps the process ID across reloads, for managers
 //!   that follow one PID (supervisord, Docker); [`Server::pid_file`] keeps
 //!   a PID file current.
-//! - `register("unix:/run/app.sock", svc)` serves on a Unix stream socket.
+//! - `register("unix:/run/app.sock", svc)` serves on a Unix stream socket,
+//!   whose file [`Server::unix_permissions`] gives a mode, owner and group
+//!   before the first client can connect; on Linux, `"unix:@name"` serves
+//!   on an abstract socket (no file).
+//!
+//! # Carrying more than the HTTP listeners
+//!
+//! [`sockets`] hands over what the program serves itself: a UDP socket, a
+//! TCP listener for another protocol, a Unix datagram socket, any
+//! descriptor (a memfd). Ask for them by name before [`Server::run`]; each
+//! generation gets its predecessor's, and [`sockets::draining`] tells the
+//! old one to stop reading them.
+//!
+//! # Reloading without a signal
+//!
+//! [`Server::reload_on_binary_change`] reloads once a new executable is in
+//! place (renamed over the old one), and [`Server::reload_on_file_change`]
+//! when a certificate or configuration file changes; a new binary that
+//! cannot start changes nothing.
 //!
 //! # Tracing
 //!
@@ -151,6 +169,7 @@ mod handle;
 #[allow(unsafe_code)]
 mod handover;
 mod keep_pid;
+mod lifecycle;
 mod listener;
 mod pid_file;
 mod report;
@@ -158,12 +177,14 @@ mod restart;
 mod server;
 mod service;
 mod signal;
+pub mod sockets;
 mod systemd;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 mod tls;
+mod watch;
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -174,7 +195,7 @@ pub use conn_info::{ConnInfo, PeerCredentials};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use hyper_util::service::TowerToHyperService;
-pub use listener::LocalAddr;
+pub use listener::{LocalAddr, UnixPermissions};
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.
 #[cfg(feature = "tls")]

@@ -2,12 +2,14 @@
 //! and accept. Knows nothing of HTTP.
 
 mod address;
+mod permissions;
 mod socket_file;
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::handover::{self, Origin};
 
 pub(crate) use address::{parse, BindSpec};
+pub use permissions::UnixPermissions;
 pub(crate) use socket_file::SocketFile;
 
 /// The kernel's accept queue length we ask for; Linux caps it at
@@ -53,6 +56,9 @@ pub enum LocalAddr {
     Tcp(SocketAddr),
     /// A Unix stream socket at this path.
     Unix(PathBuf),
+    /// A Unix stream socket in Linux's abstract namespace, by name (without
+    /// the leading NUL byte).
+    UnixAbstract(String),
 }
 
 impl fmt::Display for LocalAddr {
@@ -60,6 +66,7 @@ impl fmt::Display for LocalAddr {
         match self {
             LocalAddr::Tcp(addr) => addr.fmt(f),
             LocalAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            LocalAddr::UnixAbstract(name) => write!(f, "unix:@{name}"),
         }
     }
 }
@@ -95,13 +102,14 @@ struct Inherited {
 }
 
 /// Listening sockets for every registration, `names[i]` parsed as
-/// `specs[i]`: the inherited ones of the same name (or, for systemd's
+/// `specs[i]`, a new Unix socket file given `perms[i]`: the inherited ones of the same name (or, for systemd's
 /// sockets, the same address) if there are any, else new ones, unless
 /// `bind_new` is false (then a registration with nothing inherited gets no
 /// socket). Inherited sockets that match nothing are closed.
 pub(crate) async fn take_all(
     names: &[&str],
     specs: &[BindSpec],
+    perms: &[Option<UnixPermissions>],
     bind_new: bool,
 ) -> Result<Vec<Bound>> {
     let activated = matches!(handover::origin(), Some(Origin::Systemd));
@@ -138,12 +146,22 @@ pub(crate) async fn take_all(
                 Some(tcp) => tcp,
                 None => address::tcp_addrs(name, spec).await?,
             };
-            bind(name, spec, tcp).await?
+            bind(name, spec, tcp, perms.get(index).and_then(Option::as_ref)).await?
         } else {
             let mut adopted = Vec::with_capacity(found.len());
             for i in found {
                 debug!(addr = %name, fd = i.fd.as_raw_fd(), "adopting inherited socket");
-                adopted.push(Listener::adopt(i.fd, i.owns_file)?);
+                let l = Listener::adopt(i.fd, i.owns_file)?;
+                // Settings changed since the file was made take effect at
+                // this reload; the socket keeps serving either way.
+                if let (Some(p), Some(file)) =
+                    (perms.get(index).and_then(Option::as_ref), l.socket_file())
+                {
+                    if let Err(e) = p.apply(file.path()) {
+                        warn!(addr = %name, cause = %e, "cannot set the socket file's permissions");
+                    }
+                }
+                adopted.push(l);
             }
             adopted
         };
@@ -206,6 +224,7 @@ fn take_by_addr(
 ) -> Vec<Inherited> {
     let wanted = |i: &Inherited| match (Listener::inherited_addr(i.fd.as_fd()), spec, tcp) {
         (Some(LocalAddr::Unix(p)), BindSpec::Unix(path), _) => p == *path,
+        (Some(LocalAddr::UnixAbstract(n)), BindSpec::UnixAbstract(name), _) => n == *name,
         (Some(LocalAddr::Tcp(a)), _, Some(candidates)) => {
             candidates.iter().any(|c| c.port() != 0 && *c == a)
         }
@@ -219,7 +238,10 @@ fn take_by_addr(
             // `:port` asks for one socket, the first supported of two.
             if matches!(
                 spec,
-                BindSpec::Addr(_) | BindSpec::AnyInterface(_) | BindSpec::Unix(_)
+                BindSpec::Addr(_)
+                    | BindSpec::AnyInterface(_)
+                    | BindSpec::Unix(_)
+                    | BindSpec::UnixAbstract(_)
             ) {
                 break;
             }
@@ -231,15 +253,25 @@ fn take_by_addr(
 }
 
 /// Binds new sockets for `spec` (its TCP addresses already resolved into
-/// `tcp`); `name` is the registered address, for errors.
-async fn bind(name: &str, spec: &BindSpec, tcp: Option<Vec<SocketAddr>>) -> Result<Vec<Listener>> {
+/// `tcp`; a Unix socket file given `perms`); `name` is the registered
+/// address, for errors.
+async fn bind(
+    name: &str,
+    spec: &BindSpec,
+    tcp: Option<Vec<SocketAddr>>,
+    perms: Option<&UnixPermissions>,
+) -> Result<Vec<Listener>> {
     let bind_err = |source| Error::Bind {
         addr: name.to_owned(),
         source,
     };
     let tcp = match (spec, tcp) {
         (BindSpec::Unix(path), _) => {
-            let l = bind_unix(path).await.map_err(bind_err)?;
+            let l = bind_unix(path, perms).await.map_err(bind_err)?;
+            return Ok(vec![l]);
+        }
+        (BindSpec::UnixAbstract(abstract_name), _) => {
+            let l = bind_unix_abstract(abstract_name).map_err(bind_err)?;
             return Ok(vec![l]);
         }
         (_, Some(tcp)) => tcp,
@@ -357,7 +389,7 @@ impl Listener {
     #[cfg(test)]
     pub(crate) async fn bind(name: &str, spec: &BindSpec) -> Result<Vec<Listener>> {
         let tcp = address::tcp_addrs(name, spec).await?;
-        bind(name, spec, tcp).await
+        bind(name, spec, tcp, None).await
     }
 
     /// Checks that an inherited FD is what it claims to be, a listening stream
@@ -392,10 +424,7 @@ impl Listener {
     /// Where an inherited socket (one that passed the check) is bound.
     pub(crate) fn inherited_addr(fd: BorrowedFd<'_>) -> Option<LocalAddr> {
         let addr = SockRef::from(&fd).local_addr().ok()?;
-        if let Some(sa) = addr.as_socket() {
-            return Some(LocalAddr::Tcp(sa));
-        }
-        addr.as_pathname().map(|p| LocalAddr::Unix(p.to_path_buf()))
+        unix_or_tcp(&addr)
     }
 
     /// Adopts an inherited socket that passed [`Listener::check_inherited`].
@@ -445,9 +474,9 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.local_addr().map(LocalAddr::Tcp),
             Listener::Unix(l, _) => {
-                let addr = l.local_addr()?;
-                let path = addr.as_pathname().unwrap_or(Path::new("(unnamed)"));
-                Ok(LocalAddr::Unix(path.to_path_buf()))
+                let addr = SockRef::from(l).local_addr()?;
+                Ok(unix_or_tcp(&addr)
+                    .unwrap_or_else(|| LocalAddr::Unix(PathBuf::from("(unnamed)"))))
             }
         }
     }
@@ -489,11 +518,25 @@ impl Listener {
     }
 }
 
-/// Binds a Unix stream socket at `path`, and records its file as ours. A
-/// socket file left by a crashed run is replaced, but only if nothing
-/// answers on it; anything else at the path (a listening server, a regular
-/// file) is an error. The probe runs on the runtime, with a timeout.
-async fn bind_unix(path: &Path) -> io::Result<Listener> {
+/// Where a socket is bound, if it is a TCP or a named Unix socket.
+fn unix_or_tcp(addr: &socket2::SockAddr) -> Option<LocalAddr> {
+    if let Some(sa) = addr.as_socket() {
+        return Some(LocalAddr::Tcp(sa));
+    }
+    if let Some(p) = addr.as_pathname() {
+        return Some(LocalAddr::Unix(p.to_path_buf()));
+    }
+    addr.as_abstract_namespace()
+        .map(|n| LocalAddr::UnixAbstract(String::from_utf8_lossy(n).into_owned()))
+}
+
+/// Binds a Unix stream socket at `path`, gives its file `perms` before it
+/// listens (so no client connects while the file has other permissions),
+/// and records the file as ours. A socket file left by a crashed run is
+/// replaced, but only if nothing answers on it; anything else at the path
+/// (a listening server, a regular file) is an error. The probe runs on the
+/// runtime, with a timeout.
+async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<Listener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -529,10 +572,32 @@ async fn bind_unix(path: &Path) -> io::Result<Listener> {
     socket.bind(&socket2::SockAddr::unix(path)?)?;
     // Right after the bind the file at the path is the one we created.
     let file = SocketFile::at(path)?;
+    if let Some(perms) = perms {
+        if let Err(e) = perms.apply(path) {
+            file.unlink_if_ours();
+            return Err(e);
+        }
+    }
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
     let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
     Ok(Listener::Unix(UnixListener::from_std(l)?, Some(file)))
+}
+
+/// Binds a Unix stream socket in Linux's abstract namespace. There is no
+/// file: the name is free again once every copy of the socket is closed,
+/// and a live server on it makes the bind fail with `EADDRINUSE`.
+fn bind_unix_abstract(name: &str) -> io::Result<Listener> {
+    // socket2 takes a path whose first byte is NUL as an abstract name.
+    let mut bytes = vec![0u8];
+    bytes.extend_from_slice(name.as_bytes());
+    let addr = socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&addr)?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
+    Ok(Listener::Unix(UnixListener::from_std(l)?, None))
 }
 
 /// Binds one TCP socket; on error, also says which address failed.
@@ -686,7 +751,7 @@ mod tests {
             format!("127.0.0.1:{port}").parse().unwrap(),
         ];
         let spec = BindSpec::Host("localhost".into(), port);
-        let ls = bind("localhost:P", &spec, Some(addrs.clone()))
+        let ls = bind("localhost:P", &spec, Some(addrs.clone()), None)
             .await
             .unwrap();
         let got: Vec<LocalAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
@@ -702,7 +767,7 @@ mod tests {
         let zero: Vec<SocketAddr> =
             vec!["[::1]:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()];
         let spec = BindSpec::Host("localhost".into(), 0);
-        let ls = bind("localhost:0", &spec, Some(zero)).await.unwrap();
+        let ls = bind("localhost:0", &spec, Some(zero), None).await.unwrap();
         let ports: Vec<u16> = ls
             .iter()
             .map(|l| match l.local_addr().unwrap() {
@@ -724,7 +789,7 @@ mod tests {
             format!("127.0.0.1:{port}").parse().unwrap(),
         ];
         let spec = BindSpec::Host("localhost".into(), port);
-        let err = bind("localhost:P", &spec, Some(addrs))
+        let err = bind("localhost:P", &spec, Some(addrs), None)
             .await
             .unwrap_err()
             .to_string();

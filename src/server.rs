@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::handle::{Command, Handle};
-use crate::listener::{self, LocalAddr};
+use crate::listener::{self, LocalAddr, UnixPermissions};
 use crate::service::{self, HttpBody, HttpService, Launch};
 use crate::signal::{Signal, SignalSet};
 use crate::tls::TlsSource;
@@ -71,6 +71,12 @@ pub(crate) struct Settings {
     pub(crate) signals: SignalSet,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) keep_pid: bool,
+    /// Reload when the executable changes.
+    pub(crate) watch_binary: bool,
+    /// Reload when one of these changes.
+    pub(crate) watch_files: Vec<PathBuf>,
+    /// Socket file permissions, by registered address.
+    pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
     /// Tells the handles where the server listens.
     pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
     /// What the handles see of the server.
@@ -124,6 +130,9 @@ impl Server {
                 signals: SignalSet::default(),
                 pid_file: None,
                 keep_pid: false,
+                unix_permissions: Vec::new(),
+                watch_binary: false,
+                watch_files: Vec::new(),
                 listening,
                 shared: shared.clone(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
@@ -307,6 +316,91 @@ impl Server {
         self
     }
 
+    /// Gives the file of the Unix socket registered as `addr`
+    /// (`"unix:/run/app.sock"`) a mode, an owner and a group, as systemd's
+    /// `SocketMode=`, `SocketUser=` and `SocketGroup=` do.
+    ///
+    /// They are set after the socket is bound and before it listens, so no
+    /// client ever connects while the file has other permissions; a
+    /// generation that adopts the socket sets them again (a changed setting
+    /// takes effect at the next reload). `addr` must be registered, with
+    /// [`register`](Self::register) or [`register_tls`](Self::register_tls),
+    /// and name a socket file: [`run`](Self::run) returns
+    /// [`Error::Config`] otherwise. A later call for the same address
+    /// replaces an earlier one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use endless::UnixPermissions;
+    /// use hyper::service::service_fn;
+    ///
+    /// endless::Server::new()
+    ///     .register("unix:/run/app/app.sock", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .unix_permissions(
+    ///         "unix:/run/app/app.sock",
+    ///         UnixPermissions::new().mode(0o660).group("www-data"),
+    ///     )
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn unix_permissions(mut self, addr: &str, permissions: UnixPermissions) -> Self {
+        self.settings.unix_permissions.retain(|(a, _)| a != addr);
+        self.settings
+            .unix_permissions
+            .push((addr.to_owned(), permissions));
+        self
+    }
+
+    /// Reloads when the executable is replaced (default off), like
+    /// overseer's file fetcher: copy a new release into place and it serves
+    /// within a second or so, with no signal to send.
+    ///
+    /// The path watched is the one the next generation is started from
+    /// (argv\[0\], resolved when this generation started). The reload starts
+    /// once the file has stayed the same for 300 ms after its last change
+    /// (it is checked every 200 ms), so a file renamed over the old one, or
+    /// written in place and closed, starts whole. A new binary that cannot
+    /// start (a broken copy, one that exits or is not ready in time) is
+    /// handled as any failed reload: the old generation keeps serving, and
+    /// the next change is tried again. Deploy by renaming a complete file
+    /// over the old one (`install`, `mv`): a running binary cannot be
+    /// written in place on Linux (`ETXTBSY`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .reload_on_binary_change(true)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn reload_on_binary_change(mut self, watch: bool) -> Self {
+        self.settings.watch_binary = watch;
+        self
+    }
+
+    /// Reloads when the file at `path` changes: a TLS certificate or key
+    /// (each generation reads them again), a configuration file. Changes
+    /// are noticed as with
+    /// [`reload_on_binary_change`](Self::reload_on_binary_change); changes
+    /// to several files within 300 ms make one reload. May be called for
+    /// several files.
+    pub fn reload_on_file_change(mut self, path: impl AsRef<Path>) -> Self {
+        self.settings.watch_files.push(path.as_ref().to_path_buf());
+        self
+    }
+
     /// A handle to reload or stop this server from code, or to learn its
     /// addresses. Call it before [`run`](Self::run).
     pub fn handle(&self) -> Handle {
@@ -333,8 +427,16 @@ impl Server {
             commands,
             handle,
         } = self;
-        // Keep our own sender alive only as long as a user handle might be;
-        // dropping it lets the events report "no handles left".
+        let mut watched = settings.watch_files.clone();
+        // A temporary generation (`keep_pid`) leaves reloading to the
+        // process it stands in for.
+        if settings.watch_binary && !crate::handover::is_temporary() {
+            watched.push(crate::exe::current().path);
+        }
+        // Keep our own sender alive only as long as a user handle (or the
+        // watcher) might be; dropping it lets the events report "no handles
+        // left".
+        let watcher_handle = (!watched.is_empty()).then(|| handle.clone());
         drop(handle);
         let started = match check(&registrations, &settings) {
             Ok(specs) => Generation::start(settings, registrations, specs, commands).await,
@@ -342,7 +444,12 @@ impl Server {
         };
         // A generation started by a reload tells its parent why it failed.
         let mut generation = started.inspect_err(crate::report::failed)?;
+        let watcher = watcher_handle.map(|h| crate::watch::spawn(watched, h));
         let drain = generation.serve().await;
+        // A draining generation reloads nothing, and leaves the extra
+        // sockets to its successor.
+        drop(watcher);
+        crate::lifecycle::drain_started();
         generation.finish(drain).await;
         Ok(())
     }
@@ -371,8 +478,38 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
             reason: "no address registered".to_owned(),
         });
     }
-    registrations
+    let specs: Vec<listener::BindSpec> = registrations
         .iter()
         .map(|r| listener::parse(&r.addr))
+        .collect::<Result<_>>()?;
+    for (addr, _) in &settings.unix_permissions {
+        let found = registrations
+            .iter()
+            .zip(&specs)
+            .find(|(r, _)| r.addr == *addr);
+        let reason = match found {
+            None => format!("{addr:?} is not a registered address"),
+            Some((_, listener::BindSpec::Unix(_))) => continue,
+            Some(_) => format!("{addr:?} is not a Unix socket file (unix:/path)"),
+        };
+        return Err(Error::Config {
+            setting: "unix_permissions",
+            reason,
+        });
+    }
+    Ok(specs)
+}
+
+/// The permissions of each registration's socket file, in order.
+pub(crate) fn permissions_of(
+    registrations: &[Registration],
+    settings: &Settings,
+) -> Vec<Option<UnixPermissions>> {
+    registrations
+        .iter()
+        .map(|r| {
+            let found = settings.unix_permissions.iter().find(|(a, _)| *a == r.addr);
+            found.map(|(_, p)| p.clone())
+        })
         .collect()
 }

@@ -98,3 +98,39 @@ fn multi_serves_three_listeners_across_a_reload() {
         assert_eq!(get(url, "/").unwrap().0, 200);
     }
 }
+
+#[test]
+fn udp_echo_keeps_its_socket_across_a_reload() {
+    let mut p = Spec::fixture()
+        .bin(support::example("udp_echo"))
+        .arg("127.0.0.1:0")
+        .arg("127.0.0.1:0")
+        .spawn();
+    let line = p
+        .wait_line(Duration::from_secs(20), |l| l.starts_with("udp_echo: pid"))
+        .unwrap_or_else(|| panic!("{}", p.report()));
+    let udp_addr = line.rsplit(' ').next().unwrap().to_owned();
+    let http = p.listening_addr(0);
+    let echo = |pid: u32| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(b"hi", &udp_addr).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], format!("{pid}: hi").as_bytes());
+    };
+    let first = p.first_pid();
+    echo(first);
+    assert!(get(&http, "/").unwrap().1.contains(&first.to_string()));
+
+    signal_pid(first, Signal::SIGHUP);
+    let again = p
+        .wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("udp_echo: pid") && l != line
+        })
+        .unwrap_or_else(|| panic!("{}", p.report()));
+    assert!(again.ends_with(&udp_addr), "the port changed: {again}");
+    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    let pid: u32 = again.split(' ').nth(2).unwrap().parse().unwrap();
+    echo(pid);
+}

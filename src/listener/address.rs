@@ -25,10 +25,14 @@ pub(crate) enum BindSpec {
     Host(String, u16),
     /// A Unix stream socket at this path.
     Unix(PathBuf),
+    /// A Unix stream socket in Linux's abstract namespace (`unix:@name`):
+    /// no file, so nothing to remove, and no permissions to set.
+    UnixAbstract(String),
 }
 
 /// Parses `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`,
-/// `":8080"` (every interface, as in Go) or `"unix:/path/to.sock"`.
+/// `":8080"` (every interface, as in Go), `"unix:/path/to.sock"` or, on
+/// Linux, `"unix:@name"` (an abstract socket).
 pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
     let invalid = |reason: String| Error::Address {
         addr: addr.to_owned(),
@@ -39,6 +43,17 @@ pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
             .map_err(|_| invalid(format!("{p:?} is not a port number from 0 to 65535")))
     };
     if let Some(path) = addr.strip_prefix("unix:") {
+        if let Some(name) = path.strip_prefix('@') {
+            if !cfg!(any(target_os = "linux", target_os = "android")) {
+                return Err(invalid(
+                    "abstract Unix socket addresses (unix:@name) exist only on Linux".to_owned(),
+                ));
+            }
+            if name.is_empty() {
+                return Err(invalid("expected unix:@name".to_owned()));
+            }
+            return Ok(BindSpec::UnixAbstract(name.to_owned()));
+        }
         if path.is_empty() {
             return Err(invalid("expected unix:/path/to.sock".to_owned()));
         }
@@ -63,7 +78,7 @@ pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
 /// [`RESOLVE_TIMEOUT`]; `name` is the registered address, for errors.
 pub(crate) async fn tcp_addrs(name: &str, spec: &BindSpec) -> Result<Option<Vec<SocketAddr>>> {
     Ok(Some(match spec {
-        BindSpec::Unix(_) => return Ok(None),
+        BindSpec::Unix(_) | BindSpec::UnixAbstract(_) => return Ok(None),
         BindSpec::Addr(a) => vec![*a],
         // Dual-stack first; only a host without IPv6 falls back to IPv4.
         BindSpec::AnyInterface(port) => vec![
@@ -137,6 +152,10 @@ mod tests {
         assert!(
             matches!(parse("unix:/run/app.sock").unwrap(), BindSpec::Unix(p) if p == Path::new("/run/app.sock"))
         );
+        assert_eq!(
+            parse("unix:@app").unwrap(),
+            BindSpec::UnixAbstract("app".into())
+        );
     }
 
     #[test]
@@ -163,6 +182,7 @@ mod tests {
                 "invalid address \"\": expected host:port, [ipv6]:port or :port",
             ),
             ("unix:", "invalid address \"unix:\": expected unix:/path/to.sock"),
+            ("unix:@", "invalid address \"unix:@\": expected unix:@name"),
         ] {
             assert_eq!(parse(addr).unwrap_err().to_string(), msg);
         }

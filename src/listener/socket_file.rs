@@ -41,7 +41,6 @@ impl SocketFile {
         })
     }
 
-    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -74,6 +74,15 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut buf = String::new();
     match addr.strip_prefix("unix:") {
+        #[cfg(target_os = "linux")]
+        Some(name) if name.starts_with('@') => {
+            use std::os::linux::net::SocketAddrExt;
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(&name[1..])?;
+            let mut s = std::os::unix::net::UnixStream::connect_addr(&sa)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(request.as_bytes())?;
+            s.read_to_string(&mut buf)?;
+        }
         Some(p) => {
             let mut s = std::os::unix::net::UnixStream::connect(p)?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;

@@ -1,0 +1,159 @@
+//! Reload when a file changes: the executable (a new release copied into
+//! place) or any file the program names (TLS certificates, configuration).
+//!
+//! Each file is looked at with `stat` (following symlinks) every
+//! [`POLL`]; a change is any new device, inode, size or modification time.
+//! The reload starts once the file has stayed the same for [`SETTLE`]
+//! after its last change, so a file still being written (`cp` writes in
+//! chunks) is not started half-written, and a burst of changes (the
+//! certificate, then the key) makes one reload.
+//!
+//! Why polling rather than inotify or the `notify` crate: it needs no
+//! dependency and behaves the same on every platform, and it sees every
+//! way a deploy replaces a file: renamed over (new inode), written in place,
+//! or a `current -> releases/vN` symlink switched somewhere up the path
+//! (which a watch on the file's directory would miss). Four `stat` calls a
+//! second cost nothing; the price is up to [`POLL`] of extra latency.
+//!
+//! The reload goes through a [`Handle`], exactly as [`Handle::reload`]
+//! from code: a new binary that cannot start is reaped and the old
+//! generation serves on, as after any failed reload. A change is acted on
+//! once: a broken binary is not retried until the file changes again.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::handle::Handle;
+
+/// How often each file is looked at.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a changed file must stay the same before the reload.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// What tells one version of a file from another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: Option<SystemTime>,
+}
+
+fn identity(path: &std::path::Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Identity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        modified: meta.modified().ok(),
+    })
+}
+
+/// Watches files while this generation serves; stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Watcher(tokio::task::JoinHandle<()>);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts watching `paths`; a change reloads through `handle`.
+pub(crate) fn spawn(paths: Vec<PathBuf>, handle: Handle) -> Watcher {
+    Watcher(tokio::spawn(watch(paths, handle)))
+}
+
+/// One watched file: the version the running generation started from, and
+/// the one last seen, since when.
+struct File {
+    path: PathBuf,
+    known: Option<Identity>,
+    seen: Option<Identity>,
+    since: Instant,
+}
+
+async fn watch(paths: Vec<PathBuf>, handle: Handle) {
+    let now = Instant::now();
+    let mut files: Vec<File> = paths
+        .into_iter()
+        .map(|path| {
+            let known = identity(&path);
+            if known.is_none() {
+                warn!(path = %path.display(), "cannot stat the file to watch; a file that appears there will reload");
+            }
+            info!(path = %path.display(), "reloading when this file changes");
+            File {
+                path,
+                seen: known.clone(),
+                known,
+                since: now,
+            }
+        })
+        .collect();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        for f in &mut files {
+            let id = identity(&f.path);
+            if id != f.seen {
+                debug!(path = %f.path.display(), "file changing");
+                f.seen = id;
+                f.since = now;
+                continue;
+            }
+            // Settled, present, and not the version we run: a reload. (A
+            // file that is gone, mid-rename, waits for its successor.)
+            if f.seen.is_some() && f.seen != f.known && now.duration_since(f.since) >= SETTLE {
+                f.known = f.seen.clone();
+                changed.push(f.path.display().to_string());
+            }
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        info!(paths = ?changed, "file changed; reloading");
+        match handle.reload().await {
+            // This generation drains now; the watcher is dropped with it.
+            Ok(()) => return,
+            Err(e @ (Error::Draining | Error::NotRunning)) => {
+                debug!(cause = %e, "not reloading for the file change");
+                return;
+            }
+            Err(e) => {
+                warn!(paths = ?changed, cause = %e, "reload after the file change failed; still serving (the next change is tried again)")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_over_and_a_rewrite_are_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin");
+        std::fs::write(&path, "one").unwrap();
+        let first = identity(&path).unwrap();
+        // Same content, new inode: renamed over.
+        let new = dir.path().join("bin.new");
+        std::fs::write(&new, "one").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        let renamed = identity(&path).unwrap();
+        assert_ne!(first, renamed);
+        // Same inode, new size.
+        std::fs::write(&path, "longer").unwrap();
+        assert_ne!(identity(&path).unwrap(), renamed);
+        assert!(identity(&dir.path().join("missing")).is_none());
+    }
+}
