@@ -194,6 +194,16 @@ pub use conn_info::TlsInfo;
 pub use conn_info::{ConnInfo, PeerCredentials};
 pub use error::{Error, Result};
 pub use handle::Handle;
+/// Serves a tower service (an axum `Router`, a tonic server's routes) as a
+/// hyper service: `endless::listen_and_serve(addr,
+/// endless::TowerToHyperService::new(router))`.
+///
+/// This is hyper-util's own adapter, re-exported rather than wrapped: it is
+/// what hyper and axum document, and the re-export guarantees the version
+/// that matches endless's hyper. hyper-util is a 0.x crate, so endless takes
+/// a new hyper-util only in a release whose CHANGELOG says so. (The public
+/// [`Signal`] type, by contrast, is endless's own: `nix`, where the signal
+/// type would come from, makes breaking releases often.)
 pub use hyper_util::service::TowerToHyperService;
 pub use listener::{LocalAddr, UnixPermissions};
 /// The rustls this crate serves HTTPS with, for building the configuration
