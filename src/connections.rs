@@ -224,6 +224,11 @@ impl Connections {
         self.shared.sockets.lock().open.len()
     }
 
+    /// Stops accepting: each accept loop drops its listener.
+    pub(crate) fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+    }
+
     /// Stops accepting and starts closing connections.
     pub(crate) fn start_drain(&self) {
         self.stop_accepting.cancel();

@@ -188,7 +188,7 @@ impl Generation {
         let timeout = self.settings.stop_timeout;
         if let Some(parent) = self.temporary {
             let why = keep_pid::serve_temporary(&mut self.events, parent).await;
-            return Drain::start(&self.conns, why, timeout, &self.settings.shared);
+            return self.drain(why);
         }
         let restarter = Restarter::new(
             self.settings.signals.clone(),
@@ -202,16 +202,11 @@ impl Generation {
             match restarter.serve(&mut self.events, &fds).await {
                 Outcome::Stop => {
                     systemd::stopping();
-                    return Drain::start(&self.conns, Why::Stopped, timeout, &self.settings.shared);
+                    return self.drain(Why::Stopped);
                 }
                 Outcome::HandedOver { trigger, .. } if !self.settings.keep_pid => {
                     trigger.answer(Ok(()));
-                    return Drain::start(
-                        &self.conns,
-                        Why::HandedOver,
-                        timeout,
-                        &self.settings.shared,
-                    );
+                    return self.drain(Why::HandedOver);
                 }
                 Outcome::HandedOver {
                     pid,
@@ -252,12 +247,25 @@ impl Generation {
         }
     }
 
-    /// Phase 3: stops accepting (after a hand-over the sockets live on in
-    /// the new generation), waits for the drain, and cleans up after a
-    /// final stop.
+    /// Stops accepting: the accept loops drop their listeners and so do we,
+    /// before anyone hears of the drain (after a stop the socket then
+    /// refuses connections; after a hand-over it lives on in the new
+    /// generation). Then the drain starts.
+    fn drain(&mut self, why: Why) -> Drain {
+        self.conns.stop_accepting();
+        self.bound.clear();
+        Drain::start(
+            &self.conns,
+            why,
+            self.settings.stop_timeout,
+            &self.settings.shared,
+        )
+    }
+
+    /// Phase 3: waits for the drain (stopping accepting if a `keep_pid`
+    /// re-exec was abandoned, which kept the listeners), and cleans up
+    /// after a final stop.
     pub(crate) async fn finish(mut self, mut drain: Drain) {
-        // The accept loops dropped their listeners when the drain started;
-        // ours go now.
         self.bound.clear();
         let ended = drain.wait(&self.conns, &mut self.events).await;
         if let Some(temporary) = self.outlive {

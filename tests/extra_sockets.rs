@@ -174,7 +174,7 @@ fn udp_tcp_and_a_memfd_are_carried_across_20_reloads_with_nothing_lost() {
         tcp.other.len()
     );
     assert_eq!(lost, 0, "datagrams lost\n{}", server.report());
-    assert!(udp.sent > 1000, "too few datagrams: {}", udp.sent);
+    assert!(udp.sent > 400, "too few datagrams: {}", udp.sent);
     assert!(udp.pids.len() > reloads / 2, "{:?}", udp.pids);
     assert_eq!(
         (tcp.refused, tcp.other.len()),

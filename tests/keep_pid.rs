@@ -13,15 +13,15 @@ use support::{get, get_in_background, served_pid, signal_pid, wait_served_by, Pr
 fn keep_pid_reload(server: &Proc, pid: u32) -> u32 {
     let before = server.readies().len();
     signal_pid(pid, Signal::SIGHUP);
-    let temporary = server.nth_ready(before + 1).pid;
-    assert_ne!(
-        temporary, pid,
-        "the first READY of a reload is the temporary generation's"
-    );
-    assert_eq!(
-        server.nth_ready(before + 2).pid,
-        pid,
-        "the PID changed:\n{}",
+    // Two READY lines: the temporary generation's and the original PID's.
+    // (Each is printed by a task of its own once the generation serves; on
+    // a loaded machine the temporary one's may come second.)
+    let first = server.nth_ready(before + 1).pid;
+    let second = server.nth_ready(before + 2).pid;
+    let temporary = if first == pid { second } else { first };
+    assert!(
+        (first == pid) != (second == pid),
+        "expected one READY from the original PID {pid} and one from a temporary generation, got {first} and {second}:\n{}",
         server.report()
     );
     temporary
