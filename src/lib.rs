@@ -189,6 +189,8 @@ pub mod sockets;
 mod state;
 mod systemd;
 #[cfg(feature = "tls")]
+mod tickets;
+#[cfg(feature = "tls")]
 mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
@@ -309,6 +311,34 @@ fn init_process_state() {
 pub fn inherited_state() -> Option<&'static [u8]> {
     init_process_state();
     state::user()
+}
+
+/// The TLS session ticketer that [`Server::register_tls`] uses, for a
+/// configuration of your own ([`Server::register_tls_config`], whose
+/// tickets are yours to set up): its keys are handed to the next
+/// generation at each reload, so a client resumes its session across
+/// reloads. ChaCha20-Poly1305, keys rotated every 6 hours (the previous
+/// one still decrypts).
+///
+/// # Examples
+///
+/// ```
+/// # fn doc(mut config: endless::rustls::ServerConfig) {
+/// config.ticketer = endless::tls_ticketer();
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// Never; if the system's random number generator fails, the ticketer
+/// returned issues no tickets (full handshakes, as with none).
+#[cfg(feature = "tls")]
+pub fn tls_ticketer() -> std::sync::Arc<dyn rustls::server::ProducesTickets> {
+    init_process_state();
+    match tickets::ticketer() {
+        Some(t) => t,
+        None => std::sync::Arc::new(tickets::Disabled),
+    }
 }
 
 /// When this generation started: the first call into `endless` in this

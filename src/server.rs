@@ -185,6 +185,11 @@ impl Server {
     /// cannot load them, it fails to start and the old one keeps serving.
     /// ALPN offers `h2` and `http/1.1`. Plain and HTTPS listeners can be
     /// mixed in one server.
+    ///
+    /// Session tickets (TLS 1.3 and 1.2) are encrypted with keys that each
+    /// generation hands to the next ([`tls_ticketer`](crate::tls_ticketer)),
+    /// so clients resume their sessions across reloads instead of doing a
+    /// full handshake after each one.
     #[cfg(feature = "tls")]
     pub fn register_tls<S, B>(
         self,
@@ -210,6 +215,10 @@ impl Server {
     /// It is used as it is: set its `alpn_protocols` to
     /// `[b"h2", b"http/1.1"]` to offer HTTP/2. Being built in code, it is
     /// rebuilt at every generation only if your code rebuilds it.
+    ///
+    /// Its session tickets are yours to set up: set `config.ticketer` to
+    /// [`tls_ticketer()`](crate::tls_ticketer) for tickets that stay valid
+    /// across reloads, as [`register_tls`](Self::register_tls) does.
     #[cfg(feature = "tls")]
     pub fn register_tls_config<S, B>(
         self,
