@@ -60,6 +60,7 @@ impl Generation {
         commands: tokio::sync::mpsc::UnboundedReceiver<crate::handle::Command>,
     ) -> Result<Generation> {
         let signals = Signals::install(&settings.signals)?;
+        crate::state::log_inherited();
         let spread = settings.drain_notice_spread.min(settings.stop_timeout / 2);
         let spread = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
         settings
@@ -195,6 +196,7 @@ impl Generation {
             self.settings.ready_timeout,
             self.settings.keep_pid,
             self.settings.shared.clone(),
+            self.settings.handoff.clone(),
         );
         loop {
             let fds = self.listener_fds();
@@ -226,6 +228,7 @@ impl Generation {
                             stop_timeout: timeout,
                             shared: &self.settings.shared,
                             since,
+                            handoff: self.settings.handoff.as_ref(),
                         },
                         &mut self.events,
                         resume,

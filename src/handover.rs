@@ -9,6 +9,7 @@
 //! | `ENDLESS_FDNAMES` | their names (registered addresses, or `extra:NAME` for the descriptors of `crate::sockets`), `;`-separated |
 //! | `ENDLESS_FDIDS`   | each socket's identity, `device:inode`, `;`-separated |
 //! | `ENDLESS_PPID`    | the PID of the process that placed them (to signal)   |
+//! | `ENDLESS_STATE`   | `FD:device:inode` of the state file (see `state`), placed after the report pipe |
 //!
 //! The child accepts them only when every FD named is a socket with exactly
 //! the identity given (checked with `fstat`, touching nothing else), so a
@@ -48,6 +49,9 @@ const GENERATION: &str = "ENDLESS_GENERATION";
 /// that fails to start says why (see `report`).
 const REPORT: &str = "ENDLESS_REPORT";
 const PPID: &str = "ENDLESS_PPID";
+/// `FD:device:inode` of the file holding the state handed to the next
+/// generation (see `state`): a memfd, or an unlinked temporary file.
+const STATE: &str = "ENDLESS_STATE";
 /// Set on a generation started only to serve while its parent re-executes
 /// itself in place (`keep_pid`).
 const TEMPORARY: &str = "ENDLESS_TEMPORARY";
@@ -57,8 +61,8 @@ const TEMPORARY: &str = "ENDLESS_TEMPORARY";
 const EXEC_PID: &str = "ENDLESS_EXEC_PID";
 const FDNUMS: &str = "ENDLESS_FDNUMS";
 const TEMP_PID: &str = "ENDLESS_TEMP_PID";
-const ALL_VARS: [&str; 10] = [
-    FDS, FDNAMES, FDIDS, GENERATION, REPORT, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID,
+const ALL_VARS: [&str; 11] = [
+    FDS, FDNAMES, FDIDS, GENERATION, REPORT, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID, STATE,
 ];
 /// systemd's socket-activation variables: they describe the first
 /// generation's FDs only, so a new generation must never see them.
@@ -104,6 +108,8 @@ pub(crate) const EXTRA: &str = "extra:";
 static UNCLAIMED_EXTRAS: Mutex<Vec<(String, RawFd)>> = Mutex::new(Vec::new());
 /// The inherited report pipe, until `report` takes it.
 static REPORT_FD: Mutex<Option<RawFd>> = Mutex::new(None);
+/// The inherited state, until `state` takes it.
+static STATE_FD: Mutex<Option<RawFd>> = Mutex::new(None);
 
 /// Reads the hand-over variables once and marks the inherited FDs
 /// close-on-exec straight away, so nothing this process spawns can inherit
@@ -137,6 +143,13 @@ pub(crate) fn init() {
                     let _ = set_cloexec(fd);
                 }
                 *REPORT_FD.lock().unwrap_or_else(|e| e.into_inner()) = report;
+            }
+            if r.origin != Origin::Systemd {
+                let state = read_state_env(&r.fds);
+                if let Some(fd) = state {
+                    let _ = set_cloexec(fd);
+                }
+                *STATE_FD.lock().unwrap_or_else(|e| e.into_inner()) = state;
             }
         }
         Ok(received)
@@ -275,6 +288,26 @@ fn read_report_env(count: usize) -> Option<RawFd> {
     let (fd, id) = value.split_once(':')?;
     let fd: RawFd = fd.parse().ok()?;
     (fd == FIRST_FD + count as RawFd && fd_id(fd, SFlag::S_IFIFO)? == id).then_some(fd)
+}
+
+/// The state file our parent (or our own image, before an in-place
+/// re-exec) placed for us, if `ENDLESS_STATE` names an FD above 2 that is
+/// none of the sockets and is exactly the regular file named (checked with
+/// `fstat` only: anything else is somebody else's and stays untouched).
+fn read_state_env(sockets: &[RawFd]) -> Option<RawFd> {
+    let value = std::env::var(STATE).ok()?;
+    let (fd, id) = value.split_once(':')?;
+    let fd: RawFd = fd.parse().ok()?;
+    (fd > 2 && !sockets.contains(&fd) && fd_id(fd, SFlag::S_IFREG)? == id).then_some(fd)
+}
+
+/// Takes the state file this process inherited, once.
+pub(crate) fn take_state_fd() -> Option<OwnedFd> {
+    init();
+    let fd = STATE_FD.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    // SAFETY: placed for us (checked by identity in `init`), and handed out
+    // once (`take`), so nothing else in this process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Takes the report pipe this process inherited, once.
@@ -473,7 +506,8 @@ fn read_systemd_env() -> Result<Option<HandedOver>, (RawFd, String)> {
 ///
 /// `temporary`: the child only serves while we re-execute ourselves in place.
 /// `report`: the write end of a pipe, placed after the listeners, on which
-/// the child says why it failed, if it does.
+/// the child says why it failed, if it does. `state`: the file holding the
+/// state for the child (see `state`), placed after that.
 ///
 /// Fails only if a listener is not an open socket (which would be a bug).
 pub(crate) fn pass_listeners(
@@ -482,6 +516,7 @@ pub(crate) fn pass_listeners(
     blocked: SigSet,
     temporary: bool,
     report: Option<RawFd>,
+    state: Option<RawFd>,
 ) -> io::Result<()> {
     for var in SYSTEMD_VARS.iter().chain(&ALL_VARS) {
         cmd.env_remove(var);
@@ -501,6 +536,13 @@ pub(crate) fn pass_listeners(
             let at = FIRST_FD + sources.len() as RawFd;
             cmd.env(REPORT, format!("{at}:{id}"));
             sources.push(pipe);
+        }
+    }
+    if let Some(state) = state {
+        if let Some(id) = fd_id(state, SFlag::S_IFREG) {
+            let at = FIRST_FD + sources.len() as RawFd;
+            cmd.env(STATE, format!("{at}:{id}"));
+            sources.push(state);
         }
     }
 
@@ -568,6 +610,7 @@ pub(crate) fn exec_in_place(
     listeners: &[(&str, RawFd)],
     blocked: SigSet,
     temporary: Option<Pid>,
+    state: Option<RawFd>,
 ) -> io::Error {
     use std::ffi::CString;
     use std::io::Write;
@@ -606,6 +649,9 @@ pub(crate) fn exec_in_place(
         if let Some(t) = temporary {
             set(TEMP_PID, t.to_string())?;
         }
+        if let Some(id) = state.and_then(|fd| fd_id(fd, SFlag::S_IFREG)) {
+            set(STATE, format!("{}:{id}", state.unwrap_or_default()))?;
+        }
         if let Some(cwd) = cwd {
             let mut kv = b"PWD=".to_vec();
             kv.extend_from_slice(cwd.as_os_str().as_bytes());
@@ -642,16 +688,17 @@ pub(crate) fn exec_in_place(
         restore_cwd();
         return e.into();
     }
-    for (_, fd) in listeners {
-        let _ = set_cloexec_flag(*fd, false);
+    let crossing = listeners.iter().map(|(_, fd)| *fd).chain(state);
+    for fd in crossing.clone() {
+        let _ = set_cloexec_flag(fd, false);
     }
     let err = match nix::unistd::execve(&exe, &argv, &env) {
         Err(e) => io::Error::from(e),
         Ok(never) => match never {},
     };
     // Still here: undo, and let the caller resume.
-    for (_, fd) in listeners {
-        let _ = set_cloexec_flag(*fd, true);
+    for fd in crossing {
+        let _ = set_cloexec_flag(fd, true);
     }
     let _ = nix::sys::signal::pthread_sigmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,

@@ -62,6 +62,8 @@ pub(crate) struct Context<'a> {
     pub(crate) shared: &'a std::sync::Arc<crate::handle::Shared>,
     /// When the reload was asked for.
     pub(crate) since: std::time::Instant,
+    /// Makes the state handed to the new image.
+    pub(crate) handoff: Option<&'a crate::state::Producer>,
 }
 
 /// Step 2: drains P's connections (keeping the listeners), then
@@ -91,6 +93,8 @@ pub(crate) async fn reexec(
     }
     let exe = exe::current();
     info!(path = %exe.path.display(), cwd = ?exe.cwd, "re-executing in place");
+    // Made now, after the drain: the state as this image leaves it.
+    let state = crate::state::prepare(cx.handoff);
     let source = handover::exec_in_place(
         &exe.path,
         &exe.args,
@@ -98,7 +102,9 @@ pub(crate) async fn reexec(
         cx.listeners,
         cx.signals.handled(),
         Some(Pid::from_raw(temporary as i32)),
+        crate::state::raw(&state),
     );
+    drop(state);
     // Still here: the exec failed. Serve again and send the temporary
     // generation away; the PID and the service survive.
     error!(path = %exe.path.display(), cause = %source, "re-executing in place failed; serving again");

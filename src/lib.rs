@@ -126,6 +126,14 @@
 //! generation gets its predecessor's, and [`sockets::draining`] tells the
 //! old one to stop reading them.
 //!
+//! # Carrying state
+//!
+//! [`Server::handoff_state`] hands the next generation a blob of bytes at
+//! each reload (up to [`MAX_STATE`]), which it reads at start-up with
+//! [`inherited_state`]. Servers from [`Server::register_tls`] use the same
+//! hand-over for their TLS session ticket keys, so clients resume their
+//! sessions across reloads.
+//!
 //! # Reloading without a signal
 //!
 //! [`Server::reload_on_binary_change`] reloads once a new executable is in
@@ -178,7 +186,10 @@ mod server;
 mod service;
 mod signal;
 pub mod sockets;
+mod state;
 mod systemd;
+#[cfg(feature = "tls")]
+mod tickets;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(not(feature = "tls"))]
@@ -213,6 +224,7 @@ pub use rustls;
 pub use server::Server;
 pub use service::{HttpBody, HttpService};
 pub use signal::{ParseSignalError, Signal};
+pub use state::MAX_STATE;
 
 /// Serves `svc` on `addr` with the default settings, reloading on `SIGHUP`
 /// or `SIGUSR1` and stopping gracefully on `SIGTERM` or `SIGINT`.
@@ -287,6 +299,56 @@ fn init_process_state() {
     exe::init();
     static REPORT: std::sync::Once = std::sync::Once::new();
     REPORT.call_once(report::init);
+    state::init();
+}
+
+/// The state the previous generation handed over with
+/// [`Server::handoff_state`], if this generation was started by a reload
+/// and could read it; `None` otherwise (a first start, no callback, a
+/// callback that failed or returned more than [`MAX_STATE`] bytes, a state
+/// that could not be read: each logged).
+///
+/// Readable at start-up, before [`Server::run`] (it is read, and its file
+/// closed, at the first call into `endless`), and as often as needed: it
+/// stays in memory for the life of the process.
+///
+/// # Examples
+///
+/// ```
+/// // A process that no reload started inherited nothing.
+/// assert_eq!(endless::inherited_state(), None);
+/// ```
+pub fn inherited_state() -> Option<&'static [u8]> {
+    init_process_state();
+    state::user()
+}
+
+/// The TLS session ticketer that [`Server::register_tls`] uses, for a
+/// configuration of your own ([`Server::register_tls_config`], whose
+/// tickets are yours to set up): its keys are handed to the next
+/// generation at each reload, so a client resumes its session across
+/// reloads. ChaCha20-Poly1305, keys rotated every 6 hours (the previous
+/// one still decrypts).
+///
+/// # Examples
+///
+/// ```
+/// # fn doc(mut config: endless::rustls::ServerConfig) {
+/// config.ticketer = endless::tls_ticketer();
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// Never; if the system's random number generator fails, the ticketer
+/// returned issues no tickets (full handshakes, as with none).
+#[cfg(feature = "tls")]
+pub fn tls_ticketer() -> std::sync::Arc<dyn rustls::server::ProducesTickets> {
+    init_process_state();
+    match tickets::ticketer() {
+        Some(t) => t,
+        None => std::sync::Arc::new(tickets::Disabled),
+    }
 }
 
 /// When this generation started: the first call into `endless` in this

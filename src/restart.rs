@@ -74,6 +74,8 @@ pub(crate) struct Restarter {
     next_is_temporary: bool,
     /// Where the reloads are counted.
     shared: Arc<Shared>,
+    /// Makes the state handed to the next generation.
+    handoff: Option<crate::state::Producer>,
 }
 
 impl Restarter {
@@ -82,12 +84,14 @@ impl Restarter {
         ready_timeout: Duration,
         next_is_temporary: bool,
         shared: Arc<Shared>,
+        handoff: Option<crate::state::Producer>,
     ) -> Self {
         Restarter {
             signals,
             ready_timeout,
             next_is_temporary,
             shared,
+            handoff,
         }
     }
 
@@ -215,7 +219,7 @@ impl Restarter {
     }
 
     /// Starts the next generation, with a pipe on which it can say why it
-    /// failed, if it does.
+    /// failed, if it does, and the state handed to it.
     async fn spawn(&self, listeners: &[(&str, RawFd)]) -> Result<(Child, u32, Reader)> {
         let exe = exe::current();
         let blocked = self.signals.handled();
@@ -223,13 +227,23 @@ impl Restarter {
             path: exe.path.clone(),
             source,
         };
+        // Made once per reload, just before the spawn, and kept for the
+        // retries; our copy closes when this returns.
+        let state = crate::state::prepare(self.handoff.as_ref());
         let mut tries = 0;
         loop {
             let (reader, writer) = Reader::pipe().map_err(spawn_error)?;
             let mut cmd = exe.command();
             let report = Some(writer.as_raw_fd());
-            handover::pass_listeners(&mut cmd, listeners, blocked, self.next_is_temporary, report)
-                .map_err(spawn_error)?;
+            handover::pass_listeners(
+                &mut cmd,
+                listeners,
+                blocked,
+                self.next_is_temporary,
+                report,
+                crate::state::raw(&state),
+            )
+            .map_err(spawn_error)?;
             let spawned = tokio::process::Command::from(cmd).spawn();
             // The child has its copy; ours would keep the pipe from ending.
             drop(writer);

@@ -83,6 +83,8 @@ pub(crate) struct Settings {
     pub(crate) shared: Arc<crate::handle::Shared>,
     /// How widely [`Handle::draining`] spreads its wake-ups.
     pub(crate) drain_notice_spread: Duration,
+    /// Makes the state handed to the next generation at each reload.
+    pub(crate) handoff: Option<crate::state::Producer>,
 }
 
 /// One registered listener: its address (also its name across reloads),
@@ -136,6 +138,7 @@ impl Server {
                 listening,
                 shared: shared.clone(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
+                handoff: None,
             },
             commands,
             handle: Handle {
@@ -182,6 +185,11 @@ impl Server {
     /// cannot load them, it fails to start and the old one keeps serving.
     /// ALPN offers `h2` and `http/1.1`. Plain and HTTPS listeners can be
     /// mixed in one server.
+    ///
+    /// Session tickets (TLS 1.3 and 1.2) are encrypted with keys that each
+    /// generation hands to the next ([`tls_ticketer`](crate::tls_ticketer)),
+    /// so clients resume their sessions across reloads instead of doing a
+    /// full handshake after each one.
     #[cfg(feature = "tls")]
     pub fn register_tls<S, B>(
         self,
@@ -207,6 +215,10 @@ impl Server {
     /// It is used as it is: set its `alpn_protocols` to
     /// `[b"h2", b"http/1.1"]` to offer HTTP/2. Being built in code, it is
     /// rebuilt at every generation only if your code rebuilds it.
+    ///
+    /// Its session tickets are yours to set up: set `config.ticketer` to
+    /// [`tls_ticketer()`](crate::tls_ticketer) for tickets that stay valid
+    /// across reloads, as [`register_tls`](Self::register_tls) does.
     #[cfg(feature = "tls")]
     pub fn register_tls_config<S, B>(
         self,
@@ -398,6 +410,59 @@ impl Server {
     /// several files.
     pub fn reload_on_file_change(mut self, path: impl AsRef<Path>) -> Self {
         self.settings.watch_files.push(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Hands a blob of bytes to the next generation at each reload (a cache
+    /// snapshot, counters, session keys), which it reads at start-up with
+    /// [`inherited_state`](crate::inherited_state).
+    ///
+    /// `state` is called in this generation just before it spawns the next
+    /// one (with [`keep_pid`](Self::keep_pid), once for the temporary
+    /// generation and once more, after the drain, for the re-executed
+    /// image), on the runtime's thread: keep it quick. What it returns is
+    /// written in full to a memfd (an unlinked temporary file where there
+    /// is none) that only the next generation inherits, never a process
+    /// your handlers spawn.
+    ///
+    /// At most [`MAX_STATE`](crate::MAX_STATE) bytes (64 MiB). If it returns
+    /// more, or panics, the reload still happens, without the state: this
+    /// generation logs a warning saying why, and the next one's
+    /// `inherited_state()` is `None`. So is it if the next generation
+    /// cannot read what it was handed (it starts anyway and logs a
+    /// warning). A failed reload costs nothing: the next one calls `state`
+    /// again.
+    ///
+    /// # Examples
+    ///
+    /// A request counter that survives reloads:
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use hyper::service::service_fn;
+    ///
+    /// let start = endless::inherited_state()
+    ///     .and_then(|b| Some(u64::from_le_bytes(b.try_into().ok()?)))
+    ///     .unwrap_or(0);
+    /// let count = Arc::new(AtomicU64::new(start));
+    /// let (c, saved) = (count.clone(), count.clone());
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(move |_req| {
+    ///         let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+    ///         async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(format!("{n}\n"))) }
+    ///     }))
+    ///     .handoff_state(move || saved.load(Ordering::Relaxed).to_le_bytes().to_vec())
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn handoff_state<F>(mut self, state: F) -> Self
+    where
+        F: Fn() -> Vec<u8> + Send + Sync + 'static,
+    {
+        self.settings.handoff = Some(crate::state::Producer(Arc::new(state)));
         self
     }
 

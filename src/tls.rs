@@ -5,6 +5,9 @@
 //! starts, replacing the files and reloading rotates the certificate; and
 //! because a generation that cannot load them exits before it is ready, a bad
 //! file on reload leaves the old generation serving with the old certificate.
+//!
+//! Session tickets are encrypted with keys that survive reloads (`tickets`),
+//! so a client that resumed before a reload resumes after it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,6 +102,12 @@ fn load_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
             e => tls_error(key, format!("unusable private key: {e}")),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless tickets (TLS 1.3 and 1.2) with keys the next generation
+    // inherits, so clients resume their sessions across reloads; without
+    // it each generation would make its own keys.
+    if let Some(ticketer) = crate::tickets::ticketer() {
+        config.ticketer = ticketer;
+    }
     Ok(config)
 }
 
@@ -139,6 +148,11 @@ pub(crate) fn attach_info<IO>(
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default(),
     })
+}
+
+/// The TLS session ticket keys to hand to the next generation.
+pub(crate) fn ticket_keys_state() -> Option<Vec<u8>> {
+    crate::tickets::state()
 }
 
 #[cfg(test)]

@@ -520,3 +520,102 @@ fn handlers_see_the_tls_connection_they_serve() {
         }
     }
 }
+
+/// A client that keeps its sessions (rustls's default in-memory store,
+/// shared by every connection made with it) and speaks only `version`.
+fn resuming_client(
+    ca: &Ca,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The default, spelled out: sessions in memory, TLS 1.2 by ticket too.
+    config.resumption = rustls::client::Resumption::in_memory_sessions(256)
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets);
+    Arc::new(config)
+}
+
+/// One connection and one request (so that the TLS 1.3 tickets sent after
+/// the handshake arrive): how its handshake went, and which PID answered.
+fn connect_once(addr: &str, config: &Arc<rustls::ClientConfig>) -> (rustls::HandshakeKind, u32) {
+    let mut https = Https::connect(addr, config.clone()).unwrap();
+    let kind = https.stream.conn.handshake_kind().unwrap();
+    let (status, body) = https.get("/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    (kind, served_pid(&body))
+}
+
+#[test]
+fn tls_sessions_resume_across_reloads() {
+    const RELOADS: usize = 10;
+    const CONNECTIONS: usize = 20;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let server = files.spec().arg("tls:127.0.0.1:0").start();
+    let addr = server.addr();
+    let versions = [
+        ("TLS 1.3", &rustls::version::TLS13),
+        ("TLS 1.2", &rustls::version::TLS12),
+    ];
+    let clients: Vec<_> = versions
+        .iter()
+        .map(|(name, v)| (*name, resuming_client(&ca, v)))
+        .collect();
+    for (name, client) in &clients {
+        assert_eq!(
+            connect_once(&addr, client).0,
+            rustls::HandshakeKind::Full,
+            "{name}: first contact"
+        );
+        assert_eq!(
+            connect_once(&addr, client).0,
+            rustls::HandshakeKind::Resumed,
+            "{name}: same generation"
+        );
+    }
+    // Per client: connections resumed, and first connections after a
+    // reload resumed (the ones that need the previous generation's keys).
+    let mut resumed = vec![0usize; clients.len()];
+    let mut first_resumed = vec![0usize; clients.len()];
+    for reload in 1..=RELOADS {
+        let ready = server.reload(Signal::SIGHUP);
+        // With a client of its own, which keeps no sessions.
+        let fresh = h1(&ca);
+        support::wait_served_by_tls(&addr, ready.pid, |a| {
+            Https::connect(a, fresh.clone())?.get("/")
+        });
+        for (i, (name, client)) in clients.iter().enumerate() {
+            for c in 0..CONNECTIONS {
+                let (kind, pid) = connect_once(&addr, client);
+                assert_eq!(pid, ready.pid, "{name}: reload {reload}, connection {c}");
+                if kind == rustls::HandshakeKind::Resumed {
+                    resumed[i] += 1;
+                    first_resumed[i] += usize::from(c == 0);
+                } else if c == 0 {
+                    eprintln!(
+                        "{name}: reload {reload}: the first connection did a {kind:?} handshake"
+                    );
+                }
+            }
+        }
+    }
+    for ((name, _), resumed) in clients.iter().zip(&resumed) {
+        let total = RELOADS * CONNECTIONS;
+        eprintln!(
+            "{name}: {resumed} of {total} connections resumed across {RELOADS} reloads ({:.1} %)",
+            100.0 * *resumed as f64 / total as f64
+        );
+        assert_eq!(
+            *resumed, total,
+            "{name}: every connection after a reload resumes"
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! TLS session tickets that stay valid across reloads.
+//!
+//! rustls's own ticketer makes fresh random keys in every process, so after
+//! a reload every ticket a client holds is useless and every client does a
+//! full handshake. This one encrypts tickets (ChaCha20-Poly1305, from ring,
+//! as rustls's does) with keys that the next generation inherits through
+//! the state hand-over (`state`, section `tls-tickets`): made at the first
+//! start, rotated every [`LIFETIME`] seconds, the previous key kept to
+//! decrypt tickets it made. Rotation times are wall-clock seconds, so they
+//! mean the same in the next process.
+//!
+//! A ticket is `key name (16) | nonce (12) | ciphertext | tag (16)`, the
+//! key name also authenticated as associated data.
+
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::server::ProducesTickets;
+use tracing::{debug, info, warn};
+
+/// How long a key encrypts new tickets (and then decrypts for as long
+/// again), and the lifetime tickets announce: 6 hours, as rustls's.
+pub(crate) const LIFETIME: u32 = 6 * 60 * 60;
+const NAME_LEN: usize = 16;
+const SECRET_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+/// Version byte of the serialized keys.
+const VERSION: u8 = 1;
+
+struct Key {
+    name: [u8; NAME_LEN],
+    secret: [u8; SECRET_LEN],
+    /// When it started encrypting, in seconds since the Unix epoch.
+    created: u64,
+    aead: LessSafeKey,
+}
+
+impl Key {
+    fn new(name: [u8; NAME_LEN], secret: [u8; SECRET_LEN], created: u64) -> Option<Key> {
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &secret).ok()?;
+        Some(Key {
+            name,
+            secret,
+            created,
+            aead: LessSafeKey::new(unbound),
+        })
+    }
+
+    fn random(rng: &SystemRandom, created: u64) -> Option<Key> {
+        let mut name = [0u8; NAME_LEN];
+        let mut secret = [0u8; SECRET_LEN];
+        rng.fill(&mut name).ok()?;
+        rng.fill(&mut secret).ok()?;
+        Key::new(name, secret, created)
+    }
+}
+
+struct Keys {
+    current: Key,
+    previous: Option<Key>,
+}
+
+/// Stateless session tickets whose keys survive reloads.
+pub(crate) struct Ticketer {
+    keys: RwLock<Keys>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Ticketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("Ticketer").finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+static TICKETER: OnceLock<Option<Arc<Ticketer>>> = OnceLock::new();
+
+/// This process's ticketer: the inherited keys, or new ones. `None` only
+/// if the system's random number generator fails.
+pub(crate) fn ticketer() -> Option<Arc<Ticketer>> {
+    TICKETER
+        .get_or_init(|| {
+            let rng = SystemRandom::new();
+            let inherited = crate::state::section(crate::state::TLS_TICKETS);
+            let keys = match inherited.map(decode) {
+                Some(Some(keys)) => {
+                    info!("TLS session ticket keys inherited from the previous generation");
+                    Some(keys)
+                }
+                Some(None) => {
+                    warn!("inherited TLS session ticket keys are unreadable; making new ones");
+                    None
+                }
+                None => None,
+            };
+            let keys = keys.or_else(|| {
+                Key::random(&rng, now()).map(|current| Keys {
+                    current,
+                    previous: None,
+                })
+            });
+            match keys {
+                Some(keys) => Some(Arc::new(Ticketer {
+                    keys: RwLock::new(keys),
+                    rng,
+                })),
+                None => {
+                    warn!("cannot make TLS session ticket keys; tickets disabled");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The keys to hand to the next generation: ours if this process made or
+/// used a ticketer, else whatever it inherited, passed on unchanged.
+pub(crate) fn state() -> Option<Vec<u8>> {
+    match TICKETER.get() {
+        Some(Some(t)) => Some(encode(&t.read())),
+        _ => crate::state::section(crate::state::TLS_TICKETS).map(<[u8]>::to_vec),
+    }
+}
+
+fn encode(keys: &Keys) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    for key in std::iter::once(&keys.current).chain(&keys.previous) {
+        out.extend_from_slice(&key.name);
+        out.extend_from_slice(&key.secret);
+        out.extend_from_slice(&key.created.to_le_bytes());
+    }
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<Keys> {
+    const ONE: usize = NAME_LEN + SECRET_LEN + 8;
+    let rest = bytes.strip_prefix(&[VERSION])?;
+    if rest.len() != ONE && rest.len() != 2 * ONE {
+        return None;
+    }
+    let mut keys = rest.chunks_exact(ONE).map(|k| {
+        Key::new(
+            k[..NAME_LEN].try_into().ok()?,
+            k[NAME_LEN..NAME_LEN + SECRET_LEN].try_into().ok()?,
+            u64::from_le_bytes(k[NAME_LEN + SECRET_LEN..].try_into().ok()?),
+        )
+    });
+    let current = keys.next()??;
+    let previous = match keys.next() {
+        Some(k) => Some(k?),
+        None => None,
+    };
+    Some(Keys { current, previous })
+}
+
+impl Ticketer {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a new key once the current one has encrypted for
+    /// [`LIFETIME`] seconds; the current one becomes the previous.
+    fn rotate_if_due(&self) {
+        let now = now();
+        if now
+            < self
+                .read()
+                .current
+                .created
+                .saturating_add(u64::from(LIFETIME))
+        {
+            return;
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        // Another thread may have rotated meanwhile.
+        if now < keys.current.created.saturating_add(u64::from(LIFETIME)) {
+            return;
+        }
+        match Key::random(&self.rng, now) {
+            Some(new) => {
+                let old = std::mem::replace(&mut keys.current, new);
+                keys.previous = Some(old);
+                debug!("TLS session ticket key rotated");
+            }
+            None => warn!("cannot make a new TLS session ticket key; keeping the current one"),
+        }
+    }
+}
+
+impl ProducesTickets for Ticketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        LIFETIME
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.rotate_if_due();
+        let keys = self.read();
+        let key = &keys.current;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(&key.name);
+        out.extend_from_slice(&nonce);
+        let mut sealed = plain.to_vec();
+        key.aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&key.name),
+                &mut sealed,
+            )
+            .ok()?;
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        if cipher.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let (name, rest) = cipher.split_at(NAME_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let keys = self.read();
+        let key = std::iter::once(&keys.current)
+            .chain(&keys.previous)
+            .find(|k| k.name == name)?;
+        let mut buf = sealed.to_vec();
+        let plain_len = key
+            .aead
+            .open_in_place(
+                Nonce::try_assume_unique_for_key(nonce).ok()?,
+                Aad::from(name),
+                &mut buf,
+            )
+            .ok()?
+            .len();
+        buf.truncate(plain_len);
+        Some(buf)
+    }
+}
+
+/// No tickets: what [`crate::tls_ticketer`] returns if no keys can be made.
+#[derive(Debug)]
+pub(crate) struct Disabled;
+
+impl ProducesTickets for Disabled {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticketer(keys: Keys) -> Ticketer {
+        Ticketer {
+            keys: RwLock::new(keys),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    #[test]
+    fn tickets_round_trip_and_tampering_fails() {
+        let rng = SystemRandom::new();
+        let t = ticketer(Keys {
+            current: Key::random(&rng, now()).unwrap(),
+            previous: None,
+        });
+        let ticket = t.encrypt(b"session").unwrap();
+        assert_eq!(t.decrypt(&ticket).unwrap(), b"session");
+        let mut bad = ticket.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(t.decrypt(&bad), None);
+        assert_eq!(t.decrypt(&ticket[..20]), None);
+    }
+
+    #[test]
+    fn keys_survive_encoding_and_rotation_keeps_the_previous_key() {
+        let rng = SystemRandom::new();
+        // A key old enough to be rotated at the next ticket.
+        let old = now() - u64::from(LIFETIME) - 1;
+        let t = ticketer(Keys {
+            current: Key::random(&rng, old).unwrap(),
+            previous: None,
+        });
+        let before = t.read().current.aead_ticket(&t);
+        // What the next generation gets decrypts what this one made.
+        let next = ticketer(decode(&encode(&t.read())).unwrap());
+        assert_eq!(next.decrypt(&before).unwrap(), b"x");
+        // A ticket now rotates the key; the old ticket still decrypts.
+        let after = t.encrypt(b"y").unwrap();
+        assert_ne!(after[..NAME_LEN], before[..NAME_LEN]);
+        assert_eq!(t.decrypt(&before).unwrap(), b"x");
+        let next = ticketer(decode(&encode(&t.read())).unwrap());
+        assert_eq!(next.decrypt(&before).unwrap(), b"x");
+        assert_eq!(next.decrypt(&after).unwrap(), b"y");
+        assert!(decode(b"\x01short").is_none());
+        assert!(decode(b"").is_none());
+    }
+
+    impl Key {
+        /// A ticket for `x` made with this key, without rotating.
+        fn aead_ticket(&self, t: &Ticketer) -> Vec<u8> {
+            let mut nonce = [0u8; NONCE_LEN];
+            t.rng.fill(&mut nonce).unwrap();
+            let mut sealed = b"x".to_vec();
+            self.aead
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(&self.name),
+                    &mut sealed,
+                )
+                .unwrap();
+            [&self.name[..], &nonce, &sealed].concat()
+        }
+    }
+}
