@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p endless-grpc-example -- [ADDR...]   # default 127.0.0.1:50051
-//! grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
+//! grpc_health_probe -addr=127.0.0.1:50051                    # status: SERVING
 //! kill -HUP N                                                # reload: a new pid serves
 //! kill -TERM <new pid>                                       # graceful stop
 //! ```
