@@ -104,6 +104,10 @@ fn a_second_stop_signal_cuts_a_drain_after_a_reload_short() {
     let slow = get_in_background(&addr, "/sleep/30000");
     std::thread::sleep(Duration::from_millis(200));
     server.reload(Signal::SIGHUP);
+    // Once the old generation drains after the hand-over (a SIGTERM sent
+    // while the new generation's "ready" SIGTERM is still pending would
+    // merge with it: standard signals do not queue).
+    server.wait_log("HandedOver", Duration::from_secs(5));
     signal_pid(old, Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
