@@ -50,6 +50,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub(crate) enum Peer {
     Tcp(SocketAddr),
+    #[cfg(unix)]
     Unix(Option<PeerCredentials>),
 }
 
@@ -124,6 +125,7 @@ impl ConnInfo {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self.0.peer {
             Peer::Tcp(addr) => Some(addr),
+            #[cfg(unix)]
             Peer::Unix(_) => None,
         }
     }
@@ -132,6 +134,7 @@ impl ConnInfo {
     pub fn peer_credentials(&self) -> Option<PeerCredentials> {
         match self.0.peer {
             Peer::Tcp(_) => None,
+            #[cfg(unix)]
             Peer::Unix(creds) => creds,
         }
     }

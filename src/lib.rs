@@ -154,36 +154,60 @@
 //! - After [`Server::run`] returns, its signal handlers stay installed: the
 //!   signals are caught and ignored from then on.
 
-#![cfg(unix)]
 #![deny(unsafe_code)]
+// Without Unix the shared modules (events, drain, connections) keep what
+// only the reload machinery uses; dead code is checked on Unix, where all
+// of it is used.
+#![cfg_attr(not(unix), allow(dead_code))]
 
 mod conn_info;
 mod connections;
 mod drain;
 mod error;
 mod events;
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod exe;
+#[cfg(unix)]
+mod generation;
+// Without Unix there are no reloads: one generation that serves and stops.
+#[cfg(not(unix))]
+#[path = "portable/generation.rs"]
 mod generation;
 mod handle;
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod handover;
+#[cfg(unix)]
 mod keep_pid;
 mod lifecycle;
 mod listener;
+#[cfg(unix)]
 mod pid_file;
+#[cfg(not(unix))]
+mod portable;
+#[cfg(unix)]
 mod report;
+#[cfg(unix)]
 mod restart;
 mod server;
 mod service;
+#[cfg(unix)]
 mod signal;
+// The same types, with Ctrl-C (and the console's close) as the only signals.
+#[cfg(not(unix))]
+#[path = "portable/signal.rs"]
+mod signal;
+#[cfg(unix)]
 pub mod sockets;
+#[cfg(unix)]
 mod systemd;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 mod tls;
+#[cfg(unix)]
 mod watch;
 
 use std::sync::OnceLock;
@@ -195,7 +219,9 @@ pub use conn_info::{ConnInfo, PeerCredentials};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use hyper_util::service::TowerToHyperService;
-pub use listener::{LocalAddr, UnixPermissions};
+pub use listener::LocalAddr;
+#[cfg(unix)]
+pub use listener::UnixPermissions;
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.
 #[cfg(feature = "tls")]
@@ -273,10 +299,13 @@ static STARTED_AT: OnceLock<SystemTime> = OnceLock::new();
 /// it: when it started, how it was started, and where its binary is.
 fn init_process_state() {
     STARTED_AT.get_or_init(SystemTime::now);
-    handover::init();
-    exe::init();
-    static REPORT: std::sync::Once = std::sync::Once::new();
-    REPORT.call_once(report::init);
+    #[cfg(unix)]
+    {
+        handover::init();
+        exe::init();
+        static REPORT: std::sync::Once = std::sync::Once::new();
+        REPORT.call_once(report::init);
+    }
 }
 
 /// When this generation started: the first call into `endless` in this
@@ -299,7 +328,15 @@ pub fn started_at() -> SystemTime {
 /// ```
 pub fn generation() -> u64 {
     init_process_state();
-    handover::generation()
+    #[cfg(unix)]
+    {
+        handover::generation()
+    }
+    // No reloads, so every process is the first generation.
+    #[cfg(not(unix))]
+    {
+        0
+    }
 }
 
 /// Whether this process is a generation started by a reload (as opposed to
@@ -309,8 +346,15 @@ pub fn generation() -> u64 {
 /// is still waiting for this one, so it stays true after that one exits.
 pub fn started_by_reload() -> bool {
     init_process_state();
-    matches!(
-        handover::origin(),
-        Some(handover::Origin::Parent(_) | handover::Origin::SelfExec { .. })
-    )
+    #[cfg(unix)]
+    {
+        matches!(
+            handover::origin(),
+            Some(handover::Origin::Parent(_) | handover::Origin::SelfExec { .. })
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
 }

@@ -1,5 +1,6 @@
 //! The [`Server`] builder: listeners and settings, checked by [`Server::run`].
 
+#[cfg(unix)]
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::handle::{Command, Handle};
-use crate::listener::{self, LocalAddr, UnixPermissions};
+#[cfg(unix)]
+use crate::listener::UnixPermissions;
+use crate::listener::{self, LocalAddr};
 use crate::service::{self, HttpBody, HttpService, Launch};
 use crate::signal::{Signal, SignalSet};
 use crate::tls::TlsSource;
@@ -64,18 +67,25 @@ pub struct Server {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) stop_timeout: Duration,
+    // Without Unix there are no reloads to time.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) ready_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     /// Used only with the `tls` feature.
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) signals: SignalSet,
+    #[cfg(unix)]
     pub(crate) pid_file: Option<PathBuf>,
+    #[cfg(unix)]
     pub(crate) keep_pid: bool,
     /// Reload when the executable changes.
+    #[cfg(unix)]
     pub(crate) watch_binary: bool,
     /// Reload when one of these changes.
+    #[cfg(unix)]
     pub(crate) watch_files: Vec<PathBuf>,
     /// Socket file permissions, by registered address.
+    #[cfg(unix)]
     pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
     /// Tells the handles where the server listens.
     pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
@@ -128,10 +138,15 @@ impl Server {
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
                 signals: SignalSet::default(),
+                #[cfg(unix)]
                 pid_file: None,
+                #[cfg(unix)]
                 keep_pid: false,
+                #[cfg(unix)]
                 unix_permissions: Vec::new(),
+                #[cfg(unix)]
                 watch_binary: false,
+                #[cfg(unix)]
                 watch_files: Vec::new(),
                 listening,
                 shared: shared.clone(),
@@ -290,6 +305,9 @@ impl Server {
     /// `path`) once it is serving, and a new generation does so before its
     /// predecessor exits, so the file always names a live, serving process.
     /// A final stop removes it (if it still holds our PID).
+    ///
+    /// Unix only.
+    #[cfg(unix)]
     pub fn pid_file(mut self, path: impl AsRef<Path>) -> Self {
         self.settings.pid_file = Some(path.as_ref().to_path_buf());
         self
@@ -311,6 +329,9 @@ impl Server {
     /// image is replaced, so a `reload()` awaited in this process never
     /// returns; do not await it inside a request handler, whose request the
     /// drain waits for.)
+    ///
+    /// Unix only.
+    #[cfg(unix)]
     pub fn keep_pid(mut self, keep: bool) -> Self {
         self.settings.keep_pid = keep;
         self
@@ -318,7 +339,7 @@ impl Server {
 
     /// Gives the file of the Unix socket registered as `addr`
     /// (`"unix:/run/app.sock"`) a mode, an owner and a group, as systemd's
-    /// `SocketMode=`, `SocketUser=` and `SocketGroup=` do.
+    /// `SocketMode=`, `SocketUser=` and `SocketGroup=` do. Unix only.
     ///
     /// They are set after the socket is bound and before it listens, so no
     /// client ever connects while the file has other permissions; a
@@ -348,6 +369,7 @@ impl Server {
     ///     .await
     /// # }
     /// ```
+    #[cfg(unix)]
     pub fn unix_permissions(mut self, addr: &str, permissions: UnixPermissions) -> Self {
         self.settings.unix_permissions.retain(|(a, _)| a != addr);
         self.settings
@@ -358,7 +380,8 @@ impl Server {
 
     /// Reloads when the executable is replaced (default off), like
     /// overseer's file fetcher: copy a new release into place and it serves
-    /// within a second or so, with no signal to send.
+    /// within a second or so, with no signal to send. Unix only, as are
+    /// reloads.
     ///
     /// The path watched is the one the next generation is started from
     /// (argv\[0\], resolved when this generation started). The reload starts
@@ -385,6 +408,7 @@ impl Server {
     ///     .await
     /// # }
     /// ```
+    #[cfg(unix)]
     pub fn reload_on_binary_change(mut self, watch: bool) -> Self {
         self.settings.watch_binary = watch;
         self
@@ -396,6 +420,9 @@ impl Server {
     /// [`reload_on_binary_change`](Self::reload_on_binary_change); changes
     /// to several files within 300 ms make one reload. May be called for
     /// several files.
+    ///
+    /// Unix only.
+    #[cfg(unix)]
     pub fn reload_on_file_change(mut self, path: impl AsRef<Path>) -> Self {
         self.settings.watch_files.push(path.as_ref().to_path_buf());
         self
@@ -427,15 +454,18 @@ impl Server {
             commands,
             handle,
         } = self;
+        #[cfg(unix)]
         let mut watched = settings.watch_files.clone();
         // A temporary generation (`keep_pid`) leaves reloading to the
         // process it stands in for.
+        #[cfg(unix)]
         if settings.watch_binary && !crate::handover::is_temporary() {
             watched.push(crate::exe::current().path);
         }
         // Keep our own sender alive only as long as a user handle (or the
         // watcher) might be; dropping it lets the events report "no handles
         // left".
+        #[cfg(unix)]
         let watcher_handle = (!watched.is_empty()).then(|| handle.clone());
         drop(handle);
         let started = match check(&registrations, &settings) {
@@ -443,11 +473,15 @@ impl Server {
             Err(e) => Err(e),
         };
         // A generation started by a reload tells its parent why it failed.
-        let mut generation = started.inspect_err(crate::report::failed)?;
+        #[cfg(unix)]
+        let started = started.inspect_err(crate::report::failed);
+        let mut generation = started?;
+        #[cfg(unix)]
         let watcher = watcher_handle.map(|h| crate::watch::spawn(watched, h));
         let drain = generation.serve().await;
         // A draining generation reloads nothing, and leaves the extra
         // sockets to its successor.
+        #[cfg(unix)]
         drop(watcher);
         crate::lifecycle::drain_started();
         generation.finish(drain).await;
@@ -482,6 +516,7 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
         .iter()
         .map(|r| listener::parse(&r.addr))
         .collect::<Result<_>>()?;
+    #[cfg(unix)]
     for (addr, _) in &settings.unix_permissions {
         let found = registrations
             .iter()
@@ -501,6 +536,7 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
 }
 
 /// The permissions of each registration's socket file, in order.
+#[cfg(unix)]
 pub(crate) fn permissions_of(
     registrations: &[Registration],
     settings: &Settings,
