@@ -147,6 +147,8 @@ impl ConnInfo {
 
     /// Puts this info (and, with the `axum` feature, axum's
     /// `ConnectInfo<SocketAddr>`) in `req`'s extensions.
+    // Without Unix sockets every peer is a TCP one.
+    #[cfg_attr(not(unix), allow(irrefutable_let_patterns))]
     pub(crate) fn attach<B>(&self, req: &mut Request<B>) {
         #[cfg(feature = "axum")]
         if let Peer::Tcp(addr) = self.0.peer {
