@@ -141,8 +141,18 @@
 //!
 //! # Platform support
 //!
-//! Linux (tested) and macOS (type-checked in CI, not run). Windows is not
-//! supported: it has no fork/exec or descriptor inheritance to build on.
+//! Linux (tested) and macOS (type-checked in CI, not run) have everything.
+//!
+//! Windows (type-checked in CI, not run) serves with the same API, without
+//! reloads: they need fork/exec and descriptor inheritance, which it lacks.
+//! There [`Handle::reload`] returns [`Error::Unsupported`]; Ctrl-C and
+//! Ctrl-Break arrive as `SIGINT`, and closing the console, logging off and
+//! shutting down as `SIGTERM` (as in Go), so the default stop signals drain
+//! gracefully, a second one cuts the drain short, and the stop timeout
+//! applies; [`generation`] is 0 and [`started_by_reload`] false. The Unix
+//! extras do not exist there: [`Server::keep_pid`], [`Server::pid_file`],
+//! [`Server::unix_permissions`], the reloads on file changes, `sockets`,
+//! and `unix:` addresses (an [`Error::Address`] at [`Server::run`]).
 //!
 //! # Limits
 //!
@@ -198,6 +208,11 @@ mod signal;
 #[cfg(not(unix))]
 #[path = "portable/signal.rs"]
 mod signal;
+// Checked on Unix against the real signals, so both agree on names and
+// numbers.
+#[cfg(all(test, unix))]
+#[path = "portable/signal.rs"]
+mod portable_signal;
 #[cfg(unix)]
 pub mod sockets;
 #[cfg(unix)]

@@ -286,14 +286,18 @@ impl Server {
     ///
     /// An empty set is allowed: reloads then come only from
     /// [`Handle::reload`]. `SIGTERM` cannot be one (it is how a new
-    /// generation reports that it is ready).
+    /// generation reports that it is ready). Without Unix (Windows) the
+    /// setting is checked the same way, but no reload signal ever arrives.
     pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.settings.signals.reload = signals.into_iter().collect();
         self
     }
 
     /// The signals that start a graceful stop (default `SIGTERM`, `SIGINT`).
-    /// A second stop signal during the drain cuts it short.
+    /// A second stop signal during the drain cuts it short. On Windows,
+    /// Ctrl-C and Ctrl-Break arrive as `SIGINT`, and closing the console,
+    /// logging off and shutting down as `SIGTERM` (Windows then ends the
+    /// process within seconds, whatever the stop timeout).
     pub fn stop_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.settings.signals.stop = signals.into_iter().collect();
         self
@@ -447,6 +451,8 @@ impl Server {
     /// stop signal that arrives then is caught and ignored rather than, say,
     /// terminating the process. A program that goes on after `run` and wants
     /// those signals must handle them itself (with `tokio::signal`, say).
+    /// (On Windows nothing stays: once `run` returns, Ctrl-C ends the
+    /// process again.)
     pub async fn run(self) -> Result<()> {
         let Server {
             registrations,

@@ -7,6 +7,9 @@
 //! arrive as `SIGTERM` (Windows then gives the process only a few seconds,
 //! so the drain may not finish). No other signal ever arrives, so reload
 //! signals, though accepted, never fire.
+//!
+//! On Unix this file is compiled only as a test, against the real signals.
+#![cfg_attr(unix, allow(dead_code, unreachable_pub))]
 
 use std::fmt;
 use std::str::FromStr;
@@ -176,20 +179,16 @@ impl SignalSet {
                 }
                 _ => continue,
             };
-            return Err(Error::Signal { signal, reason });
+            return Err(rejected(signal, reason));
         }
         if self.reload.contains(&Signal::SIGTERM) {
-            return Err(Error::Signal {
-                signal: Signal::SIGTERM,
-                reason:
-                    "is how a new generation reports that it is ready; it cannot be a reload signal",
-            });
+            return Err(rejected(
+                Signal::SIGTERM,
+                "is how a new generation reports that it is ready; it cannot be a reload signal",
+            ));
         }
         if let Some(&signal) = self.reload.iter().find(|s| self.stop.contains(s)) {
-            return Err(Error::Signal {
-                signal,
-                reason: "is both a reload and a stop signal",
-            });
+            return Err(rejected(signal, "is both a reload and a stop signal"));
         }
         Ok(())
     }
@@ -201,6 +200,20 @@ impl SignalSet {
     pub(crate) fn is_stop(&self, signal: Signal) -> bool {
         self.stop.contains(&signal)
     }
+}
+
+/// The error naming `signal`.
+#[cfg(not(unix))]
+fn rejected(signal: Signal, reason: &'static str) -> Error {
+    Error::Signal { signal, reason }
+}
+
+/// The error naming `signal`, as the Unix signal of the same name (this
+/// file is a test on Unix, where the error holds that type).
+#[cfg(unix)]
+fn rejected(signal: Signal, reason: &'static str) -> Error {
+    let signal = signal.name().parse().expect("the same names");
+    Error::Signal { signal, reason }
 }
 
 /// The console events, as signals.
@@ -274,5 +287,56 @@ impl Signals {
             sender: None,
             by_kill: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On Unix (where this runs as a test) every name means the signal of
+    /// the same name and number, so a configuration reads the same on
+    /// every platform, and the numbers are Linux's.
+    #[test]
+    #[cfg(unix)]
+    fn names_and_numbers_match_the_unix_signals() {
+        assert_eq!(ALL.len(), 29);
+        for (signal, name) in ALL {
+            let unix: crate::signal::Signal = name.parse().unwrap();
+            assert_eq!(unix.to_string(), *name);
+            assert_eq!(signal.to_string(), *name);
+            assert_eq!(name.parse::<Signal>(), Ok(*signal));
+            if cfg!(target_os = "linux") {
+                assert_eq!(signal.as_raw(), unix.as_raw(), "{name}");
+                assert_eq!(Signal::from_raw(unix.as_raw()), Some(*signal));
+            }
+        }
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        assert_eq!("usr1".parse::<Signal>(), Ok(Signal::SIGUSR1));
+        assert_eq!(" HUP ".parse::<Signal>(), Ok(Signal::SIGHUP));
+        assert_eq!(format!("{:?}", Signal::SIGINT), "SIGINT");
+        assert!("SIGNOPE".parse::<Signal>().is_err());
+        assert!(Signal::from_raw(0).is_none());
+    }
+
+    #[test]
+    fn the_settings_rejected_on_unix_are_rejected_here() {
+        let set = |reload: &[Signal], stop: &[Signal]| SignalSet {
+            reload: reload.to_vec(),
+            stop: stop.to_vec(),
+        };
+        SignalSet::default().validate().unwrap();
+        let err = set(&[Signal::SIGKILL], &[]).validate().unwrap_err();
+        assert_eq!(err.to_string(), "signal SIGKILL: cannot be caught");
+        let err = set(&[Signal::SIGHUP], &[Signal::SIGHUP])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "signal SIGHUP: is both a reload and a stop signal"
+        );
     }
 }
