@@ -50,6 +50,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub(crate) enum Peer {
     Tcp(SocketAddr),
+    #[cfg(unix)]
     Unix(Option<PeerCredentials>),
 }
 
@@ -124,6 +125,7 @@ impl ConnInfo {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self.0.peer {
             Peer::Tcp(addr) => Some(addr),
+            #[cfg(unix)]
             Peer::Unix(_) => None,
         }
     }
@@ -132,6 +134,7 @@ impl ConnInfo {
     pub fn peer_credentials(&self) -> Option<PeerCredentials> {
         match self.0.peer {
             Peer::Tcp(_) => None,
+            #[cfg(unix)]
             Peer::Unix(creds) => creds,
         }
     }
@@ -144,6 +147,8 @@ impl ConnInfo {
 
     /// Puts this info (and, with the `axum` feature, axum's
     /// `ConnectInfo<SocketAddr>`) in `req`'s extensions.
+    // Without Unix sockets every peer is a TCP one.
+    #[cfg_attr(not(unix), allow(irrefutable_let_patterns))]
     pub(crate) fn attach<B>(&self, req: &mut Request<B>) {
         #[cfg(feature = "axum")]
         if let Peer::Tcp(addr) = self.0.peer {

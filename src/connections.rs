@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+#[cfg(unix)]
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -44,6 +45,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, trace};
 
 use crate::conn_info::ConnInfo;
+#[cfg(not(unix))]
+use crate::listener::RawFd;
 use crate::listener::{is_connection_error, Listener, LocalAddr, Stream};
 use crate::service::{BoxError, HttpBody, HttpService};
 
@@ -585,6 +588,7 @@ impl ConnSignal {
 
 /// Whether bytes wait in the kernel's receive buffer of socket `fd`, not yet
 /// read by the connection. (An end of stream is not a request.)
+#[cfg(unix)]
 fn bytes_waiting(fd: RawFd) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     let mut byte = [0u8; 1];
@@ -592,6 +596,13 @@ fn bytes_waiting(fd: RawFd) -> bool {
         recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
         Ok(n) if n > 0
     )
+}
+
+/// Not looked at without Unix (peeking takes the raw socket): hyper reads
+/// whatever arrives while the drain waits, and such reads count.
+#[cfg(not(unix))]
+fn bytes_waiting(_fd: RawFd) -> bool {
+    false
 }
 
 /// Wraps the registered service for one connection: notes what the
@@ -693,6 +704,9 @@ struct SocketsInner {
 #[derive(Debug)]
 struct Entry {
     fd: RawFd,
+    /// Without Unix, the handle the deadline shuts the socket down with.
+    #[cfg(not(unix))]
+    socket: crate::portable::SocketHandle,
     signal: Arc<ConnSignal>,
     accepted: Instant,
 }
@@ -710,6 +724,8 @@ impl Sockets {
             signal.raise(inner.level);
             let entry = Entry {
                 fd: stream.raw_fd(),
+                #[cfg(not(unix))]
+                socket: stream.handle(),
                 signal: signal.clone(),
                 accepted: Instant::now(),
             };
@@ -767,7 +783,10 @@ impl Entry {
         if level >= Level::Cut {
             // The FD is open: it leaves the map (under the lock our caller
             // holds) before its owner closes it.
+            #[cfg(unix)]
             let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
+            #[cfg(not(unix))]
+            self.socket.shutdown();
         }
     }
 }

@@ -115,6 +115,14 @@ pub enum Error {
     /// The server this handle belongs to is not running (it has not been
     /// started, or it has stopped).
     NotRunning,
+    /// What was asked for cannot be done on this platform: a reload
+    /// ([`Handle::reload`](crate::Handle::reload)) anywhere but on Unix.
+    Unsupported {
+        /// What was asked for, e.g. `reload`.
+        what: &'static str,
+        /// Why this platform cannot do it.
+        reason: &'static str,
+    },
     /// Any other I/O failure, with what was being done.
     Io {
         /// What was being done, naming the address, FD or path.
@@ -169,6 +177,9 @@ impl fmt::Display for Error {
             Error::ReloadInProgress => f.write_str("a reload is already under way"),
             Error::Draining => f.write_str("this generation is draining and starts no reload"),
             Error::NotRunning => f.write_str("the server is not running"),
+            Error::Unsupported { what, reason } => {
+                write!(f, "{what} is not supported on this platform: {reason}")
+            }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }

@@ -164,7 +164,16 @@ impl Handle {
     /// # Cancellation safety
     ///
     /// Dropping the future does not cancel the reload once it was sent.
+    ///
+    /// # Platform support
+    ///
+    /// Reloads need Unix: elsewhere (Windows) this returns
+    /// [`Error::Unsupported`] at once, and the server goes on serving.
+    // Without Unix, everything after the early return is unreachable.
+    #[cfg_attr(not(unix), allow(unreachable_code))]
     pub async fn reload(&self) -> Result<()> {
+        #[cfg(not(unix))]
+        return Err(crate::generation::refuse_reload(&self.shared));
         if !self.shared.serving.load(Ordering::Acquire) {
             return Err(Error::NotRunning);
         }

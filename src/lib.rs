@@ -149,8 +149,18 @@
 //!
 //! # Platform support
 //!
-//! Linux (tested) and macOS (type-checked in CI, not run). Windows is not
-//! supported: it has no fork/exec or descriptor inheritance to build on.
+//! Linux (tested) and macOS (type-checked in CI, not run) have everything.
+//!
+//! Windows (type-checked in CI, not run) serves with the same API, without
+//! reloads: they need fork/exec and descriptor inheritance, which it lacks.
+//! There [`Handle::reload`] returns [`Error::Unsupported`]; Ctrl-C and
+//! Ctrl-Break arrive as `SIGINT`, and closing the console, logging off and
+//! shutting down as `SIGTERM` (as in Go), so the default stop signals drain
+//! gracefully, a second one cuts the drain short, and the stop timeout
+//! applies; [`generation`] is 0 and [`started_by_reload`] false. The Unix
+//! extras do not exist there: [`Server::keep_pid`], [`Server::pid_file`],
+//! [`Server::unix_permissions`], the reloads on file changes, `sockets`,
+//! and `unix:` addresses (an [`Error::Address`] at [`Server::run`]).
 //!
 //! # Limits
 //!
@@ -162,31 +172,60 @@
 //! - After [`Server::run`] returns, its signal handlers stay installed: the
 //!   signals are caught and ignored from then on.
 
-#![cfg(unix)]
 #![deny(unsafe_code)]
+// Without Unix the shared modules (events, drain, connections) keep what
+// only the reload machinery uses; dead code is checked on Unix, where all
+// of it is used.
+#![cfg_attr(not(unix), allow(dead_code))]
 
 mod conn_info;
 mod connections;
 mod drain;
 mod error;
 mod events;
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod exe;
+#[cfg(unix)]
+mod generation;
+// Without Unix there are no reloads: one generation that serves and stops.
+#[cfg(not(unix))]
+#[path = "portable/generation.rs"]
 mod generation;
 mod handle;
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod handover;
+#[cfg(unix)]
 mod keep_pid;
 mod lifecycle;
 mod listener;
+#[cfg(unix)]
 mod pid_file;
+#[cfg(not(unix))]
+mod portable;
+#[cfg(unix)]
 mod report;
+#[cfg(unix)]
 mod restart;
 mod server;
 mod service;
+#[cfg(unix)]
 mod signal;
+// The same types, with Ctrl-C (and the console's close) as the only signals.
+#[cfg(not(unix))]
+#[path = "portable/signal.rs"]
+mod signal;
+// Checked on Unix against the real signals, so both agree on names and
+// numbers.
+#[cfg(all(test, unix))]
+#[path = "portable/signal.rs"]
+mod portable_signal;
+#[cfg(unix)]
 pub mod sockets;
+#[cfg(unix)]
 mod state;
+#[cfg(unix)]
 mod systemd;
 #[cfg(feature = "tls")]
 mod tickets;
@@ -195,6 +234,7 @@ mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 mod tls;
+#[cfg(unix)]
 mod watch;
 
 use std::sync::OnceLock;
@@ -216,7 +256,9 @@ pub use handle::Handle;
 /// [`Signal`] type, by contrast, is endless's own: `nix`, where the signal
 /// type would come from, makes breaking releases often.)
 pub use hyper_util::service::TowerToHyperService;
-pub use listener::{LocalAddr, UnixPermissions};
+pub use listener::LocalAddr;
+#[cfg(unix)]
+pub use listener::UnixPermissions;
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.
 #[cfg(feature = "tls")]
@@ -224,6 +266,7 @@ pub use rustls;
 pub use server::Server;
 pub use service::{HttpBody, HttpService};
 pub use signal::{ParseSignalError, Signal};
+#[cfg(unix)]
 pub use state::MAX_STATE;
 
 /// Serves `svc` on `addr` with the default settings, reloading on `SIGHUP`
@@ -295,11 +338,14 @@ static STARTED_AT: OnceLock<SystemTime> = OnceLock::new();
 /// it: when it started, how it was started, and where its binary is.
 fn init_process_state() {
     STARTED_AT.get_or_init(SystemTime::now);
-    handover::init();
-    exe::init();
-    static REPORT: std::sync::Once = std::sync::Once::new();
-    REPORT.call_once(report::init);
-    state::init();
+    #[cfg(unix)]
+    {
+        handover::init();
+        exe::init();
+        static REPORT: std::sync::Once = std::sync::Once::new();
+        REPORT.call_once(report::init);
+        state::init();
+    }
 }
 
 /// The state the previous generation handed over with
@@ -320,7 +366,15 @@ fn init_process_state() {
 /// ```
 pub fn inherited_state() -> Option<&'static [u8]> {
     init_process_state();
-    state::user()
+    #[cfg(unix)]
+    {
+        state::user()
+    }
+    // No reloads, so nothing is ever handed over.
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// The TLS session ticketer that [`Server::register_tls`] uses, for a
@@ -371,7 +425,15 @@ pub fn started_at() -> SystemTime {
 /// ```
 pub fn generation() -> u64 {
     init_process_state();
-    handover::generation()
+    #[cfg(unix)]
+    {
+        handover::generation()
+    }
+    // No reloads, so every process is the first generation.
+    #[cfg(not(unix))]
+    {
+        0
+    }
 }
 
 /// Whether this process is a generation started by a reload (as opposed to
@@ -381,8 +443,15 @@ pub fn generation() -> u64 {
 /// is still waiting for this one, so it stays true after that one exits.
 pub fn started_by_reload() -> bool {
     init_process_state();
-    matches!(
-        handover::origin(),
-        Some(handover::Origin::Parent(_) | handover::Origin::SelfExec { .. })
-    )
+    #[cfg(unix)]
+    {
+        matches!(
+            handover::origin(),
+            Some(handover::Origin::Parent(_) | handover::Origin::SelfExec { .. })
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
 }

@@ -2,31 +2,51 @@
 //! and accept. Knows nothing of HTTP.
 
 mod address;
+#[cfg(unix)]
 mod permissions;
+#[cfg(unix)]
 mod socket_file;
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+#[cfg(unix)]
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+#[cfg(unix)]
 use std::time::Duration;
 
-use socket2::{Domain, SockRef, Socket, Type};
+#[cfg(unix)]
+use socket2::SockRef;
+use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
-use crate::conn_info::{Peer, PeerCredentials};
+use crate::conn_info::Peer;
+#[cfg(unix)]
+use crate::conn_info::PeerCredentials;
 use crate::error::{Error, Result};
+#[cfg(unix)]
 use crate::handover::{self, Origin};
+// Without Unix: the errors of Windows sockets, and its stand-in for a
+// socket's descriptor.
+#[cfg(not(unix))]
+pub(crate) use crate::portable::{family_unavailable, is_connection_error, RawFd};
 
 pub(crate) use address::{parse, BindSpec};
+#[cfg(unix)]
 pub use permissions::UnixPermissions;
+#[cfg(unix)]
 pub(crate) use socket_file::SocketFile;
 
 /// The kernel's accept queue length we ask for; Linux caps it at
@@ -35,6 +55,7 @@ const BACKLOG: i32 = 1024;
 
 /// How long the server at an existing socket file may take to answer the
 /// probe that tells a live file from a stale one.
+#[cfg(unix)]
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often `host:0` is tried again when the port the kernel chose for the
@@ -46,6 +67,7 @@ const SHARED_PORT_ATTEMPTS: usize = 3;
 /// must leave that file alone too. No registered address starts with it,
 /// and a generation that does not know it still finds the socket by its
 /// address.
+#[cfg(unix)]
 const UNOWNED: &str = "unowned+";
 
 /// Where a listener is bound, as reported once it is serving.
@@ -83,6 +105,7 @@ pub(crate) struct Bound {
     pub(crate) listener: Arc<Listener>,
 }
 
+#[cfg(unix)]
 impl Bound {
     /// The name to hand it over under (see [`UNOWNED`]).
     pub(crate) fn handover_name(&self) -> String {
@@ -95,6 +118,7 @@ impl Bound {
 
 /// A socket handed over to us, with its name, and whether its file (for a
 /// Unix socket) is ours to remove.
+#[cfg(unix)]
 struct Inherited {
     name: String,
     fd: OwnedFd,
@@ -106,6 +130,7 @@ struct Inherited {
 /// sockets, the same address) if there are any, else new ones, unless
 /// `bind_new` is false (then a registration with nothing inherited gets no
 /// socket). Inherited sockets that match nothing are closed.
+#[cfg(unix)]
 pub(crate) async fn take_all(
     names: &[&str],
     specs: &[BindSpec],
@@ -177,10 +202,32 @@ pub(crate) async fn take_all(
     Ok(bound)
 }
 
+/// New listening sockets for every registration, `names[i]` parsed as
+/// `specs[i]`: without Unix nothing is ever inherited.
+#[cfg(not(unix))]
+pub(crate) async fn take_all(names: &[&str], specs: &[BindSpec]) -> Result<Vec<Bound>> {
+    let mut bound = Vec::with_capacity(names.len());
+    for (index, (name, spec)) in names.iter().zip(specs).enumerate() {
+        let tcp = address::tcp_addrs(name, spec).await?;
+        let listeners = bind(name, spec, tcp, None).await?;
+        bound.extend(listeners.into_iter().map(|l| Bound {
+            index,
+            name: (*name).to_owned(),
+            listener: Arc::new(l),
+        }));
+    }
+    Ok(bound)
+}
+
+/// No socket files without Unix: nothing to give permissions to.
+#[cfg(not(unix))]
+type UnixPermissions = std::convert::Infallible;
+
 /// The first inherited socket named `name` and, for a host name, the later
 /// ones of that name on the same port: the sockets one registration handed
 /// over. Several registrations of one name (say `127.0.0.1:0` twice) thus
 /// get their sockets back in order.
+#[cfg(unix)]
 fn take_by_name(inherited: &mut Vec<Inherited>, name: &str, spec: &BindSpec) -> Vec<Inherited> {
     let Some(first) = inherited.iter().position(|i| i.name == name) else {
         return Vec::new();
@@ -217,6 +264,7 @@ fn take_by_name(inherited: &mut Vec<Inherited>, name: &str, spec: &BindSpec) -> 
 /// have names like `app.socket`, which match no registration): the one at
 /// that path, or every one at one of the TCP addresses `tcp` (a port of 0
 /// asks for no particular socket).
+#[cfg(unix)]
 fn take_by_addr(
     inherited: &mut Vec<Inherited>,
     spec: &BindSpec,
@@ -265,11 +313,15 @@ async fn bind(
         addr: name.to_owned(),
         source,
     };
+    #[cfg(not(unix))]
+    let _ = perms;
     let tcp = match (spec, tcp) {
+        #[cfg(unix)]
         (BindSpec::Unix(path), _) => {
             let l = bind_unix(path, perms).await.map_err(bind_err)?;
             return Ok(vec![l]);
         }
+        #[cfg(unix)]
         (BindSpec::UnixAbstract(abstract_name), _) => {
             let l = bind_unix_abstract(abstract_name).map_err(bind_err)?;
             return Ok(vec![l]);
@@ -292,6 +344,7 @@ async fn bind(
 
 /// Whether a bind failed only because the host lacks that address family
 /// (no IPv6, say), as opposed to a real problem such as a busy port.
+#[cfg(unix)]
 fn family_unavailable(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -379,6 +432,7 @@ fn named(addr: SocketAddr, e: io::Error) -> io::Error {
 pub(crate) enum Listener {
     Tcp(TcpListener),
     /// With its file, if the file is ours to remove at the final stop.
+    #[cfg(unix)]
     Unix(UnixListener, Option<SocketFile>),
 }
 
@@ -395,6 +449,7 @@ impl Listener {
     /// Checks that an inherited FD is what it claims to be, a listening stream
     /// socket of a family we serve, without taking ownership of it: an FD
     /// that fails the check is left alone, never closed.
+    #[cfg(unix)]
     pub(crate) fn check_inherited(fd: BorrowedFd<'_>) -> Result<()> {
         let raw = fd.as_raw_fd();
         let err = |reason: String| Error::Inherit { fd: raw, reason };
@@ -422,6 +477,7 @@ impl Listener {
     }
 
     /// Where an inherited socket (one that passed the check) is bound.
+    #[cfg(unix)]
     pub(crate) fn inherited_addr(fd: BorrowedFd<'_>) -> Option<LocalAddr> {
         let addr = SockRef::from(&fd).local_addr().ok()?;
         unix_or_tcp(&addr)
@@ -430,6 +486,7 @@ impl Listener {
     /// Adopts an inherited socket that passed [`Listener::check_inherited`].
     /// `owns_file`: a Unix socket's file was created by this server (a
     /// predecessor bound it), not by systemd.
+    #[cfg(unix)]
     pub(crate) fn adopt(fd: OwnedFd, owns_file: bool) -> Result<Listener> {
         let raw = fd.as_raw_fd();
         let socket = Socket::from(fd);
@@ -473,6 +530,7 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> io::Result<LocalAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr().map(LocalAddr::Tcp),
+            #[cfg(unix)]
             Listener::Unix(l, _) => {
                 let addr = SockRef::from(l).local_addr()?;
                 Ok(unix_or_tcp(&addr)
@@ -482,6 +540,7 @@ impl Listener {
     }
 
     /// The socket file to remove at the final stop, if it is ours.
+    #[cfg(unix)]
     pub(crate) fn socket_file(&self) -> Option<&SocketFile> {
         match self {
             Listener::Unix(_, file) => file.as_ref(),
@@ -489,6 +548,7 @@ impl Listener {
         }
     }
 
+    #[cfg(unix)]
     pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
@@ -505,6 +565,7 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok((Stream::Tcp(s), Peer::Tcp(addr)))
             }
+            #[cfg(unix)]
             Listener::Unix(l, _) => {
                 let (s, _) = l.accept().await?;
                 let creds = s.peer_cred().ok().map(|c| PeerCredentials {
@@ -519,6 +580,7 @@ impl Listener {
 }
 
 /// Where a socket is bound, if it is a TCP or a named Unix socket.
+#[cfg(unix)]
 fn unix_or_tcp(addr: &socket2::SockAddr) -> Option<LocalAddr> {
     if let Some(sa) = addr.as_socket() {
         return Some(LocalAddr::Tcp(sa));
@@ -536,6 +598,7 @@ fn unix_or_tcp(addr: &socket2::SockAddr) -> Option<LocalAddr> {
 /// replaced, but only if nothing answers on it; anything else at the path
 /// (a listening server, a regular file) is an error. The probe runs on the
 /// runtime, with a timeout.
+#[cfg(unix)]
 async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<Listener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -587,6 +650,7 @@ async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<L
 /// Binds a Unix stream socket in Linux's abstract namespace. There is no
 /// file: the name is free again once every copy of the socket is closed,
 /// and a live server on it makes the bind fail with `EADDRINUSE`.
+#[cfg(unix)]
 fn bind_unix_abstract(name: &str) -> io::Result<Listener> {
     // socket2 takes a path whose first byte is NUL as an abstract name.
     let mut bytes = vec![0u8];
@@ -607,7 +671,9 @@ fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, (SocketAddr, io::
     // through the hand-over.
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
     // Rebinding right after a restart must not fail on old connections in
-    // TIME_WAIT.
+    // TIME_WAIT. (Windows binds over TIME_WAIT anyway, and there the option
+    // would let a second server bind a port that is in use.)
+    #[cfg(unix)]
     socket.set_reuse_address(true).map_err(fail)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false).map_err(fail)?;
@@ -619,6 +685,7 @@ fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, (SocketAddr, io::
 
 /// Whether an accept error concerns only the one connection being accepted
 /// (skip it) rather than the process (back off: EMFILE, ENFILE, ENOMEM …).
+#[cfg(unix)]
 pub(crate) fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -647,14 +714,32 @@ pub(crate) fn is_connection_error(e: &io::Error) -> bool {
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
 impl Stream {
+    #[cfg(unix)]
     pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        use std::os::windows::io::AsRawSocket;
+        match self {
+            Stream::Tcp(s) => s.as_raw_socket(),
+        }
+    }
+
+    /// A second handle to the socket, for the stop timeout to shut it down.
+    #[cfg(not(unix))]
+    pub(crate) fn handle(&self) -> crate::portable::SocketHandle {
+        match self {
+            Stream::Tcp(s) => crate::portable::SocketHandle::of(s),
         }
     }
 }
@@ -667,6 +752,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -680,6 +766,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -691,6 +778,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -698,6 +786,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
             Stream::Unix(s) => s.is_write_vectored(),
         }
     }
@@ -705,6 +794,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -712,6 +802,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

@@ -1,5 +1,6 @@
 //! The [`Server`] builder: listeners and settings, checked by [`Server::run`].
 
+#[cfg(unix)]
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::handle::{Command, Handle};
-use crate::listener::{self, LocalAddr, UnixPermissions};
+#[cfg(unix)]
+use crate::listener::UnixPermissions;
+use crate::listener::{self, LocalAddr};
 use crate::service::{self, HttpBody, HttpService, Launch};
 use crate::signal::{Signal, SignalSet};
 use crate::tls::TlsSource;
@@ -64,18 +67,25 @@ pub struct Server {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) stop_timeout: Duration,
+    // Without Unix there are no reloads to time.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) ready_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     /// Used only with the `tls` feature.
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) signals: SignalSet,
+    #[cfg(unix)]
     pub(crate) pid_file: Option<PathBuf>,
+    #[cfg(unix)]
     pub(crate) keep_pid: bool,
     /// Reload when the executable changes.
+    #[cfg(unix)]
     pub(crate) watch_binary: bool,
     /// Reload when one of these changes.
+    #[cfg(unix)]
     pub(crate) watch_files: Vec<PathBuf>,
     /// Socket file permissions, by registered address.
+    #[cfg(unix)]
     pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
     /// Tells the handles where the server listens.
     pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
@@ -84,6 +94,7 @@ pub(crate) struct Settings {
     /// How widely [`Handle::draining`] spreads its wake-ups.
     pub(crate) drain_notice_spread: Duration,
     /// Makes the state handed to the next generation at each reload.
+    #[cfg(unix)]
     pub(crate) handoff: Option<crate::state::Producer>,
 }
 
@@ -130,14 +141,20 @@ impl Server {
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
                 signals: SignalSet::default(),
+                #[cfg(unix)]
                 pid_file: None,
+                #[cfg(unix)]
                 keep_pid: false,
+                #[cfg(unix)]
                 unix_permissions: Vec::new(),
+                #[cfg(unix)]
                 watch_binary: false,
+                #[cfg(unix)]
                 watch_files: Vec::new(),
                 listening,
                 shared: shared.clone(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
+                #[cfg(unix)]
                 handoff: None,
             },
             commands,
@@ -283,14 +300,18 @@ impl Server {
     ///
     /// An empty set is allowed: reloads then come only from
     /// [`Handle::reload`]. `SIGTERM` cannot be one (it is how a new
-    /// generation reports that it is ready).
+    /// generation reports that it is ready). Without Unix (Windows) the
+    /// setting is checked the same way, but no reload signal ever arrives.
     pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.settings.signals.reload = signals.into_iter().collect();
         self
     }
 
     /// The signals that start a graceful stop (default `SIGTERM`, `SIGINT`).
-    /// A second stop signal during the drain cuts it short.
+    /// A second stop signal during the drain cuts it short. On Windows,
+    /// Ctrl-C and Ctrl-Break arrive as `SIGINT`, and closing the console,
+    /// logging off and shutting down as `SIGTERM` (Windows then ends the
+    /// process within seconds, whatever the stop timeout).
     pub fn stop_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.settings.signals.stop = signals.into_iter().collect();
         self
@@ -302,6 +323,9 @@ impl Server {
     /// `path`) once it is serving, and a new generation does so before its
     /// predecessor exits, so the file always names a live, serving process.
     /// A final stop removes it (if it still holds our PID).
+    ///
+    /// Unix only.
+    #[cfg(unix)]
     pub fn pid_file(mut self, path: impl AsRef<Path>) -> Self {
         self.settings.pid_file = Some(path.as_ref().to_path_buf());
         self
@@ -323,6 +347,9 @@ impl Server {
     /// image is replaced, so a `reload()` awaited in this process never
     /// returns; do not await it inside a request handler, whose request the
     /// drain waits for.)
+    ///
+    /// Unix only.
+    #[cfg(unix)]
     pub fn keep_pid(mut self, keep: bool) -> Self {
         self.settings.keep_pid = keep;
         self
@@ -330,7 +357,7 @@ impl Server {
 
     /// Gives the file of the Unix socket registered as `addr`
     /// (`"unix:/run/app.sock"`) a mode, an owner and a group, as systemd's
-    /// `SocketMode=`, `SocketUser=` and `SocketGroup=` do.
+    /// `SocketMode=`, `SocketUser=` and `SocketGroup=` do. Unix only.
     ///
     /// They are set after the socket is bound and before it listens, so no
     /// client ever connects while the file has other permissions; a
@@ -360,6 +387,7 @@ impl Server {
     ///     .await
     /// # }
     /// ```
+    #[cfg(unix)]
     pub fn unix_permissions(mut self, addr: &str, permissions: UnixPermissions) -> Self {
         self.settings.unix_permissions.retain(|(a, _)| a != addr);
         self.settings
@@ -370,7 +398,8 @@ impl Server {
 
     /// Reloads when the executable is replaced (default off), like
     /// overseer's file fetcher: copy a new release into place and it serves
-    /// within a second or so, with no signal to send.
+    /// within a second or so, with no signal to send. Unix only, as are
+    /// reloads.
     ///
     /// The path watched is the one the next generation is started from
     /// (argv\[0\], resolved when this generation started). The reload starts
@@ -397,6 +426,7 @@ impl Server {
     ///     .await
     /// # }
     /// ```
+    #[cfg(unix)]
     pub fn reload_on_binary_change(mut self, watch: bool) -> Self {
         self.settings.watch_binary = watch;
         self
@@ -408,11 +438,16 @@ impl Server {
     /// [`reload_on_binary_change`](Self::reload_on_binary_change); changes
     /// to several files within 300 ms make one reload. May be called for
     /// several files.
+    ///
+    /// Unix only.
+    #[cfg(unix)]
     pub fn reload_on_file_change(mut self, path: impl AsRef<Path>) -> Self {
         self.settings.watch_files.push(path.as_ref().to_path_buf());
         self
     }
 
+    /// Unix only (there are no reloads elsewhere).
+    ///
     /// Hands a blob of bytes to the next generation at each reload (a cache
     /// snapshot, counters, session keys), which it reads at start-up with
     /// [`inherited_state`](crate::inherited_state).
@@ -458,6 +493,7 @@ impl Server {
     ///     .await
     /// # }
     /// ```
+    #[cfg(unix)]
     pub fn handoff_state<F>(mut self, state: F) -> Self
     where
         F: Fn() -> Vec<u8> + Send + Sync + 'static,
@@ -485,6 +521,8 @@ impl Server {
     /// stop signal that arrives then is caught and ignored rather than, say,
     /// terminating the process. A program that goes on after `run` and wants
     /// those signals must handle them itself (with `tokio::signal`, say).
+    /// (On Windows nothing stays: once `run` returns, Ctrl-C ends the
+    /// process again.)
     pub async fn run(self) -> Result<()> {
         let Server {
             registrations,
@@ -492,15 +530,18 @@ impl Server {
             commands,
             handle,
         } = self;
+        #[cfg(unix)]
         let mut watched = settings.watch_files.clone();
         // A temporary generation (`keep_pid`) leaves reloading to the
         // process it stands in for.
+        #[cfg(unix)]
         if settings.watch_binary && !crate::handover::is_temporary() {
             watched.push(crate::exe::current().path);
         }
         // Keep our own sender alive only as long as a user handle (or the
         // watcher) might be; dropping it lets the events report "no handles
         // left".
+        #[cfg(unix)]
         let watcher_handle = (!watched.is_empty()).then(|| handle.clone());
         drop(handle);
         let started = match check(&registrations, &settings) {
@@ -508,11 +549,15 @@ impl Server {
             Err(e) => Err(e),
         };
         // A generation started by a reload tells its parent why it failed.
-        let mut generation = started.inspect_err(crate::report::failed)?;
+        #[cfg(unix)]
+        let started = started.inspect_err(crate::report::failed);
+        let mut generation = started?;
+        #[cfg(unix)]
         let watcher = watcher_handle.map(|h| crate::watch::spawn(watched, h));
         let drain = generation.serve().await;
         // A draining generation reloads nothing, and leaves the extra
         // sockets to its successor.
+        #[cfg(unix)]
         drop(watcher);
         crate::lifecycle::drain_started();
         generation.finish(drain).await;
@@ -547,6 +592,7 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
         .iter()
         .map(|r| listener::parse(&r.addr))
         .collect::<Result<_>>()?;
+    #[cfg(unix)]
     for (addr, _) in &settings.unix_permissions {
         let found = registrations
             .iter()
@@ -566,6 +612,7 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
 }
 
 /// The permissions of each registration's socket file, in order.
+#[cfg(unix)]
 pub(crate) fn permissions_of(
     registrations: &[Registration],
     settings: &Settings,

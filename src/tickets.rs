@@ -89,8 +89,7 @@ pub(crate) fn ticketer() -> Option<Arc<Ticketer>> {
     TICKETER
         .get_or_init(|| {
             let rng = SystemRandom::new();
-            let inherited = crate::state::section(crate::state::TLS_TICKETS);
-            let keys = match inherited.map(decode) {
+            let keys = match inherited_keys().map(decode) {
                 Some(Some(keys)) => {
                     info!("TLS session ticket keys inherited from the previous generation");
                     Some(keys)
@@ -126,7 +125,19 @@ pub(crate) fn ticketer() -> Option<Arc<Ticketer>> {
 pub(crate) fn state() -> Option<Vec<u8>> {
     match TICKETER.get() {
         Some(Some(t)) => Some(encode(&t.read())),
-        _ => crate::state::section(crate::state::TLS_TICKETS).map(<[u8]>::to_vec),
+        _ => inherited_keys().map(<[u8]>::to_vec),
+    }
+}
+
+/// The keys the previous generation handed over (none without reloads).
+fn inherited_keys() -> Option<&'static [u8]> {
+    #[cfg(unix)]
+    {
+        crate::state::section(crate::state::TLS_TICKETS)
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 

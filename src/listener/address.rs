@@ -43,6 +43,12 @@ pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
             .map_err(|_| invalid(format!("{p:?} is not a port number from 0 to 65535")))
     };
     if let Some(path) = addr.strip_prefix("unix:") {
+        if !cfg!(unix) {
+            return Err(invalid(
+                "Unix socket addresses (unix:/path) need Unix; serve on a TCP address here"
+                    .to_owned(),
+            ));
+        }
         if let Some(name) = path.strip_prefix('@') {
             if !cfg!(any(target_os = "linux", target_os = "android")) {
                 return Err(invalid(
