@@ -32,7 +32,7 @@
 //!   `graceful_shutdown`), as its `restarter` example does.
 
 #[path = "../../../tests/support/mod.rs"]
-#[allow(dead_code, missing_docs)]
+#[allow(missing_docs)]
 mod support;
 
 use std::convert::Infallible;
