@@ -13,6 +13,10 @@
 //! each number of connections, into `docs/bench-scale.json`; for example
 //! `--scale 1000,4000,8000 --reloads 20 --rounds 3`).
 //!
+//! `--before PATH`: the bench binary built from an earlier commit; its
+//! endless server joins the steady-state rounds, for before/after ratios
+//! measured in one run.
+//!
 //! The benchmark raises its soft limit on open files to the hard limit (the
 //! servers inherit it): each connection takes an FD in the client and one in
 //! the server.
@@ -244,6 +248,7 @@ fn raise_file_limit() -> u64 {
 struct Options {
     quick: bool,
     https: bool,
+    before: Option<String>,
     scale: Vec<usize>,
     steady_only: bool,
     modes: Vec<Mode>,
@@ -260,6 +265,7 @@ impl Options {
         let mut o = Options {
             quick: false,
             https: false,
+            before: None,
             scale: Vec::new(),
             steady_only: false,
             modes: vec![Mode::KeepAlive, Mode::Close, Mode::Http2],
@@ -283,6 +289,7 @@ impl Options {
                 }
                 "--steady-only" => o.steady_only = true,
                 "--https" => o.https = true,
+                "--before" => o.before = Some(value()),
                 "--scale" => {
                     o.scale = value()
                         .split(',')
@@ -318,9 +325,11 @@ fn server(role: &str) -> Proc {
 }
 
 fn server_with(role: &str, extra: &[&str]) -> Proc {
-    let mut spec = Spec::new(std::env::current_exe().unwrap())
-        .arg(role)
-        .arg("127.0.0.1:0");
+    server_from(&std::env::current_exe().unwrap(), role, extra)
+}
+
+fn server_from(bin: &std::path::Path, role: &str, extra: &[&str]) -> Proc {
+    let mut spec = Spec::new(bin).arg(role).arg("127.0.0.1:0");
     for a in extra {
         spec = spec.arg(*a);
     }
@@ -361,9 +370,10 @@ fn throughput_with(
     o: &Options,
     tls: Option<&Tls>,
 ) -> Round {
-    let p = match tls {
-        Some(t) => server_with(role, &[&t.cert, &t.key]),
-        None => server(role),
+    let p = match (tls, role.strip_prefix("before:")) {
+        (_, Some(bin)) => server_from(bin.as_ref(), "serve-endless", &[]),
+        (Some(t), None) => server_with(role, &[&t.cert, &t.key]),
+        (None, None) => server(role),
     };
     let pid = p.current().pid;
     let cpu0 = cpu_ns(pid);
@@ -608,11 +618,16 @@ fn main() {
     // 1. Steady state, alternating so that drift hits both alike.
     let mut steady = Vec::new();
     for &mode in &modes {
-        let (mut base, mut timed, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base, mut timed, mut ours, mut before) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let before_role = o.before.as_ref().map(|b| format!("before:{b}"));
         for _ in 0..o.rounds {
             base.push(throughput(&rt, "serve-baseline", mode, &o));
             timed.push(throughput(&rt, "serve-baseline-timeout", mode, &o));
             ours.push(throughput(&rt, "serve-endless", mode, &o));
+            if let Some(role) = &before_role {
+                before.push(throughput(&rt, role, mode, &o));
+            }
         }
         let failed: u64 = base
             .iter()
@@ -632,6 +647,19 @@ fn main() {
         let (cpu_ratio, round_cpu_ratios) = ratio(|r| r.cpu_us, &ours, &base);
         let (rps_ratio_timed, _) = ratio(|r| r.rps, &ours, &timed);
         let (cpu_ratio_timed, _) = ratio(|r| r.cpu_us, &ours, &timed);
+        let before_json = if before.is_empty() {
+            serde_json::Value::Null
+        } else {
+            let (ratio_before, _) = ratio(|r| r.rps, &before, &base);
+            let (cpu_ratio_before, _) = ratio(|r| r.cpu_us, &before, &base);
+            let (after_before, after_before_rounds) = ratio(|r| r.rps, &ours, &before);
+            let (cpu_after_before, cpu_after_before_rounds) = ratio(|r| r.cpu_us, &ours, &before);
+            json!({"endless_before_rps": med(|r| r.rps, &before),
+                "endless_before_cpu_us_per_request": med(|r| r.cpu_us, &before),
+                "ratio_before": ratio_before, "cpu_ratio_before": cpu_ratio_before,
+                "after_over_before": after_before, "round_after_over_before": after_before_rounds,
+                "cpu_after_over_before": cpu_after_before, "round_cpu_after_over_before": cpu_after_before_rounds})
+        };
         steady.push(json!({"mode": mode_name(mode),
             "baseline_rps": med(|r| r.rps, &base), "endless_rps": med(|r| r.rps, &ours),
             "ratio": rps_ratio, "round_ratios": round_ratios,
@@ -641,6 +669,7 @@ fn main() {
             "with_header_timeout": {"baseline_rps": med(|r| r.rps, &timed),
                 "baseline_cpu_us_per_request": med(|r| r.cpu_us, &timed),
                 "ratio": rps_ratio_timed, "cpu_ratio": cpu_ratio_timed},
+            "before": before_json,
             "failed": failed}));
     }
 
@@ -733,6 +762,27 @@ fn main() {
             t["ratio"].as_f64().unwrap(),
             t["cpu_ratio"].as_f64().unwrap(),
         );
+    }
+    if o.before.is_some() {
+        println!();
+        println!("Before and after (the endless of `--before`, same rounds):");
+        println!();
+        println!("| mode | req/s ratio to baseline, before / after | CPU ratio to baseline, before / after | after / before: req/s, CPU |");
+        println!("|---|---|---|---|");
+        for s in &steady {
+            let b = &s["before"];
+            let f = |k: &str| b[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3}, {:.3} |",
+                s["mode"].as_str().unwrap(),
+                f("ratio_before"),
+                s["ratio"].as_f64().unwrap(),
+                f("cpu_ratio_before"),
+                s["cpu_ratio"].as_f64().unwrap(),
+                f("after_over_before"),
+                f("cpu_after_over_before"),
+            );
+        }
     }
     if !steady_tls.is_empty() {
         println!();
@@ -850,6 +900,7 @@ fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
             svg: String::new(),
             modes: vec![Mode::KeepAlive],
             scale: Vec::new(),
+            before: None,
             ..*o
         };
         let (mut base, mut ours) = (Vec::new(), Vec::new());
