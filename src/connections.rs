@@ -44,7 +44,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, trace};
 
 use crate::conn_info::ConnInfo;
-use crate::head_timer::{HeadDeadline, HeadTimer, Scoped};
 use crate::listener::{is_connection_error, Listener, LocalAddr, Stream};
 use crate::service::{BoxError, HttpBody, HttpService};
 
@@ -127,11 +126,9 @@ impl Connections {
         let idle_grace = bounded(idle_grace);
         let tls_handshake_timeout = bounded(tls_handshake_timeout);
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        // Not tokio's timer: hyper would register one in the timer wheel
-        // for every request head (see `head_timer`).
         builder
             .http1()
-            .timer(HeadTimer)
+            .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
         builder.http2().timer(TokioTimer::new());
         let tracker = TaskTracker::new();
@@ -151,9 +148,7 @@ impl Connections {
     }
 
     /// Starts the task that closes connections on which no request arrived
-    /// within the header read timeout, and wakes those whose HTTP/1
-    /// header-read timeout has passed (see `head_timer`), so that hyper
-    /// closes them.
+    /// within the header read timeout.
     ///
     /// hyper's own header-read timeout starts only once a connection knows
     /// its protocol, which takes the client's first bytes, so a client that
@@ -174,18 +169,12 @@ impl Connections {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let (cut, woken) = shared.sockets.sweep(timeout);
+                let cut = shared.sockets.cut_silent(timeout);
                 if cut > 0 {
                     debug!(
                         connections = cut,
                         ?timeout,
                         "closed connections that sent no request in time"
-                    );
-                }
-                if woken > 0 {
-                    trace!(
-                        connections = woken,
-                        "woke connections whose header-read timeout passed"
                     );
                 }
             }
@@ -373,8 +362,6 @@ async fn serve_connection<IO, S, B>(
     let conn = shared
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
-    // hyper's header-read sleeps find their connection through the scope.
-    let conn = Scoped::new(signal.clone(), conn);
     tokio::pin!(conn);
 
     // A connection that sends no request in time is cut by the sweeper
@@ -408,7 +395,7 @@ async fn serve_connection<IO, S, B>(
         }
     }
     // HTTP/2 GOAWAY; HTTP/1 close once idle, or after the request in flight.
-    conn.as_mut().inner().graceful_shutdown();
+    conn.as_mut().graceful_shutdown();
     tokio::select! {
         r = conn.as_mut() => log_end(r),
         _ = signal.reached(Level::Cut) => {}
@@ -446,8 +433,6 @@ pub(crate) struct ConnSignal {
     /// An [`Arrival`], as its `u8`. Written on every read (when it changes),
     /// so kept apart from the rest.
     arrival: AtomicU8,
-    /// When hyper's header-read timeout expires, if it runs.
-    head_deadline: HeadDeadline,
 }
 
 /// How far the drain has gone for one connection. It only rises.
@@ -517,10 +502,6 @@ enum Arrival {
 }
 
 impl ConnSignal {
-    pub(crate) fn head_deadline(&self) -> &HeadDeadline {
-        &self.head_deadline
-    }
-
     fn level(&self) -> Level {
         Level::from_u8(self.level.load(Ordering::Acquire))
     }
@@ -752,12 +733,10 @@ impl Sockets {
     }
 
     /// Cuts the connections that have sent no request within `timeout` of
-    /// being accepted, and wakes those whose header-read deadline has
-    /// passed; returns how many of each.
-    fn sweep(&self, timeout: Duration) -> (usize, usize) {
-        let now = crate::head_timer::now_ms();
+    /// being accepted; returns how many.
+    fn cut_silent(&self, timeout: Duration) -> usize {
         let inner = self.lock();
-        let (mut cut, mut woken) = (0, 0);
+        let mut cut = 0;
         for entry in inner.open.values() {
             if !entry.signal.seen().contains(Seen::REQUEST)
                 && entry.signal.level() < Level::Cut
@@ -765,13 +744,9 @@ impl Sockets {
             {
                 entry.cut_or_raise(Level::Cut);
                 cut += 1;
-            } else if entry.signal.head_deadline().take_expired(now) {
-                // hyper polls its expired sleep and ends the connection.
-                entry.signal.waker.wake();
-                woken += 1;
             }
         }
-        (cut, woken)
+        cut
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SocketsInner> {

@@ -168,7 +168,6 @@ mod generation;
 mod handle;
 #[allow(unsafe_code)]
 mod handover;
-mod head_timer;
 mod keep_pid;
 mod lifecycle;
 mod listener;
