@@ -31,9 +31,15 @@
 //!   `ShutdownCoordinator` to shut down gracefully (hyper's
 //!   `graceful_shutdown`), as its `restarter` example does.
 
-#[path = "../../../tests/support/mod.rs"]
-#[allow(missing_docs)]
-mod support;
+// The parts of endless's test support the benchmark shares, as
+// examples/bench.rs includes them: the load generator, server processes, and
+// the bounded waits these use.
+#[path = "../../../tests/support/load.rs"]
+mod load;
+#[path = "../../../tests/support/process.rs"]
+mod process;
+#[path = "../../../tests/support/wait.rs"]
+mod wait;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,10 +52,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use load::{Mode, Stats};
 use nix::sys::signal::Signal;
+use process::{signal_pid, Proc, Spec};
 use serde_json::json;
-use support::load::{self, Mode, Stats};
-use support::{signal_pid, Proc, Spec};
 
 async fn hello(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
     Ok(Response::new(format!(
