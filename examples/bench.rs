@@ -602,11 +602,9 @@ fn main() {
     let rt = load::runtime();
     let modes = o.modes.clone();
     let nofile = raise_file_limit();
+    let load_at_start = load_average();
     println!("endless benchmark: {}", machine());
-    println!(
-        "open files limit: {nofile}; load average at start: {}",
-        load_average()
-    );
+    println!("open files limit: {nofile}; load average at start: {load_at_start}");
     if !o.scale.is_empty() {
         return scale(&rt, &o);
     }
@@ -858,7 +856,8 @@ fn main() {
     let report = json!({
         "machine": machine(),
         "options": {"conns": o.conns, "reloads": o.reloads, "secs": o.secs, "rounds": o.rounds, "quick": o.quick},
-        "load_average_at_start": load_average(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_average(),
         "steady_state": steady,
         "steady_state_https": steady_tls,
         "reloads": reload_json,
@@ -889,6 +888,7 @@ fn load_average() -> String {
 /// steady req/s ratio, the failed requests across reloads and the old
 /// generation's drain time, at each of `o.scale` connections.
 fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
+    let load_at_start = load_average();
     let mut rows = Vec::new();
     println!();
     println!("| keep-alive connections | req/s ratio (rounds: min–max) | CPU ratio | reloads | requests | failed | signal→old exit p50 / max | lowest 100 ms bucket, worst / median |");
@@ -943,7 +943,7 @@ fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
         rows.push(row);
     }
     let path = std::path::Path::new(&o.json).with_file_name("bench-scale.json");
-    let report = json!({"machine": machine(), "load_average_at_start": load_average(),
+    let report = json!({"machine": machine(), "load_average_at_start": load_at_start, "load_average_at_end": load_average(),
         "options": {"reloads": o.reloads, "secs": o.secs, "rounds": o.rounds},
         "scale": rows});
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
