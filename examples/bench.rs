@@ -7,7 +7,19 @@
 //! ```
 //!
 //! Options: `--modes keep-alive,close,h2c`, `--steady-only` (skip reloads and memory), `--conns N` (64), `--reloads N` (50 per mode), `--secs S` (2 per
-//! round), `--rounds R` (6 per server and mode), `--json PATH`, `--svg PATH`.
+//! round), `--rounds R` (6 per server and mode), `--json PATH`, `--svg PATH`,
+//! `--https` (also the steady state over TLS, against tokio-rustls +
+//! hyper-util), `--scale N,N,…` (only: keep-alive steady state and reloads at
+//! each number of connections, into `docs/bench-scale.json`; for example
+//! `--scale 1000,4000,8000 --reloads 20 --rounds 3`).
+//!
+//! `--before PATH`: the bench binary built from an earlier commit; its
+//! endless server joins the steady-state rounds, for before/after ratios
+//! measured in one run.
+//!
+//! The benchmark raises its soft limit on open files to the hard limit (the
+//! servers inherit it): each connection takes an FD in the client and one in
+//! the server.
 //!
 //! The binary plays every part: run with `serve-endless ADDR` it is the
 //! endless server (the `hello` example's handler), with `serve-baseline ADDR`
@@ -111,8 +123,133 @@ async fn accept_baseline(listener: tokio::net::TcpListener, header_timeout: bool
     }
 }
 
+/// endless over TLS (`register_tls`, as `listen_and_serve_tls` does).
+async fn serve_endless_tls(addr: String, cert: String, key: String) {
+    let server = endless::Server::new().register_tls(&addr, cert, key, service_fn(hello));
+    let handle = server.handle();
+    tokio::spawn(async move {
+        if let Ok(addrs) = handle.listening().await {
+            ready_line(&addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        }
+    });
+    server.run().await.expect("endless TLS server");
+}
+
+/// The TLS baseline: tokio-rustls and hyper-util, the handshake in each
+/// connection's task, ALPN `h2` and `http/1.1`.
+async fn serve_baseline_tls(addr: String, cert: String, key: String) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("key file");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("TLS config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    ready_line(&[listener.local_addr().unwrap().to_string()]);
+    let builder = std::sync::Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (builder, acceptor) = (builder.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service_fn(hello))
+                    .await;
+            });
+        }
+    })
+    .await
+    .expect("TLS baseline accept loop");
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1, in
+/// `dir`: (cert path, key path, client config for each ALPN protocol).
+struct Tls {
+    cert: String,
+    key: String,
+    ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Tls {
+    fn new(dir: &std::path::Path) -> Tls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(params, ca_key);
+        let leaf =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        Tls {
+            cert: cert_path.to_str().unwrap().to_owned(),
+            key: key_path.to_str().unwrap().to_owned(),
+            ca: ca.der().clone(),
+        }
+    }
+
+    /// The client side for `mode`: ALPN `h2` for HTTP/2, `http/1.1` otherwise.
+    fn client(&self, mode: Mode) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![match mode {
+            Mode::Http2 => b"h2".to_vec(),
+            _ => b"http/1.1".to_vec(),
+        }];
+        std::sync::Arc::new(config)
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, for thousands of
+/// connections (the servers inherit it).
+fn raise_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 struct Options {
     quick: bool,
+    https: bool,
+    before: Option<String>,
+    scale: Vec<usize>,
     steady_only: bool,
     modes: Vec<Mode>,
     conns: usize,
@@ -127,6 +264,9 @@ impl Options {
     fn parse() -> Options {
         let mut o = Options {
             quick: false,
+            https: false,
+            before: None,
+            scale: Vec::new(),
             steady_only: false,
             modes: vec![Mode::KeepAlive, Mode::Close, Mode::Http2],
             conns: 64,
@@ -148,6 +288,14 @@ impl Options {
                     o.rounds = 1;
                 }
                 "--steady-only" => o.steady_only = true,
+                "--https" => o.https = true,
+                "--before" => o.before = Some(value()),
+                "--scale" => {
+                    o.scale = value()
+                        .split(',')
+                        .map(|n| n.parse().expect("--scale N,N,…"))
+                        .collect()
+                }
                 "--modes" => {
                     o.modes = value()
                         .split(',')
@@ -173,10 +321,19 @@ impl Options {
 }
 
 fn server(role: &str) -> Proc {
-    Spec::new(std::env::current_exe().unwrap())
-        .arg(role)
-        .arg("127.0.0.1:0")
-        .start()
+    server_with(role, &[])
+}
+
+fn server_with(role: &str, extra: &[&str]) -> Proc {
+    server_from(&std::env::current_exe().unwrap(), role, extra)
+}
+
+fn server_from(bin: &std::path::Path, role: &str, extra: &[&str]) -> Proc {
+    let mut spec = Spec::new(bin).arg(role).arg("127.0.0.1:0");
+    for a in extra {
+        spec = spec.arg(*a);
+    }
+    spec.start()
 }
 
 /// CPU time `pid` has used, in ns: the sum over its threads (schedstat is
@@ -202,10 +359,28 @@ struct Round {
 
 /// Requests/s and CPU per request of `role` under `mode` load for `secs`.
 fn throughput(rt: &tokio::runtime::Runtime, role: &str, mode: Mode, o: &Options) -> Round {
-    let p = server(role);
+    throughput_with(rt, role, mode, o, None)
+}
+
+/// Like [`throughput`], over TLS when `tls` is given.
+fn throughput_with(
+    rt: &tokio::runtime::Runtime,
+    role: &str,
+    mode: Mode,
+    o: &Options,
+    tls: Option<&Tls>,
+) -> Round {
+    let p = match (tls, role.strip_prefix("before:")) {
+        (_, Some(bin)) => server_from(bin.as_ref(), "serve-endless", &[]),
+        (Some(t), None) => server_with(role, &[&t.cert, &t.key]),
+        (None, None) => server(role),
+    };
     let pid = p.current().pid;
     let cpu0 = cpu_ns(pid);
-    let l = load::start(rt.handle(), &p.addr(), mode, o.conns, "/");
+    let l = match tls {
+        Some(t) => load::start_tls(rt.handle(), &p.addr(), mode, o.conns, "/", t.client(mode)),
+        None => load::start(rt.handle(), &p.addr(), mode, o.conns, "/"),
+    };
     std::thread::sleep(Duration::from_secs_f64(o.secs));
     let stats = l.finish();
     let cpu = cpu_ns(pid) - cpu0;
@@ -408,12 +583,31 @@ fn main() {
         Some("serve-baseline-timeout") => {
             return runtime().block_on(serve_baseline(args.next().unwrap(), true))
         }
+        Some(role @ ("serve-endless-tls" | "serve-baseline-tls")) => {
+            let endless = role == "serve-endless-tls";
+            let (addr, cert, key) = (
+                args.next().unwrap(),
+                args.next().unwrap(),
+                args.next().unwrap(),
+            );
+            return if endless {
+                runtime().block_on(serve_endless_tls(addr, cert, key))
+            } else {
+                runtime().block_on(serve_baseline_tls(addr, cert, key))
+            };
+        }
         _ => {}
     }
     let o = Options::parse();
     let rt = load::runtime();
     let modes = o.modes.clone();
+    let nofile = raise_file_limit();
+    let load_at_start = load_average();
     println!("endless benchmark: {}", machine());
+    println!("open files limit: {nofile}; load average at start: {load_at_start}");
+    if !o.scale.is_empty() {
+        return scale(&rt, &o);
+    }
     println!(
         "load: {} connections; steady state {} round(s) of {:.1} s per server and mode, alternating; {} reloads per mode",
         o.conns, o.rounds, o.secs, o.reloads
@@ -422,11 +616,16 @@ fn main() {
     // 1. Steady state, alternating so that drift hits both alike.
     let mut steady = Vec::new();
     for &mode in &modes {
-        let (mut base, mut timed, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base, mut timed, mut ours, mut before) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let before_role = o.before.as_ref().map(|b| format!("before:{b}"));
         for _ in 0..o.rounds {
             base.push(throughput(&rt, "serve-baseline", mode, &o));
             timed.push(throughput(&rt, "serve-baseline-timeout", mode, &o));
             ours.push(throughput(&rt, "serve-endless", mode, &o));
+            if let Some(role) = &before_role {
+                before.push(throughput(&rt, role, mode, &o));
+            }
         }
         let failed: u64 = base
             .iter()
@@ -446,6 +645,19 @@ fn main() {
         let (cpu_ratio, round_cpu_ratios) = ratio(|r| r.cpu_us, &ours, &base);
         let (rps_ratio_timed, _) = ratio(|r| r.rps, &ours, &timed);
         let (cpu_ratio_timed, _) = ratio(|r| r.cpu_us, &ours, &timed);
+        let before_json = if before.is_empty() {
+            serde_json::Value::Null
+        } else {
+            let (ratio_before, _) = ratio(|r| r.rps, &before, &base);
+            let (cpu_ratio_before, _) = ratio(|r| r.cpu_us, &before, &base);
+            let (after_before, after_before_rounds) = ratio(|r| r.rps, &ours, &before);
+            let (cpu_after_before, cpu_after_before_rounds) = ratio(|r| r.cpu_us, &ours, &before);
+            json!({"endless_before_rps": med(|r| r.rps, &before),
+                "endless_before_cpu_us_per_request": med(|r| r.cpu_us, &before),
+                "ratio_before": ratio_before, "cpu_ratio_before": cpu_ratio_before,
+                "after_over_before": after_before, "round_after_over_before": after_before_rounds,
+                "cpu_after_over_before": cpu_after_before, "round_cpu_after_over_before": cpu_after_before_rounds})
+        };
         steady.push(json!({"mode": mode_name(mode),
             "baseline_rps": med(|r| r.rps, &base), "endless_rps": med(|r| r.rps, &ours),
             "ratio": rps_ratio, "round_ratios": round_ratios,
@@ -455,11 +667,54 @@ fn main() {
             "with_header_timeout": {"baseline_rps": med(|r| r.rps, &timed),
                 "baseline_cpu_us_per_request": med(|r| r.cpu_us, &timed),
                 "ratio": rps_ratio_timed, "cpu_ratio": cpu_ratio_timed},
+            "before": before_json,
             "failed": failed}));
     }
 
+    // 1b. The same over TLS, against tokio-rustls + hyper-util.
+    let mut steady_tls = Vec::new();
+    if o.https {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let tls = Tls::new(dir.path());
+        for &mode in &modes {
+            let (mut base, mut ours) = (Vec::new(), Vec::new());
+            for _ in 0..o.rounds {
+                base.push(throughput_with(
+                    &rt,
+                    "serve-baseline-tls",
+                    mode,
+                    &o,
+                    Some(&tls),
+                ));
+                ours.push(throughput_with(
+                    &rt,
+                    "serve-endless-tls",
+                    mode,
+                    &o,
+                    Some(&tls),
+                ));
+            }
+            let ratios: Vec<f64> = ours.iter().zip(&base).map(|(x, y)| x.rps / y.rps).collect();
+            let cpu: Vec<f64> = ours
+                .iter()
+                .zip(&base)
+                .map(|(x, y)| x.cpu_us / y.cpu_us)
+                .collect();
+            let med = |f: fn(&Round) -> f64, v: &[Round]| {
+                median(&mut v.iter().map(f).collect::<Vec<_>>())
+            };
+            steady_tls.push(json!({"mode": mode_name(mode),
+                "baseline_rps": med(|r| r.rps, &base), "endless_rps": med(|r| r.rps, &ours),
+                "ratio": median(&mut ratios.clone()), "round_ratios": ratios,
+                "baseline_cpu_us_per_request": med(|r| r.cpu_us, &base),
+                "endless_cpu_us_per_request": med(|r| r.cpu_us, &ours),
+                "cpu_ratio": median(&mut cpu.clone()), "round_cpu_ratios": cpu,
+                "failed": base.iter().chain(&ours).map(|r| r.failed).sum::<u64>()}));
+        }
+    }
+
     if o.steady_only {
-        for s in &steady {
+        for s in steady.iter().chain(&steady_tls) {
             println!("{s}");
         }
         return;
@@ -505,6 +760,47 @@ fn main() {
             t["ratio"].as_f64().unwrap(),
             t["cpu_ratio"].as_f64().unwrap(),
         );
+    }
+    if o.before.is_some() {
+        println!();
+        println!("Before and after (the endless of `--before`, same rounds):");
+        println!();
+        println!("| mode | req/s ratio to baseline, before / after | CPU ratio to baseline, before / after | after / before: req/s, CPU |");
+        println!("|---|---|---|---|");
+        for s in &steady {
+            let b = &s["before"];
+            let f = |k: &str| b[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3}, {:.3} |",
+                s["mode"].as_str().unwrap(),
+                f("ratio_before"),
+                s["ratio"].as_f64().unwrap(),
+                f("cpu_ratio_before"),
+                s["cpu_ratio"].as_f64().unwrap(),
+                f("after_over_before"),
+                f("cpu_after_over_before"),
+            );
+        }
+    }
+    if !steady_tls.is_empty() {
+        println!();
+        println!("HTTPS steady state, against tokio-rustls + hyper-util:");
+        println!();
+        println!("| mode | req/s baseline / endless | req/s ratio | CPU µs per request, baseline / endless | CPU ratio |");
+        println!("|---|---|---|---|---|");
+        for s in &steady_tls {
+            let f = |k: &str| s[k].as_f64().unwrap();
+            println!(
+                "| {} | {:.0} / {:.0} | {:.3} | {:.2} / {:.2} | {:.3} |",
+                s["mode"].as_str().unwrap(),
+                f("baseline_rps"),
+                f("endless_rps"),
+                f("ratio"),
+                f("baseline_cpu_us_per_request"),
+                f("endless_cpu_us_per_request"),
+                f("cpu_ratio"),
+            );
+        }
     }
     println!();
     println!("Reloads under load:");
@@ -560,7 +856,10 @@ fn main() {
     let report = json!({
         "machine": machine(),
         "options": {"conns": o.conns, "reloads": o.reloads, "secs": o.secs, "rounds": o.rounds, "quick": o.quick},
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_average(),
         "steady_state": steady,
+        "steady_state_https": steady_tls,
         "reloads": reload_json,
         "memory": {
             "baseline_idle_rss_kib": base_rss.0, "endless_idle_rss_kib": first_rss.0,
@@ -577,6 +876,78 @@ fn main() {
     std::fs::write(&o.json, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
     draw(&runs, &o.svg).expect("draw SVG");
     println!("wrote {} and {}", o.json, o.svg);
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// How the cost grows with the number of keep-alive connections: the
+/// steady req/s ratio, the failed requests across reloads and the old
+/// generation's drain time, at each of `o.scale` connections.
+fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
+    let load_at_start = load_average();
+    let mut rows = Vec::new();
+    println!();
+    println!("| keep-alive connections | req/s ratio (rounds: min–max) | CPU ratio | reloads | requests | failed | signal→old exit p50 / max | lowest 100 ms bucket, worst / median |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &conns in &o.scale {
+        let o = Options {
+            conns,
+            json: String::new(),
+            svg: String::new(),
+            modes: vec![Mode::KeepAlive],
+            scale: Vec::new(),
+            before: None,
+            ..*o
+        };
+        let (mut base, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..o.rounds {
+            base.push(throughput(rt, "serve-baseline", Mode::KeepAlive, &o));
+            ours.push(throughput(rt, "serve-endless", Mode::KeepAlive, &o));
+        }
+        let mut ratios: Vec<f64> = ours.iter().zip(&base).map(|(x, y)| x.rps / y.rps).collect();
+        let mut cpu: Vec<f64> = ours
+            .iter()
+            .zip(&base)
+            .map(|(x, y)| x.cpu_us / y.cpu_us)
+            .collect();
+        let r = reload_run(rt, Mode::KeepAlive, &o);
+        let (mut exit, mut dips) = (r.exit_ms.clone(), r.dips.clone());
+        let row = json!({"conns": conns,
+            "ratio": median(&mut ratios.clone()), "round_ratios": ratios.clone(),
+            "cpu_ratio": median(&mut cpu), "steady_failed": base.iter().chain(&ours).map(|r| r.failed).sum::<u64>(),
+            "reloads": r.ready_ms.len(), "requests_ok": r.stats.ok, "failed": r.stats.failed,
+            "failures": r.stats.failures,
+            "old_exit_ms": {"p50": median(&mut exit), "max": percentile(&mut exit, 1.0), "exits_seen": r.exit_ms.len()},
+            "lowest_bucket_share": {"worst": percentile(&mut dips, 0.0), "median": median(&mut dips)}});
+        println!(
+            "| {conns} | {:.3} ({:.2}–{:.2}) | {:.3} | {} | {} | {} | {:.0} / {:.0} ms | {:.0}% / {:.0}% |",
+            row["ratio"].as_f64().unwrap(),
+            percentile(&mut ratios, 0.0),
+            percentile(&mut ratios, 1.0),
+            row["cpu_ratio"].as_f64().unwrap(),
+            r.ready_ms.len(),
+            r.stats.ok,
+            r.stats.failed,
+            row["old_exit_ms"]["p50"].as_f64().unwrap(),
+            row["old_exit_ms"]["max"].as_f64().unwrap(),
+            row["lowest_bucket_share"]["worst"].as_f64().unwrap() * 100.0,
+            row["lowest_bucket_share"]["median"].as_f64().unwrap() * 100.0,
+        );
+        if !r.stats.failures.is_empty() {
+            println!("  failures: {:?}", r.stats.failures);
+        }
+        rows.push(row);
+    }
+    let path = std::path::Path::new(&o.json).with_file_name("bench-scale.json");
+    let report = json!({"machine": machine(), "load_average_at_start": load_at_start, "load_average_at_end": load_average(),
+        "options": {"reloads": o.reloads, "secs": o.secs, "rounds": o.rounds},
+        "scale": rows});
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
+    println!("wrote {}", path.display());
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -258,6 +258,72 @@ fn a_silent_client_is_dropped_by_the_header_read_timeout() {
     );
 }
 
+/// Slowloris clients: each sends part of a request head and stalls, one in
+/// its first request, one in its second. Each must be dropped at about the
+/// header read timeout, not held forever.
+#[test]
+fn a_client_that_stalls_in_a_request_head_is_dropped_by_the_header_read_timeout() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .start();
+    let addr = server.addr();
+    let connect = || {
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let mut first = connect();
+    let mut second = connect();
+    write!(second, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = [0u8; 512];
+    let n = second.read(&mut answer).unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+
+    let t = Instant::now();
+    for s in [&mut first, &mut second] {
+        write!(s, "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    }
+    // Others are served meanwhile.
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    for (which, s) in [("first", &mut first), ("second", &mut second)] {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(5),
+            "stalled in its {which} request: closed after {took:?}"
+        );
+        let answer = String::from_utf8_lossy(&buf);
+        assert!(!answer.contains(" 200 "), "{which}: {answer:?}");
+    }
+}
+
+/// The header read timeout also covers the wait for the next request head
+/// of a keep-alive connection (as hyper's own does): a client that takes
+/// one response and then stays silent does not hold its connection forever.
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .start();
+    let addr = server.addr();
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 512];
+    let n = idle.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
 #[test]
 fn a_silent_client_does_not_hold_up_a_stop() {
     let mut server = Spec::fixture().start();
