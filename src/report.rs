@@ -67,6 +67,24 @@ fn lock() -> std::sync::MutexGuard<'static, Option<std::fs::File>> {
     PIPE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A pipe whose two ends are close-on-exec.
+#[cfg(not(any(target_os = "macos", target_os = "ios")))]
+fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+/// A pipe whose two ends are close-on-exec. (No `pipe2` here: the flag is
+/// set right after, so a process another thread forks in that instant could
+/// inherit the pipe; it would only keep it from ending.)
+#[cfg(any(target_os = "macos", target_os = "ios"))]
+fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let (read, write) = nix::unistd::pipe()?;
+    fcntl(&read, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    fcntl(&write, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok((read, write))
+}
+
 /// The parent's end.
 #[derive(Debug)]
 pub(crate) struct Reader(tokio::net::unix::pipe::Receiver);
@@ -75,7 +93,7 @@ impl Reader {
     /// A new pipe: the reader, and the write end to pass to the child (the
     /// parent drops its copy once the child is spawned).
     pub(crate) fn pipe() -> std::io::Result<(Reader, OwnedFd)> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (read, write) = cloexec_pipe()?;
         let read = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
         Ok((Reader(read), write))
     }
