@@ -559,7 +559,7 @@ fn tls_sessions_resume_across_reloads() {
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf();
     let files = Files::new(&cert, &key);
-    let server = files.spec().arg("tls:127.0.0.1:0").start();
+    let mut server = files.spec().arg("tls:127.0.0.1:0").start();
     let addr = server.addr();
     let versions = [
         ("TLS 1.3", &rustls::version::TLS13),
@@ -586,12 +586,16 @@ fn tls_sessions_resume_across_reloads() {
     let mut resumed = vec![0usize; clients.len()];
     let mut first_resumed = vec![0usize; clients.len()];
     for reload in 1..=RELOADS {
+        let old = server.current().pid;
         let ready = server.reload(Signal::SIGHUP);
         // With a client of its own, which keeps no sessions.
         let fresh = h1(&ca);
         support::wait_served_by_tls(&addr, ready.pid, |a| {
             Https::connect(a, fresh.clone())?.get("/")
         });
+        // Only the new generation answers from here on (the old one may
+        // still have taken a queued connection or two).
+        server.assert_exited_0(old, Duration::from_secs(10));
         for (i, (name, client)) in clients.iter().enumerate() {
             for c in 0..CONNECTIONS {
                 let (kind, pid) = connect_once(&addr, client);
