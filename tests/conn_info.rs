@@ -3,6 +3,9 @@
 mod support;
 
 use std::io::{Read, Write};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
 
 use nix::sys::signal::Signal;
 use support::Spec;
@@ -50,4 +53,49 @@ fn handlers_see_the_peer_and_the_listener() {
             support::wait_served_by(&tcp, pid);
         }
     }
+}
+
+/// A handler of an HTTP/2 request (h2c, several streams on one
+/// connection) sees its connection too: hyper runs each stream in a task of
+/// its own, which inherits the connection's info.
+#[test]
+fn handlers_of_http2_streams_see_their_connection() {
+    let server = Spec::fixture().start();
+    let addr = server.addr();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let me = tcp.local_addr().unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        for stream in 0..3 {
+            let req = hyper::Request::get(format!("http://{addr}/conninfo"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let res = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert_eq!(res.version(), hyper::Version::HTTP_2);
+            assert_eq!(res.status(), 200, "stream {stream}");
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                format!(
+                    "listener=127.0.0.1:0 local={addr} peer={me} creds=- sni=- alpn=- certs=-\n"
+                ),
+                "stream {stream}"
+            );
+        }
+        drop(send);
+        conn.abort();
+    });
 }

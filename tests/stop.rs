@@ -324,6 +324,63 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
     );
 }
 
+/// The header read timeout is about request heads only: a slow handler, a
+/// response body that goes on for longer than the timeout, and an upgraded
+/// connection that stays quiet for longer all outlast it. (The sweeper that
+/// enforces it must tell these from connections waiting for a head.)
+#[test]
+fn the_header_read_timeout_spares_requests_in_progress_and_upgraded_connections() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "300")
+        .start();
+    let addr = server.addr();
+    let connect = || {
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let slow = get_in_background(&addr, "/sleep/1500");
+
+    let mut upgraded = connect();
+    write!(
+        upgraded,
+        "GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = upgraded.read(&mut head).unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    let mut stream = connect();
+    write!(stream, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let t = Instant::now();
+    let mut streamed = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Five times the timeout; the body sends a tick every 100 ms.
+    while t.elapsed() < Duration::from_millis(1500) {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the stream was cut after {:?}", t.elapsed());
+        streamed.extend_from_slice(&chunk[..n]);
+    }
+    let ticks = String::from_utf8_lossy(&streamed)
+        .matches("tick pid=")
+        .count();
+    assert!(ticks >= 10, "{ticks} ticks in {:?}", t.elapsed());
+
+    // Quiet for five times the timeout, and still echoing.
+    upgraded.write_all(b"still here").unwrap();
+    let mut echo = [0u8; 10];
+    upgraded.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still here");
+
+    let (status, body) = slow.join().unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn a_silent_client_does_not_hold_up_a_stop() {
     let mut server = Spec::fixture().start();
