@@ -387,10 +387,15 @@ async fn serve_connection<IO, S, B>(
 
     // A connection that sends no request in time is cut by the sweeper
     // (`Connections::spawn_sweeper`), through its signal.
+    // Polled on every wake-up of the connection, so one signal future, not
+    // two, and no random branch order (`biased`).
     tokio::select! {
+        biased;
         r = conn.as_mut() => return log_end(r),
-        _ = signal.reached(Level::Cut) => return,
         _ = signal.reached(Level::Draining) => {}
+    }
+    if signal.level() >= Level::Cut {
+        return;
     }
     // Draining. HTTP/1: let the client learn of it from a response
     // (`Connection: close`) for up to the idle grace, then close. hyper
@@ -559,13 +564,20 @@ impl ConnSignal {
     }
 
     /// Resolves once the level is at least `level`. Only the connection's
-    /// own task waits on it.
+    /// own task waits on it, so the waker is registered once, at the first
+    /// poll (a task's waker stays valid for the task's life): each later
+    /// poll, one per wake-up of the connection, is a single atomic load.
     fn reached(&self, level: Level) -> impl Future<Output = ()> + '_ {
+        let mut registered = false;
         std::future::poll_fn(move |cx| {
             if self.level() >= level {
                 return Poll::Ready(());
             }
+            if registered {
+                return Poll::Pending;
+            }
             self.waker.register(cx.waker());
+            registered = true;
             if self.level() >= level {
                 Poll::Ready(())
             } else {
