@@ -65,7 +65,7 @@ impl Drain {
         timeout: Duration,
         shared: &Arc<Shared>,
     ) -> Drain {
-        conns.start_drain();
+        conns.start_drain(why == Why::HandedOver);
         shared.set_draining(true);
         info!(connections = conns.active(), ?why, ?timeout, "draining");
         Drain {
