@@ -440,7 +440,10 @@ async fn serve_connection<IO, S, B>(
             tokio::select! {
                 r = conn.as_mut() => return log_end(r),
                 _ = signal.reached(Level::Cut) => return,
-                _ = tokio::time::sleep(shared.idle_grace) => {}
+                // Boxed: only a draining connection needs it, and every
+                // connection's future would otherwise be this much larger
+                // (tokio copies the whole future when it spawns the task).
+                _ = Box::pin(tokio::time::sleep(shared.idle_grace)) => {}
             }
             let arriving = signal.request_arriving(fd);
             let quiet = shared.sockets.quiet_for(signal);
