@@ -17,7 +17,7 @@ it is the work done, not the time it takes.
 
 Needs valgrind, ab (apache2-utils) and h2load (nghttp2-client):
 
-    cargo build --release --example bench
+    cargo build --release -p endless-bench --example bench
     python3 bench/instructions.py [--before OLD_BENCH_BINARY] [--json docs/bench-instructions.json]
 """
 

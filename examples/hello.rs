@@ -22,11 +22,18 @@ async fn hello(_: Request<Incoming>) -> Result<Response<String>, Infallible> {
 
 #[tokio::main]
 async fn main() -> Result<(), endless::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    // Log levels from `RUST_LOG`: `target=level` directives such as `debug` or
+    // `endless=debug,info`; `info` by default. `Targets` rather than
+    // `EnvFilter`: no regex engine to build, so the first build is quicker.
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     // Every address given (such as those of a systemd socket unit, TCP and
     // `unix:/path`), or the default.

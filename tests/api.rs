@@ -140,7 +140,4 @@ fn the_usual_service_shapes_are_accepted() {
                 Ok::<_, Infallible>(Response::new(Full::new(&b"static bytes"[..])))
             }),
         );
-    let router = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
-    let _ =
-        endless::Server::new().register("127.0.0.1:0", endless::TowerToHyperService::new(router));
 }

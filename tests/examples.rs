@@ -32,31 +32,6 @@ fn hello_serves_and_reloads() {
 }
 
 #[test]
-fn axum_serves_and_reloads() {
-    serves_and_reloads("axum", "axum says hello from pid");
-}
-
-/// axum's `ConnectInfo<SocketAddr>` extractor works in a router served by
-/// endless (feature `axum`).
-#[test]
-fn axum_connect_info_names_the_client() {
-    let p = Spec::fixture()
-        .bin(support::example("axum"))
-        .arg("127.0.0.1:0")
-        .spawn();
-    let addr = p.listening_addr(0);
-    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-    let me = conn.local_addr().unwrap();
-    use std::io::{Read, Write};
-    conn.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.ends_with(&format!("you are {me}\n")), "{reply}");
-}
-
-#[test]
 fn multi_serves_three_listeners_across_a_reload() {
     let mut p = Spec::fixture()
         .bin(support::example("multi"))

@@ -26,11 +26,20 @@ use tonic::service::Routes;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    // Log levels from `RUST_LOG`: `target=level` directives such as `debug` or
+    // `endless=debug,info`; `info` by default. `Targets` rather than
+    // `EnvFilter`, whose regex engine would also be built for the root's
+    // quick start (`cargo run --example hello` selects every default member
+    // of the workspace, and their dependencies' features unify).
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let pid = std::process::id();
     // Touch endless before anything slow: a new generation must install its

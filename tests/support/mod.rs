@@ -9,7 +9,7 @@
 //!   serialises the heavy tests.
 //!
 //! `process`, `wait` and `load` are self-contained so that the benchmark
-//! (`examples/bench.rs`) can include them by `#[path]` without the rest.
+//! (`bench/examples/bench.rs`) can include them by `#[path]` without the rest.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod load;

@@ -32,8 +32,8 @@
 //!   `graceful_shutdown`), as its `restarter` example does.
 
 // The parts of endless's test support the benchmark shares, as
-// examples/bench.rs includes them: the load generator, server processes, and
-// the bounded waits these use.
+// bench/examples/bench.rs includes them: the load generator, server
+// processes, and the bounded waits these use.
 #[path = "../../../tests/support/load.rs"]
 mod load;
 #[path = "../../../tests/support/process.rs"]
@@ -343,7 +343,7 @@ impl Options {
     }
 }
 
-/// CPU time `pid` has used, in ns (see examples/bench.rs).
+/// CPU time `pid` has used, in ns (see bench/examples/bench.rs).
 fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;

@@ -7,7 +7,7 @@
 //! in the same millisecond.
 //!
 //! ```text
-//! cargo run --release --example websocket [ADDR]   # default 127.0.0.1:8080
+//! cargo run --release -p endless-integrations --example websocket [ADDR]   # default 127.0.0.1:8080
 //! websocket: pid 4242 serving ws://127.0.0.1:8080/  (reload: kill -HUP 4242, stop: kill -TERM 4242)
 //!
 //! websocat ws://127.0.0.1:8080/                    # in another terminal
@@ -158,11 +158,18 @@ async fn echo(mut ws: Ws, handle: endless::Handle) {
 
 #[tokio::main]
 async fn main() -> Result<(), endless::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    // Log levels from `RUST_LOG`: `target=level` directives such as `debug` or
+    // `endless=debug,info`; `info` by default. `Targets` rather than
+    // `EnvFilter`: no regex engine to build, so the first build is quicker.
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let addr = std::env::args()
         .nth(1)

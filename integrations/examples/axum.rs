@@ -3,7 +3,7 @@
 //! `ConnectInfo<SocketAddr>` extractor works as with `axum::serve`.
 //!
 //! ```text
-//! cargo run --release --example axum [ADDR]     # default 127.0.0.1:8080
+//! cargo run --release -p endless-integrations --example axum [ADDR]   # default 127.0.0.1:8080
 //! curl http://127.0.0.1:8080/ ; curl http://127.0.0.1:8080/started ; curl http://127.0.0.1:8080/whoami
 //! ```
 use std::net::SocketAddr;
@@ -14,11 +14,18 @@ use axum::Router;
 
 #[tokio::main]
 async fn main() -> Result<(), endless::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    // Log levels from `RUST_LOG`: `target=level` directives such as `debug` or
+    // `endless=debug,info`; `info` by default. `Targets` rather than
+    // `EnvFilter`: no regex engine to build, so the first build is quicker.
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let addr = std::env::args()
         .nth(1)

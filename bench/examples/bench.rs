@@ -2,8 +2,8 @@
 //! against a plain hyper-util server in the same run.
 //!
 //! ```text
-//! cargo run --release --example bench            # about 2 minutes; writes docs/bench.json and docs/reload.svg
-//! cargo run --release --example bench -- --quick # a few seconds, to check that it runs
+//! cargo run --release -p endless-bench --example bench            # about 2 minutes; writes docs/bench.json and docs/reload.svg
+//! cargo run --release -p endless-bench --example bench -- --quick # a few seconds, to check that it runs
 //! ```
 //!
 //! Options: `--modes keep-alive,close,h2c`, `--steady-only` (skip reloads and memory), `--conns N` (64), `--reloads N` (50 per mode), `--secs S` (2 per
@@ -30,13 +30,13 @@
 
 // The parts of the test support the benchmark shares, and no more: the
 // load generator, server processes, and the bounded waits these use.
-#[path = "../tests/support/load.rs"]
+#[path = "../../tests/support/load.rs"]
 #[allow(missing_docs)]
 mod load;
-#[path = "../tests/support/process.rs"]
+#[path = "../../tests/support/process.rs"]
 #[allow(missing_docs)]
 mod process;
-#[path = "../tests/support/wait.rs"]
+#[path = "../../tests/support/wait.rs"]
 #[allow(missing_docs)]
 mod wait;
 
@@ -273,8 +273,8 @@ impl Options {
             reloads: 50,
             secs: 2.0,
             rounds: 6,
-            json: concat!(env!("CARGO_MANIFEST_DIR"), "/docs/bench.json").into(),
-            svg: concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reload.svg").into(),
+            json: concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/bench.json").into(),
+            svg: concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reload.svg").into(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
