@@ -200,6 +200,24 @@ fn a_signal_storm_leaves_exactly_one_serving_process() {
     );
 }
 
+/// Waits until `pid`, a new generation, runs the new image. In the instant
+/// between the fork and the child's blocking of the signals, the old
+/// image's handlers still run there, and a signal sent then is lost (see
+/// README, Limits); from the exec on, signals wait for the handlers.
+fn wait_for_the_exec(server: &support::Proc, pid: u32) {
+    let exec_done = support::wait::within(Duration::from_secs(10), || {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|&b| b == 0)
+                .any(|v| v.starts_with(b"ENDLESS_FDS="))
+        })
+    });
+    assert!(
+        exec_done.is_some(),
+        "{pid} never ran the new image:\n{}",
+        server.report()
+    );
+}
+
 #[test]
 fn signals_during_start_up_neither_kill_nor_get_lost() {
     let mut server = Spec::fixture().env("FIXTURE_START_DELAY_MS", "700").start();
@@ -208,6 +226,7 @@ fn signals_during_start_up_neither_kill_nor_get_lost() {
     // Reload signals to a generation that has not installed its handlers yet.
     signal_pid(gen0, Signal::SIGHUP);
     let gen1 = server.wait_new_process(&[gen0], Duration::from_secs(10));
+    wait_for_the_exec(&server, gen1);
     for _ in 0..10 {
         signal_pid(gen1, Signal::SIGUSR1);
         signal_pid(gen1, Signal::SIGHUP);
@@ -227,6 +246,7 @@ fn signals_during_start_up_neither_kill_nor_get_lost() {
     // reports with an EXIT line, and no signal killed it.
     signal_pid(r2.pid, Signal::SIGHUP);
     let gen3 = server.wait_new_process(&[gen0, gen1, r2.pid], Duration::from_secs(10));
+    wait_for_the_exec(&server, gen3);
     signal_pid(gen3, Signal::SIGINT);
     server
         .wait_line(Duration::from_secs(15), |l| {
