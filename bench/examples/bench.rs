@@ -483,6 +483,36 @@ struct ReloadRun {
     marks: Vec<f64>,
     /// The lowest 100 ms bucket around each reload, as a share of the median bucket.
     dips: Vec<f64>,
+    /// The same statistic, at the same moments, in a run of the same length
+    /// and load without reloads: what the machine's own noise does.
+    control_dips: Vec<f64>,
+}
+
+/// For each mark (seconds since the load started), the lowest 100 ms bucket
+/// from 100 ms before it to 300 ms after, as a share of the median bucket
+/// (skipping the first bucket, connections opening, and the last, partial).
+fn dips_at(b: &[u64], marks: &[f64]) -> Vec<f64> {
+    let steady: Vec<f64> = b
+        .iter()
+        .skip(1)
+        .take(b.len().saturating_sub(2))
+        .map(|&v| v as f64)
+        .collect();
+    let med = median(&mut steady.clone());
+    marks
+        .iter()
+        .map(|m| {
+            let i = (m * 10.0) as usize;
+            let lo = i.saturating_sub(1).max(1);
+            let hi = (i + 3).min(b.len().saturating_sub(2));
+            let min = (lo..=hi.max(lo))
+                .filter_map(|k| b.get(k))
+                .min()
+                .copied()
+                .unwrap_or(0);
+            min as f64 / med
+        })
+        .collect()
 }
 
 fn reload_run(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) -> ReloadRun {
@@ -510,35 +540,24 @@ fn reload_run(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) -> ReloadRu
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
     }
     std::thread::sleep(Duration::from_millis(300));
+    let length = t0.elapsed();
     let stats = l.finish();
     watch_exits(
         &mut exiting,
         &mut exit_ms,
         Instant::now() + Duration::from_secs(30),
     );
-    // Buckets: skip the first (connections opening) and the last (partial).
-    let b = &stats.buckets;
-    let steady: Vec<f64> = b
-        .iter()
-        .skip(1)
-        .take(b.len().saturating_sub(2))
-        .map(|&v| v as f64)
-        .collect();
-    let med = median(&mut steady.clone());
-    let dips = marks
-        .iter()
-        .map(|m| {
-            let i = (m * 10.0) as usize;
-            let lo = i.saturating_sub(1).max(1);
-            let hi = (i + 3).min(b.len().saturating_sub(2));
-            let min = (lo..=hi.max(lo))
-                .filter_map(|k| b.get(k))
-                .min()
-                .copied()
-                .unwrap_or(0);
-            min as f64 / med
-        })
-        .collect();
+    drop(p);
+    let dips = dips_at(&stats.buckets, &marks);
+
+    // The control: the same load for as long, on a fresh server, with no
+    // reload; the same statistic at the same moments.
+    let p = server("serve-endless");
+    let l = load::start(rt.handle(), &p.addr(), mode, o.conns, "/");
+    std::thread::sleep(length);
+    let control = l.finish();
+    drop(p);
+    let control_dips = dips_at(&control.buckets, &marks);
     ReloadRun {
         mode,
         stats,
@@ -546,6 +565,7 @@ fn reload_run(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) -> ReloadRu
         exit_ms,
         marks,
         dips,
+        control_dips,
     }
 }
 
@@ -729,6 +749,16 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     let (base_rss, first_rss) = (rss_kib(base.current().pid), rss_kib(ours.current().pid));
     let first_fds = fd_count(ours.current().pid);
+    // Idle again after serving: one second of keep-alive load on each (one
+    // after the other), then half a second of rest. A server at rest has
+    // usually served; a fresh one has touched less of its code.
+    for p in [&base, &ours] {
+        let l = load::start(rt.handle(), &p.addr(), Mode::KeepAlive, o.conns, "/");
+        std::thread::sleep(Duration::from_secs(1));
+        l.finish();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (base_warm, ours_warm) = (rss_kib(base.current().pid), rss_kib(ours.current().pid));
     drop(base);
     let n_mem = if o.quick { 5 } else { 100 };
     for _ in 0..n_mem {
@@ -805,21 +835,23 @@ fn main() {
     println!();
     println!("Reloads under load:");
     println!();
-    println!("| mode | reloads | requests | failed | retried (never processed) | signal→serving p50 / p99 / max | signal→old exit p50 / max | lowest 100 ms bucket, worst / median |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| mode | reloads | requests | failed | retried (never processed) | signal→serving p50 / p99 / max | signal→old exit p50 / max | lowest 100 ms bucket, worst / median | the same without reloads (control) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut reload_json = Vec::new();
     for r in &runs {
         let (mut ready, mut exit, mut dips) =
             (r.ready_ms.clone(), r.exit_ms.clone(), r.dips.clone());
+        let mut control = r.control_dips.clone();
         let row = json!({
             "mode": mode_name(r.mode), "reloads": r.ready_ms.len(), "requests_ok": r.stats.ok,
             "failed": r.stats.failed, "retried_unprocessed": r.stats.retried, "errors": r.stats.errors,
             "ready_ms": {"p50": median(&mut ready), "p99": percentile(&mut ready, 0.99), "max": percentile(&mut ready, 1.0)},
             "old_exit_ms": {"p50": median(&mut exit), "max": percentile(&mut exit, 1.0), "exits_seen": r.exit_ms.len()},
             "lowest_bucket_share": {"worst": percentile(&mut dips, 0.0), "median": median(&mut dips)},
+            "control_lowest_bucket_share": {"worst": percentile(&mut control, 0.0), "median": median(&mut control)},
         });
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.0}% / {:.0}% |",
+            "| {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.0}% / {:.0}% | {:.0}% / {:.0}% |",
             mode_name(r.mode),
             r.ready_ms.len(),
             r.stats.ok,
@@ -832,6 +864,8 @@ fn main() {
             row["old_exit_ms"]["max"].as_f64().unwrap(),
             row["lowest_bucket_share"]["worst"].as_f64().unwrap() * 100.0,
             row["lowest_bucket_share"]["median"].as_f64().unwrap() * 100.0,
+            row["control_lowest_bucket_share"]["worst"].as_f64().unwrap() * 100.0,
+            row["control_lowest_bucket_share"]["median"].as_f64().unwrap() * 100.0,
         );
         if !r.stats.errors.is_empty() {
             println!("  {} errors: {:?}", mode_name(r.mode), r.stats.errors);
@@ -847,6 +881,15 @@ fn main() {
         base_rss.1,
         first_rss.1,
         first_rss.1 as f64 / base_rss.1 as f64
+    );
+    println!(
+        "idle RSS after serving 1 s of keep-alive load: baseline {} KiB, endless {} KiB (ratio {:.3}); anonymous: baseline {} KiB, endless {} KiB (ratio {:.3})",
+        base_warm.0,
+        ours_warm.0,
+        ours_warm.0 as f64 / base_warm.0 as f64,
+        base_warm.1,
+        ours_warm.1,
+        ours_warm.1 as f64 / base_warm.1 as f64
     );
     println!(
         "after {n_mem} reloads: RSS {} KiB, anonymous {} KiB, FDs {last_fds} (first generation: {} KiB, {} KiB, {first_fds} FDs)",
@@ -866,6 +909,10 @@ fn main() {
             "rss_ratio": first_rss.0 as f64 / base_rss.0 as f64,
             "baseline_idle_anon_kib": base_rss.1, "endless_idle_anon_kib": first_rss.1,
             "anon_ratio": first_rss.1 as f64 / base_rss.1 as f64,
+            "after_serving": {"baseline_rss_kib": base_warm.0, "endless_rss_kib": ours_warm.0,
+                "rss_ratio": ours_warm.0 as f64 / base_warm.0 as f64,
+                "baseline_anon_kib": base_warm.1, "endless_anon_kib": ours_warm.1,
+                "anon_ratio": ours_warm.1 as f64 / base_warm.1 as f64},
             "reloads": n_mem, "rss_after_reloads_kib": last_rss.0, "anon_after_reloads_kib": last_rss.1,
             "fds_first": first_fds, "fds_after_reloads": last_fds},
         "series": runs.iter().map(|r| json!({"mode": mode_name(r.mode), "buckets_100ms": r.stats.buckets, "reload_marks_s": r.marks})).collect::<Vec<_>>(),
@@ -891,8 +938,8 @@ fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
     let load_at_start = load_average();
     let mut rows = Vec::new();
     println!();
-    println!("| keep-alive connections | req/s ratio (rounds: min–max) | CPU ratio | reloads | requests | failed | signal→old exit p50 / max | lowest 100 ms bucket, worst / median |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| keep-alive connections | req/s ratio (rounds: min–max) | CPU ratio | reloads | requests | failed | signal→old exit p50 / max | lowest 100 ms bucket, worst / median | the same without reloads (control) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &conns in &o.scale {
         let o = Options {
             conns,
@@ -916,15 +963,17 @@ fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
             .collect();
         let r = reload_run(rt, Mode::KeepAlive, &o);
         let (mut exit, mut dips) = (r.exit_ms.clone(), r.dips.clone());
+        let mut control = r.control_dips.clone();
         let row = json!({"conns": conns,
             "ratio": median(&mut ratios.clone()), "round_ratios": ratios.clone(),
             "cpu_ratio": median(&mut cpu), "steady_failed": base.iter().chain(&ours).map(|r| r.failed).sum::<u64>(),
             "reloads": r.ready_ms.len(), "requests_ok": r.stats.ok, "failed": r.stats.failed,
             "failures": r.stats.failures,
             "old_exit_ms": {"p50": median(&mut exit), "max": percentile(&mut exit, 1.0), "exits_seen": r.exit_ms.len()},
-            "lowest_bucket_share": {"worst": percentile(&mut dips, 0.0), "median": median(&mut dips)}});
+            "lowest_bucket_share": {"worst": percentile(&mut dips, 0.0), "median": median(&mut dips)},
+            "control_lowest_bucket_share": {"worst": percentile(&mut control, 0.0), "median": median(&mut control)}});
         println!(
-            "| {conns} | {:.3} ({:.2}–{:.2}) | {:.3} | {} | {} | {} | {:.0} / {:.0} ms | {:.0}% / {:.0}% |",
+            "| {conns} | {:.3} ({:.2}–{:.2}) | {:.3} | {} | {} | {} | {:.0} / {:.0} ms | {:.0}% / {:.0}% | {:.0}% / {:.0}% |",
             row["ratio"].as_f64().unwrap(),
             percentile(&mut ratios, 0.0),
             percentile(&mut ratios, 1.0),
@@ -936,6 +985,8 @@ fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
             row["old_exit_ms"]["max"].as_f64().unwrap(),
             row["lowest_bucket_share"]["worst"].as_f64().unwrap() * 100.0,
             row["lowest_bucket_share"]["median"].as_f64().unwrap() * 100.0,
+            row["control_lowest_bucket_share"]["worst"].as_f64().unwrap() * 100.0,
+            row["control_lowest_bucket_share"]["median"].as_f64().unwrap() * 100.0,
         );
         if !r.stats.failures.is_empty() {
             println!("  failures: {:?}", r.stats.failures);
