@@ -67,7 +67,7 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(1000);
 /// than [`IDLE_GRACE`]: at 8,000 connections the benchmark's did so every
 /// 1 to 1.5 s, and closing their connections under them failed hundreds of
 /// requests per reload.
-const REVISIT: Duration = Duration::from_secs(5);
+pub(crate) const REVISIT: Duration = Duration::from_secs(5);
 
 /// The longest duration this module hands to hyper or to a timer. hyper adds
 /// its timeouts to `Instant::now()`, which panics on overflow (with
@@ -117,6 +117,8 @@ struct Shared {
     /// Whether the drain hands the listeners' clients to a successor (set
     /// before the drain starts).
     successor: AtomicBool,
+    /// [`REVISIT`], bounded by the stop timeout.
+    revisit: Duration,
 }
 
 /// What the connections of one listener share: one `Arc` clone per
@@ -140,14 +142,17 @@ impl<S> std::fmt::Debug for Listening<S> {
 }
 
 impl Connections {
+    /// `revisit`: see [`REVISIT`].
     pub(crate) fn new(
         header_read_timeout: Duration,
         idle_grace: Duration,
+        revisit: Duration,
         tls_handshake_timeout: Duration,
     ) -> Self {
         // Whatever the caller checked, nothing here may overflow an Instant.
         let header_read_timeout = bounded(header_read_timeout);
         let idle_grace = bounded(idle_grace);
+        let revisit = bounded(revisit);
         let tls_handshake_timeout = bounded(tls_handshake_timeout);
         let mut builder = auto::Builder::new(Inherit);
         // hyper's own header read timeout allocates and registers a timer
@@ -168,6 +173,7 @@ impl Connections {
                 header_read_timeout,
                 tls_handshake_timeout,
                 successor: AtomicBool::new(false),
+                revisit,
             }),
             tracker,
             stop_accepting: CancellationToken::new(),
@@ -269,9 +275,18 @@ impl Connections {
     /// reconnect) than closed under it (see [`REVISIT`]).
     pub(crate) fn start_drain(&self, successor: bool) {
         self.shared.successor.store(successor, Ordering::Relaxed);
+        if successor {
+            debug!(revisit = ?self.shared.revisit, "idle connections are kept until their client has been quiet this long");
+        }
         self.stop_accepting.cancel();
         self.shared.sockets.raise(Level::Draining);
         self.tracker.close();
+    }
+
+    /// From now on, idle connections are closed after the idle grace only
+    /// (see [`Connections::start_drain`]): nobody may serve them next.
+    pub(crate) fn forget_successor(&self) {
+        self.shared.successor.store(false, Ordering::Relaxed);
     }
 
     /// Resolves when every connection is closed (after `start_drain`).
@@ -373,16 +388,24 @@ async fn tls_connection<S, B>(
     // Once the drain starts, a handshake gets no more than the idle grace to
     // finish: a client that never completes it must not keep this generation
     // alive until the handshake timeout.
-    let drain_grace = async {
-        signal.reached(Level::Draining).await;
-        tokio::time::sleep(grace).await;
-    };
+    // One signal future alive at a time: each registers the task's waker
+    // only at its first poll, and a wake-up takes the registered waker.
+    let handshake = crate::tls::handshake(&acceptor, io, shared.tls_handshake_timeout);
+    tokio::pin!(handshake);
     let stream = tokio::select! {
-        s = crate::tls::handshake(&acceptor, io, shared.tls_handshake_timeout) => s,
-        _ = signal.reached(Level::Cut) => return,
-        _ = drain_grace => {
-            debug!(?grace, "TLS handshake unfinished at the end of the drain's idle grace; closing");
-            return;
+        s = &mut handshake => s,
+        _ = signal.reached(Level::Draining) => {
+            if signal.level() >= Level::Cut {
+                return;
+            }
+            tokio::select! {
+                s = &mut handshake => s,
+                _ = signal.reached(Level::Cut) => return,
+                _ = tokio::time::sleep(grace) => {
+                    debug!(?grace, "TLS handshake unfinished at the end of the drain's idle grace; closing");
+                    return;
+                }
+            }
         }
     };
     if let Some(stream) = stream {
@@ -430,11 +453,6 @@ async fn serve_connection<IO, S, B>(
     // it were idle, so while bytes of one keep arriving, it gets another
     // grace (the deadline cuts it in any case).
     if !signal.seen().contains(Seen::HTTP2) {
-        let revisit = if shared.successor.load(Ordering::Relaxed) {
-            REVISIT
-        } else {
-            Duration::ZERO
-        };
         let mut graces = 0u32;
         loop {
             tokio::select! {
@@ -447,6 +465,12 @@ async fn serve_connection<IO, S, B>(
             }
             let arriving = signal.request_arriving(fd);
             let quiet = shared.sockets.quiet_for(signal);
+            // Read at every grace: a stop may have come since.
+            let revisit = if shared.successor.load(Ordering::Relaxed) {
+                shared.revisit
+            } else {
+                Duration::ZERO
+            };
             if !arriving && quiet >= revisit {
                 break;
             }
@@ -503,6 +527,11 @@ pub(crate) struct ConnSignal {
     /// Read by the sweeper.
     heads: AtomicU32,
     responses: AtomicU32,
+    /// Reads that brought bytes, and whether the last HTTP/1 request had a
+    /// body: the sweeper's way to see an upload going on after its
+    /// response.
+    reads: AtomicU32,
+    had_body: AtomicBool,
     /// When the sweeper last saw the connection accepted, busy or with a
     /// new request, in milliseconds since its [`Sockets`]' epoch. Written by
     /// the sweeper only, never per request.
@@ -610,6 +639,8 @@ impl ConnSignal {
     /// own task waits on it, so the waker is registered once, at the first
     /// poll (a task's waker stays valid for the task's life): each later
     /// poll, one per wake-up of the connection, is a single atomic load.
+    /// A raise takes the registered waker, so a task must not keep two of
+    /// these alive at once (the second would not hear a later raise).
     fn reached(&self, level: Level) -> impl Future<Output = ()> + '_ {
         let mut registered = false;
         std::future::poll_fn(move |cx| {
@@ -635,14 +666,28 @@ impl ConnSignal {
         if self.arrival.load(Ordering::Relaxed) != Arrival::Recent as u8 {
             self.arrival.store(Arrival::Recent as u8, Ordering::Relaxed);
         }
+        // One reader at a time (the connection's task, or the task an
+        // upgrade handed the connection to): no read-modify-write needed.
+        let reads = self.reads.load(Ordering::Relaxed);
+        self.reads.store(reads.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    fn reads(&self) -> u32 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn had_body(&self) -> bool {
+        self.had_body.load(Ordering::Relaxed)
     }
 
     /// A request head was parsed: the bytes read so far were its own.
-    fn note_request_head(&self, http1: bool) {
+    /// `body`: whether a request body follows.
+    fn note_request_head(&self, http1: bool, body: bool) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::None as u8 {
             self.arrival.store(Arrival::None as u8, Ordering::Relaxed);
         }
         if http1 {
+            self.had_body.store(body, Ordering::Relaxed);
             self.heads.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -724,7 +769,8 @@ where
             info.attach(&mut req);
         }
         let http1 = req.version() < Version::HTTP_2;
-        self.signal.note_request_head(http1);
+        self.signal
+            .note_request_head(http1, !hyper::body::Body::is_end_stream(req.body()));
         self.signal.note(if http1 {
             Seen::REQUEST
         } else {
@@ -860,9 +906,13 @@ struct Entry {
     socket: crate::portable::SocketHandle,
     signal: Arc<ConnSignal>,
     /// Since when the connection has been waiting for a request head, as far
-    /// as the sweeper knows, and how many it had parsed then.
+    /// as the sweeper knows (never earlier than the truth), and what it had
+    /// counted at the last sweep: request heads, reads, and whether a
+    /// request was in progress.
     waiting_since: Instant,
     heads: u32,
+    reads: u32,
+    busy: bool,
 }
 
 impl Sockets {
@@ -884,6 +934,8 @@ impl Sockets {
                 signal: signal.clone(),
                 waiting_since: now,
                 heads: 0,
+                reads: 0,
+                busy: false,
             };
             inner.open.insert(entry)
         };
@@ -928,9 +980,23 @@ impl Sockets {
                 continue;
             }
             let (heads, in_progress) = entry.signal.requests();
-            if in_progress || heads != entry.heads {
-                // Busy, or served a request since the last sweep: waiting
-                // for the next head from about now at the earliest.
+            // A request with a body whose response is already done may still
+            // be uploading it (a handler that answered early and reads on):
+            // bytes still arriving then are that body's. (A client could
+            // trickle its next request head after such a request and be
+            // taken for one; it could as well trickle a body, which no
+            // timeout bounds, in hyper neither.)
+            let reads = entry.signal.reads();
+            let uploading = entry.signal.had_body() && reads != entry.reads;
+            entry.reads = reads;
+            if in_progress || uploading {
+                entry.busy = true;
+                entry.heads = heads;
+                entry.signal.active_ms.store(now_ms, Ordering::Relaxed);
+            } else if entry.busy || heads != entry.heads {
+                // It went idle at some moment since the last sweep: count
+                // from now, later than the truth, never earlier.
+                entry.busy = false;
                 entry.heads = heads;
                 entry.waiting_since = now;
                 entry.signal.active_ms.store(now_ms, Ordering::Relaxed);
@@ -948,9 +1014,9 @@ impl Sockets {
     }
 
     /// How long the connection of `signal` has been quiet: since it was
-    /// accepted, or since the sweeper last saw it busy or with a new
-    /// request (within a sweep's interval of the truth, later, never
-    /// earlier).
+    /// accepted, or since the sweeper last saw it busy or first saw it idle
+    /// again (so never longer than the truth; up to two sweep intervals
+    /// shorter).
     fn quiet_for(&self, signal: &ConnSignal) -> Duration {
         let active = signal.active_ms.load(Ordering::Relaxed);
         Duration::from_millis(self.millis(Instant::now()).saturating_sub(active))
@@ -1108,7 +1174,7 @@ mod tests {
     /// panicked in every connection's task (`Instant + Duration` overflow).
     #[tokio::test]
     async fn endless_settings_still_serve() {
-        let conns = Connections::new(Duration::MAX, Duration::MAX, Duration::MAX);
+        let conns = Connections::new(Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
         conns.spawn_sweeper();
         let spec = crate::listener::parse("127.0.0.1:0").unwrap();
         let listener = Listener::bind("127.0.0.1:0", &spec).await.unwrap();

@@ -118,6 +118,10 @@ impl Drain {
                             conns.cut_off().await;
                             return Ended::CutShort;
                         }
+                        // Whoever serves next may be stopping too (systemctl
+                        // stop signals every process): idle clients need not
+                        // be kept for their next request any more.
+                        conns.forget_successor();
                         info!(signal = ?signal, "stop request while draining after a hand-over: already stopping (a second one cuts the drain short)");
                     }
                     Event::Ready(pid) => debug!(pid, "draining; SIGTERM from a former child ignored"),

@@ -184,3 +184,29 @@ fn a_connection_used_every_1_5_s_is_answered_across_a_reload() {
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
     server.assert_exited_0(old, Duration::from_secs(5));
 }
+
+/// With a short stop timeout the wait for a recent client's next request
+/// shrinks to half of it, so that the drain still ends by itself, not at
+/// the deadline with what is left cut off.
+#[test]
+fn a_short_stop_timeout_shortens_the_wait_for_recent_clients() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "3000")
+        .start();
+    let old = server.current().pid;
+    let mut s = connection_to(&server);
+    let drain = reload_and_wait_for_the_drain(&server, old);
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    let closed = drain.elapsed();
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_millis(2700),
+        "closed {closed:?} after the drain started (stop timeout 3 s)"
+    );
+    server.assert_exited_0(old, Duration::from_secs(5));
+    assert!(
+        !server.log().contains("stop timeout reached"),
+        "{}",
+        server.log()
+    );
+}

@@ -381,6 +381,85 @@ fn the_header_read_timeout_spares_requests_in_progress_and_upgraded_connections(
     assert_eq!(status, 200, "{body}");
 }
 
+/// The header read timeout counts from the end of the last response, never
+/// from earlier: a request whose handler was still running at one sweep of
+/// the connections (every 100 ms here) must not be cut up to a sweep early.
+#[test]
+fn the_header_read_timeout_counts_from_the_end_of_the_response() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .start();
+    for round in 0..3 {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /sleep/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            150 + 30 * round
+        )
+        .unwrap();
+        let answer = read_until(&mut s, "\n").unwrap();
+        let t = Instant::now();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(380) && took < Duration::from_secs(5),
+            "round {round}: closed {took:?} after the response"
+        );
+    }
+}
+
+/// Reads from `s` until what was read ends with `end`, or fails.
+fn read_until(s: &mut TcpStream, end: &str) -> std::io::Result<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(end.as_bytes()) {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "closed after {:?}",
+                String::from_utf8_lossy(&got)
+            )));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A handler that answers before it has read the request body (and reads
+/// it on in a task of its own) leaves the upload going on after its
+/// response. The header read timeout must not cut it, and the connection
+/// serves its next request once the upload is done.
+#[test]
+fn the_header_read_timeout_spares_an_upload_that_goes_on_after_its_response() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "300")
+        .start();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = b"0123456789";
+    let chunks = 8;
+    write!(
+        s,
+        "POST /read-later HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        chunk.len() * chunks
+    )
+    .unwrap();
+    let answer = read_until(&mut s, "accepted\n").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    // Over five times the timeout.
+    for _ in 0..chunks {
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(chunk).unwrap();
+    }
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = read_until(&mut s, &format!("pid={}\n", server.current().pid))
+        .unwrap_or_else(|e| panic!("the connection did not serve on: {e}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 #[test]
 fn a_silent_client_does_not_hold_up_a_stop() {
     let mut server = Spec::fixture().start();

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
-use crate::connections::{Connections, Tls, IDLE_GRACE};
+use crate::connections::{Connections, Tls, IDLE_GRACE, REVISIT};
 use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
@@ -146,6 +146,8 @@ fn accept(
     let conns = Connections::new(
         settings.header_read_timeout,
         IDLE_GRACE.min(settings.stop_timeout),
+        // Well within the stop timeout, so that such a drain ends by itself.
+        REVISIT.min(settings.stop_timeout / 2),
         settings.tls_handshake_timeout,
     );
     conns.spawn_sweeper();
