@@ -159,6 +159,11 @@ pub(crate) fn ticket_keys_state() -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    // See testdata/README.md.
+    const CERT: &str = include_str!("testdata/localhost_cert.pem");
+    const KEY: &str = include_str!("testdata/localhost_key.pem");
+    const OTHER_KEY: &str = include_str!("testdata/other_key.pem");
+
     fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, contents).unwrap();
@@ -168,9 +173,8 @@ mod tests {
     #[test]
     fn good_files_load_with_alpn() {
         let dir = tempfile::tempdir().unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = write(dir.path(), "cert.pem", ck.cert.pem());
-        let key = write(dir.path(), "key.pem", ck.signing_key.serialize_pem());
+        let cert = write(dir.path(), "cert.pem", CERT);
+        let key = write(dir.path(), "key.pem", KEY);
         let config = load_files(&cert, &key).unwrap();
         assert_eq!(
             config.alpn_protocols,
@@ -181,11 +185,9 @@ mod tests {
     #[test]
     fn bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let b = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = write(dir.path(), "cert.pem", a.cert.pem());
-        let key = write(dir.path(), "key.pem", a.signing_key.serialize_pem());
-        let other_key = write(dir.path(), "other.pem", b.signing_key.serialize_pem());
+        let cert = write(dir.path(), "cert.pem", CERT);
+        let key = write(dir.path(), "key.pem", KEY);
+        let other_key = write(dir.path(), "other.pem", OTHER_KEY);
         let garbage = write(
             dir.path(),
             "garbage.pem",
@@ -234,8 +236,7 @@ mod tests {
     #[test]
     fn a_certificate_with_bad_contents_is_blamed_on_the_certificate_file() {
         let dir = tempfile::tempdir().unwrap();
-        let good = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let key = write(dir.path(), "key.pem", good.signing_key.serialize_pem());
+        let key = write(dir.path(), "key.pem", KEY);
         // Valid PEM and base64, but the DER inside is no certificate.
         let bad = write(
             dir.path(),
@@ -251,7 +252,7 @@ mod tests {
             "{err}"
         );
         // And a key with the same kind of garbage is the key's problem.
-        let cert = write(dir.path(), "cert.pem", good.cert.pem());
+        let cert = write(dir.path(), "cert.pem", CERT);
         let bad_key = write(
             dir.path(),
             "bad-key.pem",

@@ -771,7 +771,7 @@ fn main() {
 
     // Report.
     println!();
-    println!("Steady state (medians of per-round ratios; the second baseline has hyper's 30 s header-read timeout on, as endless does):");
+    println!("Steady state (medians of per-round ratios; the second baseline has hyper's 30 s header-read timeout on; endless enforces the same timeout with its sweeper instead):");
     println!();
     println!("| mode | req/s baseline / endless | req/s ratio | CPU µs per request, baseline / endless | CPU ratio | vs baseline with header timeout: req/s ratio, CPU ratio |");
     println!("|---|---|---|---|---|---|");

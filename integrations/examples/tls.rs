@@ -1,7 +1,7 @@
 //! HTTPS with certificate rotation by reload.
 //!
 //! ```text
-//! cargo run --release --example tls [ADDR [CERT.pem KEY.pem]]   # default 127.0.0.1:8080
+//! cargo run --release -p endless-integrations --example tls [ADDR [CERT.pem KEY.pem]]   # default 127.0.0.1:8080
 //! ```
 //! Without CERT and KEY it uses a self-signed certificate for `localhost` and
 //! `127.0.0.1` in `$TMPDIR/endless-tls-example/`, generating it if missing:
