@@ -200,7 +200,9 @@ impl Connections {
         let shared = self.shared.clone();
         let stop = self.stop_sweeping.clone();
         let timeout = shared.header_read_timeout;
-        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        // Often enough for the drain's view of quiet clients too (`REVISIT`).
+        let every = (timeout.min(shared.revisit) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -454,6 +456,7 @@ async fn serve_connection<IO, S, B>(
     // grace (the deadline cuts it in any case).
     if !signal.seen().contains(Seen::HTTP2) {
         let mut graces = 0u32;
+        let mut wait = shared.idle_grace;
         loop {
             tokio::select! {
                 r = conn.as_mut() => return log_end(r),
@@ -461,7 +464,7 @@ async fn serve_connection<IO, S, B>(
                 // Boxed: only a draining connection needs it, and every
                 // connection's future would otherwise be this much larger
                 // (tokio copies the whole future when it spawns the task).
-                _ = Box::pin(tokio::time::sleep(shared.idle_grace)) => {}
+                _ = Box::pin(tokio::time::sleep(wait)) => {}
             }
             let arriving = signal.request_arriving(fd);
             let quiet = shared.sockets.quiet_for(signal);
@@ -474,6 +477,18 @@ async fn serve_connection<IO, S, B>(
             if !arriving && quiet >= revisit {
                 break;
             }
+            // A request arriving gets a whole grace more; a quiet client,
+            // until it has been quiet long enough.
+            wait = if arriving {
+                shared.idle_grace
+            } else {
+                // Not `clamp`: the idle grace may be under 10 ms (it is at
+                // most the stop timeout), and `clamp` panics then.
+                revisit
+                    .saturating_sub(quiet)
+                    .max(Duration::from_millis(10))
+                    .min(shared.idle_grace)
+            };
             graces += 1;
             trace!(
                 graces,

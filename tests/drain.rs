@@ -59,6 +59,20 @@ fn connection_header(head: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The request just sent on `s` is answered by `old`, the draining
+/// generation, with `Connection: close`; then the connection is closed and
+/// `old` exits (the drain goes on without waiting for the deadline).
+fn answered_by_the_draining_generation_then_closed(s: &mut TcpStream, server: &mut Proc, old: u32) {
+    let (head, body) =
+        read_response(s).unwrap_or_else(|e| panic!("no answer: {e}\n{}", server.report()));
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(served_pid(&body), old);
+    assert_eq!(connection_header(&head), Some("close"), "{head}");
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    server.assert_exited_0(old, Duration::from_secs(5));
+}
+
 #[test]
 fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
     let mut server = Spec::fixture()
@@ -108,16 +122,7 @@ fn a_request_arriving_across_the_end_of_the_idle_grace_is_answered() {
     let sent = drain.elapsed();
     assert!(sent < Duration::from_millis(1500), "too slow: {sent:?}");
 
-    let (head, body) =
-        read_response(&mut s).unwrap_or_else(|e| panic!("no answer: {e}\n{}", server.report()));
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert_eq!(served_pid(&body), old);
-    assert_eq!(connection_header(&head), Some("close"), "{head}");
-    // Answered, and then closed: the drain goes on without waiting for the
-    // deadline.
-    let mut rest = Vec::new();
-    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
-    server.assert_exited_0(old, Duration::from_secs(5));
+    answered_by_the_draining_generation_then_closed(&mut s, &mut server, old);
 }
 
 /// A connection whose client has been quiet for a while is closed at the
@@ -175,14 +180,7 @@ fn a_connection_used_every_1_5_s_is_answered_across_a_reload() {
 
     std::thread::sleep(Duration::from_millis(1500).saturating_sub(last_request.elapsed()));
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let (head, body) =
-        read_response(&mut s).unwrap_or_else(|e| panic!("no answer: {e}\n{}", server.report()));
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert_eq!(served_pid(&body), old);
-    assert_eq!(connection_header(&head), Some("close"), "{head}");
-    let mut rest = Vec::new();
-    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
-    server.assert_exited_0(old, Duration::from_secs(5));
+    answered_by_the_draining_generation_then_closed(&mut s, &mut server, old);
 }
 
 /// With a short stop timeout the wait for a recent client's next request

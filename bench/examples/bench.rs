@@ -873,24 +873,20 @@ fn main() {
         reload_json.push(row);
     }
     println!();
-    println!(
-        "idle RSS: baseline {} KiB, endless {} KiB (ratio {:.3}); anonymous (heap, stacks): baseline {} KiB, endless {} KiB (ratio {:.3})",
-        base_rss.0,
-        first_rss.0,
-        first_rss.0 as f64 / base_rss.0 as f64,
-        base_rss.1,
-        first_rss.1,
-        first_rss.1 as f64 / base_rss.1 as f64
-    );
-    println!(
-        "idle RSS after serving 1 s of keep-alive load: baseline {} KiB, endless {} KiB (ratio {:.3}); anonymous: baseline {} KiB, endless {} KiB (ratio {:.3})",
-        base_warm.0,
-        ours_warm.0,
-        ours_warm.0 as f64 / base_warm.0 as f64,
-        base_warm.1,
-        ours_warm.1,
-        ours_warm.1 as f64 / base_warm.1 as f64
-    );
+    for (when, base, ours) in [
+        ("at start", base_rss, first_rss),
+        ("after serving 1 s of keep-alive load", base_warm, ours_warm),
+    ] {
+        println!(
+            "idle RSS {when}: baseline {} KiB, endless {} KiB (ratio {:.3}); anonymous (heap, stacks): baseline {} KiB, endless {} KiB (ratio {:.3})",
+            base.0,
+            ours.0,
+            ours.0 as f64 / base.0 as f64,
+            base.1,
+            ours.1,
+            ours.1 as f64 / base.1 as f64
+        );
+    }
     println!(
         "after {n_mem} reloads: RSS {} KiB, anonymous {} KiB, FDs {last_fds} (first generation: {} KiB, {} KiB, {first_fds} FDs)",
         last_rss.0, last_rss.1, first_rss.0, first_rss.1
