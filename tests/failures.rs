@@ -376,6 +376,26 @@ fn huge_durations_do_not_panic() {
     assert!(!server.log().contains("panicked"), "{}", server.report());
 }
 
+/// The smallest durations: a 1 ms stop timeout (so an idle grace and a
+/// wait for quiet clients under the drain's 10 ms step) and a 1 ms header
+/// read timeout, with a kept-alive connection open across the reload.
+#[test]
+fn tiny_durations_do_not_panic() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "1")
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "1")
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let new = server.reload(Signal::SIGHUP).pid;
+    wait_served_by(&addr, new);
+    server.assert_exited_0(old, Duration::from_secs(10));
+    assert!(!server.log().contains("panicked"), "{}", server.report());
+}
+
 /// Signals the process sends itself (a `SIGPIPE` from a write to a closed
 /// pipe, a library's `raise`) are no requests, even when configured.
 #[test]
