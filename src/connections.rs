@@ -58,7 +58,7 @@ use crate::service::{BoxError, HttpBody, HttpService};
 
 /// How long an HTTP/1 connection may stay quiet after the drain starts before
 /// it is closed. Busy clients are told by `Connection: close` well before.
-pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(1000);
+const IDLE_GRACE: Duration = Duration::from_millis(1000);
 
 /// How long after its last request (as the sweeper saw it) an HTTP/1
 /// connection's client may still come back with another one: the drain
@@ -67,7 +67,7 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(1000);
 /// than [`IDLE_GRACE`]: at 8,000 connections the benchmark's did so every
 /// 1 to 1.5 s, and closing their connections under them failed hundreds of
 /// requests per reload.
-pub(crate) const REVISIT: Duration = Duration::from_secs(5);
+const REVISIT: Duration = Duration::from_secs(5);
 
 /// The longest duration this module hands to hyper or to a timer. hyper adds
 /// its timeouts to `Instant::now()`, which panics on overflow (with
@@ -142,8 +142,20 @@ impl<S> std::fmt::Debug for Listening<S> {
 }
 
 impl Connections {
+    /// The connections of a generation run with `settings`: the idle grace
+    /// and the wait for quiet clients ([`REVISIT`]) bounded by its stop
+    /// timeout, well within it, so that a drain ends by itself.
+    pub(crate) fn for_settings(settings: &crate::server::Settings) -> Self {
+        Connections::new(
+            settings.header_read_timeout,
+            IDLE_GRACE.min(settings.stop_timeout),
+            REVISIT.min(settings.stop_timeout / 2),
+            settings.tls_handshake_timeout,
+        )
+    }
+
     /// `revisit`: see [`REVISIT`].
-    pub(crate) fn new(
+    fn new(
         header_read_timeout: Duration,
         idle_grace: Duration,
         revisit: Duration,

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
-use crate::connections::{Connections, Tls, IDLE_GRACE, REVISIT};
+use crate::connections::{Connections, Tls};
 use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
@@ -143,13 +143,7 @@ fn accept(
     tls: &[Tls],
     bound: &[Bound],
 ) -> Connections {
-    let conns = Connections::new(
-        settings.header_read_timeout,
-        IDLE_GRACE.min(settings.stop_timeout),
-        // Well within the stop timeout, so that such a drain ends by itself.
-        REVISIT.min(settings.stop_timeout / 2),
-        settings.tls_handshake_timeout,
-    );
+    let conns = Connections::for_settings(settings);
     conns.spawn_sweeper();
     for b in bound {
         registrations[b.index].svc.launch(
