@@ -205,9 +205,10 @@ impl Connections {
     /// registers a timer for every request head (about 11% of the
     /// instructions of a keep-alive request), and it starts only once a
     /// connection knows its protocol, which takes the client's first bytes.
-    /// One sweep over the open connections now and then costs far less. A
-    /// connection is closed between the timeout and a quarter of it (at most
-    /// a second) later.
+    /// One sweep over the open connections now and then costs far less. The
+    /// sweeps come every quarter of the timeout (at most a second), so a
+    /// connection is closed up to two of them after the timeout, never
+    /// before.
     pub(crate) fn spawn_sweeper(&self) {
         let shared = self.shared.clone();
         let stop = self.stop_sweeping.clone();
