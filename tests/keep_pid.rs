@@ -6,25 +6,33 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::load::{self, Mode};
-use support::{get, get_in_background, served_pid, signal_pid, wait_served_by, Proc, Spec};
+use support::{get, get_in_background, served_pid, signal_pid, wait_served_by, Proc, Ready, Spec};
 
 /// Reloads a keep_pid server once: the temporary generation's READY, then
 /// the original PID's. Returns the temporary generation's PID.
-fn keep_pid_reload(server: &Proc, pid: u32) -> u32 {
+/// Signals a keep-PID reload of `pid` and returns the temporary
+/// generation's PID and the original PID's new `READY` line.
+fn keep_pid_reload(server: &Proc, pid: u32) -> (u32, Ready) {
     let before = server.readies().len();
     signal_pid(pid, Signal::SIGHUP);
     // Two READY lines: the temporary generation's and the original PID's.
     // (Each is printed by a task of its own once the generation serves; on
-    // a loaded machine the temporary one's may come second.)
-    let first = server.nth_ready(before + 1).pid;
-    let second = server.nth_ready(before + 2).pid;
-    let temporary = if first == pid { second } else { first };
+    // a loaded machine the temporary one's may come second, so neither
+    // `current()` nor the order says which is which.)
+    let first = server.nth_ready(before + 1);
+    let second = server.nth_ready(before + 2);
     assert!(
-        (first == pid) != (second == pid),
-        "expected one READY from the original PID {pid} and one from a temporary generation, got {first} and {second}:\n{}",
+        (first.pid == pid) != (second.pid == pid),
+        "expected one READY from the original PID {pid} and one from a temporary generation, got {} and {}:\n{}",
+        first.pid,
+        second.pid,
         server.report()
     );
-    temporary
+    if first.pid == pid {
+        (second.pid, first)
+    } else {
+        (first.pid, second)
+    }
 }
 
 fn exe_of(pid: u32) -> String {
@@ -45,7 +53,7 @@ fn five_reloads_under_load_keep_the_pid_and_lose_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let mut temporaries = Vec::new();
     for _ in 0..5 {
-        temporaries.push(keep_pid_reload(&server, pid));
+        temporaries.push(keep_pid_reload(&server, pid).0);
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -92,10 +100,10 @@ fn the_new_binary_runs_under_the_old_pid() {
     std::fs::rename(&staged, &app).unwrap();
     assert!(exe_of(pid).ends_with("(deleted)"), "{}", exe_of(pid));
     // ... and after a reload, the same PID runs the new file.
-    keep_pid_reload(&server, pid);
+    let (_, now) = keep_pid_reload(&server, pid);
     assert_eq!(exe_of(pid), app.to_string_lossy());
     wait_served_by(&server.addr(), pid);
-    assert!(server.current().reloaded);
+    assert!(now.reloaded);
     // A reload, so the next generation number, under the same PID (the
     // temporary generation may still answer a connection or two).
     let want = format!("generation=1 pid={pid}\n");
@@ -223,8 +231,7 @@ fn a_new_address_is_served_by_the_original_pid() {
     let addr = server.addr();
     let pid = server.current().pid;
     std::fs::write(&flag, "").unwrap();
-    let temporary = keep_pid_reload(&server, pid);
-    let now = server.current();
+    let (temporary, now) = keep_pid_reload(&server, pid);
     assert_eq!((now.pid, now.addrs.len()), (pid, 2), "{}", server.report());
     assert_eq!(now.addrs[1], extra);
     wait_served_by(&addr, pid);
