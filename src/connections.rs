@@ -208,7 +208,8 @@ impl Connections {
     /// One sweep over the open connections now and then costs far less. The
     /// sweeps come every quarter of the timeout (at most a second), so a
     /// connection is closed up to two of them after the timeout, never
-    /// before.
+    /// before. While the generation has no connection open, the sweeper
+    /// sleeps: an idle server wakes up for nothing.
     pub(crate) fn spawn_sweeper(&self) {
         let shared = self.shared.clone();
         let stop = self.stop_sweeping.clone();
@@ -220,6 +221,16 @@ impl Connections {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                if shared.sockets.is_empty() {
+                    // Nothing to sweep: sleep until a connection opens (a
+                    // permit stored since the check counts), then sweep a
+                    // whole interval later.
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = shared.sockets.opened.notified() => {}
+                    }
+                    tick.reset();
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
@@ -905,6 +916,9 @@ struct Sockets {
     inner: Mutex<SocketsInner>,
     /// What [`ConnSignal`]'s `active_ms` counts from.
     epoch: Instant,
+    /// Told when the first connection opens, so that the sweeper sleeps
+    /// while there is none (an idle server wakes for nothing).
+    opened: tokio::sync::Notify,
 }
 
 impl Default for Sockets {
@@ -912,6 +926,7 @@ impl Default for Sockets {
         Sockets {
             inner: Mutex::default(),
             epoch: Instant::now(),
+            opened: tokio::sync::Notify::new(),
         }
     }
 }
@@ -952,9 +967,10 @@ impl Sockets {
         let signal = Arc::new(ConnSignal::default());
         let now = Instant::now();
         signal.active_ms.store(self.millis(now), Ordering::Relaxed);
-        let id = {
+        let (id, first) = {
             let mut inner = self.lock();
             signal.raise(inner.level);
+            let first = inner.open.is_empty();
             let entry = Entry {
                 fd: stream.raw_fd(),
                 #[cfg(not(unix))]
@@ -965,8 +981,12 @@ impl Sockets {
                 reads: 0,
                 busy: false,
             };
-            inner.open.insert(entry)
+            (inner.open.insert(entry), first)
         };
+        if first {
+            // Stores a permit if the sweeper is not waiting yet.
+            self.opened.notify_one();
+        }
         let io = Tracked {
             guard: SocketGuard {
                 id,
@@ -1034,6 +1054,10 @@ impl Sockets {
             }
         }
         cut
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().open.is_empty()
     }
 
     /// `at`, in milliseconds since the epoch.
