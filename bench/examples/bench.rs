@@ -416,6 +416,55 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The resident memory (all, anonymous) of a baseline and an endless server.
+type MemPair = ((u64, u64), (u64, u64));
+
+/// Idle memory of several fresh pairs of servers (baseline, endless), as
+/// medians: of each figure, and of the per-pair ratios.
+struct MemPairs {
+    base_rss: u64,
+    ours_rss: u64,
+    base_anon: u64,
+    ours_anon: u64,
+    rss_ratio: f64,
+    rss_ratio_min: f64,
+    rss_ratio_max: f64,
+    anon_ratio: f64,
+    rss_ratios: Vec<f64>,
+}
+
+impl MemPairs {
+    fn of(pairs: &[MemPair]) -> MemPairs {
+        let med = |f: &dyn Fn(&MemPair) -> u64| {
+            let mut v: Vec<u64> = pairs.iter().map(f).collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let ratios = |f: &dyn Fn(&MemPair) -> f64| pairs.iter().map(f).collect::<Vec<f64>>();
+        let rss_ratios = ratios(&|((b, _), (e, _))| *e as f64 / *b as f64);
+        let mut anon = ratios(&|((_, b), (_, e))| *e as f64 / *b as f64);
+        let mut sorted = rss_ratios.clone();
+        MemPairs {
+            base_rss: med(&|p| p.0 .0),
+            ours_rss: med(&|p| p.1 .0),
+            base_anon: med(&|p| p.0 .1),
+            ours_anon: med(&|p| p.1 .1),
+            rss_ratio: median(&mut sorted),
+            rss_ratio_min: sorted.first().copied().unwrap_or(f64::NAN),
+            rss_ratio_max: sorted.last().copied().unwrap_or(f64::NAN),
+            anon_ratio: median(&mut anon),
+            rss_ratios,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"baseline_rss_kib": self.base_rss, "endless_rss_kib": self.ours_rss,
+            "rss_ratio": self.rss_ratio, "pair_rss_ratios": self.rss_ratios,
+            "baseline_anon_kib": self.base_anon, "endless_anon_kib": self.ours_anon,
+            "anon_ratio": self.anon_ratio})
+    }
+}
+
 /// Resident memory in KiB: all of it (`VmRSS`), and the anonymous part
 /// (`RssAnon`: heap and stacks, without the program's code and data pages,
 /// which are file-backed, shared and reclaimable).
@@ -744,22 +793,43 @@ fn main() {
     let runs: Vec<ReloadRun> = modes.iter().map(|&m| reload_run(&rt, m, &o)).collect();
 
     // 3. Memory and FDs: idle, and after 100 reloads.
-    let base = server("serve-baseline");
+    //
+    // A process's resident code pages vary from start to start by a few
+    // hundred KiB (the kernel maps a file's neighbouring pages that are in
+    // the page cache along with the one touched), so one start of each
+    // says little: the figures are medians over several fresh pairs, the
+    // order of the two starts alternating.
+    let pairs = if o.quick { 1 } else { 7 };
+    let mut at_start = Vec::new();
+    let mut warm = Vec::new();
+    let mut first_fds = 0;
+    for i in 0..pairs {
+        let (base, ours) = if i % 2 == 0 {
+            let b = server("serve-baseline");
+            (b, server("serve-endless"))
+        } else {
+            let e = server("serve-endless");
+            (server("serve-baseline"), e)
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        at_start.push((rss_kib(base.current().pid), rss_kib(ours.current().pid)));
+        first_fds = fd_count(ours.current().pid);
+        // Idle again after serving: one second of keep-alive load on each
+        // (one after the other), then half a second of rest. A server at
+        // rest has usually served; a fresh one has touched less of its code.
+        for p in [&base, &ours] {
+            let l = load::start(rt.handle(), &p.addr(), Mode::KeepAlive, o.conns, "/");
+            std::thread::sleep(Duration::from_secs(1));
+            l.finish();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        warm.push((rss_kib(base.current().pid), rss_kib(ours.current().pid)));
+    }
+    let mem = |v: &[MemPair]| MemPairs::of(v);
+    let (at_start, warm) = (mem(&at_start), mem(&warm));
     let ours = server("serve-endless");
     std::thread::sleep(Duration::from_millis(300));
-    let (base_rss, first_rss) = (rss_kib(base.current().pid), rss_kib(ours.current().pid));
-    let first_fds = fd_count(ours.current().pid);
-    // Idle again after serving: one second of keep-alive load on each (one
-    // after the other), then half a second of rest. A server at rest has
-    // usually served; a fresh one has touched less of its code.
-    for p in [&base, &ours] {
-        let l = load::start(rt.handle(), &p.addr(), Mode::KeepAlive, o.conns, "/");
-        std::thread::sleep(Duration::from_secs(1));
-        l.finish();
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let (base_warm, ours_warm) = (rss_kib(base.current().pid), rss_kib(ours.current().pid));
-    drop(base);
+    let first_rss = rss_kib(ours.current().pid);
     let n_mem = if o.quick { 5 } else { 100 };
     for _ in 0..n_mem {
         ours.reload(Signal::SIGHUP);
@@ -873,18 +943,13 @@ fn main() {
         reload_json.push(row);
     }
     println!();
-    for (when, base, ours) in [
-        ("at start", base_rss, first_rss),
-        ("after serving 1 s of keep-alive load", base_warm, ours_warm),
+    for (when, m) in [
+        ("at start", &at_start),
+        ("after serving 1 s of keep-alive load", &warm),
     ] {
         println!(
-            "idle RSS {when}: baseline {} KiB, endless {} KiB (ratio {:.3}); anonymous (heap, stacks): baseline {} KiB, endless {} KiB (ratio {:.3})",
-            base.0,
-            ours.0,
-            ours.0 as f64 / base.0 as f64,
-            base.1,
-            ours.1,
-            ours.1 as f64 / base.1 as f64
+            "idle RSS {when} (medians of {pairs} fresh pairs): baseline {} KiB, endless {} KiB (ratio {:.3}, pairs {:.3}..{:.3}); anonymous (heap, stacks): baseline {} KiB, endless {} KiB (ratio {:.3})",
+            m.base_rss, m.ours_rss, m.rss_ratio, m.rss_ratio_min, m.rss_ratio_max, m.base_anon, m.ours_anon, m.anon_ratio
         );
     }
     println!(
@@ -901,14 +966,9 @@ fn main() {
         "steady_state_https": steady_tls,
         "reloads": reload_json,
         "memory": {
-            "baseline_idle_rss_kib": base_rss.0, "endless_idle_rss_kib": first_rss.0,
-            "rss_ratio": first_rss.0 as f64 / base_rss.0 as f64,
-            "baseline_idle_anon_kib": base_rss.1, "endless_idle_anon_kib": first_rss.1,
-            "anon_ratio": first_rss.1 as f64 / base_rss.1 as f64,
-            "after_serving": {"baseline_rss_kib": base_warm.0, "endless_rss_kib": ours_warm.0,
-                "rss_ratio": ours_warm.0 as f64 / base_warm.0 as f64,
-                "baseline_anon_kib": base_warm.1, "endless_anon_kib": ours_warm.1,
-                "anon_ratio": ours_warm.1 as f64 / base_warm.1 as f64},
+            "pairs": pairs,
+            "at_start": at_start.json(),
+            "after_serving": warm.json(),
             "reloads": n_mem, "rss_after_reloads_kib": last_rss.0, "anon_after_reloads_kib": last_rss.1,
             "fds_first": first_fds, "fds_after_reloads": last_fds},
         "series": runs.iter().map(|r| json!({"mode": mode_name(r.mode), "buckets_100ms": r.stats.buckets, "reload_marks_s": r.marks})).collect::<Vec<_>>(),
