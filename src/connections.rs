@@ -220,19 +220,21 @@ impl Connections {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let stopped = stop.cancelled();
+            tokio::pin!(stopped);
             loop {
-                if shared.sockets.is_empty() {
+                if shared.sockets.fall_asleep() {
                     // Nothing to sweep: sleep until a connection opens (a
                     // permit stored since the check counts), then sweep a
                     // whole interval later.
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = &mut stopped => return,
                         _ = shared.sockets.opened.notified() => {}
                     }
                     tick.reset();
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = &mut stopped => return,
                     _ = tick.tick() => {}
                 }
                 let cut = shared.sockets.cut_idle(timeout, Instant::now());
@@ -916,8 +918,8 @@ struct Sockets {
     inner: Mutex<SocketsInner>,
     /// What [`ConnSignal`]'s `active_ms` counts from.
     epoch: Instant,
-    /// Told when the first connection opens, so that the sweeper sleeps
-    /// while there is none (an idle server wakes for nothing).
+    /// Told when a connection opens while the sweeper sleeps (it sleeps
+    /// while there is none: an idle server wakes up for nothing).
     opened: tokio::sync::Notify,
 }
 
@@ -939,6 +941,11 @@ struct SocketsInner {
     /// A slab, not a hash map: one insert and one remove per connection,
     /// with no hashing (SipHash cost about 300 instructions per connection).
     open: Slab<Entry>,
+    /// The sweeper found no connection and sleeps until told of one: set
+    /// by the sweeper, cleared by the connection that tells it. (Telling it
+    /// of every first connection instead would wake it for each one on a
+    /// server whose clients come one at a time.)
+    sweeper_asleep: bool,
 }
 
 #[derive(Debug)]
@@ -967,10 +974,10 @@ impl Sockets {
         let signal = Arc::new(ConnSignal::default());
         let now = Instant::now();
         signal.active_ms.store(self.millis(now), Ordering::Relaxed);
-        let (id, first) = {
+        let (id, wake_sweeper) = {
             let mut inner = self.lock();
             signal.raise(inner.level);
-            let first = inner.open.is_empty();
+            let wake_sweeper = std::mem::take(&mut inner.sweeper_asleep);
             let entry = Entry {
                 fd: stream.raw_fd(),
                 #[cfg(not(unix))]
@@ -981,9 +988,9 @@ impl Sockets {
                 reads: 0,
                 busy: false,
             };
-            (inner.open.insert(entry), first)
+            (inner.open.insert(entry), wake_sweeper)
         };
-        if first {
+        if wake_sweeper {
             // Stores a permit if the sweeper is not waiting yet.
             self.opened.notify_one();
         }
@@ -1056,8 +1063,12 @@ impl Sockets {
         cut
     }
 
-    fn is_empty(&self) -> bool {
-        self.lock().open.is_empty()
+    /// Whether the sweeper may sleep: no connection is open. If so, the
+    /// next one to open wakes it.
+    fn fall_asleep(&self) -> bool {
+        let mut inner = self.lock();
+        inner.sweeper_asleep = inner.open.is_empty();
+        inner.sweeper_asleep
     }
 
     /// `at`, in milliseconds since the epoch.
