@@ -400,6 +400,36 @@ fn throughput_with(
     }
 }
 
+/// Requests/s and CPU per request of the baseline and endless, loaded at
+/// the same time (each with its own `conns` connections) for `secs`: the
+/// machine's noise then hits both alike, and the two share its CPU. The
+/// servers start fresh for each round.
+fn throughput_together(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) -> [Round; 2] {
+    let servers = [server("serve-baseline"), server("serve-endless")];
+    let pids = servers.each_ref().map(|p| p.current().pid);
+    let cpu0 = pids.map(cpu_ns);
+    let loads = servers
+        .each_ref()
+        .map(|p| load::start(rt.handle(), &p.addr(), mode, o.conns, "/"));
+    std::thread::sleep(Duration::from_secs_f64(o.secs));
+    let stats = loads.map(|l| l.finish());
+    let full = (o.secs * 10.0) as usize;
+    std::array::from_fn(|i| {
+        let cpu = cpu_ns(pids[i]) - cpu0[i];
+        let counted: u64 = stats[i]
+            .buckets
+            .iter()
+            .skip(1)
+            .take(full.saturating_sub(1))
+            .sum();
+        Round {
+            rps: counted as f64 / ((full.saturating_sub(1)) as f64 / 10.0),
+            cpu_us: cpu as f64 / 1e3 / stats[i].ok.max(1) as f64,
+            failed: stats[i].failed,
+        }
+    })
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if v.is_empty() {
@@ -687,6 +717,7 @@ fn main() {
     for &mode in &modes {
         let (mut base, mut timed, mut ours, mut before) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut base_together, mut ours_together) = (Vec::new(), Vec::new());
         let before_role = o.before.as_ref().map(|b| format!("before:{b}"));
         for _ in 0..o.rounds {
             base.push(throughput(&rt, "serve-baseline", mode, &o));
@@ -695,11 +726,16 @@ fn main() {
             if let Some(role) = &before_role {
                 before.push(throughput(&rt, role, mode, &o));
             }
+            let [b, e] = throughput_together(&rt, mode, &o);
+            base_together.push(b);
+            ours_together.push(e);
         }
         let failed: u64 = base
             .iter()
             .chain(&timed)
             .chain(&ours)
+            .chain(&base_together)
+            .chain(&ours_together)
             .map(|r| r.failed)
             .sum();
         // Each round's ratio pairs runs made seconds apart; the median of
@@ -712,6 +748,9 @@ fn main() {
             |f: fn(&Round) -> f64, v: &[Round]| median(&mut v.iter().map(f).collect::<Vec<_>>());
         let (rps_ratio, round_ratios) = ratio(|r| r.rps, &ours, &base);
         let (cpu_ratio, round_cpu_ratios) = ratio(|r| r.cpu_us, &ours, &base);
+        let (rps_ratio_together, round_ratios_together) =
+            ratio(|r| r.rps, &ours_together, &base_together);
+        let (cpu_ratio_together, _) = ratio(|r| r.cpu_us, &ours_together, &base_together);
         let (rps_ratio_timed, _) = ratio(|r| r.rps, &ours, &timed);
         let (cpu_ratio_timed, _) = ratio(|r| r.cpu_us, &ours, &timed);
         let before_json = if before.is_empty() {
@@ -736,6 +775,10 @@ fn main() {
             "with_header_timeout": {"baseline_rps": med(|r| r.rps, &timed),
                 "baseline_cpu_us_per_request": med(|r| r.cpu_us, &timed),
                 "ratio": rps_ratio_timed, "cpu_ratio": cpu_ratio_timed},
+            "together": {"ratio": rps_ratio_together, "round_ratios": round_ratios_together,
+                "cpu_ratio": cpu_ratio_together,
+                "baseline_rps": med(|r| r.rps, &base_together),
+                "endless_rps": med(|r| r.rps, &ours_together)},
             "before": before_json,
             "failed": failed}));
     }
@@ -841,15 +884,16 @@ fn main() {
 
     // Report.
     println!();
-    println!("Steady state (medians of per-round ratios; the second baseline has hyper's 30 s header-read timeout on; endless enforces the same timeout with its sweeper instead):");
+    println!("Steady state (medians of per-round ratios; the servers loaded one after the other, and then both at the same time; the second baseline has hyper's 30 s header-read timeout on; endless enforces the same timeout with its sweeper instead):");
     println!();
-    println!("| mode | req/s baseline / endless | req/s ratio | CPU µs per request, baseline / endless | CPU ratio | vs baseline with header timeout: req/s ratio, CPU ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!("| mode | req/s baseline / endless | req/s ratio | CPU µs per request, baseline / endless | CPU ratio | loaded together: req/s ratio, CPU ratio | vs baseline with header timeout: req/s ratio, CPU ratio |");
+    println!("|---|---|---|---|---|---|---|");
     for s in &steady {
         let f = |k: &str| s[k].as_f64().unwrap();
         let t = &s["with_header_timeout"];
+        let g = &s["together"];
         println!(
-            "| {} | {:.0} / {:.0} | {:.3} | {:.2} / {:.2} | {:.3} | {:.3}, {:.3} |",
+            "| {} | {:.0} / {:.0} | {:.3} | {:.2} / {:.2} | {:.3} | {:.3}, {:.3} | {:.3}, {:.3} |",
             s["mode"].as_str().unwrap(),
             f("baseline_rps"),
             f("endless_rps"),
@@ -857,6 +901,8 @@ fn main() {
             f("baseline_cpu_us_per_request"),
             f("endless_cpu_us_per_request"),
             f("cpu_ratio"),
+            g["ratio"].as_f64().unwrap(),
+            g["cpu_ratio"].as_f64().unwrap(),
             t["ratio"].as_f64().unwrap(),
             t["cpu_ratio"].as_f64().unwrap(),
         );
