@@ -207,9 +207,10 @@ impl Connections {
     /// instructions of a keep-alive request), and it starts only once a
     /// connection knows its protocol, which takes the client's first bytes.
     /// One sweep over the open connections now and then costs far less. The
-    /// sweeps come every quarter of the timeout (at most a second), so a
-    /// connection is closed up to two of them after the timeout, never
-    /// before. While the generation has no connection open, the sweeper
+    /// sweeps come every quarter of the timeout, or of the drain's wait for
+    /// quiet clients ([`REVISIT`]) if that is shorter, between 10 ms and
+    /// 1 s apart, so a connection is closed up to two of them after the
+    /// timeout, never before. While the generation has no connection open, the sweeper
     /// sleeps: an idle server wakes up for nothing.
     pub(crate) fn spawn_sweeper(&self) {
         let shared = self.shared.clone();
@@ -238,7 +239,7 @@ impl Connections {
                     _ = &mut stopped => return,
                     _ = tick.tick() => {}
                 }
-                let cut = shared.sockets.cut_idle(timeout, Instant::now());
+                let cut = shared.sockets.cut_idle(timeout);
                 if cut > 0 {
                     debug!(
                         connections = cut,
@@ -428,12 +429,13 @@ impl StopAccepting {
 
 /// One accepted connection, from the TLS handshake (if any) to its end.
 ///
-/// Not an `async fn`, nor an `async` block: those keep their arguments in
-/// the future for its whole life, even once moved on (an `async fn` keeps
-/// them twice: rust-lang/rust#62958), and tokio copies a connection's whole
-/// future three times as it spawns it. [`serve_connection`] is an `async`
-/// block for the same reason. (Measured: the future went from 1,968 to
-/// 1,752 bytes, against 1,560 for a plain hyper-util connection's.)
+/// Neither an `async fn` nor an `async` block: those keep their arguments
+/// in the future for its whole life, even once moved on (an `async fn`
+/// keeps them twice: rust-lang/rust#62958), and tokio copies a
+/// connection's whole future three times as it spawns it. For the same
+/// reason [`serve_connection`] returns an `async` block rather than being
+/// an `async fn`. (Measured: the future went from 1,968 to 1,752 bytes,
+/// against 1,560 for a plain hyper-util connection's.)
 fn connection<S, B>(
     io: Tracked<Stream>,
     signal: Arc<ConnSignal>,
@@ -637,10 +639,19 @@ pub(crate) struct ConnSignal {
     reads: AtomicU32,
     had_body: AtomicBool,
     /// When the sweeper first saw the connection, or last saw it busy or
-    /// with a new request, in milliseconds since its [`Sockets`]' epoch
-    /// (`u64::MAX` until its first sight). Written by the sweeper only,
-    /// never per request.
-    active_ms: AtomicU64,
+    /// with a new request. Written by the sweeper only, never per request.
+    active_ms: ActiveMs,
+}
+
+/// Milliseconds since the [`Sockets`]' epoch; `u64::MAX` (no time yet, for
+/// [`Sockets::quiet_for`]) until the sweeper first sees the connection.
+#[derive(Debug)]
+struct ActiveMs(AtomicU64);
+
+impl Default for ActiveMs {
+    fn default() -> Self {
+        ActiveMs(AtomicU64::new(u64::MAX))
+    }
 }
 
 /// How far the drain has gone for one connection. It only rises.
@@ -1036,10 +1047,9 @@ impl Sockets {
         stream: Stream,
         token: TaskTrackerToken,
     ) -> (Tracked<Stream>, Arc<ConnSignal>) {
+        // No clock read per connection: the sweeper's first sight of it
+        // counts instead (see `ActiveMs`).
         let signal = Arc::new(ConnSignal::default());
-        // Not known to the sweeper yet: quiet for no time at all. (No clock
-        // read per connection: the sweeper's first sight counts instead.)
-        signal.active_ms.store(u64::MAX, Ordering::Relaxed);
         let (id, wake_sweeper) = {
             let mut inner = self.lock();
             signal.raise(inner.level);
@@ -1084,11 +1094,14 @@ impl Sockets {
 
     /// Cuts the connections that have waited `timeout` or more for a whole
     /// request head (since being accepted, or since the end of their last
-    /// response, as far as the sweeps that call this at `now` can tell);
-    /// returns how many.
-    fn cut_idle(&self, timeout: Duration, now: Instant) -> usize {
-        let now_ms = self.millis(now);
+    /// response, as far as the sweeps that call this can tell); returns
+    /// how many.
+    fn cut_idle(&self, timeout: Duration) -> usize {
         let mut inner = self.lock();
+        // Read under the lock: a connection registered before it is then
+        // accepted before `now`, so no count starts earlier than the truth.
+        let now = Instant::now();
+        let now_ms = self.millis(now);
         let mut cut = 0;
         for (_, entry) in inner.open.iter_mut() {
             let seen = entry.signal.seen();
@@ -1113,7 +1126,7 @@ impl Sockets {
             if in_progress || uploading {
                 entry.busy = true;
                 entry.heads = heads;
-                entry.signal.active_ms.store(now_ms, Ordering::Relaxed);
+                entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
             } else if entry.busy || heads != entry.heads || entry.waiting_since.is_none() {
                 // It went idle (or was accepted) at some moment since the
                 // last sweep: count from now, later than the truth, never
@@ -1121,7 +1134,7 @@ impl Sockets {
                 entry.busy = false;
                 entry.heads = heads;
                 entry.waiting_since = Some(now);
-                entry.signal.active_ms.store(now_ms, Ordering::Relaxed);
+                entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
             } else if entry
                 .waiting_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
@@ -1151,8 +1164,11 @@ impl Sockets {
     /// (so never longer than the truth; up to two sweep intervals shorter;
     /// no time at all before the sweeper has seen it).
     fn quiet_for(&self, signal: &ConnSignal) -> Duration {
-        let active = signal.active_ms.load(Ordering::Relaxed);
-        Duration::from_millis(self.millis(Instant::now()).saturating_sub(active))
+        let active = signal.active_ms.0.load(Ordering::Relaxed);
+        // Both ends are rounded down to the millisecond, so their difference
+        // can be up to 1 ms more than the truth: take it off.
+        let ms = self.millis(Instant::now()).saturating_sub(active);
+        Duration::from_millis(ms.saturating_sub(1))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SocketsInner> {

@@ -1,4 +1,6 @@
-//! What an idle server costs: nothing wakes it up.
+//! What an idle server costs: nothing wakes it up. (Linux: it counts
+//! context switches in `/proc`.)
+#![cfg(target_os = "linux")]
 
 mod support;
 
