@@ -80,6 +80,22 @@ fn bounded(d: Duration) -> Duration {
     d.min(LONGEST)
 }
 
+/// After a hand-over, how far apart the open connections are told of the
+/// drain (HTTP/1: `Connection: close` on their next response, and the
+/// wait for quiet idle ones; HTTP/2: GOAWAY), so that their clients do not
+/// all reconnect to the new generation in the same millisecond: 64
+/// connections are told over 19 ms, 1,000 over 300 ms, 3,334 and more over
+/// the cap of [`MAX_RECONNECT_SPREAD`]. A burst of reconnections is work
+/// for both generations and the clients at once: measured with 1,000
+/// keep-alive connections and 20 reloads, the lowest 100 ms of throughput
+/// around a reload was 53% of the steady rate (median) when all were told
+/// at once, 73% at 100 µs apart, 90% at 300 µs (89% without reloads).
+const RECONNECT_SPACING: Duration = Duration::from_micros(300);
+
+/// The longest the telling may be spread over (and never more than a
+/// quarter of the stop timeout).
+const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(1);
+
 /// The connections of one generation.
 #[derive(Debug)]
 pub(crate) struct Connections {
@@ -120,6 +136,8 @@ struct Shared {
     successor: AtomicBool,
     /// [`REVISIT`], bounded by the stop timeout.
     revisit: Duration,
+    /// [`MAX_RECONNECT_SPREAD`], bounded by the stop timeout.
+    max_reconnect_spread: Duration,
 }
 
 /// What the connections of one listener share: one `Arc` clone per
@@ -151,15 +169,18 @@ impl Connections {
             settings.header_read_timeout,
             IDLE_GRACE.min(settings.stop_timeout),
             REVISIT.min(settings.stop_timeout / 2),
+            MAX_RECONNECT_SPREAD.min(settings.stop_timeout / 4),
             settings.tls_handshake_timeout,
         )
     }
 
-    /// `revisit`: see [`REVISIT`].
+    /// `revisit`: see [`REVISIT`]; `max_reconnect_spread`: see
+    /// [`MAX_RECONNECT_SPREAD`].
     fn new(
         header_read_timeout: Duration,
         idle_grace: Duration,
         revisit: Duration,
+        max_reconnect_spread: Duration,
         tls_handshake_timeout: Duration,
     ) -> Self {
         // Whatever the caller checked, nothing here may overflow an Instant.
@@ -187,6 +208,7 @@ impl Connections {
                 tls_handshake_timeout,
                 successor: AtomicBool::new(false),
                 revisit,
+                max_reconnect_spread: bounded(max_reconnect_spread),
             }),
             tracker,
             stop_accepting: Arc::default(),
@@ -309,7 +331,15 @@ impl Connections {
             debug!(revisit = ?self.shared.revisit, "idle connections are kept until their client has been quiet this long");
         }
         self.stop_accepting.stop();
-        self.shared.sockets.raise(Level::Draining);
+        if successor {
+            self.shared.sockets.raise_spread(
+                Level::Draining,
+                RECONNECT_SPACING,
+                self.shared.max_reconnect_spread,
+            );
+        } else {
+            self.shared.sockets.raise(Level::Draining);
+        }
         self.tracker.close();
     }
 
@@ -375,6 +405,37 @@ async fn accept_loop<S, B>(
         }
     }
     debug!(addr = %name, "stopped accepting");
+}
+
+/// Raises `signals` to `level` in up to 20 steps spread over `window`; at
+/// once if the window is under 2 ms or there is only one. The steps run in
+/// a task of their own.
+fn raise_over(signals: Vec<Arc<ConnSignal>>, level: Level, window: Duration) {
+    let steps = signals.len().min(20);
+    if steps <= 1 || window < Duration::from_millis(2) {
+        for signal in &signals {
+            signal.raise(level);
+        }
+        return;
+    }
+    let per_step = signals.len().div_ceil(steps);
+    let pause = window / steps as u32;
+    debug!(
+        connections = signals.len(),
+        ?window,
+        "telling the connections of the drain, spread out"
+    );
+    tokio::spawn(async move {
+        let mut chunks = signals.chunks(per_step).peekable();
+        while let Some(chunk) = chunks.next() {
+            for signal in chunk {
+                signal.raise(level);
+            }
+            if chunks.peek().is_some() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    });
 }
 
 /// Tells the accept loops to stop. A loop polls its wait at every wake-up,
@@ -1092,6 +1153,27 @@ impl Sockets {
         }
     }
 
+    /// Raises every connection to `level` (and with it any connection
+    /// registered from now on), spread over time: `spacing` per open
+    /// connection, at most `max` in all, in up to 20 steps. A later
+    /// [`raise`](Self::raise) to a higher level reaches every connection at
+    /// once as usual.
+    fn raise_spread(&self, level: Level, spacing: Duration, max: Duration) {
+        let pending: Vec<Arc<ConnSignal>> = {
+            let mut inner = self.lock();
+            inner.level = inner.level.max(level);
+            inner
+                .open
+                .iter()
+                .map(|(_, entry)| entry.signal.clone())
+                .collect()
+        };
+        let window = spacing
+            .saturating_mul(u32::try_from(pending.len()).unwrap_or(u32::MAX))
+            .min(max);
+        raise_over(pending, level, window);
+    }
+
     /// Cuts the connections that have waited `timeout` or more for a whole
     /// request head (since being accepted, or since the end of their last
     /// response, as far as the sweeps that call this can tell); returns
@@ -1291,6 +1373,44 @@ mod tests {
         let _ = Instant::now() + bounded(Duration::MAX);
     }
 
+    #[tokio::test]
+    async fn a_spread_raise_reaches_every_signal_in_steps() {
+        let signals: Vec<Arc<ConnSignal>> = (0..40).map(|_| Arc::default()).collect();
+        let window = Duration::from_millis(400);
+        let started = Instant::now();
+        raise_over(signals.clone(), Level::Draining, window);
+        let raised = || signals.iter().filter(|s| s.draining()).count();
+        // The first step (2 of the 40) comes at once, the last about 380 ms
+        // later: not everyone in the same moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let early = raised();
+        assert!(early < 40, "{early} told within 50 ms of a 400 ms spread");
+        // A cut reaches every connection at once, spread or not.
+        signals[39].raise(Level::Cut);
+        assert_eq!(signals[39].level(), Level::Cut);
+        while raised() < 40 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} told",
+                raised()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(started.elapsed() >= window / 2, "{:?}", started.elapsed());
+        assert_eq!(signals[39].level(), Level::Cut, "levels only rise");
+    }
+
+    #[test]
+    fn a_short_spread_or_one_connection_is_told_at_once() {
+        // No runtime here: nothing may be spawned.
+        let signals: Vec<Arc<ConnSignal>> = (0..40).map(|_| Arc::default()).collect();
+        raise_over(signals.clone(), Level::Draining, Duration::from_millis(1));
+        assert!(signals.iter().all(|s| s.draining()));
+        let one = vec![Arc::new(ConnSignal::default())];
+        raise_over(one.clone(), Level::Draining, Duration::from_secs(1));
+        assert!(one[0].draining());
+    }
+
     #[test]
     fn levels_and_seen_bits_are_apart() {
         let signal = ConnSignal::default();
@@ -1323,7 +1443,13 @@ mod tests {
     /// panicked in every connection's task (`Instant + Duration` overflow).
     #[tokio::test]
     async fn endless_settings_still_serve() {
-        let conns = Connections::new(Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+        let conns = Connections::new(
+            Duration::MAX,
+            Duration::MAX,
+            Duration::MAX,
+            Duration::MAX,
+            Duration::MAX,
+        );
         conns.spawn_sweeper();
         let spec = crate::listener::parse("127.0.0.1:0").unwrap();
         let listener = Listener::bind("127.0.0.1:0", &spec).await.unwrap();
