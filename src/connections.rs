@@ -946,8 +946,10 @@ where
             info.attach(&mut req);
         }
         let http1 = req.version() < Version::HTTP_2;
-        self.signal
-            .note_request_head(http1, !hyper::body::Body::is_end_stream(req.body()));
+        // Whether a body follows matters to the sweeper, which looks at
+        // HTTP/1 only; for an HTTP/2 stream the question takes a lock in h2.
+        let body = http1 && !hyper::body::Body::is_end_stream(req.body());
+        self.signal.note_request_head(http1, body);
         self.signal.note(if http1 {
             Seen::REQUEST
         } else {
