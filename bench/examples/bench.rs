@@ -383,20 +383,26 @@ fn throughput_with(
     };
     std::thread::sleep(Duration::from_secs_f64(o.secs));
     let stats = l.finish();
-    let cpu = cpu_ns(pid) - cpu0;
-    // Whole buckets only, skipping the first (connections opening).
-    let full = (o.secs * 10.0) as usize;
-    let counted: u64 = stats
-        .buckets
-        .iter()
-        .skip(1)
-        .take(full.saturating_sub(1))
-        .sum();
-    let rps = counted as f64 / ((full.saturating_sub(1)) as f64 / 10.0);
-    Round {
-        rps,
-        cpu_us: cpu as f64 / 1e3 / stats.ok.max(1) as f64,
-        failed: stats.failed,
+    Round::of(&stats, cpu_ns(pid) - cpu0, o.secs)
+}
+
+impl Round {
+    /// The round of a server that used `cpu` ns under a load of `secs`
+    /// that gathered `stats`.
+    fn of(stats: &Stats, cpu: u64, secs: f64) -> Round {
+        // Whole buckets only, skipping the first (connections opening).
+        let full = (secs * 10.0) as usize;
+        let counted: u64 = stats
+            .buckets
+            .iter()
+            .skip(1)
+            .take(full.saturating_sub(1))
+            .sum();
+        Round {
+            rps: counted as f64 / ((full.saturating_sub(1)) as f64 / 10.0),
+            cpu_us: cpu as f64 / 1e3 / stats.ok.max(1) as f64,
+            failed: stats.failed,
+        }
     }
 }
 
@@ -413,21 +419,7 @@ fn throughput_together(rt: &tokio::runtime::Runtime, mode: Mode, o: &Options) ->
         .map(|p| load::start(rt.handle(), &p.addr(), mode, o.conns, "/"));
     std::thread::sleep(Duration::from_secs_f64(o.secs));
     let stats = loads.map(|l| l.finish());
-    let full = (o.secs * 10.0) as usize;
-    std::array::from_fn(|i| {
-        let cpu = cpu_ns(pids[i]) - cpu0[i];
-        let counted: u64 = stats[i]
-            .buckets
-            .iter()
-            .skip(1)
-            .take(full.saturating_sub(1))
-            .sum();
-        Round {
-            rps: counted as f64 / ((full.saturating_sub(1)) as f64 / 10.0),
-            cpu_us: cpu as f64 / 1e3 / stats[i].ok.max(1) as f64,
-            failed: stats[i].failed,
-        }
-    })
+    std::array::from_fn(|i| Round::of(&stats[i], cpu_ns(pids[i]) - cpu0[i], o.secs))
 }
 
 fn median(v: &mut [f64]) -> f64 {
