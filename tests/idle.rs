@@ -4,40 +4,46 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use support::{get, Spec};
 
-/// Context switches of every thread of `pid` so far: a thread that wakes up
-/// and sleeps again adds one.
-fn switches(pid: u32) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status =
-            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            if line.starts_with("voluntary_ctxt_switches:")
-                || line.starts_with("nonvoluntary_ctxt_switches:")
-            {
-                total += line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
+/// Context switches so far of each thread of `pid`, by thread ID: a thread
+/// that wakes up and sleeps again adds one.
+fn switches(pid: u32) -> HashMap<String, u64> {
+    let mut by_thread = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_thread;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let total: u64 = status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        by_thread.insert(task.file_name().to_string_lossy().into_owned(), total);
     }
-    total
+    by_thread
 }
 
 /// Waits (up to `timeout`) for a quiet `window` of `pid`: no thread of it
-/// woke up. Returns the switches counted in the last window if none was.
+/// woke up. Returns the wake-ups counted in the last window if none was.
+/// (A thread that ends meanwhile is not counted; one that starts is, in
+/// full.)
 fn quiet_window(pid: u32, window: Duration, timeout: Duration) -> Result<(), u64> {
     let deadline = Instant::now() + timeout;
     loop {
         let before = switches(pid);
         std::thread::sleep(window);
-        let woke = switches(pid) - before;
+        let woke: u64 = switches(pid)
+            .iter()
+            .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+            .sum();
         if woke == 0 {
             return Ok(());
         }
