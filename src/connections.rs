@@ -327,19 +327,19 @@ impl Connections {
     /// reconnect) than closed under it (see [`REVISIT`]).
     pub(crate) fn start_drain(&self, successor: bool) {
         self.shared.successor.store(successor, Ordering::Relaxed);
-        if successor {
+        // After a stop there is nobody to reconnect to: everyone at once.
+        let spacing = if successor {
             debug!(revisit = ?self.shared.revisit, "idle connections are kept until their client has been quiet this long");
-        }
-        self.stop_accepting.stop();
-        if successor {
-            self.shared.sockets.raise_spread(
-                Level::Draining,
-                RECONNECT_SPACING,
-                self.shared.max_reconnect_spread,
-            );
+            RECONNECT_SPACING
         } else {
-            self.shared.sockets.raise(Level::Draining);
-        }
+            Duration::ZERO
+        };
+        self.stop_accepting.stop();
+        self.shared.sockets.raise_spread(
+            Level::Draining,
+            spacing,
+            self.shared.max_reconnect_spread,
+        );
         self.tracker.close();
     }
 
@@ -462,30 +462,41 @@ impl StopAccepting {
         self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Resolves once [`stop`](Self::stop) has been called. For one task:
-    /// the waker is registered once, at the first poll, as in
-    /// [`ConnSignal::reached`].
+    /// Resolves once [`stop`](Self::stop) has been called. For one task
+    /// (see [`until`]).
     fn wait(&self) -> impl Future<Output = ()> + '_ {
         let slot = Arc::new(AtomicWaker::new());
         self.loops
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(slot.clone());
-        let mut registered = false;
-        std::future::poll_fn(move |cx| {
-            if self.is_stopped() {
+        until(slot, move || self.is_stopped())
+    }
+}
+
+/// Resolves once `done()` holds; whoever makes it hold wakes `slot` after.
+/// Only one task waits, so its waker is registered once, at the first poll
+/// (a task's waker stays valid for the task's life): each later poll, one
+/// per wake-up of the task, is `done()` alone. A wake takes the registered
+/// waker, so a task must not keep two of these on one slot alive at once.
+fn until<'a>(
+    slot: impl std::ops::Deref<Target = AtomicWaker> + 'a,
+    done: impl Fn() -> bool + 'a,
+) -> impl Future<Output = ()> + 'a {
+    let mut registered = false;
+    std::future::poll_fn(move |cx| {
+        if done() {
+            return Poll::Ready(());
+        }
+        if !registered {
+            slot.register(cx.waker());
+            registered = true;
+            if done() {
                 return Poll::Ready(());
             }
-            if !registered {
-                slot.register(cx.waker());
-                registered = true;
-                if self.is_stopped() {
-                    return Poll::Ready(());
-                }
-            }
-            Poll::Pending
-        })
-    }
+        }
+        Poll::Pending
+    })
 }
 
 /// One accepted connection, from the TLS handshake (if any) to its end.
@@ -819,22 +830,7 @@ impl ConnSignal {
     /// A raise takes the registered waker, so a task must not keep two of
     /// these alive at once (the second would not hear a later raise).
     fn reached(&self, level: Level) -> impl Future<Output = ()> + '_ {
-        let mut registered = false;
-        std::future::poll_fn(move |cx| {
-            if self.level() >= level {
-                return Poll::Ready(());
-            }
-            if registered {
-                return Poll::Pending;
-            }
-            self.waker.register(cx.waker());
-            registered = true;
-            if self.level() >= level {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+        until(&self.waker, move || self.level() >= level)
     }
 
     /// Bytes were read from the connection: the hot path, one relaxed load

@@ -860,8 +860,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         warm.push((rss_kib(base.current().pid), rss_kib(ours.current().pid)));
     }
-    let mem = |v: &[MemPair]| MemPairs::of(v);
-    let (at_start, warm) = (mem(&at_start), mem(&warm));
+    let (at_start, warm) = (MemPairs::of(&at_start), MemPairs::of(&warm));
     let ours = server("serve-endless");
     std::thread::sleep(Duration::from_millis(300));
     let first_rss = rss_kib(ours.current().pid);
