@@ -12,7 +12,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::listener::LocalAddr;
+pub(crate) use crate::listener::Peer;
+use crate::listener::{LocalAddr, PeerCredentials};
 
 /// The connection a request came on: who is at the other end, where it
 /// came in, and, over TLS, what was negotiated.
@@ -52,27 +53,6 @@ struct Inner {
     peer: Peer,
     #[cfg(feature = "tls")]
     tls: Option<TlsInfo>,
-}
-
-/// The other end of an accepted connection.
-#[derive(Debug, Clone)]
-pub(crate) enum Peer {
-    Tcp(SocketAddr),
-    #[cfg(unix)]
-    Unix(Option<PeerCredentials>),
-}
-
-/// The process at the other end of a Unix socket connection, as the kernel
-/// reports it (`SO_PEERCRED` on Linux).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PeerCredentials {
-    /// Its process ID, where the platform reports one.
-    pub pid: Option<i32>,
-    /// Its effective user ID.
-    pub uid: u32,
-    /// Its effective group ID.
-    pub gid: u32,
 }
 
 /// What a TLS handshake settled.

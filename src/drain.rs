@@ -1,8 +1,8 @@
 //! The drain of one generation: how long it may take, and what a stop
-//! signal means while it runs.
+//! request means while it runs.
 //!
 //! A generation drains for one of two reasons, and that decides what its
-//! next stop signal means:
+//! next stop request means:
 //! - it was **stopped** (a stop signal, `Handle::stop`): the next stop
 //!   signal is the second one, and cuts the drain short;
 //! - it **handed over** to a new generation (or, as a `keep_pid` temporary
@@ -11,10 +11,13 @@
 //!   a service, the draining one included: systemd's default
 //!   `KillMode=control-group`); only a second one cuts short.
 //!
+//! A stop passed on by a predecessor (`stop` on the link) never counts as
+//! the second: it is the same request the process manager made of both.
+//!
 //! Either way the deadline is set once, when the drain starts: nothing that
-//! arrives later extends it.
+//! arrives later extends it. The drain does not know how a restart
+//! happens, nor who watches it: the generation starts it and reports it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,8 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::connections::Connections;
 use crate::error::Error;
-use crate::events::{Event, Events, Trigger};
-use crate::handle::Shared;
+use crate::events::{Event, Events, Stop, Trigger};
 
 /// Why a generation drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,31 +50,27 @@ pub(crate) enum Ended {
 pub(crate) struct Drain {
     why: Why,
     deadline: Instant,
-    /// Stop signals (and `Handle::stop` calls) counted so far, the one
-    /// that started a stop included.
+    /// Stop requests counted so far, the one that started a stop included.
     stops: u32,
-    /// Where the handles learn of the drain.
-    shared: Arc<Shared>,
+}
+
+/// What a stop request does to a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnStop {
+    /// Nothing more: the drain goes on to its deadline.
+    Calm,
+    /// The second one: cut the connections left now.
+    CutShort,
 }
 
 impl Drain {
-    /// Stops accepting and starts closing `conns`, and tells the handles
-    /// ([`Handle::draining`](crate::Handle::draining)); the deadline is
-    /// `timeout` from now.
-    pub(crate) fn start(
-        conns: &Connections,
-        why: Why,
-        timeout: Duration,
-        shared: &Arc<Shared>,
-    ) -> Drain {
-        conns.start_drain(why == Why::HandedOver);
-        shared.set_draining(true);
-        info!(connections = conns.active(), ?why, ?timeout, "draining");
+    /// A drain for `why`, whose deadline is `timeout` from now. The caller
+    /// has told the connections (`Connections::start_drain`).
+    pub(crate) fn new(why: Why, timeout: Duration) -> Drain {
         Drain {
             why,
             deadline: Instant::now() + timeout,
             stops: u32::from(why == Why::Stopped),
-            shared: shared.clone(),
         }
     }
 
@@ -80,9 +78,26 @@ impl Drain {
         self.why
     }
 
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Whether a stop was asked for (before or during the drain).
     pub(crate) fn stop_requested(&self) -> bool {
         self.stops > 0
+    }
+
+    /// Counts a stop request that arrived during the drain.
+    pub(crate) fn on_stop(&mut self, stop: Stop) -> OnStop {
+        if stop.forwarded && self.stops > 0 {
+            return OnStop::Calm;
+        }
+        self.stops += 1;
+        if self.stops >= 2 {
+            OnStop::CutShort
+        } else {
+            OnStop::Calm
+        }
     }
 
     /// Waits until `conns` are closed, the deadline passes (the rest is cut)
@@ -103,18 +118,10 @@ impl Drain {
                     return Ended::Deadline;
                 }
                 event = events.next() => match event {
-                    Event::Reload(Trigger::Signal(signal)) => {
-                        self.shared.reload_requested();
-                        info!(%signal, "draining; reload ignored")
-                    }
-                    Event::Reload(Trigger::Handle(reply)) => {
-                        self.shared.reload_requested();
-                        let _ = reply.send(Err(Error::Draining));
-                    }
-                    Event::Stop(signal, _) => {
-                        self.stops += 1;
-                        if self.stops >= 2 {
-                            warn!(signal = ?signal, connections = conns.active(), "second stop request; cutting off the connections left");
+                    Event::Reload(trigger) => refuse_reload(trigger),
+                    Event::Stop(stop) => {
+                        if self.on_stop(stop) == OnStop::CutShort {
+                            warn!(signal = ?stop.signal, connections = conns.active(), "second stop request; cutting off the connections left");
                             conns.cut_off().await;
                             return Ended::CutShort;
                         }
@@ -122,11 +129,22 @@ impl Drain {
                         // stop signals every process): idle clients need not
                         // be kept for their next request any more.
                         conns.forget_successor();
-                        info!(signal = ?signal, "stop request while draining after a hand-over: already stopping (a second one cuts the drain short)");
+                        info!(signal = ?stop.signal, "stop request while draining after a hand-over: already stopping (a second one cuts the drain short)");
                     }
                     Event::Ready(pid) => debug!(pid, "draining; SIGTERM from a former child ignored"),
+                    Event::Upstream(message) => debug!(?message, "draining; message from the predecessor ignored"),
                 },
             }
+        }
+    }
+}
+
+/// A draining generation starts no new one: says so to whoever asked.
+pub(crate) fn refuse_reload(trigger: Trigger) {
+    match trigger {
+        Trigger::Asked { .. } => trigger.answer(Err(Error::Draining)),
+        other => {
+            warn!(trigger = %other, "reload requested of a draining generation; ignored (send it to the generation that serves)")
         }
     }
 }

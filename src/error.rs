@@ -81,6 +81,15 @@ pub enum Error {
         /// What the operating system said.
         source: io::Error,
     },
+    /// The working directory a new generation starts in (the logical one
+    /// this process started in) cannot be entered: a release directory
+    /// deleted, say.
+    WorkingDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// Re-executing this process in place (`keep_pid`) failed; it went on
     /// serving.
     Exec {
@@ -101,12 +110,33 @@ pub enum Error {
         /// How it ended.
         status: ExitStatus,
     },
+    /// The next generation took over, then died within its probation; this
+    /// generation served again.
+    SuccessorDied {
+        /// The PID of the generation that died.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+        /// The probation window.
+        window: Duration,
+        /// What it said last (a panic message), if anything.
+        reason: Option<String>,
+    },
     /// The next generation was not ready in time and was killed.
     ReadyTimeout {
         /// The PID of the killed generation.
         pid: u32,
         /// The ready timeout that passed.
         timeout: Duration,
+    },
+    /// A ready check failed ([`Server::ready_check`](crate::Server::ready_check),
+    /// [`Server::ready_probe`](crate::Server::ready_probe)): this generation
+    /// does not serve.
+    ReadyCheck {
+        /// Which check: `ready check N` or `ready probe METHOD PATH`.
+        check: String,
+        /// What it said, or that it did not finish in time.
+        reason: String,
     },
     /// A reload was requested while another one is under way.
     ReloadInProgress,
@@ -151,6 +181,11 @@ impl fmt::Display for Error {
                     path.display()
                 )
             }
+            Error::WorkingDirectory { path, source } => write!(
+                f,
+                "cannot start the new generation in {}: {source}",
+                path.display()
+            ),
             Error::Exec { path, source } => {
                 write!(f, "cannot re-execute {} in place: {source}", path.display())
             }
@@ -170,10 +205,26 @@ impl fmt::Display for Error {
                     None => Ok(()),
                 }
             }
+            Error::SuccessorDied {
+                pid,
+                status,
+                window,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "new generation (pid {pid}) died within its probation ({window:?}): {status}"
+                )?;
+                match reason {
+                    Some(reason) => write!(f, ": {reason}"),
+                    None => Ok(()),
+                }
+            }
             Error::ReadyTimeout { pid, timeout } => write!(
                 f,
                 "new generation (pid {pid}) was not ready within {timeout:?} and was killed"
             ),
+            Error::ReadyCheck { check, reason } => write!(f, "{check} failed: {reason}"),
             Error::ReloadInProgress => f.write_str("a reload is already under way"),
             Error::Draining => f.write_str("this generation is draining and starts no reload"),
             Error::NotRunning => f.write_str("the server is not running"),
@@ -181,6 +232,18 @@ impl fmt::Display for Error {
                 write!(f, "{what} is not supported on this platform: {reason}")
             }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl Error {
+    /// A reload asked for where there are none (without Unix).
+    #[cfg_attr(unix, allow(dead_code))]
+    pub(crate) fn reloads_unsupported() -> Error {
+        Error::Unsupported {
+            what: "reload",
+            reason: "reloads need fork/exec and descriptor inheritance (Unix); \
+                     here the server serves until it is stopped",
         }
     }
 }

@@ -1,24 +1,39 @@
-//! The one source of what a generation is asked to do: signals and
-//! [`Handle`](crate::Handle) commands, classified.
+//! The one source of what a generation is asked to do: signals, requests
+//! from code (a [`Handle`](crate::Handle), the control socket, a file
+//! watcher) and messages from the generation that started this one,
+//! classified.
 //!
-//! Both the restart policy (while serving) and the drain read from here, so
-//! a signal means the same thing wherever it arrives:
+//! Every phase of a generation reads from here, so a request means the
+//! same thing wherever it arrives:
 //!
-//! | arrives                                             | means            |
-//! |-----------------------------------------------------|------------------|
-//! | a reload signal, `Handle::reload`                   | [`Event::Reload`] |
-//! | a stop signal, `Handle::stop`                   | [`Event::Stop`]   |
-//! | `SIGTERM` sent with `kill` by a generation we started | [`Event::Ready`] |
-//! | a signal this process sent itself (`SIGPIPE`, `raise`) | nothing (logged) |
-//! | `SIGTERM` when it is not a stop signal              | nothing (logged) |
+//! | arrives                                                | means                 |
+//! |--------------------------------------------------------|-----------------------|
+//! | a reload signal                                        | [`Event::Reload`] ([`Trigger::Signal`]) |
+//! | `Handle::reload`, the control socket, a file change    | [`Event::Reload`] ([`Trigger::Asked`]) |
+//! | `reload` from the predecessor (forwarded)              | [`Event::Reload`] ([`Trigger::Forwarded`]) |
+//! | a stop signal, `Handle::stop`, `stop` from the predecessor | [`Event::Stop`]   |
+//! | `SIGTERM` sent with `kill` by a generation we started  | [`Event::Ready`]      |
+//! | `let-go` from the predecessor                          | [`Event::LetGo`]      |
+//! | a signal this process sent itself (`SIGPIPE`, `raise`) | nothing (logged)      |
+//! | `SIGTERM` when it is not a stop signal                 | nothing (logged)      |
+//!
+//! Reload requests are counted here, where they are classified
+//! ([`Lifecycle::reload_requested`]), so that no phase can forget one.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::error::Result;
-use crate::handle::Command;
+use crate::error::{Error, Result};
+use crate::lifecycle::Lifecycle;
+#[cfg(unix)]
+use crate::link::{Down, Upstream};
+/// Without Unix nothing comes from a predecessor.
+#[cfg(not(unix))]
+type Upstream = std::convert::Infallible;
 use crate::signal::{Received, Signal, SignalSet, Signals};
 
 /// How long a generation we started, once gone, is still known by its PID:
@@ -26,43 +41,140 @@ use crate::signal::{Received, Signal, SignalSet, Signals};
 /// that the PID may belong to anyone, and its `SIGTERM` means "stop".
 const FORGET_AFTER: Duration = Duration::from_secs(10);
 
+/// What code asks of a running server ([`Handle`](crate::Handle), the
+/// control socket, the file watcher).
+#[derive(Debug)]
+pub(crate) enum Command {
+    Reload {
+        /// Who asks, for the log.
+        by: &'static str,
+        reply: oneshot::Sender<Result<Reloaded>>,
+    },
+    Stop,
+}
+
+/// Sends [`Command`]s to a server; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Requests(mpsc::UnboundedSender<Command>);
+
+impl Requests {
+    /// Asks for a reload and waits for its outcome.
+    pub(crate) async fn reload(&self, by: &'static str) -> Result<Reloaded> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Command::Reload { by, reply })
+            .map_err(|_| Error::NotRunning)?;
+        answer.await.map_err(|_| Error::NotRunning)?
+    }
+
+    pub(crate) fn stop(&self) {
+        let _ = self.0.send(Command::Stop);
+    }
+}
+
+/// A channel for [`Command`]s: the sender for handles, the receiver for
+/// [`Events`].
+pub(crate) fn requests() -> (Requests, mpsc::UnboundedReceiver<Command>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Requests(tx), rx)
+}
+
+/// What a reload that took over started: for the log, the control socket
+/// and whoever asked.
+#[derive(Debug, Clone)]
+pub(crate) struct Reloaded {
+    pub(crate) pid: u32,
+    pub(crate) generation: u64,
+    pub(crate) executable: std::path::PathBuf,
+    /// Device and inode of the executable it runs.
+    pub(crate) identity: String,
+    /// It runs the very file this generation runs.
+    pub(crate) same_executable: bool,
+    pub(crate) probation: Duration,
+}
+
 /// Who asked for a reload.
 #[derive(Debug)]
 pub(crate) enum Trigger {
     Signal(Signal),
-    /// `Handle::reload`, which waits for the outcome.
-    Handle(oneshot::Sender<Result<()>>),
+    /// Code that waits for the outcome: a handle, the control socket, a
+    /// file watcher.
+    Asked {
+        by: &'static str,
+        reply: oneshot::Sender<Result<Reloaded>>,
+    },
+    /// The generation that started this one passed on a reload request it
+    /// received (it no longer serves).
+    Forwarded,
 }
 
 impl Trigger {
-    /// Answers the `Handle::reload` call behind this trigger, if any.
-    pub(crate) fn answer(self, outcome: Result<()>) {
-        if let Trigger::Handle(reply) = self {
+    /// Answers the code behind this trigger, if any.
+    pub(crate) fn answer(self, outcome: Result<Reloaded>) {
+        if let Trigger::Asked { reply, .. } = self {
             let _ = reply.send(outcome);
         }
     }
+
+    /// Whether whoever asked waits for an answer (and so is told "busy"
+    /// rather than queued).
+    pub(crate) fn waits(&self) -> bool {
+        matches!(self, Trigger::Asked { .. })
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Signal(s) => write!(f, "{s}"),
+            Trigger::Asked { by, .. } => f.write_str(by),
+            Trigger::Forwarded => f.write_str("the previous generation"),
+        }
+    }
+}
+
+/// A stop request: the signal and its sender if known, or `None, None`
+/// for `Handle::stop`; `forwarded` if the predecessor passed it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stop {
+    pub(crate) signal: Option<Signal>,
+    pub(crate) sender: Option<u32>,
+    pub(crate) forwarded: bool,
 }
 
 /// What a generation is asked to do.
 #[derive(Debug)]
 pub(crate) enum Event {
     Reload(Trigger),
-    /// A stop signal (named, with its sender's PID if known), or
-    /// `Handle::stop` (`None, None`).
-    Stop(Option<Signal>, Option<u32>),
+    Stop(Stop),
     /// `SIGTERM` (sent with `kill`) from a generation this one started: it
     /// serves.
     Ready(u32),
+    /// To a `keep_pid` temporary generation only: what its parent says.
+    Upstream(FromParent),
 }
 
-/// Signals and commands, classified.
+/// What the parent of a `keep_pid` temporary generation says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FromParent {
+    /// The parent serves again (re-executed, or resumed): drain.
+    HandBack,
+    /// The parent is gone without handing back (its re-executed image
+    /// failed): this generation is all that serves.
+    Gone,
+}
+
+/// Signals, commands and the predecessor's messages, classified.
 #[derive(Debug)]
 pub(crate) struct Events {
     signals: Signals,
     set: SignalSet,
     commands: mpsc::UnboundedReceiver<Command>,
     commands_open: bool,
+    upstream: Option<Upstream>,
+    temporary: bool,
     children: Children,
+    life: Arc<Lifecycle>,
 }
 
 /// Generations this one started, and when each was found gone.
@@ -83,14 +195,29 @@ impl Events {
         signals: Signals,
         set: SignalSet,
         commands: mpsc::UnboundedReceiver<Command>,
+        life: Arc<Lifecycle>,
     ) -> Self {
         Events {
             signals,
             set,
             commands,
             commands_open: true,
+            upstream: None,
+            temporary: false,
             children: Children::default(),
+            life,
         }
+    }
+
+    /// Also reads the messages of the generation that started this one.
+    /// `temporary`: its messages are a `keep_pid` parent's (see
+    /// [`FromParent`]); otherwise they are a predecessor's, whose `let-go`
+    /// (or end) ends this generation's probation, handled here.
+    #[cfg(unix)]
+    pub(crate) fn with_upstream(mut self, upstream: Option<Upstream>, temporary: bool) -> Self {
+        self.upstream = upstream;
+        self.temporary = temporary;
+        self
     }
 
     /// `pid` is a generation we started: its `SIGTERM` means "ready".
@@ -110,14 +237,63 @@ impl Events {
     /// The next event. Cancellation safe: nothing is lost if the future is
     /// dropped before it resolves.
     pub(crate) async fn next(&mut self) -> Event {
+        let event = self.next_uncounted().await;
+        if let Event::Reload(_) = event {
+            self.life.reload_requested();
+        }
+        event
+    }
+
+    /// The next event if one is waiting now, without waiting.
+    pub(crate) fn try_next(&mut self) -> Option<Event> {
+        let fut = std::pin::pin!(self.next());
+        let mut fut = fut;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(event) => Some(event),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    async fn next_uncounted(&mut self) -> Event {
         loop {
             let received = tokio::select! {
                 r = self.signals.recv() => r,
                 c = self.commands.recv(), if self.commands_open => match c {
-                    Some(Command::Reload(reply)) => return Event::Reload(Trigger::Handle(reply)),
-                    Some(Command::Stop) => return Event::Stop(None, None),
+                    Some(Command::Reload { by, reply }) => return Event::Reload(Trigger::Asked { by, reply }),
+                    Some(Command::Stop) => return Event::Stop(Stop { signal: None, sender: None, forwarded: false }),
                     None => {
                         self.commands_open = false;
+                        continue;
+                    }
+                },
+                down = next_down(&mut self.upstream) => match down {
+                    Some(Down::Reload) => return Event::Reload(Trigger::Forwarded),
+                    Some(Down::Stop) => return Event::Stop(Stop { signal: None, sender: None, forwarded: true }),
+                    Some(Down::LetGo) if self.temporary => return Event::Upstream(FromParent::HandBack),
+                    None if self.temporary => {
+                        self.upstream = None;
+                        #[cfg(unix)]
+                        crate::link::close();
+                        return Event::Upstream(FromParent::Gone);
+                    }
+                    Some(Down::LetGo) => {
+                        debug!("the previous generation let go of its sockets: probation over");
+                        self.life.probation_passed();
+                        continue;
+                    }
+                    None => {
+                        // Gone without a word (it died, or exited after its
+                        // drain): it holds nothing for us any more.
+                        self.upstream = None;
+                        #[cfg(unix)]
+                        crate::link::close();
+                        if self.life.counters_now().in_probation {
+                            warn!("the previous generation is gone during this one's probation; serving without a fallback");
+                            #[cfg(unix)]
+                            crate::systemd::main_pid_is_me();
+                        }
+                        self.life.probation_passed();
                         continue;
                     }
                 },
@@ -131,6 +307,30 @@ impl Events {
     fn classify(&mut self, r: Received) -> Option<Event> {
         classify(&self.set, &mut self.children, std::process::id(), r)
     }
+}
+
+/// The predecessor's next message; never resolves without one.
+#[cfg(unix)]
+async fn next_down(upstream: &mut Option<Upstream>) -> Option<Down> {
+    match upstream {
+        Some(up) => up.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_down(_: &mut Option<Upstream>) -> Option<Down> {
+    std::future::pending().await
+}
+
+/// Without Unix nothing comes from a predecessor; the type only names the
+/// messages.
+#[cfg(not(unix))]
+#[derive(Debug)]
+enum Down {
+    Reload,
+    Stop,
+    LetGo,
 }
 
 fn classify(set: &SignalSet, children: &mut Children, me: u32, r: Received) -> Option<Event> {
@@ -149,7 +349,11 @@ fn classify(set: &SignalSet, children: &mut Children, me: u32, r: Received) -> O
     if set.is_reload(r.signal) {
         Some(Event::Reload(Trigger::Signal(r.signal)))
     } else if set.is_stop(r.signal) {
-        Some(Event::Stop(Some(r.signal), sender))
+        Some(Event::Stop(Stop {
+            signal: Some(r.signal),
+            sender,
+            forwarded: false,
+        }))
     } else {
         warn!(signal = %r.signal, sender = ?r.sender, "signal is not a stop signal here; ignored");
         None
@@ -172,9 +376,9 @@ mod tests {
         match e {
             None => "none".into(),
             Some(Event::Ready(pid)) => format!("ready {pid}"),
-            Some(Event::Stop(s, _)) => format!("stop {s:?}"),
-            Some(Event::Reload(Trigger::Signal(s))) => format!("reload {s}"),
-            Some(Event::Reload(Trigger::Handle(_))) => "reload handle".into(),
+            Some(Event::Stop(s)) => format!("stop {:?}", s.signal),
+            Some(Event::Reload(t)) => format!("reload {t}"),
+            Some(Event::Upstream(m)) => format!("{m:?}"),
         }
     }
 

@@ -15,43 +15,128 @@
 //!   On Linux `/proc/self/exe` would name the old, deleted inode after a
 //!   replacement, so it is only a last resort.
 //!
-//! The directory and `PATH` are captured when the process starts, before
-//! `main` (a constructor), so that user code that changes directory before
-//! calling into `endless` cannot mislead the reload.
+//! - A bare `argv[0]` (`exec -a name`, systemd's `ExecStart=@/path name`)
+//!   is looked up in `PATH` only if that finds the very file this process
+//!   runs (device and inode); otherwise the path of the running executable
+//!   is used, so a reload never starts some other program of that name.
+//!
+//! The directory, `PATH` and the running image are captured when the
+//! process starts, before `main` (a constructor), so that user code that
+//! changes directory before calling into `endless` cannot mislead the
+//! reload, and a release renamed into place during start-up is seen as
+//! new by the binary watcher.
+//!
+//! What the next generation runs is opened before it is spawned and
+//! checked after ([`OpenExe::runs_in`]): the reload names the exact file
+//! (device and inode) it ran, and a `keep_pid` re-exec runs that same open
+//! file, whatever was renamed over the path since.
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::error::{Error, Result};
+use crate::handover::FileId;
+
 /// Where the process was started, captured once.
 #[derive(Debug)]
 struct Start {
     /// The logical working directory (see the module docs).
     cwd: Option<PathBuf>,
+    /// Whether `$PWD` named it (else it is `getcwd()`'s answer, with
+    /// symlinks resolved).
+    cwd_from_pwd: bool,
     path_var: Option<OsString>,
+    /// The file this process runs, and its path, as at start.
+    image: Option<std::fs::Metadata>,
+    image_path: Option<PathBuf>,
 }
 
 static START: OnceLock<Start> = OnceLock::new();
 
-// SAFETY: runs before `main`, single-threaded. It only reads the
-// environment and the working directory (getenv, getcwd, stat) and stores
-// them in a `OnceLock`; it relies on no runtime service that is set up in
-// `main`. `std::env::args` is not read here: the arguments never change,
-// so they are read at first use instead.
+// SAFETY: runs before `main`, single-threaded. It reads the environment
+// and the working directory (getenv, getcwd, stat) and stores them in a
+// `OnceLock`, reads the hand-over (fstat and fcntl on the descriptors it
+// names, a read of the state file) and installs a panic hook; it relies on
+// no runtime service that is set up in `main`. `std::env::args` is not read
+// here (std may not have recorded the arguments yet): they never change, so
+// they are read at first use instead.
 #[allow(unsafe_code)]
 #[ctor::ctor(unsafe)]
 fn capture_at_start() {
     start();
+    // Before `main`, so that nothing the program spawns first thing (a
+    // sidecar) can inherit a socket, the link or the state.
+    crate::init_before_main();
 }
 
 /// The start-up state; captured now if the constructor did not run (it
 /// runs on every supported platform; this is the fallback).
 fn start() -> &'static Start {
-    START.get_or_init(|| Start {
-        cwd: logical_cwd(),
-        path_var: std::env::var_os("PATH"),
+    START.get_or_init(|| {
+        let (cwd, cwd_from_pwd) = logical_cwd();
+        Start {
+            cwd,
+            cwd_from_pwd,
+            path_var: std::env::var_os("PATH"),
+            image: running_image(),
+            image_path: std::env::current_exe().ok(),
+        }
     })
+}
+
+/// The file this process runs now.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn running_image() -> Option<std::fs::Metadata> {
+    std::fs::metadata("/proc/self/exe").ok()
+}
+
+/// The file this process runs now (where no `/proc` says: the file at the
+/// path the system reports, which a rename can already have replaced).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn running_image() -> Option<std::fs::Metadata> {
+    std::fs::metadata(std::env::current_exe().ok()?).ok()
+}
+
+fn id_of(meta: &std::fs::Metadata) -> FileId {
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// The identity of the executable this process runs, as at start.
+fn running_image_id() -> Option<FileId> {
+    start().image.as_ref().map(id_of)
+}
+
+/// The file this process runs (as at start), and the file its program path
+/// names now, for the binary watcher's baseline.
+pub(crate) fn started_from() -> (Option<std::fs::Metadata>, Option<std::fs::Metadata>) {
+    (
+        start().image.clone(),
+        std::fs::metadata(current().path).ok(),
+    )
+}
+
+/// What to say at start about where reloads will look: a relative
+/// `argv[0]` resolved against a working directory that `$PWD` did not name
+/// (systemd sets no `$PWD`) follows no `current` symlink.
+pub(crate) fn warn_if_unsure() {
+    let start = start();
+    let (argv0, _) = args();
+    let relative = Path::new(argv0).is_relative() && Path::new(argv0).components().count() > 1;
+    if relative && !start.cwd_from_pwd {
+        tracing::warn!(
+            argv0 = %Path::new(argv0).display(),
+            cwd = ?start.cwd,
+            "started by a relative path without $PWD: reloads run the program in {:?} (symlinks resolved), \
+             so a switched `current` symlink is not followed; set Environment=PWD=<the directory> in the unit \
+             or start it by an absolute path",
+            start.cwd
+        );
+    }
 }
 
 /// The program and directory of the next generation.
@@ -81,12 +166,42 @@ pub(crate) fn init() {
     args();
 }
 
+/// Where a bare `argv[0]` leads: the file `PATH` finds, if it is the one
+/// this process runs; else the running executable's own path. Decided once,
+/// at start.
+static BARE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+fn bare_argv0() -> Option<PathBuf> {
+    BARE.get_or_init(|| {
+        let start = start();
+        let (argv0, _) = args();
+        let found = resolve(argv0, start.cwd.as_deref(), start.path_var.as_deref());
+        match (found, running_image_id()) {
+            (Some(p), Some(image)) if FileId::of_path(&p) == Some(image) => Some(p),
+            (found, _) => {
+                if let Some(p) = &found {
+                    tracing::warn!(argv0 = ?argv0, found = %p.display(), running = ?start.image_path,
+                        "argv[0] found in PATH is not the program that runs; reloads start the running executable's path instead");
+                }
+                start.image_path.clone().or(found)
+            }
+        }
+    })
+    .clone()
+}
+
 /// Resolves the program to start as the next generation, now.
 pub(crate) fn current() -> Exe {
     let start = start();
     let (argv0, args) = args();
     let cwd = start.cwd.clone();
-    let path = resolve(argv0, cwd.as_deref(), start.path_var.as_deref())
+    let bare = Path::new(argv0).components().count() == 1 && !Path::new(argv0).is_absolute();
+    let path = if bare {
+        bare_argv0()
+    } else {
+        resolve(argv0, cwd.as_deref(), start.path_var.as_deref())
+    };
+    let path = path
         .or_else(|| std::env::current_exe().ok())
         .unwrap_or_else(|| PathBuf::from(argv0));
     Exe {
@@ -97,6 +212,43 @@ pub(crate) fn current() -> Exe {
 }
 
 impl Exe {
+    /// Checks that the working directory still exists, so that a deleted
+    /// release directory is reported as such (a spawn would blame the
+    /// binary).
+    pub(crate) fn check_directory(&self) -> Result<()> {
+        match &self.cwd {
+            Some(dir) => match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(Error::WorkingDirectory {
+                    path: dir.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        "not a directory",
+                    ),
+                }),
+                Err(source) => Err(Error::WorkingDirectory {
+                    path: dir.clone(),
+                    source,
+                }),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the executable, to check what a child runs against it.
+    pub(crate) fn open(&self) -> std::io::Result<OpenExe> {
+        let file = std::fs::File::open(&self.path)?;
+        let id = file.metadata()?;
+        Ok(OpenExe {
+            file,
+            id: FileId {
+                dev: id.dev(),
+                ino: id.ino(),
+            },
+            path: self.path.clone(),
+        })
+    }
+
     /// A command that starts this program with its arguments in its
     /// logical directory, with `PWD` naming that directory (as a shell
     /// would), so the next generation keeps it too.
@@ -110,10 +262,61 @@ impl Exe {
     }
 }
 
+/// An executable, opened before a spawn.
+#[derive(Debug)]
+pub(crate) struct OpenExe {
+    file: std::fs::File,
+    id: FileId,
+    path: PathBuf,
+}
+
+impl OpenExe {
+    /// What the child `pid`, just spawned from the path, runs: this file,
+    /// unless a rename replaced the path in between (then an error saying
+    /// so: a `keep_pid` re-exec must run exactly what its temporary
+    /// generation proved). Where the system cannot say (no `/proc`, or the
+    /// child already gone), this file.
+    pub(crate) fn runs_in(self, pid: u32) -> std::io::Result<ExeFile> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(actual) = FileId::of_path(Path::new(&format!("/proc/{pid}/exe"))) {
+            if actual != self.id {
+                return Err(std::io::Error::other(format!(
+                    "the executable was replaced while the new generation started (opened {}, it runs {actual}); reload again",
+                    self.id
+                )));
+            }
+        }
+        let _ = pid;
+        Ok(ExeFile {
+            file: self.file,
+            id: self.id,
+            path: self.path,
+        })
+    }
+}
+
+/// The executable a new generation runs: its path, identity, and the file
+/// itself, open.
+#[derive(Debug)]
+pub(crate) struct ExeFile {
+    pub(crate) file: std::fs::File,
+    pub(crate) id: FileId,
+    pub(crate) path: PathBuf,
+}
+
+impl ExeFile {
+    /// Whether it is the very file this process runs.
+    pub(crate) fn is_running_image(&self) -> bool {
+        running_image_id() == Some(self.id)
+    }
+}
+
 /// `$PWD` if it is absolute and names the directory `getcwd()` names,
-/// else `getcwd()`.
-fn logical_cwd() -> Option<PathBuf> {
-    let physical = std::env::current_dir().ok()?;
+/// else `getcwd()`; and whether it was `$PWD`.
+fn logical_cwd() -> (Option<PathBuf>, bool) {
+    let Ok(physical) = std::env::current_dir() else {
+        return (None, false);
+    };
     let same = |p: &Path| {
         let (Ok(a), Ok(b)) = (std::fs::metadata(p), std::fs::metadata(&physical)) else {
             return false;
@@ -121,8 +324,8 @@ fn logical_cwd() -> Option<PathBuf> {
         a.dev() == b.dev() && a.ino() == b.ino()
     };
     match std::env::var_os("PWD").map(PathBuf::from) {
-        Some(pwd) if pwd.is_absolute() && same(&pwd) => Some(pwd),
-        _ => Some(physical),
+        Some(pwd) if pwd.is_absolute() && same(&pwd) => (Some(pwd), true),
+        _ => (Some(physical), false),
     }
 }
 

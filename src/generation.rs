@@ -1,140 +1,217 @@
-//! The life of one generation, in three phases, as the crate docs number
-//! the protocol:
+//! The life of one generation, owned here and nowhere else. Its phases, as
+//! the crate docs number the protocol:
 //!
 //! 1. [`Generation::start`]: signal handlers, TLS configuration, the
-//!    listeners (adopted or bound), the PID file, and telling whoever waits
-//!    that this generation serves;
-//! 2. [`Generation::serve`]: the restart policy, until a successor serves or
-//!    a stop arrives (with `keep_pid`, the re-exec in place happens here);
-//! 3. [`Generation::finish`]: stop accepting, drain, clean up.
+//!    listeners (adopted or bound), the ready checks, accepting, the PID
+//!    file, and telling whoever waits that this generation serves;
+//! 2. serving ([`Generation::run`]): the restart policy, until a successor
+//!    serves or a stop arrives (with `keep_pid`, the re-exec in place
+//!    happens here);
+//! 3. after a hand-over, probation (`probation`): draining, but holding the
+//!    sockets, ready to serve again if the successor dies;
+//! 4. the end: the drain finishes, and after a final stop the PID file and
+//!    the socket files go.
+//!
+//! Every change of phase goes through one of a few verbs here
+//! ([`Generation::begin_drain`], [`Generation::resume`], and the
+//! [`Lifecycle`] verbs they call), so the handles, the sockets of
+//! `endless::sockets`, systemd and the link to a predecessor always hear of
+//! it the same way.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::config::{Config, Endpoint};
 use crate::connections::{Connections, Tls};
 use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
-use crate::events::Events;
-use crate::handover::{self, Origin};
+use crate::events::{Events, Requests};
+use crate::handover::{self, Kind, Origin, Outgoing};
 use crate::keep_pid::{self, Reexec};
-use crate::listener::{self, BindSpec, Bound, SocketFile};
-use crate::pid_file;
-use crate::restart::{Outcome, Restarter};
-use crate::server::{Registration, Settings};
+use crate::lifecycle::{Counters, Lifecycle};
+use crate::link::{self, Down, Up, Upstream};
+use crate::listener::{self, Bound, LocalAddr, SocketFile};
+use crate::probation::{self, Held};
+use crate::restart::{Handoff, Outcome, Restarter, Successor};
 use crate::signal::Signals;
-use crate::systemd;
+use crate::watch::Watcher;
+use crate::{pid_file, systemd};
 
 /// One generation of a server.
 pub(crate) struct Generation {
-    settings: Settings,
-    registrations: Vec<Registration>,
-    /// Each registration's TLS acceptor, if it serves HTTPS.
+    config: Config,
+    life: Arc<Lifecycle>,
+    endpoints: Vec<Endpoint>,
+    /// Each endpoint's TLS acceptor, if it serves HTTPS.
     tls: Vec<Tls>,
     bound: Vec<Bound>,
-    /// The name each listener is handed over under.
-    handover_names: Vec<String>,
-    /// The extra descriptors (`crate::sockets`), with their hand-over names.
+    /// The extra descriptors (`crate::sockets`), with their names.
     extras: Vec<(String, RawFd)>,
     conns: Connections,
     events: Events,
-    /// A `keep_pid` temporary generation: it serves while its parent
-    /// re-executes itself, and leaves the service manager, the PID file and
-    /// the socket files to that parent.
+    /// For the file watcher and the control socket.
+    requests: Requests,
+    /// A `keep_pid` temporary generation (its parent's PID): it serves
+    /// while its parent re-executes itself, and leaves the service manager,
+    /// the PID file and the socket files to that parent.
     temporary: Option<u32>,
     /// The Unix socket files this server bound, removed after a final stop.
     socket_files: Vec<SocketFile>,
-    /// A `keep_pid` temporary generation still draining when this one
-    /// stops: this process exits after it.
-    outlive: Option<u32>,
+    watcher: Option<Watcher>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("endpoints", &self.endpoints)
+            .field("temporary", &self.temporary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the serving ended.
+enum Ending {
+    /// A stop, or a hand-over whose probation is over (or was none).
+    Drain(Drain),
+    /// A stop while a generation this one started still drains: it exits
+    /// after that one (see `probation::outlive`).
+    Outlive(Drain, probation::Outlived),
 }
 
 impl Generation {
     /// Phase 1: from nothing to serving.
     pub(crate) async fn start(
-        settings: Settings,
-        registrations: Vec<Registration>,
-        specs: Vec<BindSpec>,
-        commands: tokio::sync::mpsc::UnboundedReceiver<crate::handle::Command>,
+        config: Config,
+        mut endpoints: Vec<Endpoint>,
+        commands: tokio::sync::mpsc::UnboundedReceiver<crate::events::Command>,
+        life: Arc<Lifecycle>,
+        requests: Requests,
     ) -> Result<Generation> {
-        let signals = Signals::install(&settings.signals)?;
+        let signals = Signals::install(&config.signals)?;
         crate::state::log_inherited();
-        let spread = settings.drain_notice_spread.min(settings.stop_timeout / 2);
-        let spread = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-        settings
-            .shared
-            .notice_spread_ms
-            .store(spread, Ordering::Relaxed);
-        let events = Events::new(signals, settings.signals.clone(), commands);
+        crate::exe::warn_if_unsure();
+        life.set_notice_spread(config.drain_notice_spread.min(config.stop_timeout / 2));
+        let origin = handover::origin();
+        let temporary = match origin {
+            Some(Origin::Parent {
+                parent,
+                temporary: true,
+                ..
+            }) => Some(parent.as_raw() as u32),
+            _ => None,
+        };
+        inherit_counters(&life, origin);
+        let events = Events::new(signals, config.signals.clone(), commands, life.clone())
+            .with_upstream(Upstream::take(), temporary.is_some());
+        if let Some((path, perms)) = &config.control {
+            endpoints.push(crate::control::endpoint(
+                path,
+                perms.clone(),
+                requests.clone(),
+                life.clone(),
+            ));
+        }
 
         // Certificates are read by every generation, before it binds or
         // adopts anything: one that cannot load them never takes over.
-        let tls = registrations
+        let tls = endpoints
             .iter()
-            .map(|r| r.tls.as_ref().map(|t| t.acceptor()).transpose())
+            .map(|e| e.tls.as_ref().map(|t| t.acceptor()).transpose())
             .collect::<Result<Vec<Tls>>>()?;
-
         let started = Instant::now();
-        let origin = handover::origin();
-        let temporary = match origin {
-            Some(Origin::Parent(parent)) if handover::is_temporary() => {
-                Some(parent.as_raw() as u32)
-            }
-            _ => None,
-        };
-        // A temporary generation binds nothing new: the process it stands in
-        // for binds new addresses after its re-exec (were it to bind them, it
-        // would hold them and that process could not).
-        let names: Vec<&str> = registrations.iter().map(|r| r.addr.as_str()).collect();
-        let perms = crate::server::permissions_of(&registrations, &settings);
-        let bound = listener::take_all(&names, &specs, &perms, temporary.is_none()).await?;
-        // The extra descriptors asked for so far are the ones handed on.
+        // A temporary generation keeps no new address: the process it stands
+        // in for binds them after its re-exec. It proves they can be bound.
+        let wanted: Vec<listener::Wanted<'_>> = endpoints
+            .iter()
+            .map(|e| listener::Wanted {
+                name: &e.addr,
+                spec: &e.spec,
+                perms: e.perms.as_ref(),
+            })
+            .collect();
+        let bound = listener::take_all(&wanted, temporary.is_none()).await?;
         let extras = crate::sockets::freeze();
+        let addrs = bound_addrs(&endpoints, &bound)?;
+        let locals = first_of_each(&endpoints, &addrs);
+        let targets: Vec<crate::ready::Target<'_>> = endpoints
+            .iter()
+            .zip(&locals)
+            .map(|(e, local)| crate::ready::Target {
+                addr: &e.addr,
+                svc: &*e.svc,
+                local,
+            })
+            .collect();
+        crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
 
-        let mut addrs = Vec::with_capacity(bound.len());
-        for b in &bound {
-            let addr = b.listener.local_addr().map_err(|source| Error::Io {
-                context: format!("cannot read the local address of {}", b.name),
-                source,
-            })?;
-            info!(addr = %addr, name = %b.name, tls = tls[b.index].is_some(), "listening");
-            addrs.push(addr);
-        }
         let socket_files = bound
             .iter()
             .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
-        let handover_names = bound.iter().map(|b| b.handover_name()).collect();
         let mut generation = Generation {
-            conns: accept(&settings, &registrations, &tls, &bound),
-            settings,
-            registrations,
+            conns: accept(&config, &endpoints, &tls, &bound),
+            config,
+            life,
+            endpoints,
             tls,
             bound,
-            handover_names,
             extras,
             events,
+            requests,
             temporary,
             socket_files,
-            outlive: None,
+            watcher: None,
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
-        if let (Some(path), None) = (&generation.settings.pid_file, temporary) {
+        if let (Some(path), None) = (&generation.config.pid_file, temporary) {
             pid_file::write_pid_file(path)?;
         }
-        generation.count_connections();
-        generation
-            .settings
-            .shared
-            .serving
-            .store(true, Ordering::Release);
-        let _ = generation.settings.listening.send(Some(addrs));
-        crate::report::serving();
+        generation.serving(addrs);
         generation.announce(origin, started);
         Ok(generation)
+    }
+
+    /// Accepting (again) on `addrs`: the handles, the watcher and the
+    /// sockets of `endless::sockets` hear of it.
+    fn serving(&mut self, addrs: Vec<(usize, LocalAddr)>) {
+        let users = self.user_endpoints();
+        let user = addrs
+            .into_iter()
+            .filter(|(i, _)| *i < users)
+            .map(|(_, a)| a)
+            .collect();
+        self.life.serving(
+            user,
+            crate::lifecycle::Counter(Box::new(self.conns.counter())),
+        );
+        if self.watcher.is_none() {
+            self.watcher = self.spawn_watcher();
+        }
+    }
+
+    /// The endpoints the program registered (the control socket, if any,
+    /// comes after them).
+    fn user_endpoints(&self) -> usize {
+        self.endpoints.len() - usize::from(self.config.control.is_some())
+    }
+
+    fn spawn_watcher(&self) -> Option<Watcher> {
+        // A temporary generation (`keep_pid`) leaves reloading to the
+        // process it stands in for.
+        if self.temporary.is_some() {
+            return None;
+        }
+        let mut watched = self.config.watch_files.clone();
+        if self.config.watch_binary {
+            let path = crate::exe::current().path;
+            watched.push((path, crate::watch::running_image()));
+        }
+        (!watched.is_empty())
+            .then(|| crate::watch::spawn(watched, self.requests.clone(), self.life.clone()))
     }
 
     /// Tells whoever waits for it that this generation serves: the previous
@@ -142,11 +219,18 @@ impl Generation {
     /// re-exec, the temporary generation (which then drains).
     fn announce(&mut self, origin: Option<Origin>, started: Instant) {
         match origin {
-            Some(Origin::Parent(parent)) => {
-                // The service manager learns the new main PID before the old
-                // one exits, or it would take that exit for the service's.
-                if self.temporary.is_none() {
-                    systemd::ready_as_main_pid();
+            Some(Origin::Parent {
+                parent,
+                temporary,
+                probation,
+            }) => {
+                // A predecessor on probation keeps the main PID until it
+                // lets go; one that does not, or a temporary generation's
+                // parent, hands it over now (or never).
+                match (temporary, probation) {
+                    (true, _) => {}
+                    (false, true) => systemd::ready(),
+                    (false, false) => systemd::main_pid_is_me(),
                 }
                 let pid = parent.as_raw();
                 match handover::notify_parent_ready(parent) {
@@ -154,7 +238,11 @@ impl Generation {
                         info!(parent = pid, elapsed = ?started.elapsed(), "serving; told the previous generation")
                     }
                     Ok(false) => {
-                        warn!(parent = pid, "serving; the previous generation is gone (it died during the hand-over)")
+                        warn!(parent = pid, "serving; the previous generation is gone (it died during the hand-over)");
+                        if !temporary {
+                            systemd::main_pid_is_me();
+                            self.life.probation_passed();
+                        }
                     }
                     Err(e) => {
                         warn!(parent = pid, cause = %e, "serving; could not signal the previous generation")
@@ -162,7 +250,7 @@ impl Generation {
                 }
             }
             Some(Origin::SelfExec { temporary }) => {
-                systemd::ready_as_main_pid();
+                systemd::main_pid_is_me();
                 info!(elapsed = ?started.elapsed(), "serving again under the same PID");
                 keep_pid::after_reexec(temporary);
             }
@@ -173,123 +261,226 @@ impl Generation {
         }
     }
 
-    /// Lets the handles count this generation's connections.
-    fn count_connections(&self) {
-        let counter = crate::handle::Counter(Box::new(self.conns.counter()));
-        *self
-            .settings
-            .shared
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(counter);
-    }
-
-    /// Phase 2: serves until this generation must drain, and says why.
-    pub(crate) async fn serve(&mut self) -> Drain {
-        let timeout = self.settings.stop_timeout;
-        if let Some(parent) = self.temporary {
-            let why = keep_pid::serve_temporary(&mut self.events, parent).await;
-            return self.drain(why);
-        }
-        let restarter = Restarter::new(
-            self.settings.signals.clone(),
-            self.settings.ready_timeout,
-            self.settings.keep_pid,
-            self.settings.shared.clone(),
-            self.settings.handoff.clone(),
-        );
-        loop {
-            let fds = self.listener_fds();
-            let fds: Vec<(&str, RawFd)> = fds.iter().map(|(n, fd)| (n.as_str(), *fd)).collect();
-            match restarter.serve(&mut self.events, &fds).await {
-                Outcome::Stop => {
-                    systemd::stopping();
-                    return self.drain(Why::Stopped);
-                }
-                Outcome::HandedOver { trigger, .. } if !self.settings.keep_pid => {
-                    trigger.answer(Ok(()));
-                    return self.drain(Why::HandedOver);
-                }
-                Outcome::HandedOver {
-                    pid,
-                    trigger,
-                    since,
-                } => {
-                    let (settings, registrations, tls, bound) =
-                        (&self.settings, &self.registrations, &self.tls, &self.bound);
-                    let resume = || accept(settings, registrations, tls, bound);
-                    let step = keep_pid::reexec(
-                        keep_pid::Context {
-                            conns: &self.conns,
-                            temporary: pid,
-                            trigger,
-                            listeners: &fds,
-                            signals: &self.settings.signals,
-                            stop_timeout: timeout,
-                            shared: &self.settings.shared,
-                            since,
-                            handoff: self.settings.handoff.as_ref(),
-                        },
-                        &mut self.events,
-                        resume,
-                    )
-                    .await;
-                    match step {
-                        Reexec::Resumed(conns) => {
-                            self.conns = conns;
-                            self.count_connections();
-                        }
-                        Reexec::Stopping(drain, temporary) => {
-                            systemd::stopping();
-                            self.outlive = Some(temporary);
-                            return drain;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Stops accepting: the accept loops drop their listeners and so do we,
-    /// before anyone hears of the drain (after a stop the socket then
-    /// refuses connections; after a hand-over it lives on in the new
-    /// generation). Then the drain starts.
-    fn drain(&mut self, why: Why) -> Drain {
-        self.conns.stop_accepting();
-        self.bound.clear();
-        Drain::start(
-            &self.conns,
-            why,
-            self.settings.stop_timeout,
-            &self.settings.shared,
-        )
-    }
-
-    /// Phase 3: waits for the drain (stopping accepting if a `keep_pid`
-    /// re-exec was abandoned, which kept the listeners), and cleans up
-    /// after a final stop.
-    pub(crate) async fn finish(mut self, mut drain: Drain) {
-        self.bound.clear();
+    /// Phases 2 to 4: serves until this generation is done, then drains
+    /// and cleans up.
+    pub(crate) async fn run(mut self) {
+        let ending = self.serve().await;
+        let (mut drain, outlived) = match ending {
+            Ending::Drain(d) => (d, None),
+            Ending::Outlive(d, o) => (d, Some(o)),
+        };
         let ended = drain.wait(&self.conns, &mut self.events).await;
-        if let Some(temporary) = self.outlive {
+        if let Some(o) = outlived {
             let cut = ended == crate::drain::Ended::CutShort;
-            let timeout = self.settings.stop_timeout + Duration::from_secs(1);
-            keep_pid::wait_for_temporary(temporary, cut, timeout).await;
+            probation::outlive(o, cut, self.config.stop_timeout + Duration::from_secs(1)).await;
         }
         if drain.why() == Why::Stopped && self.temporary.is_none() {
             self.final_cleanup();
         }
+        self.life.ended();
     }
 
-    /// What the next generation gets: the listeners, then the extra
-    /// descriptors of `crate::sockets`.
-    fn listener_fds(&self) -> Vec<(String, RawFd)> {
-        self.bound
+    /// Serves until this generation must drain, and says how.
+    async fn serve(&mut self) -> Ending {
+        if let Some(parent) = self.temporary {
+            match keep_pid::serve_temporary(&mut self.events, parent).await {
+                keep_pid::Temporary::Drain(why) => return Ending::Drain(self.begin_drain(why)),
+                keep_pid::Temporary::Orphaned => self.take_over_from_parent(),
+            }
+        }
+        loop {
+            let restarter = self.restarter();
+            let handoff = HandoffOf {
+                config: &self.config,
+                bound: &self.bound,
+                extras: &self.extras,
+                life: &self.life,
+            };
+            let outcome = restarter.serve(&mut self.events, &handoff).await;
+            let successor = match outcome {
+                Outcome::Stop => {
+                    systemd::stopping();
+                    link::report(Up::Stopping);
+                    return Ending::Drain(self.begin_drain(Why::Stopped));
+                }
+                Outcome::HandedOver(s) => s,
+            };
+            if self.config.keep_pid {
+                match self.reexec(*successor).await {
+                    Reexec::Resumed => continue,
+                    Reexec::Stopping(stopping) => {
+                        systemd::stopping();
+                        let (drain, temporary) = *stopping;
+                        return Ending::Outlive(drain, temporary);
+                    }
+                }
+            }
+            match self.hand_over(*successor).await {
+                Some(ending) => return ending,
+                None => continue,
+            }
+        }
+    }
+
+    /// A successor serves: drain, and hold the sockets for its probation.
+    /// `None`: it died within the probation, and this generation serves
+    /// again.
+    async fn hand_over(&mut self, mut successor: Successor) -> Option<Ending> {
+        // Our predecessor, if it still holds its sockets for us, lets go.
+        link::report(Up::HandedOver(successor.pid));
+        let mut drain = self.begin_drain(Why::HandedOver);
+        // The drain has started: whoever asked may now see it.
+        let reloaded = crate::events::Reloaded {
+            pid: successor.pid,
+            generation: crate::generation() + 1,
+            executable: successor.exe.path.clone(),
+            identity: successor.exe.id.to_string(),
+            same_executable: successor.exe.is_running_image(),
+            probation: self.config.probation,
+        };
+        std::mem::replace(&mut successor.trigger, crate::events::Trigger::Forwarded)
+            .answer(Ok(reloaded));
+        if let Some(t) = successor.pending.take() {
+            info!(trigger = %t, pid = successor.pid, "passing on the reload asked for during this one");
+            successor.link.send(Down::Reload);
+        }
+        let window = self.config.probation;
+        let held =
+            probation::hold(&mut self.events, successor, window, &mut drain, &self.conns).await;
+        match held {
+            Held::LetGo => {
+                self.bound.clear();
+                Some(Ending::Drain(drain))
+            }
+            Held::Stopping(outlived) => {
+                self.bound.clear();
+                Some(Ending::Outlive(drain, outlived))
+            }
+            Held::Failed(error) => {
+                self.life.rolled_back(&error);
+                self.resume(&error, drain);
+                None
+            }
+        }
+    }
+
+    /// The restart policy of this generation as configured.
+    fn restarter(&self) -> Restarter {
+        Restarter {
+            signals: self.config.signals.clone(),
+            ready_timeout: self.config.ready_timeout,
+            next_is_temporary: self.config.keep_pid,
+            probation: !self.config.probation.is_zero() && !self.config.keep_pid,
+            life: self.life.clone(),
+        }
+    }
+
+    /// Stops accepting and starts the drain: the one place a drain starts.
+    /// After a stop our copies of the listeners go at once (the port then
+    /// refuses connections); after a hand-over they are held for the
+    /// successor's probation.
+    pub(crate) fn begin_drain(&mut self, why: Why) -> Drain {
+        self.conns.start_drain(why == Why::HandedOver);
+        self.life.begin_drain();
+        if why == Why::Stopped {
+            self.bound.clear();
+        }
+        let timeout = self.config.stop_timeout;
+        info!(
+            connections = self.conns.active(),
+            ?why,
+            ?timeout,
+            "draining"
+        );
+        Drain::new(why, timeout)
+    }
+
+    /// Serves again on the listeners this generation held, after its
+    /// successor failed (`error`): the connections of the abandoned drain
+    /// finish by themselves (cut at its deadline).
+    pub(crate) fn resume(&mut self, error: &Error, drain: Drain) {
+        let fresh = accept(&self.config, &self.endpoints, &self.tls, &self.bound);
+        let old = std::mem::replace(&mut self.conns, fresh);
+        let deadline = drain.deadline();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = old.drained() => {}
+                _ = tokio::time::sleep_until(deadline) => old.cut_off().await,
+            }
+        });
+        if let Some(path) = &self.config.pid_file {
+            if let Err(e) = pid_file::write_pid_file(path) {
+                warn!(cause = %e, "cannot take the PID file back");
+            }
+        }
+        systemd::main_pid_is_me();
+        match bound_addrs(&self.endpoints, &self.bound) {
+            Ok(addrs) => self.serving(addrs),
+            Err(e) => warn!(cause = %e, "cannot read the listeners' addresses"),
+        }
+        error!(cause = %error, "serving again: the new generation failed");
+    }
+
+    /// A temporary generation whose parent is gone without handing back
+    /// (its re-executed image failed): the only one holding the listeners,
+    /// it serves on as the main generation.
+    fn take_over_from_parent(&mut self) {
+        let parent = self.temporary.take();
+        error!(?parent, "the re-executed generation did not serve again; this temporary generation serves on in its place");
+        if let Some(path) = &self.config.pid_file {
+            if let Err(e) = pid_file::write_pid_file(path) {
+                warn!(cause = %e, "cannot write the PID file");
+            }
+        }
+        systemd::main_pid_is_me();
+        self.life.probation_passed();
+        self.watcher = self.spawn_watcher();
+    }
+
+    /// `keep_pid`: drain (keeping the listeners) and re-execute in place.
+    async fn reexec(&mut self, successor: Successor) -> Reexec {
+        let drain = self.begin_drain(Why::HandedOver);
+        let names: Vec<(Kind, String, RawFd)> = self
+            .handoff()
+            .descriptors()
             .iter()
-            .zip(&self.handover_names)
-            .map(|(b, name)| (name.clone(), b.listener.raw_fd()))
-            .chain(self.extras.iter().cloned())
-            .collect()
+            .map(|o| (o.kind, o.name.to_owned(), o.fd))
+            .collect();
+        let sections = self.state_sections(Some(successor.since));
+        let step = keep_pid::reexec(
+            keep_pid::Context {
+                conns: &self.conns,
+                successor,
+                outgoing: names,
+                signals: &self.config.signals,
+                life: &self.life,
+                sections,
+            },
+            drain,
+            &mut self.events,
+        )
+        .await;
+        if let keep_pid::Step::Resumed(error, drain) = step {
+            self.resume(&error, drain);
+            return Reexec::Resumed;
+        }
+        match step {
+            keep_pid::Step::Stopping(drain, t) => Reexec::Stopping(Box::new((drain, t))),
+            keep_pid::Step::Resumed(..) => unreachable!("handled above"),
+        }
+    }
+
+    fn handoff(&self) -> HandoffOf<'_> {
+        HandoffOf {
+            config: &self.config,
+            bound: &self.bound,
+            extras: &self.extras,
+            life: &self.life,
+        }
+    }
+
+    fn state_sections(&self, since: Option<Instant>) -> Vec<(&'static str, Vec<u8>)> {
+        self.handoff().sections(since)
     }
 
     /// After the final stop nothing serves after us: the socket files and
@@ -299,24 +490,139 @@ impl Generation {
         for file in &self.socket_files {
             file.unlink_if_ours();
         }
-        if let Some(path) = &self.settings.pid_file {
+        if let Some(path) = &self.config.pid_file {
             pid_file::remove_pid_file(path);
         }
     }
 }
 
-/// Starts accepting on every listener (again, after a failed in-place
-/// re-exec).
-fn accept(
-    settings: &Settings,
-    registrations: &[Registration],
-    tls: &[Tls],
-    bound: &[Bound],
-) -> Connections {
-    let conns = Connections::for_settings(settings);
+/// What a generation hands over: the parts of it the restart policy and
+/// the re-exec read.
+struct HandoffOf<'a> {
+    config: &'a Config,
+    bound: &'a [Bound],
+    extras: &'a [(String, RawFd)],
+    life: &'a Lifecycle,
+}
+
+impl HandoffOf<'_> {
+    /// The state the next generation gets: the user's, the TLS ticket
+    /// keys, and the reload counters (as of a reload asked for at `since`).
+    fn sections(&self, since: Option<Instant>) -> Vec<(&'static str, Vec<u8>)> {
+        let mut sections = Vec::new();
+        if let Some(section) = self
+            .config
+            .handoff
+            .as_ref()
+            .and_then(crate::state::user_section)
+        {
+            sections.push(section);
+        }
+        if let Some(keys) = crate::tls::ticket_keys_state() {
+            sections.push((crate::state::TLS_TICKETS, keys));
+        }
+        let counters = self.life.for_successor(since.unwrap_or_else(Instant::now));
+        sections.push((crate::state::STATS, counters.encode()));
+        sections
+    }
+}
+
+impl Handoff for HandoffOf<'_> {
+    /// The listeners, then the extra descriptors of `crate::sockets`.
+    fn descriptors(&self) -> Vec<Outgoing<'_>> {
+        let listeners = self.bound.iter().map(|b| Outgoing {
+            kind: if b.owns_file() {
+                Kind::Listener
+            } else {
+                Kind::ListenerUnowned
+            },
+            name: &b.name,
+            fd: b.listener.raw_fd(),
+        });
+        let extras = self.extras.iter().map(|(name, fd)| Outgoing {
+            kind: Kind::Extra,
+            name,
+            fd: *fd,
+        });
+        listeners.chain(extras).collect()
+    }
+
+    fn state(&self) -> Vec<(&'static str, Vec<u8>)> {
+        self.sections(None)
+    }
+}
+
+/// Starts from the counters the previous generation handed over, with this
+/// generation's own reload counted once its probation is over (at once if
+/// it has none).
+fn inherit_counters(life: &Lifecycle, origin: Option<Origin>) {
+    let inherited = crate::state::section(crate::state::STATS).and_then(Counters::decode);
+    let (Some(counters), Some(origin)) = (inherited, origin) else {
+        return;
+    };
+    let on_probation = matches!(
+        origin,
+        Origin::Parent {
+            probation: true,
+            temporary: false,
+            ..
+        }
+    );
+    let by_reload = !matches!(
+        origin,
+        Origin::Parent {
+            temporary: true,
+            ..
+        }
+    );
+    life.inherit(Counters {
+        in_probation: by_reload,
+        ..counters
+    });
+    if by_reload && !on_probation {
+        life.probation_passed();
+    }
+}
+
+/// Where each listener is bound, with its endpoint's index, in order.
+fn bound_addrs(endpoints: &[Endpoint], bound: &[Bound]) -> Result<Vec<(usize, LocalAddr)>> {
+    bound
+        .iter()
+        .map(|b| {
+            let addr = b.listener.local_addr().map_err(|source| Error::Io {
+                context: format!("cannot read the local address of {}", b.name),
+                source,
+            })?;
+            let tls = endpoints[b.index].tls.is_some();
+            info!(addr = %addr, name = %b.name, tls, "listening");
+            Ok((b.index, addr))
+        })
+        .collect()
+}
+
+/// Where each endpoint is bound (its first listener), in order; for an
+/// endpoint with none (a temporary generation's new address, left to its
+/// parent), a placeholder.
+fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<LocalAddr> {
+    (0..endpoints.len())
+        .map(|i| {
+            addrs
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_else(|| {
+                    LocalAddr::Unix(format!("(not bound: {})", endpoints[i].addr).into())
+                })
+        })
+        .collect()
+}
+
+/// Starts accepting on every listener (again, after a failed successor).
+fn accept(config: &Config, endpoints: &[Endpoint], tls: &[Tls], bound: &[Bound]) -> Connections {
+    let conns = Connections::for_timeouts(&config.timeouts());
     conns.spawn_sweeper();
     for b in bound {
-        registrations[b.index].svc.launch(
+        endpoints[b.index].svc.launch(
             &conns,
             b.name.clone(),
             b.listener.clone(),

@@ -1,27 +1,34 @@
-//! What crosses the exec from one generation to the next.
+//! What crosses the exec from one generation to the next: one [`Record`],
+//! written to the environment by [`Record::to_env`] and read back by
+//! [`Record::from_env`], whether the next generation is a spawned child
+//! (its descriptors placed at FDs 3, 4, …) or this very process
+//! re-executed in place (`keep_pid`, descriptors left where they are).
 //!
-//! The parent places its listening sockets at FDs 3, 4, … of the child and
-//! describes them in three variables:
+//! | variable             | value                                                  |
+//! |----------------------|--------------------------------------------------------|
+//! | `ENDLESS_HANDOVER`   | `1;parent=PID[;temporary][;probation]` (spawned) or `1;exec=PID[;temporary=PID]` (re-executed) |
+//! | `ENDLESS_GENERATION` | the receiver's generation number                       |
+//! | `ENDLESS_FDS`        | `FD=KIND:DEVICE:INODE:NAME` for each descriptor, `;`-separated (names percent-encoded) |
+//! | `ENDLESS_ORPHANS`    | re-executed only: PIDs of children the old image left, `,`-separated |
 //!
-//! | variable          | value                                                 |
-//! |-------------------|-------------------------------------------------------|
-//! | `ENDLESS_FDS`     | how many sockets follow FD 2                          |
-//! | `ENDLESS_FDNAMES` | their names (registered addresses, or `extra:NAME` for the descriptors of `crate::sockets`), `;`-separated |
-//! | `ENDLESS_FDIDS`   | each socket's identity, `device:inode`, `;`-separated |
-//! | `ENDLESS_PPID`    | the PID of the process that placed them (to signal)   |
-//! | `ENDLESS_STATE`   | `FD:device:inode` of the state file (see `state`), placed after the report pipe |
+//! The receiver accepts them only when every FD named is open and is
+//! exactly the file given (device and inode, checked with `fstat`, touching
+//! nothing else), and, for a re-exec, when the PID named is its own. So a
+//! process that the server itself spawns later (a grandchild, which
+//! inherits the variables but, the descriptors being close-on-exec, not the
+//! descriptors) ignores the stale variables. The descriptors themselves
+//! authenticate the hand-over, not the parent's PID: if the parent dies
+//! while the child starts (a crash, the OOM killer), the child still adopts
+//! them and serves, and signals nobody. These are not systemd's `LISTEN_*`
+//! variables on purpose: systemd's `LISTEN_PID` must name the child itself,
+//! which is unknown until after the fork, and writing it between fork and
+//! exec would need an allocation there. (systemd's, for socket activation,
+//! are read here too, into the same record.)
 //!
-//! The child accepts them only when every FD named is a socket with exactly
-//! the identity given (checked with `fstat`, touching nothing else), so a
-//! process that the server itself spawns later (a grandchild, which inherits
-//! the variables but, the sockets being close-on-exec, not the sockets)
-//! ignores the stale variables. The sockets themselves authenticate the
-//! hand-over, not the parent's PID: if the parent dies while the child
-//! starts (a crash, the OOM killer), the child still adopts them and serves,
-//! and signals nobody. These are not systemd's
-//! `LISTEN_*` variables on purpose: systemd's `LISTEN_PID` must name the
-//! child itself, which is unknown until after the fork, and writing it
-//! between fork and exec would need an allocation there.
+//! Every inherited descriptor is marked close-on-exec when the record is
+//! read, before `main` (see `lib.rs`), so nothing the program spawns can
+//! inherit one; each is an [`Inherited`] whose [`Inherited::take`] is the
+//! only place an `OwnedFd` is made from it.
 //!
 //! This module is mechanism only: it never decides when to restart. It holds
 //! the crate's `unsafe` code for file descriptors, each block with its
@@ -40,44 +47,150 @@ use nix::unistd::{getpid, getppid, Pid};
 
 use crate::error::{Error, Result};
 
-const FDS: &str = "ENDLESS_FDS";
-const FDNAMES: &str = "ENDLESS_FDNAMES";
-const FDIDS: &str = "ENDLESS_FDIDS";
-/// The new generation's number (see `endless::generation`).
+const HANDOVER: &str = "ENDLESS_HANDOVER";
 const GENERATION: &str = "ENDLESS_GENERATION";
-/// `FD:device:inode` of the write end of a pipe on which a new generation
-/// that fails to start says why (see `report`).
-const REPORT: &str = "ENDLESS_REPORT";
-const PPID: &str = "ENDLESS_PPID";
-/// `FD:device:inode` of the file holding the state handed to the next
-/// generation (see `state`): a memfd, or an unlinked temporary file.
-const STATE: &str = "ENDLESS_STATE";
-/// Set on a generation started only to serve while its parent re-executes
-/// itself in place (`keep_pid`).
-const TEMPORARY: &str = "ENDLESS_TEMPORARY";
-/// For an in-place re-exec: the PID that re-executed itself (ours, if the
-/// variables are meant for us), the FD numbers (which stay where they were),
-/// and the temporary generation to stop and reap once we serve.
-const EXEC_PID: &str = "ENDLESS_EXEC_PID";
-const FDNUMS: &str = "ENDLESS_FDNUMS";
-const TEMP_PID: &str = "ENDLESS_TEMP_PID";
-const ALL_VARS: [&str; 11] = [
-    FDS, FDNAMES, FDIDS, GENERATION, REPORT, PPID, TEMPORARY, EXEC_PID, FDNUMS, TEMP_PID, STATE,
-];
+const FDS: &str = "ENDLESS_FDS";
+const ORPHANS: &str = "ENDLESS_ORPHANS";
+const ALL_VARS: [&str; 4] = [HANDOVER, GENERATION, FDS, ORPHANS];
 /// systemd's socket-activation variables: they describe the first
 /// generation's FDs only, so a new generation must never see them.
 const SYSTEMD_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+/// The version of the record's layout, first in `ENDLESS_HANDOVER`.
+const VERSION: &str = "1";
 
 /// The first FD after stdin, stdout and stderr.
 pub(crate) const FIRST_FD: RawFd = 3;
-/// More than any server registers; a larger count is a corrupt variable.
+/// More than any server hands over; a larger count is a corrupt variable.
 const MAX_FDS: usize = 1024;
 
-/// Where this process's inherited sockets came from.
+/// What an inherited descriptor is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A listening socket, named by its registered address.
+    Listener,
+    /// A listening Unix socket whose file this server does not own
+    /// (systemd's socket activation passed it in): every later generation
+    /// leaves that file alone too.
+    ListenerUnowned,
+    /// A descriptor of `endless::sockets`, by the name the program gave it.
+    Extra,
+    /// The child's end of the link to the generation that started it (see
+    /// `link`).
+    Link,
+    /// The state handed over (see `state`).
+    State,
+    /// `keep_pid`: the link to the temporary generation, kept across the
+    /// re-exec in place.
+    TemporaryLink,
+    /// `keep_pid`: the image this process ran before its re-exec, to go
+    /// back to if the new one cannot start.
+    Rollback,
+}
+
+impl Kind {
+    const ALL: [(Kind, &'static str); 7] = [
+        (Kind::Listener, "listener"),
+        (Kind::ListenerUnowned, "listener-unowned"),
+        (Kind::Extra, "extra"),
+        (Kind::Link, "link"),
+        (Kind::State, "state"),
+        (Kind::TemporaryLink, "temporary-link"),
+        (Kind::Rollback, "rollback"),
+    ];
+
+    fn as_str(self) -> &'static str {
+        Kind::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("?", |(_, s)| s)
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.iter().find(|(_, n)| *n == s).map(|(k, _)| *k)
+    }
+
+    /// The file type a descriptor of this kind must have (`None`: any).
+    fn file_type(self) -> Option<SFlag> {
+        match self {
+            Kind::Listener | Kind::ListenerUnowned | Kind::Link | Kind::TemporaryLink => {
+                Some(SFlag::S_IFSOCK)
+            }
+            Kind::State | Kind::Rollback => Some(SFlag::S_IFREG),
+            Kind::Extra => None,
+        }
+    }
+}
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
+impl FileId {
+    /// The identity of the open file at `fd`, if it is open and, when
+    /// `kind` is given, of that type. Only `fstat` is called: an FD that is
+    /// not what is expected is somebody else's and stays untouched.
+    pub(crate) fn of_fd(fd: RawFd, kind: Option<SFlag>) -> Option<FileId> {
+        use nix::sys::stat::fstat;
+        // SAFETY: borrowed only for the `fstat`; an FD that is not open makes
+        // it fail with EBADF, and nothing is closed or changed.
+        let st = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
+        let of_kind =
+            kind.is_none_or(|k| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == k);
+        of_kind.then_some(FileId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        })
+    }
+
+    /// The identity of the file at `path` (following symlinks).
+    pub(crate) fn of_path(path: &std::path::Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    fn parse(dev: &str, ino: &str) -> Option<FileId> {
+        Some(FileId {
+            dev: dev.parse().ok()?,
+            ino: ino.parse().ok()?,
+        })
+    }
+}
+
+/// One descriptor of a record: where it is in the receiving process, what
+/// it is for, its name, and its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Passed {
+    pub(crate) fd: RawFd,
+    pub(crate) kind: Kind,
+    pub(crate) name: String,
+    pub(crate) id: FileId,
+}
+
+/// How this process came to be handed descriptors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// Spawned by the previous generation, which waits for our `SIGTERM`.
-    Parent(Pid),
+    /// `temporary`: we only serve while it re-executes itself in place
+    /// (`keep_pid`). `probation`: it keeps its sockets after we take over,
+    /// until our probation is over.
+    Parent {
+        parent: Pid,
+        temporary: bool,
+        probation: bool,
+    },
     /// This process re-executed itself in place (`keep_pid`). The temporary
     /// generation that served meanwhile is our child: stop it and reap it
     /// once we serve.
@@ -86,158 +199,363 @@ pub(crate) enum Origin {
     Systemd,
 }
 
-/// What this process was handed, read once at first use.
-#[derive(Debug)]
-struct HandedOver {
-    origin: Origin,
-    names: Vec<String>,
-    fds: Vec<RawFd>,
-    /// We are a temporary generation (see [`TEMPORARY`]).
-    temporary: bool,
+/// Everything one generation hands the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) origin: Origin,
+    pub(crate) generation: u64,
+    pub(crate) fds: Vec<Passed>,
+    /// Re-executed only: children the old image started, which nobody else
+    /// will reap.
+    pub(crate) orphans: Vec<Pid>,
 }
 
-/// `Ok(None)`: not started by a reload. `Err`: the variables name our parent
-/// but are corrupt; reported by `take_inherited`.
-static HANDED_OVER: OnceLock<Result<Option<HandedOver>, (RawFd, String)>> = OnceLock::new();
-/// The inherited FDs, until a server claims them.
-static UNCLAIMED: Mutex<Option<Vec<(String, RawFd)>>> = Mutex::new(None);
-/// The prefix of the hand-over name of an extra descriptor (see
-/// `crate::sockets`), which no registered address starts with.
-pub(crate) const EXTRA: &str = "extra:";
-/// The inherited extra descriptors, by name, until claimed.
-static UNCLAIMED_EXTRAS: Mutex<Vec<(String, RawFd)>> = Mutex::new(Vec::new());
-/// The inherited report pipe, until `report` takes it.
-static REPORT_FD: Mutex<Option<RawFd>> = Mutex::new(None);
-/// The inherited state, until `state` takes it.
-static STATE_FD: Mutex<Option<RawFd>> = Mutex::new(None);
+impl Record {
+    /// The variables that describe this record.
+    pub(crate) fn to_env(&self) -> Vec<(&'static str, String)> {
+        let origin = match self.origin {
+            Origin::Parent {
+                parent,
+                temporary,
+                probation,
+            } => {
+                let mut s = format!("{VERSION};parent={parent}");
+                if temporary {
+                    s.push_str(";temporary");
+                }
+                if probation {
+                    s.push_str(";probation");
+                }
+                s
+            }
+            Origin::SelfExec { temporary } => match temporary {
+                Some(t) => format!("{VERSION};exec={};temporary={t}", getpid()),
+                None => format!("{VERSION};exec={}", getpid()),
+            },
+            // Never written: systemd writes its own.
+            Origin::Systemd => format!("{VERSION};systemd"),
+        };
+        let fds: Vec<String> = self
+            .fds
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={}:{}:{}:{}",
+                    p.fd,
+                    p.kind.as_str(),
+                    p.id.dev,
+                    p.id.ino,
+                    encode_name(&p.name)
+                )
+            })
+            .collect();
+        let mut env = vec![
+            (HANDOVER, origin),
+            (GENERATION, self.generation.to_string()),
+            (FDS, fds.join(";")),
+        ];
+        if !self.orphans.is_empty() {
+            let pids: Vec<String> = self.orphans.iter().map(|p| p.to_string()).collect();
+            env.push((ORPHANS, pids.join(",")));
+        }
+        env
+    }
 
-/// Reads the hand-over variables once and marks the inherited FDs
-/// close-on-exec straight away, so nothing this process spawns can inherit
-/// them. Cheap to call again.
+    /// The record in the variables `get` returns, if it is meant for this
+    /// process (`me`, and the descriptors are exactly those named, by
+    /// `identity`). `Err((fd, reason))`: the variables claim to be ours but
+    /// are corrupt.
+    pub(crate) fn from_env(
+        get: impl Fn(&str) -> Option<OsString>,
+        me: Pid,
+        identity: impl Fn(RawFd, Option<SFlag>) -> Option<FileId>,
+    ) -> Result<Option<Record>, (RawFd, String)> {
+        let Some(header) = get(HANDOVER) else {
+            return Ok(None);
+        };
+        let header = header.to_string_lossy().into_owned();
+        let mut parts = header.split(';');
+        if parts.next() != Some(VERSION) {
+            return Err((
+                FIRST_FD,
+                format!("{HANDOVER}={header:?} is not a hand-over this version reads"),
+            ));
+        }
+        let (mut parent, mut exec, mut temporary, mut temp_pid, mut probation) =
+            (None, None, false, None, false);
+        for part in parts {
+            let pid = |v: &str| v.parse::<i32>().ok().filter(|p| *p > 0).map(Pid::from_raw);
+            match part.split_once('=') {
+                Some(("parent", v)) => parent = pid(v),
+                Some(("exec", v)) => exec = pid(v),
+                Some(("temporary", v)) => temp_pid = pid(v),
+                None if part == "temporary" => temporary = true,
+                None if part == "probation" => probation = true,
+                _ => {}
+            }
+        }
+        let origin = match (parent, exec) {
+            (Some(parent), None) => Origin::Parent {
+                parent,
+                temporary,
+                probation,
+            },
+            // A re-exec's variables, inherited by a process we spawned
+            // later: not ours.
+            (None, Some(pid)) if pid != me => return Ok(None),
+            (None, Some(_)) => Origin::SelfExec {
+                temporary: temp_pid,
+            },
+            _ => {
+                return Err((
+                    FIRST_FD,
+                    format!("{HANDOVER}={header:?} names neither a parent nor an exec"),
+                ))
+            }
+        };
+        let fds = parse_fds(&get(FDS).unwrap_or_default())?;
+        let authentic = fds
+            .iter()
+            .all(|p| identity(p.fd, p.kind.file_type()) == Some(p.id));
+        if !authentic {
+            // Variables meant for another process (we are a grandchild that
+            // inherited them): the FDs are not those files, not ours to
+            // touch.
+            return Ok(None);
+        }
+        let generation = get(GENERATION)
+            .and_then(|g| g.to_str()?.parse().ok())
+            .unwrap_or(1);
+        let orphans = get(ORPHANS)
+            .map(|v| {
+                v.to_string_lossy()
+                    .split(',')
+                    .filter_map(|p| p.parse::<i32>().ok().filter(|p| *p > 0))
+                    .map(Pid::from_raw)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(Record {
+            origin,
+            generation,
+            fds,
+            orphans,
+        }))
+    }
+}
+
+/// `ENDLESS_FDS`, checked for form (not yet for identity).
+fn parse_fds(value: &OsString) -> Result<Vec<Passed>, (RawFd, String)> {
+    let value = value.to_string_lossy();
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<&str> = value.split(';').collect();
+    if entries.len() > MAX_FDS {
+        return Err((
+            FIRST_FD,
+            format!(
+                "{FDS} names {} descriptors, more than {MAX_FDS}",
+                entries.len()
+            ),
+        ));
+    }
+    let mut fds: Vec<Passed> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let bad = |fd: RawFd| {
+            (
+                fd,
+                format!("{FDS} entry {entry:?} is not FD=KIND:DEVICE:INODE:NAME"),
+            )
+        };
+        let (fd, rest) = entry.split_once('=').ok_or_else(|| bad(FIRST_FD))?;
+        let fd: RawFd = fd
+            .parse()
+            .ok()
+            .filter(|fd| *fd > 2)
+            .ok_or_else(|| bad(FIRST_FD))?;
+        let mut f = rest.splitn(4, ':');
+        let (kind, dev, ino, name) = (f.next(), f.next(), f.next(), f.next());
+        let kind = kind.and_then(Kind::parse).ok_or_else(|| bad(fd))?;
+        let id = FileId::parse(dev.unwrap_or(""), ino.unwrap_or("")).ok_or_else(|| bad(fd))?;
+        if fds.iter().any(|p| p.fd == fd) {
+            return Err((fd, format!("{FDS} names FD {fd} twice")));
+        }
+        fds.push(Passed {
+            fd,
+            kind,
+            name: decode_name(name.ok_or_else(|| bad(fd))?),
+            id,
+        });
+    }
+    Ok(fds)
+}
+
+/// An inherited descriptor, not yet claimed by any part of the crate.
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    fd: RawFd,
+    pub(crate) name: String,
+    pub(crate) kind: Kind,
+}
+
+impl Inherited {
+    /// Takes ownership of the descriptor: the one place where an inherited
+    /// FD becomes an `OwnedFd`.
+    pub(crate) fn take(self) -> OwnedFd {
+        // SAFETY: the FD was handed to this process (its identity checked
+        // against the record, which names this process), `init` checked it
+        // is open, and each `Inherited` is handed out once (it leaves the
+        // unclaimed list under its lock), so nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(self.fd) }
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Borrowed, for a check that must not take it.
+    pub(crate) fn borrow(&self) -> BorrowedFd<'_> {
+        // SAFETY: open (checked by `init`) and owned by this value until
+        // `take`, which consumes it.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+}
+
+/// What this process was handed, read once: the record, and the
+/// descriptors nobody has claimed yet.
+#[derive(Debug)]
+struct Received {
+    origin: Origin,
+    generation: u64,
+    orphans: Vec<Pid>,
+}
+
+/// `Ok(None)`: not started by a reload. `Err`: the variables claim to be
+/// ours but are corrupt; reported by `take_listeners`.
+static RECEIVED: OnceLock<Result<Option<Received>, (RawFd, String)>> = OnceLock::new();
+static UNCLAIMED: Mutex<Vec<Inherited>> = Mutex::new(Vec::new());
+
+fn unclaimed() -> std::sync::MutexGuard<'static, Vec<Inherited>> {
+    UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads the hand-over once and marks every inherited FD close-on-exec
+/// straight away, so nothing this process spawns can inherit one. Runs
+/// before `main` (see `lib.rs`); cheap to call again.
 pub(crate) fn init() {
-    HANDED_OVER.get_or_init(|| {
-        let received = match read_env()? {
+    RECEIVED.get_or_init(|| {
+        let record = match Record::from_env(|k| std::env::var_os(k), getpid(), FileId::of_fd)? {
             Some(r) => Some(r),
             None => read_systemd_env()?,
         };
-        if let Some(r) = &received {
-            let mut fds = Vec::with_capacity(r.names.len());
-            let mut extras = Vec::new();
-            for (name, &fd) in r.names.iter().zip(&r.fds) {
-                set_cloexec(fd).map_err(|e| (fd, format!("not an open file descriptor ({e})")))?;
-                // Only our own hand-over carries extras; a systemd socket
-                // named like one is still a listener.
-                match name.strip_prefix(EXTRA) {
-                    Some(extra) if r.origin != Origin::Systemd => {
-                        extras.push((extra.to_owned(), fd))
-                    }
-                    _ => fds.push((name.clone(), fd)),
-                }
-            }
-            *UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds);
-            *UNCLAIMED_EXTRAS.lock().unwrap_or_else(|e| e.into_inner()) = extras;
-            if let Origin::Parent(_) = r.origin {
-                let report = read_report_env(r.fds.len());
-                if let Some(fd) = report {
-                    // Like the sockets: nothing this process spawns gets it.
-                    let _ = set_cloexec(fd);
-                }
-                *REPORT_FD.lock().unwrap_or_else(|e| e.into_inner()) = report;
-            }
-            if r.origin != Origin::Systemd {
-                let state = read_state_env(&r.fds);
-                if let Some(fd) = state {
-                    let _ = set_cloexec(fd);
-                }
-                *STATE_FD.lock().unwrap_or_else(|e| e.into_inner()) = state;
-            }
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let mut list = unclaimed();
+        for p in &record.fds {
+            set_cloexec(p.fd).map_err(|e| (p.fd, format!("not an open file descriptor ({e})")))?;
+            list.push(Inherited {
+                fd: p.fd,
+                name: p.name.clone(),
+                kind: p.kind,
+            });
         }
-        Ok(received)
+        Ok(Some(Received {
+            origin: record.origin,
+            generation: record.generation,
+            orphans: record.orphans,
+        }))
     });
 }
 
-/// Where this process's inherited sockets came from, if it has any
-/// (checked at first use, while a parent is still waiting for us).
-pub(crate) fn origin() -> Option<Origin> {
+fn received() -> Option<&'static Received> {
     init();
-    match HANDED_OVER.get() {
-        Some(Ok(Some(r))) => Some(r.origin),
+    match RECEIVED.get() {
+        Some(Ok(Some(r))) => Some(r),
         _ => None,
     }
+}
+
+/// Where this process's inherited descriptors came from, if it has any
+/// (checked at first use, while a parent is still waiting for us).
+pub(crate) fn origin() -> Option<Origin> {
+    received().map(|r| r.origin)
 }
 
 /// This generation's number: 0 unless a reload started it, then what the
 /// previous generation said.
 pub(crate) fn generation() -> u64 {
-    init();
-    if !matches!(origin(), Some(Origin::Parent(_) | Origin::SelfExec { .. })) {
-        return 0;
+    match received() {
+        Some(r) if r.origin != Origin::Systemd => r.generation,
+        _ => 0,
     }
-    std::env::var(GENERATION)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
 }
 
-/// Whether this process is a temporary generation, serving only while its
-/// parent re-executes itself in place.
-pub(crate) fn is_temporary() -> bool {
-    init();
-    matches!(HANDED_OVER.get(), Some(Ok(Some(r))) if r.temporary)
+/// Children the image before an in-place re-exec left behind.
+pub(crate) fn orphans() -> &'static [Pid] {
+    received().map_or(&[], |r| &r.orphans)
 }
 
-/// Takes ownership of the inherited sockets, with their names, once each
-/// has passed `check`. The first caller gets them all; later callers get
-/// none. If any fails the check, none is taken, and none is closed: an FD
-/// that is not what the variables claim belongs to someone else.
-pub(crate) fn take_inherited(
+/// Takes the inherited listening sockets, once each has passed `check`,
+/// with their names and whether their socket files are ours. The first
+/// caller gets them all. If any fails the check, none is taken, and none is
+/// closed: an FD that is not what the variables claim belongs to someone
+/// else.
+pub(crate) fn take_listeners(
     check: impl Fn(BorrowedFd<'_>) -> Result<()>,
-) -> Result<Vec<(String, OwnedFd)>> {
+) -> Result<Vec<(String, bool, OwnedFd)>> {
     init();
-    if let Some(Err((fd, reason))) = HANDED_OVER.get() {
+    if let Some(Err((fd, reason))) = RECEIVED.get() {
         return Err(Error::Inherit {
             fd: *fd,
             reason: reason.clone(),
         });
     }
-    let mut unclaimed = UNCLAIMED.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, fd) in unclaimed.iter().flatten() {
-        // SAFETY: `init` checked that the FD is open; it is only borrowed
-        // for the check, while the lock keeps anyone from claiming it.
-        check(unsafe { BorrowedFd::borrow_raw(*fd) })?;
+    let activated = origin() == Some(Origin::Systemd);
+    let mut list = unclaimed();
+    let is_listener = |i: &Inherited| matches!(i.kind, Kind::Listener | Kind::ListenerUnowned);
+    for i in list.iter().filter(|i| is_listener(i)) {
+        check(i.borrow())?;
     }
-    let fds = unclaimed.take().unwrap_or_default();
-    Ok(fds
+    let (listeners, rest): (Vec<Inherited>, Vec<Inherited>) = std::mem::take(&mut *list)
         .into_iter()
-        // SAFETY: each FD was placed by our parent for us (the variables name
-        // our parent's PID), `init` checked it is open, and `take` hands it
-        // out exactly once, so nothing else in this process owns it.
-        .map(|(name, fd)| (name, unsafe { OwnedFd::from_raw_fd(fd) }))
+        .partition(is_listener);
+    *list = rest;
+    Ok(listeners
+        .into_iter()
+        .map(|i| {
+            let owns_file = i.kind == Kind::Listener && !activated;
+            (i.name.clone(), owns_file, i.take())
+        })
         .collect())
 }
 
-/// Takes ownership of the extra descriptor handed over as `name`, if there
-/// is one (see `crate::sockets`). Each is handed out once.
-pub(crate) fn take_extra(name: &str) -> Option<OwnedFd> {
+/// Takes the inherited descriptor of `kind` named `name` (any name if
+/// `None`), if there is one. Each is handed out once.
+pub(crate) fn take(kind: Kind, name: Option<&str>) -> Option<Inherited> {
     init();
-    let mut extras = UNCLAIMED_EXTRAS.lock().unwrap_or_else(|e| e.into_inner());
-    let i = extras.iter().position(|(n, _)| n == name)?;
-    let (_, fd) = extras.remove(i);
-    // SAFETY: as in `take_inherited`: placed for us (its identity checked),
-    // open, and removed from the list, so handed out exactly once.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    let mut list = unclaimed();
+    let i = list
+        .iter()
+        .position(|i| i.kind == kind && name.is_none_or(|n| i.name == n))?;
+    Some(list.remove(i))
 }
 
 /// Closes the extra descriptors no code claimed (a new version that no
 /// longer uses them), and returns their names.
 pub(crate) fn close_unclaimed_extras() -> Vec<String> {
     init();
-    let extras = std::mem::take(&mut *UNCLAIMED_EXTRAS.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut list = unclaimed();
+    let (extras, rest): (Vec<Inherited>, Vec<Inherited>) = std::mem::take(&mut *list)
+        .into_iter()
+        .partition(|i| i.kind == Kind::Extra);
+    *list = rest;
     extras
         .into_iter()
-        .map(|(name, fd)| {
-            // SAFETY: as in `take_extra`; dropped at once, which closes it.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        .map(|i| {
+            let name = i.name.clone();
+            drop(i.take());
             name
         })
         .collect()
@@ -254,208 +572,11 @@ pub(crate) fn notify_parent_ready(parent: Pid) -> io::Result<bool> {
     Ok(true)
 }
 
-fn read_env() -> Result<Option<HandedOver>, (RawFd, String)> {
-    if let Some(r) = read_self_exec_env()? {
-        return Ok(Some(r));
-    }
-    let Some(ppid) = std::env::var_os(PPID) else {
-        return Ok(None);
-    };
-    let parent = match ppid.to_str().and_then(|s| s.parse::<i32>().ok()) {
-        Some(pid) if pid > 0 => Pid::from_raw(pid),
-        _ => return Ok(None),
-    };
-    let names = read_names()?;
-    let fds: Vec<RawFd> = (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect();
-    if !sockets_are(&names, &fds) {
-        // Variables meant for another process (we are a grandchild that
-        // inherited them): the FDs are not those sockets, not ours to touch.
-        return Ok(None);
-    }
-    Ok(Some(HandedOver {
-        origin: Origin::Parent(parent),
-        fds,
-        names,
-        temporary: std::env::var_os(TEMPORARY).is_some_and(|v| v == "1"),
-    }))
-}
-
-/// The report pipe our parent placed after the `count` sockets, if it is
-/// there and is the pipe `ENDLESS_REPORT` names (checked with `fstat`
-/// only).
-fn read_report_env(count: usize) -> Option<RawFd> {
-    let value = std::env::var(REPORT).ok()?;
-    let (fd, id) = value.split_once(':')?;
-    let fd: RawFd = fd.parse().ok()?;
-    (fd == FIRST_FD + count as RawFd && fd_id(fd, SFlag::S_IFIFO)? == id).then_some(fd)
-}
-
-/// The state file our parent (or our own image, before an in-place
-/// re-exec) placed for us, if `ENDLESS_STATE` names an FD above 2 that is
-/// none of the sockets and is exactly the regular file named (checked with
-/// `fstat` only: anything else is somebody else's and stays untouched).
-fn read_state_env(sockets: &[RawFd]) -> Option<RawFd> {
-    let value = std::env::var(STATE).ok()?;
-    let (fd, id) = value.split_once(':')?;
-    let fd: RawFd = fd.parse().ok()?;
-    (fd > 2 && !sockets.contains(&fd) && fd_id(fd, SFlag::S_IFREG)? == id).then_some(fd)
-}
-
-/// Takes the state file this process inherited, once.
-pub(crate) fn take_state_fd() -> Option<OwnedFd> {
-    init();
-    let fd = STATE_FD.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-    // SAFETY: placed for us (checked by identity in `init`), and handed out
-    // once (`take`), so nothing else in this process owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Takes the report pipe this process inherited, once.
-pub(crate) fn take_report_pipe() -> Option<OwnedFd> {
-    init();
-    let fd = REPORT_FD.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-    // SAFETY: placed by our parent for us (checked by identity in `init`),
-    // and handed out once (`take`), so nothing else in this process owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Whether each of `fds` is open and is the socket `ENDLESS_FDIDS` names.
-/// Only `fstat` is called: an FD that is not what the variables say is
-/// somebody else's and stays untouched.
-fn sockets_are(names: &[String], fds: &[RawFd]) -> bool {
-    let ids = std::env::var_os(FDIDS).unwrap_or_default();
-    let ids: Vec<&str> = match ids.to_str() {
-        Some("") => Vec::new(),
-        Some(v) => v.split(';').collect(),
-        None => return false,
-    };
-    ids.len() == fds.len()
-        && fds
-            .iter()
-            .zip(ids)
-            .zip(names)
-            .all(|((&fd, id), name)| id_of(name, fd).is_some_and(|actual| actual == id))
-}
-
-/// The identity `fd` is handed over under: a listener's must be a socket's,
-/// an extra descriptor's may be any file's (a memfd, a pipe).
-fn id_of(name: &str, fd: RawFd) -> Option<String> {
-    if name.starts_with(EXTRA) {
-        fd_id_any(fd)
-    } else {
-        socket_id(fd)
-    }
-}
-
-/// `device:inode` of `fd`, if it is open, whatever its type.
-fn fd_id_any(fd: RawFd) -> Option<String> {
-    use nix::sys::stat::fstat;
-    // SAFETY: as in `fd_id`: borrowed for the `fstat` only.
-    let st = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
-    Some(format!("{}:{}", st.st_dev, st.st_ino))
-}
-
-/// `device:inode` of the socket at `fd`, if it is an open socket.
-fn socket_id(fd: RawFd) -> Option<String> {
-    fd_id(fd, SFlag::S_IFSOCK)
-}
-
-/// `device:inode` of `fd`, if it is open and of type `kind`.
-fn fd_id(fd: RawFd, kind: SFlag) -> Option<String> {
-    use nix::sys::stat::fstat;
-    // SAFETY: borrowed only for the `fstat`; an FD that is not open makes
-    // it fail with EBADF, and nothing is closed or changed.
-    let st = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
-    let of_kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind;
-    of_kind.then(|| format!("{}:{}", st.st_dev, st.st_ino))
-}
-
-/// The identities of `fds` for `ENDLESS_FDIDS`.
-fn encode_ids(names: &[&str], fds: &[RawFd]) -> io::Result<String> {
-    let ids = fds
-        .iter()
-        .zip(names)
-        .map(|(&fd, name)| {
-            id_of(name, fd).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("FD {fd} is not an open socket"),
-                )
-            })
-        })
-        .collect::<io::Result<Vec<_>>>()?;
-    Ok(ids.join(";"))
-}
-
-/// `ENDLESS_FDS` and `ENDLESS_FDNAMES`, checked against each other.
-fn read_names() -> Result<Vec<String>, (RawFd, String)> {
-    let count = std::env::var_os(FDS).unwrap_or_default();
-    let count: usize = match count.to_str().and_then(|s| s.parse().ok()) {
-        Some(n) if n <= MAX_FDS => n,
-        _ => {
-            return Err((
-                FIRST_FD,
-                format!("{FDS}={count:?} is not a count from 0 to {MAX_FDS}"),
-            ))
-        }
-    };
-    let names = decode_names(&std::env::var_os(FDNAMES).unwrap_or_default());
-    if names.len() != count {
-        return Err((
-            FIRST_FD,
-            format!("{FDNAMES} names {} sockets but {FDS}={count}", names.len()),
-        ));
-    }
-    Ok(names)
-}
-
-/// The variables of an in-place re-exec, if they are ours: `ENDLESS_EXEC_PID`
-/// is our own PID (a process we spawn later has another PID, so the stale
-/// variables never mislead it).
-fn read_self_exec_env() -> Result<Option<HandedOver>, (RawFd, String)> {
-    let ours = std::env::var_os(EXEC_PID)
-        .and_then(|v| v.to_str()?.parse::<i32>().ok())
-        .is_some_and(|pid| pid == getpid().as_raw());
-    if !ours {
-        return Ok(None);
-    }
-    let names = read_names()?;
-    let nums = std::env::var_os(FDNUMS).unwrap_or_default();
-    let fds: Vec<RawFd> = nums
-        .to_string_lossy()
-        .split(',')
-        .filter(|n| !n.is_empty())
-        .map(|n| n.parse::<RawFd>().ok().filter(|fd| *fd > 2))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            (
-                FIRST_FD,
-                format!("{FDNUMS}={nums:?} is not a list of FDs above 2"),
-            )
-        })?;
-    if fds.len() != names.len() {
-        return Err((
-            fds.first().copied().unwrap_or(FIRST_FD),
-            format!("{FDNUMS} lists {} FDs but {FDS}={}", fds.len(), names.len()),
-        ));
-    }
-    let temporary = std::env::var_os(TEMP_PID)
-        .and_then(|v| v.to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid > 0)
-        .map(Pid::from_raw);
-    Ok(Some(HandedOver {
-        origin: Origin::SelfExec { temporary },
-        names,
-        fds,
-        temporary: false,
-    }))
-}
-
 /// systemd socket activation: `LISTEN_PID` (which must be ours), `LISTEN_FDS`
 /// and optionally `LISTEN_FDNAMES` (`:`-separated). Read by hand rather than
 /// with `sd-notify`'s helper so that a bad value is an error naming the FD and
 /// nothing is touched before it has been checked.
-fn read_systemd_env() -> Result<Option<HandedOver>, (RawFd, String)> {
+fn read_systemd_env() -> Result<Option<Record>, (RawFd, String)> {
     let Some(pid) = std::env::var_os("LISTEN_PID") else {
         return Ok(None);
     };
@@ -490,62 +611,96 @@ fn read_systemd_env() -> Result<Option<HandedOver>, (RawFd, String)> {
             names
         }
     };
-    Ok(Some(HandedOver {
+    let fds = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| Passed {
+            fd: FIRST_FD + i as RawFd,
+            kind: Kind::Listener,
+            name,
+            // Not checked: systemd's variables name us by PID.
+            id: FileId { dev: 0, ino: 0 },
+        })
+        .collect();
+    Ok(Some(Record {
         origin: Origin::Systemd,
-        fds: (0..names.len()).map(|i| FIRST_FD + i as RawFd).collect(),
-        names,
-        temporary: false,
+        generation: 0,
+        fds,
+        orphans: Vec::new(),
     }))
 }
 
-/// Prepares `cmd` to start the next generation with `listeners` at FDs 3, 4, ….
+/// A descriptor to hand over: what it is, its name, and where it is in this
+/// process.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) name: &'a str,
+    pub(crate) fd: RawFd,
+}
+
+/// The identities of `outgoing`, placed at `at(i)` in the receiver.
+fn passed(
+    outgoing: &[Outgoing<'_>],
+    at: impl Fn(usize, RawFd) -> RawFd,
+) -> io::Result<Vec<Passed>> {
+    outgoing
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let id = FileId::of_fd(o.fd, o.kind.file_type()).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "FD {} ({}) is not an open {} file",
+                        o.fd,
+                        o.name,
+                        o.kind.as_str()
+                    ),
+                )
+            })?;
+            Ok(Passed {
+                fd: at(i, o.fd),
+                kind: o.kind,
+                name: o.name.to_owned(),
+                id,
+            })
+        })
+        .collect()
+}
+
+/// Prepares `cmd` to start the next generation with `outgoing` at FDs 3, 4,
+/// …, described by a record naming this process as its parent.
 ///
 /// `blocked` is blocked in the child before the exec and stays blocked across
 /// it, so a reload or stop signal that arrives before the new generation has
 /// installed its handlers stays pending instead of killing it.
 ///
-/// `temporary`: the child only serves while we re-execute ourselves in place.
-/// `report`: the write end of a pipe, placed after the listeners, on which
-/// the child says why it failed, if it does. `state`: the file holding the
-/// state for the child (see `state`), placed after that.
-///
-/// Fails only if a listener is not an open socket (which would be a bug).
-pub(crate) fn pass_listeners(
+/// Fails only if a descriptor is not open (which would be a bug).
+pub(crate) fn prepare_spawn(
     cmd: &mut Command,
-    listeners: &[(&str, RawFd)],
+    outgoing: &[Outgoing<'_>],
     blocked: SigSet,
     temporary: bool,
-    report: Option<RawFd>,
-    state: Option<RawFd>,
+    probation: bool,
 ) -> io::Result<()> {
     for var in SYSTEMD_VARS.iter().chain(&ALL_VARS) {
         cmd.env_remove(var);
     }
-    let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
-    let mut sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
-    cmd.env(FDS, listeners.len().to_string())
-        .env(FDNAMES, encode_names(&names))
-        .env(FDIDS, encode_ids(&names, &sources)?)
-        .env(GENERATION, (generation() + 1).to_string())
-        .env(PPID, getpid().to_string());
-    if temporary {
-        cmd.env(TEMPORARY, "1");
+    let record = Record {
+        origin: Origin::Parent {
+            parent: getpid(),
+            temporary,
+            probation,
+        },
+        generation: generation() + 1,
+        fds: passed(outgoing, |i, _| FIRST_FD + i as RawFd)?,
+        orphans: Vec::new(),
+    };
+    for (k, v) in record.to_env() {
+        cmd.env(k, v);
     }
-    if let Some(pipe) = report {
-        if let Some(id) = fd_id(pipe, SFlag::S_IFIFO) {
-            let at = FIRST_FD + sources.len() as RawFd;
-            cmd.env(REPORT, format!("{at}:{id}"));
-            sources.push(pipe);
-        }
-    }
-    if let Some(state) = state {
-        if let Some(id) = fd_id(state, SFlag::S_IFREG) {
-            let at = FIRST_FD + sources.len() as RawFd;
-            cmd.env(STATE, format!("{at}:{id}"));
-            sources.push(state);
-        }
-    }
-
+    let sources: Vec<RawFd> = outgoing.iter().map(|o| o.fd).collect();
     // Everything the closure needs is allocated here, before the fork.
     let mut moved: Vec<RawFd> = vec![-1; sources.len()];
     // SAFETY: the closure runs between fork and exec, where only
@@ -593,36 +748,74 @@ fn place_fds(sources: &[RawFd], moved: &mut [RawFd], blocked: &SigSet) -> io::Re
     Ok(())
 }
 
-/// Re-executes this process in place (same PID) as `path` with `args` in
-/// the directory `cwd`, handing it `listeners` where they are, and naming
-/// `temporary`, the generation serving meanwhile. Returns only if the exec
-/// failed, after undoing what it changed, so the caller can go on serving.
-///
-/// Exactly the listeners lose close-on-exec, just before the `execve`; a
-/// process that another thread forks in that instant could inherit them (a
-/// window of a few system calls). The reload and stop signals are blocked in
-/// this thread, whose mask the new image inherits, so none that arrives
-/// after the exec is lost or fatal before the new image's handlers are in.
-pub(crate) fn exec_in_place(
-    path: &std::path::Path,
-    args: &[std::ffi::OsString],
-    cwd: Option<&std::path::Path>,
-    listeners: &[(&str, RawFd)],
-    blocked: SigSet,
-    temporary: Option<Pid>,
-    state: Option<RawFd>,
-) -> io::Error {
-    use std::ffi::CString;
-    use std::io::Write;
-    use std::os::unix::ffi::OsStrExt;
+/// An in-place re-exec, prepared: every string it needs is built, so that
+/// the last moment before the `execve` does nothing but system calls.
+pub(crate) struct Reexec {
+    exe: std::ffi::CString,
+    /// What to execute: an open file (exactly that inode), or a path.
+    program: Program,
+    argv: Vec<std::ffi::CString>,
+    env: Vec<std::ffi::CString>,
+    cwd: Option<std::path::PathBuf>,
+    crossing: Vec<RawFd>,
+}
 
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let prepared = (|| -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+/// The program an in-place re-exec runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Program {
+    /// The open file at this FD (Linux `execveat`): exactly the inode that
+    /// was checked, whatever has been renamed over its path since.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    Fd(RawFd),
+    /// The path (where no `execveat` exists), checked just before.
+    Path,
+}
+
+impl std::fmt::Debug for Reexec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reexec")
+            .field("exe", &self.exe)
+            .field("program", &self.program)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reexec {
+    /// Prepares re-executing this process in place as `path` (run as
+    /// `program`) with `args` in the directory `cwd`, handing it `outgoing`
+    /// where they are, naming `temporary` (the generation serving
+    /// meanwhile) and `orphans` (children this image leaves).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn prepare(
+        path: &std::path::Path,
+        program: Program,
+        args: &[OsString],
+        cwd: Option<&std::path::Path>,
+        outgoing: &[Outgoing<'_>],
+        temporary: Option<Pid>,
+        orphans: Vec<Pid>,
+        generation: u64,
+    ) -> io::Result<Reexec> {
+        use std::os::unix::ffi::OsStrExt;
+        let cstr = |b: &[u8]| {
+            std::ffi::CString::new(b).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a NUL byte in an argument or variable",
+                )
+            })
+        };
         let exe = cstr(path.as_os_str().as_bytes())?;
         let mut argv = vec![exe.clone()];
         for a in args {
             argv.push(cstr(a.as_bytes())?);
         }
+        let record = Record {
+            origin: Origin::SelfExec { temporary },
+            generation,
+            fds: passed(outgoing, |_, fd| fd)?,
+            orphans,
+        };
         let mut env = Vec::new();
         for (k, v) in std::env::vars_os() {
             let k = k.to_string_lossy();
@@ -635,81 +828,126 @@ pub(crate) fn exec_in_place(
             kv.extend_from_slice(v.as_bytes());
             env.push(cstr(&kv)?);
         }
-        let names: Vec<&str> = listeners.iter().map(|(name, _)| *name).collect();
-        let nums: Vec<String> = listeners.iter().map(|(_, fd)| fd.to_string()).collect();
-        let mut set = |k: &str, v: String| -> io::Result<()> {
+        for (k, v) in record.to_env() {
             env.push(cstr(format!("{k}={v}").as_bytes())?);
-            Ok(())
-        };
-        set(FDS, listeners.len().to_string())?;
-        set(FDNAMES, encode_names(&names))?;
-        set(FDNUMS, nums.join(","))?;
-        set(EXEC_PID, getpid().to_string())?;
-        set(GENERATION, (generation() + 1).to_string())?;
-        if let Some(t) = temporary {
-            set(TEMP_PID, t.to_string())?;
-        }
-        if let Some(id) = state.and_then(|fd| fd_id(fd, SFlag::S_IFREG)) {
-            set(STATE, format!("{}:{id}", state.unwrap_or_default()))?;
         }
         if let Some(cwd) = cwd {
             let mut kv = b"PWD=".to_vec();
             kv.extend_from_slice(cwd.as_os_str().as_bytes());
             env.push(cstr(&kv)?);
         }
-        Ok((exe, argv, env))
-    })();
-    let (exe, argv, env) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
+        Ok(Reexec {
+            exe,
+            program,
+            argv,
+            env,
+            cwd: cwd.map(std::path::Path::to_path_buf),
+            crossing: outgoing.iter().map(|o| o.fd).collect(),
+        })
+    }
 
-    // The logical directory (see `exe`): after a symlink switch, the new
-    // release's. The old one is restored if the exec fails.
-    let old_cwd = std::env::current_dir().ok();
-    if let Some(cwd) = cwd {
-        if let Err(e) = std::env::set_current_dir(cwd) {
-            return e;
+    /// Re-executes. Returns only if the exec failed, after undoing what it
+    /// changed, so the caller can go on serving.
+    ///
+    /// `blocked` is blocked in this thread, whose mask the new image
+    /// inherits, so none of those signals that arrives after the exec is
+    /// lost or fatal before the new image's handlers are in. `last_look`
+    /// runs with them blocked, just before the descriptors lose
+    /// close-on-exec: if it says no, nothing is executed (a stop arrived).
+    pub(crate) fn exec(&self, blocked: SigSet, last_look: impl FnOnce() -> bool) -> ExecFailed {
+        use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+        use std::io::Write;
+        // The logical directory (see `exe`): after a symlink switch, the new
+        // release's. The old one is restored if the exec fails.
+        let old_cwd = std::env::current_dir().ok();
+        if let Some(cwd) = &self.cwd {
+            if let Err(e) = std::env::set_current_dir(cwd) {
+                return ExecFailed::Directory(cwd.clone(), e);
+            }
         }
-    }
-    let restore_cwd = || {
-        if let (Some(old), Some(_)) = (&old_cwd, cwd) {
-            let _ = std::env::set_current_dir(old);
+        let restore_cwd = || {
+            if let (Some(old), Some(_)) = (&old_cwd, &self.cwd) {
+                let _ = std::env::set_current_dir(old);
+            }
+        };
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        let mut old_mask = SigSet::empty();
+        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
+        {
+            restore_cwd();
+            return ExecFailed::Exec(e.into());
         }
-    };
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    let mut old_mask = SigSet::empty();
-    if let Err(e) = nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_BLOCK,
-        Some(&blocked),
-        Some(&mut old_mask),
-    ) {
-        restore_cwd();
-        return e.into();
+        let undo = |restore_flags: bool| {
+            if restore_flags {
+                for fd in &self.crossing {
+                    let _ = set_cloexec_flag(*fd, true);
+                }
+            }
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            restore_cwd();
+        };
+        if !last_look() {
+            undo(false);
+            return ExecFailed::Stopped;
+        }
+        for fd in &self.crossing {
+            let _ = set_cloexec_flag(*fd, false);
+        }
+        let err = match self.program {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Program::Fd(fd) => execveat(fd, &self.argv, &self.env),
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            Program::Fd(_) => io::Error::from(io::ErrorKind::Unsupported),
+            Program::Path => match nix::unistd::execve(&self.exe, &self.argv, &self.env) {
+                Err(e) => io::Error::from(e),
+                Ok(never) => match never {},
+            },
+        };
+        // Still here: undo, and let the caller resume.
+        undo(true);
+        ExecFailed::Exec(err)
     }
-    let crossing = listeners.iter().map(|(_, fd)| *fd).chain(state);
-    for fd in crossing.clone() {
-        let _ = set_cloexec_flag(fd, false);
-    }
-    let err = match nix::unistd::execve(&exe, &argv, &env) {
-        Err(e) => io::Error::from(e),
-        Ok(never) => match never {},
-    };
-    // Still here: undo, and let the caller resume.
-    for fd in crossing {
-        let _ = set_cloexec_flag(fd, true);
-    }
-    let _ = nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&old_mask),
-        None,
-    );
-    restore_cwd();
-    err
 }
 
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
+/// Why an in-place re-exec did not happen.
+#[derive(Debug)]
+pub(crate) enum ExecFailed {
+    /// The logical working directory could not be entered.
+    Directory(std::path::PathBuf, io::Error),
+    /// `execve` failed.
+    Exec(io::Error),
+    /// The last look before the exec found a stop request.
+    Stopped,
+}
+
+/// `execveat(fd, "", argv, env, AT_EMPTY_PATH)`: executes exactly the
+/// open file. Returns only on failure.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn execveat(fd: RawFd, argv: &[std::ffi::CString], env: &[std::ffi::CString]) -> io::Error {
+    use nix::libc;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    // SAFETY: `fd` is an open file of this process; the path is an empty
+    // C string (with AT_EMPTY_PATH, the FD itself is executed); both arrays
+    // are NUL-terminated arrays of pointers to live C strings, kept alive
+    // by `argv` and `env` for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv_p.as_ptr(),
+            env_p.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    io::Error::last_os_error()
+}
+
+pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
     set_cloexec_flag(fd, true)
 }
 
@@ -717,43 +955,164 @@ fn set_cloexec_flag(fd: RawFd, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     // SAFETY: the FD is only borrowed for the duration of the two `fcntl`
     // calls; if it is not open, `fcntl` fails with EBADF, which we report.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let mut flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
     flags.set(FdFlag::FD_CLOEXEC, on);
     fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
 }
 
-/// Joins names with `;`, escaping `%` and `;` so that any name (a Unix
-/// socket path may hold either) survives the trip.
-fn encode_names(names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|n| n.replace('%', "%25").replace(';', "%3B"))
-        .collect::<Vec<_>>()
-        .join(";")
+/// Escapes `%` and `;` so that any name (a Unix socket path may hold
+/// either) survives the trip.
+fn encode_name(name: &str) -> String {
+    name.replace('%', "%25").replace(';', "%3B")
 }
 
-fn decode_names(value: &OsString) -> Vec<String> {
-    let value = value.to_string_lossy();
-    if value.is_empty() {
-        return Vec::new();
-    }
-    value
-        .split(';')
-        .map(|n| n.replace("%3B", ";").replace("%25", "%"))
-        .collect()
+fn decode_name(name: &str) -> String {
+    name.replace("%3B", ";").replace("%25", "%")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(record: &Record) -> HashMap<String, OsString> {
+        record
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect()
+    }
+
+    fn ids(record: &Record) -> impl Fn(RawFd, Option<SFlag>) -> Option<FileId> + '_ {
+        |fd, _| record.fds.iter().find(|p| p.fd == fd).map(|p| p.id)
+    }
+
+    fn sample(origin: Origin) -> Record {
+        let id = FileId { dev: 8, ino: 77 };
+        Record {
+            origin,
+            generation: 4,
+            fds: vec![
+                Passed {
+                    fd: 3,
+                    kind: Kind::Listener,
+                    name: "127.0.0.1:0".into(),
+                    id,
+                },
+                Passed {
+                    fd: 4,
+                    kind: Kind::ListenerUnowned,
+                    name: "unix:/run/a;b%3B.sock".into(),
+                    id: FileId { dev: 8, ino: 78 },
+                },
+                Passed {
+                    fd: 5,
+                    kind: Kind::Extra,
+                    name: "udp:echo".into(),
+                    id: FileId { dev: 1, ino: 2 },
+                },
+                Passed {
+                    fd: 6,
+                    kind: Kind::Link,
+                    name: String::new(),
+                    id: FileId { dev: 9, ino: 3 },
+                },
+            ],
+            orphans: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_spawn_record_round_trips() {
+        let record = sample(Origin::Parent {
+            parent: Pid::from_raw(41),
+            temporary: true,
+            probation: true,
+        });
+        let env = env_of(&record);
+        let back = Record::from_env(|k| env.get(k).cloned(), Pid::from_raw(99), ids(&record));
+        assert_eq!(back, Ok(Some(record)));
+    }
+
+    #[test]
+    fn an_exec_record_is_only_for_the_pid_that_wrote_it() {
+        let mut record = sample(Origin::SelfExec {
+            temporary: Some(Pid::from_raw(50)),
+        });
+        record.orphans = vec![Pid::from_raw(60), Pid::from_raw(61)];
+        let env = env_of(&record);
+        let back = Record::from_env(|k| env.get(k).cloned(), getpid(), ids(&record));
+        assert_eq!(back, Ok(Some(record.clone())));
+        let other = Record::from_env(|k| env.get(k).cloned(), Pid::from_raw(1), ids(&record));
+        assert_eq!(other, Ok(None), "a process spawned later ignores it");
+    }
+
+    #[test]
+    fn descriptors_that_are_not_the_files_named_make_it_someone_elses() {
+        let record = sample(Origin::Parent {
+            parent: Pid::from_raw(41),
+            temporary: false,
+            probation: false,
+        });
+        let env = env_of(&record);
+        let wrong = |fd: RawFd, _: Option<SFlag>| (fd != 4).then_some(FileId { dev: 8, ino: 77 });
+        assert_eq!(
+            Record::from_env(|k| env.get(k).cloned(), getpid(), wrong),
+            Ok(None)
+        );
+        let none = |_: RawFd, _: Option<SFlag>| None;
+        assert_eq!(
+            Record::from_env(|k| env.get(k).cloned(), getpid(), none),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn corrupt_variables_name_the_fd_at_fault() {
+        let ok = |_: RawFd, _: Option<SFlag>| Some(FileId { dev: 1, ino: 1 });
+        let read = |handover: &str, fds: &str| {
+            let env: HashMap<&str, OsString> = [(HANDOVER, handover.into()), (FDS, fds.into())]
+                .into_iter()
+                .collect();
+            Record::from_env(|k| env.get(k).cloned(), getpid(), ok)
+                .map_err(|(fd, r)| format!("{fd}: {r}"))
+        };
+        assert_eq!(
+            read("1;parent=9", "3=listener:1:1"),
+            Err("3: ENDLESS_FDS entry \"3=listener:1:1\" is not FD=KIND:DEVICE:INODE:NAME".into())
+        );
+        assert_eq!(
+            read("1;parent=9", "5=socket:1:1:a"),
+            Err("5: ENDLESS_FDS entry \"5=socket:1:1:a\" is not FD=KIND:DEVICE:INODE:NAME".into())
+        );
+        assert_eq!(
+            read("1;parent=9", "4=extra:1:1:a;4=extra:1:1:b"),
+            Err("4: ENDLESS_FDS names FD 4 twice".into())
+        );
+        assert!(read("2;parent=9", "")
+            .unwrap_err()
+            .contains("not a hand-over this version reads"));
+        assert!(read("1;nobody", "")
+            .unwrap_err()
+            .contains("names neither a parent nor an exec"));
+        assert_eq!(
+            read("1;parent=9", "").map(|r| r.map(|r| r.fds.len())),
+            Ok(Some(0))
+        );
+    }
 
     #[test]
     fn names_round_trip() {
-        let names = ["127.0.0.1:80", ":8080", "unix:/run/a;b%3B.sock", "[::1]:0"];
-        let encoded = encode_names(&names);
-        assert_eq!(decode_names(&encoded.into()), names);
-        assert!(decode_names(&OsString::new()).is_empty());
+        for n in [
+            "127.0.0.1:80",
+            ":8080",
+            "unix:/run/a;b%3B.sock",
+            "[::1]:0",
+            "a=b:c",
+        ] {
+            assert_eq!(decode_name(&encode_name(n)), n);
+        }
     }
 }

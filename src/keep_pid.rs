@@ -2,48 +2,64 @@
 //! with no master.
 //!
 //! 1. This process (P) starts a *temporary* generation (T) with the
-//!    listeners, as any reload does, and waits until T serves.
-//! 2. P drains its own connections, keeping the listeners, then
-//!    re-executes itself in place ([`reexec`]): same PID, the binary now on
-//!    disk, the listeners at the same FDs.
+//!    listeners, as any reload does, and waits until T serves. T proves
+//!    what the re-executed image will need: it passes the ready checks, and
+//!    binds (then releases) every address the new version adds; P opened
+//!    the executable before spawning T and checked that T runs that very
+//!    file.
+//! 2. P drains its own connections, keeping the listeners (its state for
+//!    the next image is made as the drain starts), then re-executes itself
+//!    in place ([`reexec`]): same PID, exactly the file T ran (`execveat`
+//!    of the file held open, on Linux), the listeners at the same FDs,
+//!    the link to T kept, and the PIDs of its other children listed for
+//!    the new image to reap.
 //! 3. The new image adopts them, binds any address the new version added
-//!    (T never binds one: it would hold it, and P could not), serves, and
-//!    sends T `SIGTERM` ([`after_reexec`]). T drains and exits; P reaps it,
-//!    and nothing else: children the program started itself stay its own.
+//!    (T never keeps one: it would hold it, and P could not), serves, and
+//!    tells T to drain over the link ([`after_reexec`]). T drains and exits;
+//!    P reaps it, and the children the old image left.
 //!
-//! T is never left behind: it exits when its parent is gone
-//! ([`serve_temporary`]), so a re-executed image that fails to start does
-//! not leave an orphan serving the port. If the exec itself fails, P serves
-//! again on its listeners and sends T away.
+//! Nothing is ever left without a server: if the exec fails, P serves again
+//! on its listeners and sends T away; if the new image then fails to start
+//! (or dies before it serves), its end of the link closes and T, which
+//! still holds the listeners, serves on in its place ([`serve_temporary`]).
+//! A stop that arrives while P drains cancels the re-exec and stops T too.
+//!
+//! There is no probation after the re-exec: the process ID is the service
+//! here, so a process manager that follows it sees a dying image and
+//! restarts the program.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use nix::sys::signal::Signal as NixSignal;
 use nix::unistd::Pid;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::connections::Connections;
 use crate::drain::{Drain, Why};
 use crate::error::Error;
-use crate::events::{Event, Events, Trigger};
-use crate::exe;
-use crate::handover;
-use crate::restart::signal_pid;
+use crate::events::{Event, Events, FromParent, Trigger};
+use crate::handover::{ExecFailed, Kind, Outgoing, Program, Reexec as Prepared};
+use crate::lifecycle::Lifecycle;
+use crate::link::{Down, Link};
+use crate::probation::Outlived;
+use crate::restart::Successor;
 use crate::signal::SignalSet;
-
-/// How often a temporary generation checks that its parent is still there.
-const PARENT_CHECK: Duration = Duration::from_millis(100);
 
 /// What became of P after its temporary generation took over.
 #[derive(Debug)]
-pub(crate) enum Reexec {
-    /// The exec failed; the listeners serve again (new connections).
-    Resumed(Connections),
+pub(crate) enum Step {
+    /// The exec failed (the error): serve again; the drain is abandoned.
+    Resumed(Error, Drain),
     /// A stop arrived during the drain: no re-exec. The drain goes on
-    /// (same deadline) and T (its PID here) was told to stop; P must
-    /// outlive it ([`wait_for_temporary`]).
-    Stopping(Drain, u32),
+    /// (same deadline) and T was told to stop; P must outlive it.
+    Stopping(Drain, Outlived),
+}
+
+/// For the generation: what [`Step`] means to it.
+#[derive(Debug)]
+pub(crate) enum Reexec {
+    Resumed,
+    Stopping(Box<(Drain, Outlived)>),
 }
 
 /// What [`reexec`] works with.
@@ -52,172 +68,271 @@ pub(crate) struct Context<'a> {
     /// P's connections, drained before the exec.
     pub(crate) conns: &'a Connections,
     /// T, which serves meanwhile.
-    pub(crate) temporary: u32,
-    /// Who asked for the reload, answered if the exec fails.
-    pub(crate) trigger: Trigger,
-    /// The listeners, handed to the new image where they are.
-    pub(crate) listeners: &'a [(&'a str, RawFd)],
+    pub(crate) successor: Successor,
+    /// The listeners and extra descriptors, handed to the new image where
+    /// they are.
+    pub(crate) outgoing: Vec<(Kind, String, RawFd)>,
     pub(crate) signals: &'a SignalSet,
-    pub(crate) stop_timeout: Duration,
-    pub(crate) shared: &'a std::sync::Arc<crate::handle::Shared>,
-    /// When the reload was asked for.
-    pub(crate) since: std::time::Instant,
-    /// Makes the state handed to the new image.
-    pub(crate) handoff: Option<&'a crate::state::Producer>,
+    pub(crate) life: &'a Lifecycle,
+    /// The state for the new image, made when the drain started.
+    pub(crate) sections: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// Step 2: drains P's connections (keeping the listeners), then
-/// re-executes this process in place. Returns only if it did not;
-/// `resume` starts accepting again.
-pub(crate) async fn reexec(
-    cx: Context<'_>,
-    events: &mut Events,
-    resume: impl FnOnce() -> Connections,
-) -> Reexec {
-    let temporary = cx.temporary;
-    let mut drain = Drain::start(cx.conns, Why::HandedOver, cx.stop_timeout, cx.shared);
+/// re-executes this process in place. Returns only if it did not.
+pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Events) -> Step {
+    let Successor {
+        child,
+        pid: temporary,
+        link,
+        trigger,
+        since,
+        exe,
+        ..
+    } = cx.successor;
     info!(
         temporary,
         "temporary generation serves; draining before re-executing in place"
     );
+    // Made now, while the drain runs: the state as this image leaves it.
+    let state = crate::state::prepare(&cx.sections);
     let ended = drain.wait(cx.conns, events).await;
     if drain.stop_requested() {
-        info!(
-            temporary,
-            ?ended,
-            "stop requested; not re-executing, stopping the temporary generation too"
-        );
-        signal_pid(temporary, NixSignal::SIGTERM);
-        cx.trigger.answer(Err(Error::Draining));
-        return Reexec::Stopping(drain, temporary);
+        return stop_instead(temporary, &link, trigger, drain, child, ended);
     }
-    let exe = exe::current();
-    info!(path = %exe.path.display(), cwd = ?exe.cwd, "re-executing in place");
-    // Made now, after the drain: the state as this image leaves it.
-    let state = crate::state::prepare(cx.handoff);
-    let source = handover::exec_in_place(
+    let current = crate::exe::current();
+    let mut fds: Vec<Outgoing<'_>> = cx
+        .outgoing
+        .iter()
+        .map(|(kind, name, fd)| Outgoing {
+            kind: *kind,
+            name,
+            fd: *fd,
+        })
+        .collect();
+    if let Some(state) = &state {
+        fds.push(Outgoing {
+            kind: Kind::State,
+            name: "",
+            fd: state.as_raw_fd(),
+        });
+    }
+    fds.push(Outgoing {
+        kind: Kind::TemporaryLink,
+        name: "",
+        fd: link.raw_fd(),
+    });
+    let program = if cfg!(any(target_os = "linux", target_os = "android")) {
+        Program::Fd(exe.file.as_raw_fd())
+    } else {
+        Program::Path
+    };
+    let others = children()
+        .into_iter()
+        .filter(|p| p.as_raw() as u32 != temporary)
+        .collect();
+    let prepared = Prepared::prepare(
         &exe.path,
-        &exe.args,
-        exe.cwd.as_deref(),
-        cx.listeners,
-        cx.signals.handled(),
+        program,
+        &current.args,
+        current.cwd.as_deref(),
+        &fds,
         Some(Pid::from_raw(temporary as i32)),
-        crate::state::raw(&state),
+        others,
+        crate::handover::generation() + 1,
     );
+    let failed = match prepared {
+        Ok(p) => {
+            last_look(events).await;
+            info!(path = %exe.path.display(), identity = %exe.id, "re-executing in place");
+            let blocked = cx.signals.handled();
+            p.exec(blocked, || unchanged(&exe) && !stop_pending(events))
+        }
+        Err(e) => ExecFailed::Exec(e),
+    };
     drop(state);
+    let source = match failed {
+        ExecFailed::Stopped => {
+            info!("stop requested just before the re-exec; not re-executing");
+            drain.on_stop(crate::events::Stop {
+                signal: None,
+                sender: None,
+                forwarded: false,
+            });
+            return stop_instead(temporary, &link, trigger, drain, child, ended);
+        }
+        ExecFailed::Directory(dir, e) => {
+            std::io::Error::new(e.kind(), format!("cannot enter {}: {e}", dir.display()))
+        }
+        ExecFailed::Exec(e) => e,
+    };
     // Still here: the exec failed. Serve again and send the temporary
     // generation away; the PID and the service survive.
     error!(path = %exe.path.display(), cause = %source, "re-executing in place failed; serving again");
-    let conns = resume();
-    cx.shared.set_draining(false);
-    crate::systemd::ready();
-    signal_pid(temporary, NixSignal::SIGTERM);
-    let failure = Err(Error::Exec {
-        path: exe.path,
+    link.send(Down::LetGo);
+    let failure = Error::Exec {
+        path: exe.path.clone(),
         source,
+    };
+    cx.life.reload_failed(since, &failure);
+    trigger.answer(Err(Error::Exec {
+        path: exe.path,
+        source: std::io::Error::other(failure.to_string()),
+    }));
+    // T exits by itself once drained; reap it meanwhile.
+    reap_in_background(child);
+    Step::Resumed(failure, drain)
+}
+
+/// A stop instead of the re-exec: T stops too, and P outlives it.
+fn stop_instead(
+    temporary: u32,
+    link: &Link,
+    trigger: Trigger,
+    drain: Drain,
+    child: tokio::process::Child,
+    ended: crate::drain::Ended,
+) -> Step {
+    info!(
+        temporary,
+        ?ended,
+        "stop requested; not re-executing, stopping the temporary generation too"
+    );
+    link.send(Down::Stop);
+    trigger.answer(Err(Error::Draining));
+    Step::Stopping(drain, Outlived::Child(child))
+}
+
+/// Whether the executable is still the one T ran, where the exec goes by
+/// path (no `execveat`).
+fn unchanged(exe: &crate::exe::ExeFile) -> bool {
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        return true;
+    }
+    let now = crate::handover::FileId::of_path(&exe.path);
+    if now != Some(exe.id) {
+        warn!(path = %exe.path.display(), "the executable was replaced since the temporary generation started; not re-executing");
+        return false;
+    }
+    true
+}
+
+/// Lets the runtime deliver signals that arrived during the drain, so that
+/// the check just before the exec sees them.
+async fn last_look(_events: &mut Events) {
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// Whether a stop request is waiting (looked at without waiting; a reload
+/// found meanwhile is refused: this image is going).
+fn stop_pending(events: &mut Events) -> bool {
+    while let Some(event) = events.try_next() {
+        match event {
+            Event::Stop(_) => return true,
+            Event::Reload(t) => crate::drain::refuse_reload(t),
+            Event::Ready(_) | Event::Upstream(_) => {}
+        }
+    }
+    false
+}
+
+/// Reaps `child` whenever it exits.
+fn reap_in_background(mut child: tokio::process::Child) {
+    tokio::spawn(async move {
+        let _ = child.wait().await;
     });
-    cx.shared.reload_finished(cx.since, &failure);
-    cx.trigger.answer(failure);
-    Reexec::Resumed(conns)
+}
+
+/// This process's children now (Linux: `/proc/self/task/*/children`), to
+/// hand to the new image for reaping. Elsewhere none are known: children
+/// the program started before a re-exec become the new image's, and are
+/// reaped only if the program waits for any child.
+fn children() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<Pid> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pids.sort_by_key(|p| p.as_raw());
+    pids.dedup();
+    pids
 }
 
 /// Step 3, in the re-executed image once it serves: sends the temporary
 /// generation away and reaps it (it is our child: the old image started
-/// it). Only it: other children of this process are the program's own.
+/// it), and reaps the children the old image left (nobody else can).
 pub(crate) fn after_reexec(temporary: Option<Pid>) {
+    let link =
+        crate::handover::take(Kind::TemporaryLink, None).and_then(|i| Link::adopt(i.take()).ok());
+    for orphan in crate::handover::orphans() {
+        let pid = orphan.as_raw() as u32;
+        tokio::spawn(async move {
+            let _ = crate::probation::reap(pid, None).await;
+        });
+    }
     let Some(t) = temporary else { return };
     info!(
         pid = t.as_raw(),
-        "serving again under the same PID; stopping the temporary generation"
+        "serving again under the same PID; the temporary generation drains"
     );
-    signal_pid(t.as_raw() as u32, NixSignal::SIGTERM);
-    tokio::spawn(async move {
-        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        // Bounded by its stop timeout, which it enforces itself; polled,
-        // because tokio only reaps children it spawned.
-        loop {
-            match waitpid(t, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {}
-                Ok(status) => {
-                    debug!(pid = t.as_raw(), ?status, "reaped the temporary generation");
-                    return;
-                }
-                // Not (or no longer) our child.
-                Err(_) => return,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    match &link {
+        Some(link) => {
+            let told = link.send(Down::LetGo);
+            tracing::debug!(
+                told,
+                fd = link.raw_fd(),
+                "told the temporary generation to hand back"
+            );
         }
+        // An older image left no link: tell it by signal.
+        None => crate::restart::signal_pid(t.as_raw() as u32, nix::sys::signal::Signal::SIGTERM),
+    }
+    tokio::spawn(async move {
+        // Bounded by its stop timeout, which it enforces itself.
+        let _ = crate::probation::reap(t.as_raw() as u32, None).await;
+        drop(link);
     });
 }
 
-/// P stops while T still drains: P waits for T to exit (up to `timeout`,
-/// T's own stop timeout being the same), so that T's requests in flight
-/// finish even where P's exit ends everything else (P as PID 1 of a
-/// container). `cut`: P's drain was cut short by a second stop, so T is
-/// told a second time too.
-pub(crate) async fn wait_for_temporary(temporary: u32, cut: bool, timeout: Duration) {
-    if cut {
-        signal_pid(temporary, NixSignal::SIGTERM);
-    }
-    info!(
-        pid = temporary,
-        "waiting for the temporary generation to finish"
-    );
-    let pid = Pid::from_raw(temporary as i32);
-    let waited = tokio::time::timeout(timeout, async {
-        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        loop {
-            // Our child: reaped here, or already by tokio (ECHILD).
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {}
-                _ => return,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    match waited {
-        Ok(()) => debug!(pid = temporary, "the temporary generation has exited"),
-        Err(_) => warn!(
-            pid = temporary,
-            ?timeout,
-            "the temporary generation is still running; stopping anyway"
-        ),
-    }
+/// How a temporary generation's service ends.
+#[derive(Debug)]
+pub(crate) enum Temporary {
+    Drain(Why),
+    /// The parent is gone without handing back: serve on in its place.
+    Orphaned,
 }
 
-/// How a temporary generation's service ends.
-pub(crate) async fn serve_temporary(events: &mut Events, parent: u32) -> Why {
-    let mut check = tokio::time::interval(PARENT_CHECK);
+/// Serves as a temporary generation until the parent hands back, a stop
+/// arrives, or the parent is gone.
+pub(crate) async fn serve_temporary(events: &mut Events, parent: u32) -> Temporary {
     loop {
-        tokio::select! {
-            event = events.next() => match event {
-                Event::Reload(Trigger::Signal(signal)) => {
-                    info!(%signal, "temporary generation: reload ignored (one is under way)")
-                }
-                Event::Reload(Trigger::Handle(reply)) => {
-                    let _ = reply.send(Err(Error::ReloadInProgress));
-                }
-                // Our parent re-executed itself and serves again: our work is
-                // done. A hand-back, not a stop, so that the stop signal a
-                // process manager sends to every process of the service
-                // right after is taken calmly.
-                Event::Stop(_, Some(from)) if from == parent => {
-                    info!(parent, "the re-executed generation serves; handing back");
-                    return Why::HandedOver;
-                }
-                Event::Stop(signal, _) => {
-                    info!(signal = ?signal, "stop requested");
-                    return Why::Stopped;
-                }
-                Event::Ready(_) => {}
-            },
-            _ = check.tick() => {
-                if nix::unistd::getppid().as_raw() as u32 != parent {
-                    warn!(parent, "the generation that started this temporary one is gone; stopping");
-                    return Why::Stopped;
-                }
+        match events.next().await {
+            Event::Reload(t) if t.waits() => t.answer(Err(Error::ReloadInProgress)),
+            Event::Reload(t) => {
+                warn!(trigger = %t, "temporary generation: reload ignored (one is under way)")
             }
+            // Our parent serves again: our work is done. A hand-back, not a
+            // stop, so that the stop signal a process manager sends to every
+            // process of the service right after is taken calmly.
+            Event::Upstream(FromParent::HandBack) => {
+                info!(parent, "the re-executed generation serves; handing back");
+                return Temporary::Drain(Why::HandedOver);
+            }
+            Event::Upstream(FromParent::Gone) => return Temporary::Orphaned,
+            Event::Stop(stop) => {
+                info!(signal = ?stop.signal, forwarded = stop.forwarded, "stop requested");
+                return Temporary::Drain(Why::Stopped);
+            }
+            Event::Ready(_) => {}
         }
     }
 }

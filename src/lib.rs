@@ -178,8 +178,11 @@
 // of it is used.
 #![cfg_attr(not(unix), allow(dead_code))]
 
+mod config;
 mod conn_info;
 mod connections;
+#[cfg(unix)]
+mod control;
 mod drain;
 mod error;
 mod events;
@@ -199,13 +202,16 @@ mod handover;
 #[cfg(unix)]
 mod keep_pid;
 mod lifecycle;
+#[cfg(unix)]
+mod link;
 mod listener;
 #[cfg(unix)]
 mod pid_file;
 #[cfg(not(unix))]
 mod portable;
 #[cfg(unix)]
-mod report;
+mod probation;
+mod ready;
 #[cfg(unix)]
 mod restart;
 mod server;
@@ -240,9 +246,9 @@ mod watch;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+pub use conn_info::ConnInfo;
 #[cfg(feature = "tls")]
 pub use conn_info::TlsInfo;
-pub use conn_info::{ConnInfo, PeerCredentials};
 pub use error::{Error, Result};
 pub use handle::Handle;
 /// Serves a tower service (an axum `Router`, a tonic server's routes) as a
@@ -256,9 +262,11 @@ pub use handle::Handle;
 /// [`Signal`] type, by contrast, is endless's own: `nix`, where the signal
 /// type would come from, makes breaking releases often.)
 pub use hyper_util::service::TowerToHyperService;
-pub use listener::LocalAddr;
+pub use lifecycle::Stats;
 #[cfg(unix)]
 pub use listener::UnixPermissions;
+pub use listener::{LocalAddr, PeerCredentials};
+pub use ready::Probe;
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.
 #[cfg(feature = "tls")]
@@ -335,15 +343,26 @@ where
 static STARTED_AT: OnceLock<SystemTime> = OnceLock::new();
 
 /// Records what must be known about this process before anything changes
-/// it: when it started, how it was started, and where its binary is.
+/// it: when it started, how it was started, and where its binary is. Runs
+/// before `main` on Unix (see `exe`), and again, cheaply, at every call
+/// into `endless`.
 fn init_process_state() {
+    init_before_main();
+    #[cfg(unix)]
+    exe::init();
+}
+
+/// What is done before `main` (a constructor in `exe`): the hand-over is
+/// read and every inherited descriptor made close-on-exec, the link to the
+/// previous generation taken, the state read, so that nothing the program
+/// spawns before its first call into `endless` inherits any of them.
+pub(crate) fn init_before_main() {
     STARTED_AT.get_or_init(SystemTime::now);
     #[cfg(unix)]
     {
         handover::init();
-        exe::init();
-        static REPORT: std::sync::Once = std::sync::Once::new();
-        REPORT.call_once(report::init);
+        static LINK: std::sync::Once = std::sync::Once::new();
+        LINK.call_once(link::init);
         state::init();
     }
 }
@@ -405,9 +424,36 @@ pub fn tls_ticketer() -> std::sync::Arc<dyn rustls::server::ProducesTickets> {
     }
 }
 
-/// When this generation started: the first call into `endless` in this
-/// process (normally [`Server::new`] at start-up), like Go graceful's
-/// `StartedAt`.
+/// Tells the generation that started this one (by a reload) why this one
+/// cannot start, for a program that gives up on its own before
+/// [`Server::run`] serves: say, a configuration error it prints and then
+/// `exit(2)`s on. The reason reaches the old generation's log, the error of
+/// its [`Handle::reload`] ([`Error::ChildExited`]) and its stats. `run`'s
+/// own errors and panics are reported without it. Does nothing in a
+/// generation that no reload started.
+///
+/// # Examples
+///
+/// ```no_run
+/// let config = std::fs::read_to_string("app.toml").unwrap_or_else(|e| {
+///     let reason = format!("cannot read app.toml: {e}");
+///     endless::report_start_failure(&reason);
+///     eprintln!("{reason}");
+///     std::process::exit(2);
+/// });
+/// # let _ = config;
+/// ```
+pub fn report_start_failure(reason: impl std::fmt::Display) {
+    init_process_state();
+    #[cfg(unix)]
+    link::report(link::Up::Failed(reason.to_string()));
+    #[cfg(not(unix))]
+    let _ = reason;
+}
+
+/// When this generation started: just before `main` (on Unix; elsewhere
+/// at the first call into `endless`, normally [`Server::new`]), like Go
+/// graceful's `StartedAt`.
 pub fn started_at() -> SystemTime {
     init_process_state();
     *STARTED_AT.get().expect("initialised above")
@@ -447,7 +493,7 @@ pub fn started_by_reload() -> bool {
     {
         matches!(
             handover::origin(),
-            Some(handover::Origin::Parent(_) | handover::Origin::SelfExec { .. })
+            Some(handover::Origin::Parent { .. } | handover::Origin::SelfExec { .. })
         )
     }
     #[cfg(not(unix))]

@@ -32,12 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
-use crate::conn_info::Peer;
-#[cfg(unix)]
-use crate::conn_info::PeerCredentials;
 use crate::error::{Error, Result};
 #[cfg(unix)]
-use crate::handover::{self, Origin};
+use crate::handover;
 // Without Unix: the errors of Windows sockets, and its stand-in for a
 // socket's descriptor.
 #[cfg(not(unix))]
@@ -62,13 +59,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// first address is taken on another.
 const SHARED_PORT_ATTEMPTS: usize = 3;
 
-/// Marks, in the hand-over, a Unix socket whose file this server does not
-/// own (systemd's socket activation passed it in): every later generation
-/// must leave that file alone too. No registered address starts with it,
-/// and a generation that does not know it still finds the socket by its
-/// address.
-#[cfg(unix)]
-const UNOWNED: &str = "unowned+";
+/// The other end of an accepted connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    Tcp(SocketAddr),
+    #[cfg(unix)]
+    Unix(Option<PeerCredentials>),
+}
+
+/// The process at the other end of a Unix socket connection, as the kernel
+/// reports it (`SO_PEERCRED` on Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCredentials {
+    /// Its process ID, where the platform reports one.
+    pub pid: Option<i32>,
+    /// Its effective user ID.
+    pub uid: u32,
+    /// Its effective group ID.
+    pub gid: u32,
+}
 
 /// Where a listener is bound, as reported once it is serving.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,12 +117,11 @@ pub(crate) struct Bound {
 
 #[cfg(unix)]
 impl Bound {
-    /// The name to hand it over under (see [`UNOWNED`]).
-    pub(crate) fn handover_name(&self) -> String {
-        match &*self.listener {
-            Listener::Unix(_, None) => format!("{UNOWNED}{}", self.name),
-            _ => self.name.clone(),
-        }
+    /// Whether this server may remove its socket file at the final stop
+    /// (false for a socket systemd's activation passed in, and every later
+    /// generation is told so; true for TCP, which has no file).
+    pub(crate) fn owns_file(&self) -> bool {
+        !matches!(&*self.listener, Listener::Unix(_, None))
     }
 }
 
@@ -125,36 +134,36 @@ struct Inherited {
     owns_file: bool,
 }
 
-/// Listening sockets for every registration, `names[i]` parsed as
-/// `specs[i]`, a new Unix socket file given `perms[i]`: the inherited ones of the same name (or, for systemd's
-/// sockets, the same address) if there are any, else new ones, unless
-/// `bind_new` is false (then a registration with nothing inherited gets no
-/// socket). Inherited sockets that match nothing are closed.
+/// One registration's listener as wanted: its name (the registered
+/// address), how to bind it, and its socket file's permissions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) spec: &'a BindSpec,
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) perms: Option<&'a UnixPermissions>,
+}
+
+/// Listening sockets for every registration in `wanted`: the inherited ones
+/// of the same name (or, for systemd's sockets, the same address) if there
+/// are any, else new ones. Unless `bind_new` is false: then a registration
+/// with nothing inherited gets no socket, but its address is bound and
+/// released again, to prove it can be (a `keep_pid` temporary generation,
+/// whose parent binds it after its re-exec). Inherited sockets that match
+/// nothing are closed.
 #[cfg(unix)]
-pub(crate) async fn take_all(
-    names: &[&str],
-    specs: &[BindSpec],
-    perms: &[Option<UnixPermissions>],
-    bind_new: bool,
-) -> Result<Vec<Bound>> {
-    let activated = matches!(handover::origin(), Some(Origin::Systemd));
-    let mut inherited: Vec<Inherited> = handover::take_inherited(Listener::check_inherited)?
+pub(crate) async fn take_all(wanted: &[Wanted<'_>], bind_new: bool) -> Result<Vec<Bound>> {
+    let mut inherited: Vec<Inherited> = handover::take_listeners(Listener::check_inherited)?
         .into_iter()
-        .map(|(name, fd)| match name.strip_prefix(UNOWNED) {
-            Some(n) => Inherited {
-                name: n.to_owned(),
-                fd,
-                owns_file: false,
-            },
-            None => Inherited {
-                name,
-                fd,
-                owns_file: !activated,
-            },
+        .map(|(name, owns_file, fd)| Inherited {
+            name,
+            fd,
+            owns_file,
         })
         .collect();
-    let mut bound = Vec::with_capacity(names.len());
-    for (index, (name, spec)) in names.iter().zip(specs).enumerate() {
+    let mut bound = Vec::with_capacity(wanted.len());
+    for (index, w) in wanted.iter().enumerate() {
+        let (name, spec) = (w.name, w.spec);
         let mut found = take_by_name(&mut inherited, name, spec);
         // Resolve only if it can matter: nothing else needs DNS on a reload.
         let mut addrs = None;
@@ -163,36 +172,29 @@ pub(crate) async fn take_all(
             found = take_by_addr(&mut inherited, spec, tcp.as_deref());
             addrs = Some(tcp);
         }
-        let listeners = if found.is_empty() && !bind_new {
-            tracing::info!(addr = %name, "new address left to the generation re-executing in place");
-            Vec::new()
-        } else if found.is_empty() {
+        let listeners = if found.is_empty() {
             let tcp = match addrs {
                 Some(tcp) => tcp,
                 None => address::tcp_addrs(name, spec).await?,
             };
-            bind(name, spec, tcp, perms.get(index).and_then(Option::as_ref)).await?
-        } else {
-            let mut adopted = Vec::with_capacity(found.len());
-            for i in found {
-                debug!(addr = %name, fd = i.fd.as_raw_fd(), "adopting inherited socket");
-                let l = Listener::adopt(i.fd, i.owns_file)?;
-                // Settings changed since the file was made take effect at
-                // this reload; the socket keeps serving either way.
-                if let (Some(p), Some(file)) =
-                    (perms.get(index).and_then(Option::as_ref), l.socket_file())
-                {
-                    if let Err(e) = p.apply(file.path()) {
-                        warn!(addr = %name, cause = %e, "cannot set the socket file's permissions");
+            let new = bind(name, spec, tcp, w.perms).await?;
+            if bind_new {
+                new
+            } else {
+                info!(addr = %name, "new address: can be bound; left to the generation re-executing in place");
+                for l in new {
+                    if let Some(file) = l.socket_file() {
+                        file.unlink_if_ours();
                     }
                 }
-                adopted.push(l);
+                Vec::new()
             }
-            adopted
+        } else {
+            adopt_all(name, found, w.perms)?
         };
         bound.extend(listeners.into_iter().map(|l| Bound {
             index,
-            name: (*name).to_owned(),
+            name: name.to_owned(),
             listener: Arc::new(l),
         }));
     }
@@ -202,17 +204,39 @@ pub(crate) async fn take_all(
     Ok(bound)
 }
 
-/// New listening sockets for every registration, `names[i]` parsed as
-/// `specs[i]`: without Unix nothing is ever inherited.
+/// Adopts the inherited sockets `found` of registration `name`, giving a
+/// socket file `perms` again (a setting changed since takes effect now).
+#[cfg(unix)]
+fn adopt_all(
+    name: &str,
+    found: Vec<Inherited>,
+    perms: Option<&UnixPermissions>,
+) -> Result<Vec<Listener>> {
+    let mut adopted = Vec::with_capacity(found.len());
+    for i in found {
+        debug!(addr = %name, fd = i.fd.as_raw_fd(), "adopting inherited socket");
+        let l = Listener::adopt(i.fd, i.owns_file)?;
+        if let (Some(p), Some(file)) = (perms, l.socket_file()) {
+            if let Err(e) = p.apply(file) {
+                warn!(addr = %name, cause = %e, "cannot set the socket file's permissions");
+            }
+        }
+        adopted.push(l);
+    }
+    Ok(adopted)
+}
+
+/// New listening sockets for every registration in `wanted`: without Unix
+/// nothing is ever inherited.
 #[cfg(not(unix))]
-pub(crate) async fn take_all(names: &[&str], specs: &[BindSpec]) -> Result<Vec<Bound>> {
-    let mut bound = Vec::with_capacity(names.len());
-    for (index, (name, spec)) in names.iter().zip(specs).enumerate() {
-        let tcp = address::tcp_addrs(name, spec).await?;
-        let listeners = bind(name, spec, tcp, None).await?;
+pub(crate) async fn take_all(wanted: &[Wanted<'_>], _bind_new: bool) -> Result<Vec<Bound>> {
+    let mut bound = Vec::with_capacity(wanted.len());
+    for (index, w) in wanted.iter().enumerate() {
+        let tcp = address::tcp_addrs(w.name, w.spec).await?;
+        let listeners = bind(w.name, w.spec, tcp, None).await?;
         bound.extend(listeners.into_iter().map(|l| Bound {
             index,
-            name: (*name).to_owned(),
+            name: w.name.to_owned(),
             listener: Arc::new(l),
         }));
     }
@@ -221,7 +245,7 @@ pub(crate) async fn take_all(names: &[&str], specs: &[BindSpec]) -> Result<Vec<B
 
 /// No socket files without Unix: nothing to give permissions to.
 #[cfg(not(unix))]
-type UnixPermissions = std::convert::Infallible;
+pub(crate) type UnixPermissions = std::convert::Infallible;
 
 /// The first inherited socket named `name` and, for a host name, the later
 /// ones of that name on the same port: the sockets one registration handed
@@ -497,9 +521,13 @@ impl Listener {
         socket.set_cloexec(true).map_err(err)?;
         let local = socket.local_addr().map_err(err)?;
         if local.domain() == Domain::UNIX {
-            // The file at the path now is the one our predecessor bound: it
-            // has been listening there all along, so nobody could have
-            // replaced it as stale.
+            // The socket file at the path now is taken for the one our
+            // predecessor bound. Someone who can write to its directory could
+            // have replaced it meanwhile (a live socket is never replaced as
+            // stale by endless, but anyone may unlink it): a symlink or a
+            // regular file there is not taken (`SocketFile::at`), and
+            // permissions are only ever set on the file recorded here, never
+            // through a symlink (`UnixPermissions::apply`).
             let file = match local.as_pathname() {
                 Some(path) if owns_file => SocketFile::at(path)
                     .inspect_err(|e| {
@@ -636,7 +664,7 @@ async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<L
     // Right after the bind the file at the path is the one we created.
     let file = SocketFile::at(path)?;
     if let Some(perms) = perms {
-        if let Err(e) = perms.apply(path) {
+        if let Err(e) = perms.apply(&file) {
             file.unlink_if_ours();
             return Err(e);
         }
@@ -913,7 +941,7 @@ mod tests {
             name: addr.clone(),
             listener: Arc::new(l),
         };
-        assert_eq!(b.handover_name(), addr);
+        assert!(b.owns_file());
 
         // Adopted from systemd: not ours, and every successor is told so.
         let other = dir.path().join("b.sock");
@@ -925,10 +953,7 @@ mod tests {
             name: format!("unix:{}", other.display()),
             listener: Arc::new(l),
         };
-        assert_eq!(
-            b.handover_name(),
-            format!("{UNOWNED}unix:{}", other.display())
-        );
+        assert!(!b.owns_file(), "handed over as unowned");
     }
 
     #[tokio::test]

@@ -2,20 +2,32 @@
 //! ready, and what to do when it is not.
 //!
 //! Promises:
-//! - at most one new generation is starting at a time; reload requests that
-//!   arrive meanwhile are coalesced (signals) or refused (code);
+//! - at most one new generation is starting at a time;
+//! - a reload signal (or a request passed on by the previous generation)
+//!   that arrives while one is under way is remembered, and runs once the
+//!   current attempt is over: after a failure, here; after a success, in
+//!   the new generation (the generation passes it on). Always, not only
+//!   when the executable changed: a request may be about files this crate
+//!   does not know (a configuration, certificates), so only a reload that
+//!   starts after it can honour it. Any number of such requests make one
+//!   more reload. Code that waits for an answer ([`Handle::reload`], the
+//!   control socket) is told [`Error::ReloadInProgress`] instead, and can
+//!   ask again;
 //! - a new generation that exits, or is not ready within the ready timeout,
 //!   is reaped (killed first if needed), and this generation keeps serving
-//!   and accepts the next reload;
+//!   and accepts the next reload; the reason it gave (its `run` error, its
+//!   panic, or [`crate::report_start_failure`]) and its exit status are in
+//!   the error;
 //! - `SIGTERM` from a generation we started means "ready", never "stop";
 //!   if it arrives together with the ready timeout, readiness wins.
 //!
 //! The shape is tableflip's: an idle loop ([`Restarter::serve`]) and one
 //! reload attempt ([`Restarter::attempt`]) that owns its child from spawn
 //! to verdict.
+//!
+//! [`Handle::reload`]: crate::Handle::reload
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +36,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Events, Trigger};
-use crate::exe;
-use crate::handle::Shared;
-use crate::handover;
-use crate::report::Reader;
+use crate::exe::{self, ExeFile};
+use crate::handover::{self, Outgoing};
+use crate::lifecycle::Lifecycle;
+use crate::link::{self, Link, Up};
 use crate::signal::SignalSet;
 use crate::systemd;
 
@@ -35,95 +47,104 @@ use crate::systemd;
 /// binary is still being written) is tried again.
 const TEXT_BUSY_RETRIES: u32 = 20;
 const TEXT_BUSY_PAUSE: Duration = Duration::from_millis(50);
+/// How long to wait, after a new generation exited, for the rest of what it
+/// said (the link is at its end then, unless a process it started holds
+/// it).
+const LAST_WORDS: Duration = Duration::from_millis(500);
 
 /// Why [`Restarter::serve`] returned: the generation must drain now.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// A new generation serves: `pid`, and the `Handle::reload` call that
-    /// asked for it, if any, for the caller to answer; `since`: when it was
-    /// asked for.
-    HandedOver {
-        pid: u32,
-        trigger: Trigger,
-        since: Instant,
-    },
-    /// A stop signal (or `Handle::stop`); also the parent's `SIGTERM`
-    /// to a temporary generation (`keep_pid`), or its parent gone.
+    /// A new generation serves.
+    HandedOver(Box<Successor>),
+    /// A stop request.
     Stop,
+}
+
+/// A new generation that serves, and what came with it.
+#[derive(Debug)]
+pub(crate) struct Successor {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) link: Link,
+    /// The reload request that started it, for the caller to answer once it
+    /// drains.
+    pub(crate) trigger: Trigger,
+    /// When it was asked for.
+    pub(crate) since: Instant,
+    /// A request that arrived meanwhile, to pass on to it.
+    pub(crate) pending: Option<Trigger>,
+    /// What it runs: the open executable (exactly the inode it runs, for a
+    /// `keep_pid` re-exec in place) and its path.
+    pub(crate) exe: ExeFile,
+    /// Anything it said before it was ready (a panic caught in a task).
+    pub(crate) said: Option<String>,
 }
 
 /// How one reload attempt ended.
 enum Attempt {
-    HandedOver {
-        pid: u32,
-        trigger: Trigger,
-        since: Instant,
+    HandedOver(Box<Successor>),
+    /// No new generation; this one serves on. A request that arrived
+    /// meanwhile runs next.
+    Failed {
+        pending: Option<Trigger>,
     },
-    /// No new generation; this one serves on.
-    Failed,
     Stopped,
+}
+
+/// What a new generation is handed, besides the link: the descriptors, and
+/// the state made for it at the spawn.
+pub(crate) trait Handoff: Sync {
+    fn descriptors(&self) -> Vec<Outgoing<'_>>;
+    fn state(&self) -> Vec<(&'static str, Vec<u8>)>;
 }
 
 /// The restart policy of one generation.
 #[derive(Debug)]
 pub(crate) struct Restarter {
-    signals: SignalSet,
-    ready_timeout: Duration,
+    pub(crate) signals: SignalSet,
+    pub(crate) ready_timeout: Duration,
     /// The next generation is temporary: we re-execute ourselves in place
     /// once it serves (`keep_pid`).
-    next_is_temporary: bool,
-    /// Where the reloads are counted.
-    shared: Arc<Shared>,
-    /// Makes the state handed to the next generation.
-    handoff: Option<crate::state::Producer>,
+    pub(crate) next_is_temporary: bool,
+    /// We keep our sockets for the next generation's probation.
+    pub(crate) probation: bool,
+    pub(crate) life: Arc<Lifecycle>,
 }
 
 impl Restarter {
-    pub(crate) fn new(
-        signals: SignalSet,
-        ready_timeout: Duration,
-        next_is_temporary: bool,
-        shared: Arc<Shared>,
-        handoff: Option<crate::state::Producer>,
-    ) -> Self {
-        Restarter {
-            signals,
-            ready_timeout,
-            next_is_temporary,
-            shared,
-            handoff,
-        }
-    }
-
     /// Serves reload requests until this generation must drain.
-    pub(crate) async fn serve(&self, events: &mut Events, listeners: &[(&str, RawFd)]) -> Outcome {
+    pub(crate) async fn serve(&self, events: &mut Events, handoff: &dyn Handoff) -> Outcome {
+        let mut pending = None;
         loop {
-            match events.next().await {
-                Event::Reload(trigger) => match self.attempt(events, listeners, trigger).await {
-                    Attempt::HandedOver {
-                        pid,
-                        trigger,
-                        since,
-                    } => {
-                        return Outcome::HandedOver {
-                            pid,
-                            trigger,
-                            since,
-                        }
+            let trigger = match pending.take() {
+                Some(t) => {
+                    info!(trigger = %t, "running the reload asked for during the last one");
+                    t
+                }
+                None => match events.next().await {
+                    Event::Reload(trigger) => trigger,
+                    Event::Stop(stop) => {
+                        info!(signal = ?stop.signal, forwarded = stop.forwarded, "stop requested");
+                        return Outcome::Stop;
                     }
-                    Attempt::Stopped => return Outcome::Stop,
-                    Attempt::Failed => {}
+                    Event::Ready(pid) => {
+                        debug!(
+                            pid,
+                            "SIGTERM from a generation no longer waited for; ignored"
+                        );
+                        continue;
+                    }
+                    Event::Upstream(message) => {
+                        debug!(?message, "message from the parent ignored");
+                        continue;
+                    }
                 },
-                Event::Stop(signal, _) => {
-                    info!(signal = ?signal, "stop requested");
-                    return Outcome::Stop;
-                }
-                Event::Ready(pid) => {
-                    debug!(
-                        pid,
-                        "SIGTERM from a generation no longer waited for; ignored"
-                    )
-                }
+            };
+            match self.attempt(events, handoff, trigger).await {
+                Attempt::HandedOver(successor) => return Outcome::HandedOver(successor),
+                Attempt::Stopped => return Outcome::Stop,
+                Attempt::Failed { pending: p } => pending = p,
             }
         }
     }
@@ -133,26 +154,30 @@ impl Restarter {
     async fn attempt(
         &self,
         events: &mut Events,
-        listeners: &[(&str, RawFd)],
+        handoff: &dyn Handoff,
         trigger: Trigger,
     ) -> Attempt {
-        match &trigger {
-            Trigger::Signal(signal) => info!(%signal, "reload requested"),
-            Trigger::Handle(_) => info!(by = "handle", "reload requested"),
-        }
+        info!(trigger = %trigger, "reload requested");
         let since = Instant::now();
-        self.shared.reload_requested();
         systemd::reloading();
-        let (mut child, pid, report) = match self.spawn(listeners).await {
-            Ok(child) => child,
+        let spawned = match self.spawn(handoff).await {
+            Ok(s) => s,
             Err(e) => {
                 error!(cause = %e, "reload failed; still serving");
-                systemd::ready();
                 self.fail(trigger, since, e);
-                return Attempt::Failed;
+                return Attempt::Failed { pending: None };
             }
         };
+        let Spawned {
+            mut child,
+            pid,
+            mut link,
+            exe,
+        } = spawned;
         events.started(pid);
+        let mut pending = None;
+        let mut said: Option<String> = None;
+        let mut link_open = true;
         let deadline = tokio::time::sleep(self.ready_timeout);
         tokio::pin!(deadline);
         let failure = loop {
@@ -162,40 +187,40 @@ impl Restarter {
                 biased;
                 event = events.next() => match event {
                     Event::Ready(p) if p == pid => {
-                        info!(pid, elapsed = ?since.elapsed(), "new generation ready; handing over");
-                        // With keep_pid the verdict comes after the re-exec.
-                        if !self.next_is_temporary {
-                            self.shared.reload_finished(since, &Ok(()));
+                        info!(pid, elapsed = ?since.elapsed(), path = %exe.path.display(), identity = %exe.id, same_executable = exe.is_running_image(), "new generation ready; handing over");
+                        if exe.is_running_image() {
+                            warn!(path = %exe.path.display(), identity = %exe.id, "the new generation runs the same executable file as this one: if a new release was deployed, it is not at this path (see the deployment guide on PWD)");
                         }
-                        // Not ours to wait for any more: dropping the handle
-                        // leaves it running.
-                        return Attempt::HandedOver { pid, trigger, since };
+                        return Attempt::HandedOver(Box::new(Successor { child, pid, link, trigger, since, pending, exe, said }));
                     }
                     Event::Ready(p) => debug!(pid = p, "SIGTERM from an abandoned generation ignored"),
-                    Event::Reload(Trigger::Signal(signal)) => {
-                        self.shared.reload_requested();
-                        info!(%signal, pid, "reload already under way; request coalesced")
+                    Event::Reload(t) if t.waits() => t.answer(Err(Error::ReloadInProgress)),
+                    Event::Reload(t) => {
+                        info!(trigger = %t, pid, "reload requested while one is under way; it runs after this one");
+                        pending = Some(t);
                     }
-                    Event::Reload(Trigger::Handle(reply)) => {
-                        self.shared.reload_requested();
-                        let _ = reply.send(Err(Error::ReloadInProgress));
-                    }
-                    Event::Stop(signal, _) => {
+                    Event::Stop(stop) => {
                         // Gracefully: it may already have accepted a connection.
-                        info!(signal = ?signal, pid, "stop requested; stopping the generation that was starting");
+                        info!(signal = ?stop.signal, pid, "stop requested; stopping the generation that was starting");
                         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
                         trigger.answer(Err(Error::Draining));
                         return Attempt::Stopped;
                     }
+                    Event::Upstream(message) => debug!(?message, "message from the parent ignored"),
+                },
+                message = link.next(), if link_open => match message {
+                    Some(Up::Failed(text) | Up::Panicked(text)) => said = Some(text),
+                    Some(other) => debug!(?other, pid, "message from the starting generation ignored"),
+                    None => link_open = false,
                 },
                 status = child.wait() => {
                     let status = status.unwrap_or_else(|_| {
                         // Only fails if reaped elsewhere: report it gone.
                         std::os::unix::process::ExitStatusExt::from_raw(-1)
                     });
-                    let reason = report.message().await;
+                    let reason = last_words(&mut link, said).await;
                     warn!(pid, %status, reason = reason.as_deref().unwrap_or("(none given)"), "new generation exited before it was ready; still serving");
-                    break Error::ChildExited { pid, path: exe::current().path, status, reason };
+                    break Error::ChildExited { pid, path: exe.path.clone(), status, reason };
                 }
                 _ = &mut deadline => {
                     warn!(pid, timeout = ?self.ready_timeout, "new generation not ready in time; killing it, still serving");
@@ -206,22 +231,22 @@ impl Restarter {
             }
         };
         events.gone(pid);
-        systemd::ready();
         self.fail(trigger, since, failure);
-        Attempt::Failed
+        Attempt::Failed { pending }
     }
 
     /// Counts a failed reload and answers whoever asked for it.
     fn fail(&self, trigger: Trigger, since: Instant, failure: Error) {
-        let failure = Err(failure);
-        self.shared.reload_finished(since, &failure);
-        trigger.answer(failure);
+        systemd::ready();
+        self.life.reload_failed(since, &failure);
+        trigger.answer(Err(failure));
     }
 
-    /// Starts the next generation, with a pipe on which it can say why it
-    /// failed, if it does, and the state handed to it.
-    async fn spawn(&self, listeners: &[(&str, RawFd)]) -> Result<(Child, u32, Reader)> {
+    /// Starts the next generation with the listeners, the link, and the
+    /// state made for it now.
+    async fn spawn(&self, handoff: &dyn Handoff) -> Result<Spawned> {
         let exe = exe::current();
+        exe.check_directory()?;
         let blocked = self.signals.handled();
         let spawn_error = |source| Error::Spawn {
             path: exe.path.clone(),
@@ -229,29 +254,56 @@ impl Restarter {
         };
         // Made once per reload, just before the spawn, and kept for the
         // retries; our copy closes when this returns.
-        let state = crate::state::prepare(self.handoff.as_ref());
+        let state = crate::state::prepare(&handoff.state());
         let mut tries = 0;
         loop {
-            let (reader, writer) = Reader::pipe().map_err(spawn_error)?;
+            // Opened first: what the child runs is checked against it.
+            let file = exe.open().map_err(spawn_error)?;
+            let (pending, child_end) = link::pair().map_err(spawn_error)?;
             let mut cmd = exe.command();
-            let report = Some(writer.as_raw_fd());
-            handover::pass_listeners(
+            let mut fds = handoff.descriptors();
+            fds.push(Outgoing {
+                kind: handover::Kind::Link,
+                name: "",
+                fd: raw(&child_end),
+            });
+            if let Some(state) = &state {
+                fds.push(Outgoing {
+                    kind: handover::Kind::State,
+                    name: "",
+                    fd: raw(state),
+                });
+            }
+            handover::prepare_spawn(
                 &mut cmd,
-                listeners,
+                &fds,
                 blocked,
                 self.next_is_temporary,
-                report,
-                crate::state::raw(&state),
+                self.probation,
             )
             .map_err(spawn_error)?;
             let spawned = tokio::process::Command::from(cmd).spawn();
-            // The child has its copy; ours would keep the pipe from ending.
-            drop(writer);
+            // The child has its copy; ours would keep the link from ending.
+            drop(child_end);
             match spawned {
-                Ok(child) => {
+                Ok(mut child) => {
                     let pid = child.id().unwrap_or_default();
-                    info!(pid, path = %exe.path.display(), cwd = ?exe.cwd, "new generation spawned");
-                    return Ok((child, pid, reader));
+                    let file = match file.runs_in(pid) {
+                        Ok(file) => file,
+                        Err(e) => {
+                            let _ = child.start_kill();
+                            let _ = child.wait().await;
+                            return Err(spawn_error(e));
+                        }
+                    };
+                    info!(pid, path = %exe.path.display(), identity = %file.id, cwd = ?exe.cwd, "new generation spawned");
+                    let link = pending.open().map_err(spawn_error)?;
+                    return Ok(Spawned {
+                        child,
+                        pid,
+                        link,
+                        exe: file,
+                    });
                 }
                 Err(e) if is_text_busy(&e) && tries < TEXT_BUSY_RETRIES => {
                     tries += 1;
@@ -262,6 +314,33 @@ impl Restarter {
             }
         }
     }
+}
+
+/// A child just spawned.
+struct Spawned {
+    child: Child,
+    pid: u32,
+    link: Link,
+    exe: ExeFile,
+}
+
+fn raw(fd: &impl std::os::fd::AsRawFd) -> std::os::fd::RawFd {
+    fd.as_raw_fd()
+}
+
+/// What a child that exited said last: `said`, or what is still in the
+/// link.
+async fn last_words(link: &mut Link, said: Option<String>) -> Option<String> {
+    let mut said = said;
+    let rest = async {
+        while let Some(m) = link.next().await {
+            if let Up::Failed(t) | Up::Panicked(t) = m {
+                said = Some(t);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LAST_WORDS, rest).await;
+    said
 }
 
 /// Sends `signal` to `pid`, ignoring a process that is already gone.

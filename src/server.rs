@@ -1,19 +1,22 @@
 //! The [`Server`] builder: listeners and settings, checked by [`Server::run`].
 
 #[cfg(unix)]
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use crate::error::{Error, Result};
+use crate::config::{Config, Registration, MAX_DURATION};
+use crate::connections::{self, Launch};
+use crate::error::Result;
+use crate::events::Command;
 use crate::generation::Generation;
-use crate::handle::{Command, Handle};
+use crate::handle::Handle;
+use crate::lifecycle::Lifecycle;
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
-use crate::listener::{self, LocalAddr};
-use crate::service::{self, HttpBody, HttpService, Launch};
+use crate::service::{HttpBody, HttpService};
 use crate::signal::{Signal, SignalSet};
 use crate::tls::TlsSource;
 
@@ -22,6 +25,13 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_DRAIN_NOTICE_SPREAD: Duration = Duration::from_secs(2);
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for most bad releases to show themselves (a crash on the
+/// first real requests, a background task that exits, a native library
+/// that aborts under load: seconds, not minutes), short enough that the
+/// waiting old generation (an idle process holding its memory) is gone
+/// soon after, and that an operator's next reload hardly ever meets one
+/// (and if it does, the chain is followed: see `Server::probation`).
+const DEFAULT_PROBATION: Duration = Duration::from_secs(10);
 
 /// A server with one or more listeners that restarts itself without
 /// dropping a connection.
@@ -58,63 +68,20 @@ const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Server {
     registrations: Vec<Registration>,
-    settings: Settings,
+    config: Config,
     commands: mpsc::UnboundedReceiver<Command>,
     handle: Handle,
+    life: Ends,
 }
 
-/// Everything a generation needs to know besides its listeners.
+/// Ends the lifecycle when dropped: with the server, if it never runs, or
+/// at the end of `run`. Handles then learn that nothing will serve.
 #[derive(Debug)]
-pub(crate) struct Settings {
-    pub(crate) stop_timeout: Duration,
-    // Without Unix there are no reloads to time.
-    #[cfg_attr(not(unix), allow(dead_code))]
-    pub(crate) ready_timeout: Duration,
-    pub(crate) header_read_timeout: Duration,
-    /// Used only with the `tls` feature.
-    pub(crate) tls_handshake_timeout: Duration,
-    pub(crate) signals: SignalSet,
-    #[cfg(unix)]
-    pub(crate) pid_file: Option<PathBuf>,
-    #[cfg(unix)]
-    pub(crate) keep_pid: bool,
-    /// Reload when the executable changes.
-    #[cfg(unix)]
-    pub(crate) watch_binary: bool,
-    /// Reload when one of these changes.
-    #[cfg(unix)]
-    pub(crate) watch_files: Vec<PathBuf>,
-    /// Socket file permissions, by registered address.
-    #[cfg(unix)]
-    pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
-    /// Tells the handles where the server listens.
-    pub(crate) listening: watch::Sender<Option<Vec<LocalAddr>>>,
-    /// What the handles see of the server.
-    pub(crate) shared: Arc<crate::handle::Shared>,
-    /// How widely [`Handle::draining`] spreads its wake-ups.
-    pub(crate) drain_notice_spread: Duration,
-    /// Makes the state handed to the next generation at each reload.
-    #[cfg(unix)]
-    pub(crate) handoff: Option<crate::state::Producer>,
-}
+struct Ends(Arc<Lifecycle>);
 
-/// One registered listener: its address (also its name across reloads),
-/// its service, and its TLS configuration, if it serves HTTPS.
-pub(crate) struct Registration {
-    pub(crate) addr: String,
-    pub(crate) svc: Box<dyn Launch>,
-    pub(crate) tls: Option<TlsSource>,
-}
-
-/// The longest duration any setting takes: longer ones are taken as this
-/// (about a year), so that no deadline computed from one can overflow.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-impl std::fmt::Debug for Registration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registration")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+impl Drop for Ends {
+    fn drop(&mut self) {
+        self.0.ended();
     }
 }
 
@@ -126,21 +93,26 @@ impl Default for Server {
 
 impl Server {
     /// A server with no listeners and the default settings: stop timeout
-    /// 20 s, ready timeout 60 s, reload on `SIGHUP` and `SIGUSR1`, stop on
-    /// `SIGTERM` and `SIGINT`.
+    /// 20 s, ready timeout 60 s, probation 10 s, reload on `SIGHUP` and
+    /// `SIGUSR1`, stop on `SIGTERM` and `SIGINT`.
     pub fn new() -> Self {
         crate::init_process_state();
-        let (tx, commands) = mpsc::unbounded_channel();
-        let (listening, listening_rx) = watch::channel(None);
-        let shared = Arc::new(crate::handle::Shared::new(DEFAULT_DRAIN_NOTICE_SPREAD));
+        let (requests, commands) = crate::events::requests();
+        let life = Arc::new(Lifecycle::new(
+            DEFAULT_DRAIN_NOTICE_SPREAD,
+            crate::generation(),
+        ));
         Server {
             registrations: Vec::new(),
-            settings: Settings {
+            config: Config {
                 stop_timeout: DEFAULT_STOP_TIMEOUT,
                 ready_timeout: DEFAULT_READY_TIMEOUT,
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
                 signals: SignalSet::default(),
+                drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
+                probation: DEFAULT_PROBATION,
+                ready_checks: Vec::new(),
                 #[cfg(unix)]
                 pid_file: None,
                 #[cfg(unix)]
@@ -151,18 +123,14 @@ impl Server {
                 watch_binary: false,
                 #[cfg(unix)]
                 watch_files: Vec::new(),
-                listening,
-                shared: shared.clone(),
-                drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
                 #[cfg(unix)]
                 handoff: None,
+                #[cfg(unix)]
+                control: None,
             },
             commands,
-            handle: Handle {
-                commands: tx,
-                listening: listening_rx,
-                shared,
-            },
+            handle: Handle::new(requests, life.clone()),
+            life: Ends(life),
         }
     }
 
@@ -181,7 +149,7 @@ impl Server {
         S: HttpService<B>,
         B: HttpBody,
     {
-        self.push(addr, service::register::<S, B>(svc), None)
+        self.push(addr, connections::register::<S, B>(svc), None)
     }
 
     fn push(mut self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
@@ -223,7 +191,7 @@ impl Server {
             cert: cert_pem.as_ref().to_path_buf(),
             key: key_pem.as_ref().to_path_buf(),
         };
-        self.push(addr, service::register::<S, B>(svc), Some(source))
+        self.push(addr, connections::register::<S, B>(svc), Some(source))
     }
 
     /// Adds an HTTPS listener on `addr` with a rustls configuration you
@@ -249,7 +217,7 @@ impl Server {
     {
         self.push(
             addr,
-            service::register::<S, B>(svc),
+            connections::register::<S, B>(svc),
             Some(TlsSource::Config(config)),
         )
     }
@@ -259,14 +227,14 @@ impl Server {
     /// client never holds up accepting. Must not be zero.
     #[cfg(feature = "tls")]
     pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.tls_handshake_timeout = timeout.min(MAX_DURATION);
+        self.config.tls_handshake_timeout = timeout.min(MAX_DURATION);
         self
     }
 
     /// How long a drain may take before the connections left are cut off
     /// (default 20 s). Must not be zero.
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.stop_timeout = timeout.min(MAX_DURATION);
+        self.config.stop_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -277,14 +245,125 @@ impl Server {
     /// streams ended) do not all reconnect in the same millisecond.
     /// `Duration::ZERO` tells everyone at once.
     pub fn drain_notice_spread(mut self, window: Duration) -> Self {
-        self.settings.drain_notice_spread = window.min(MAX_DURATION);
+        self.config.drain_notice_spread = window.min(MAX_DURATION);
+        self
+    }
+
+    /// How long this generation keeps its sockets after a new one took over
+    /// (default 10 s; `Duration::ZERO` turns probation off).
+    ///
+    /// During the window this generation drains its connections as usual
+    /// but keeps its own copy of every listener and every socket of
+    /// [`sockets`](crate::sockets), not accepting, and watches the new
+    /// generation. If the new generation exits within the window, for any
+    /// reason (a crash, a signal, an abort, `exit`), this one **serves
+    /// again** on the same sockets: connections that queued meanwhile are
+    /// answered, it takes the PID file back and tells systemd it is the
+    /// main process again, logs why the new one died, and counts a failed
+    /// (rolled back) reload; the next reload works as usual. If the new
+    /// generation lives through the window, this one lets go and exits once
+    /// drained.
+    ///
+    /// - A new generation that hands over to a newer one itself has not
+    ///   failed: its predecessor lets go then, so only the newest
+    ///   generation's predecessor ever holds the sockets.
+    /// - A new generation that is stopped (a stop signal, `Handle::stop`)
+    ///   has not failed either: its predecessor does not serve again.
+    /// - A stop that reaches this generation during the window is passed on
+    ///   to the new one (it ends the probation), and this one waits for it
+    ///   to exit before exiting itself, so a service manager that waits for
+    ///   its main process waits for both.
+    /// - Under systemd, the main PID stays with this generation during the
+    ///   window and moves to the new one when this one lets go, so systemd
+    ///   never sees its main process die while an older one could serve.
+    /// - With [`keep_pid`](Self::keep_pid) the process ID is the service
+    ///   itself: there is no probation after the re-exec in place (a
+    ///   process manager that follows the PID sees it die and restarts the
+    ///   program); the temporary generation proves the new binary first
+    ///   (see `keep_pid`).
+    ///
+    /// The cost is one more process for the window: the old generation,
+    /// idle, holding its memory.
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.config.probation = window.min(MAX_DURATION);
+        self
+    }
+
+    /// Adds a check that a new generation must pass before it says it is
+    /// ready (and so before the old one stops accepting): say, that its
+    /// database answers, or its configuration makes sense.
+    ///
+    /// Checks run in order, after the listeners are bound or adopted and
+    /// before any connection is accepted; each gets the rest of the ready
+    /// timeout. A check that fails (or does not finish in time) makes the
+    /// new generation exit with the check's reason: the old generation
+    /// keeps serving, and the reason reaches
+    /// [`Handle::reload`](crate::Handle::reload) (in
+    /// [`Error::ChildExited`](crate::Error::ChildExited)), its log and its
+    /// stats. In the first generation a failed check makes
+    /// [`run`](Self::run) return [`Error::ReadyCheck`](crate::Error::ReadyCheck).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .ready_check(|| async {
+    ///         // e.g. connect to the database
+    ///         Ok::<(), String>(())
+    ///     })
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn ready_check<F, Fut, E>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.config
+            .ready_checks
+            .push(crate::ready::ReadyCheck::custom(check));
+        self
+    }
+
+    /// Adds a ready check that sends a real request through a registered
+    /// listener's service, in-process (no socket: the listeners are shared
+    /// with the old generation, which could answer a request sent to
+    /// them), and expects a status. See [`ready_check`](Self::ready_check)
+    /// for when checks run and what a failure does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use endless::Probe;
+    /// use hyper::service::service_fn;
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("ok\n".to_string()))
+    ///     }))
+    ///     .ready_probe(Probe::get("/healthz").expect_status(200))
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn ready_probe(mut self, probe: crate::ready::Probe) -> Self {
+        self.config
+            .ready_checks
+            .push(crate::ready::ReadyCheck::Probe(probe));
         self
     }
 
     /// How long a new generation may take from spawn to serving before it is
     /// killed and the reload abandoned (default 60 s). Must not be zero.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.ready_timeout = timeout.min(MAX_DURATION);
+        self.config.ready_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -292,7 +371,7 @@ impl Server {
     /// the first request of a connection (default 30 s), so that a silent
     /// client cannot hold a connection forever. Must not be zero.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.header_read_timeout = timeout.min(MAX_DURATION);
+        self.config.header_read_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -303,7 +382,7 @@ impl Server {
     /// generation reports that it is ready). Without Unix (Windows) the
     /// setting is checked the same way, but no reload signal ever arrives.
     pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.settings.signals.reload = signals.into_iter().collect();
+        self.config.signals.reload = signals.into_iter().collect();
         self
     }
 
@@ -313,7 +392,7 @@ impl Server {
     /// logging off and shutting down as `SIGTERM` (Windows then ends the
     /// process within seconds, whatever the stop timeout).
     pub fn stop_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.settings.signals.stop = signals.into_iter().collect();
+        self.config.signals.stop = signals.into_iter().collect();
         self
     }
 
@@ -327,7 +406,7 @@ impl Server {
     /// Unix only.
     #[cfg(unix)]
     pub fn pid_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.settings.pid_file = Some(path.as_ref().to_path_buf());
+        self.config.pid_file = Some(path.as_ref().to_path_buf());
         self
     }
 
@@ -341,17 +420,25 @@ impl Server {
     /// drains and exits, and this process reaps it. Only this PID writes the
     /// PID file and talks to systemd.
     ///
-    /// If the re-exec fails, this process serves again on its listeners and
-    /// the temporary generation drains: the PID and the service survive, and
-    /// [`Handle::reload`] returns [`Error::Exec`]. (On success the process
-    /// image is replaced, so a `reload()` awaited in this process never
-    /// returns; do not await it inside a request handler, whose request the
-    /// drain waits for.)
+    /// The temporary generation proves what the re-executed image will
+    /// need: it runs the ready checks and binds (then releases) every
+    /// address that the new version adds, and the re-exec runs exactly the
+    /// file it ran (held open since its spawn), whatever was renamed over
+    /// the path since. If the re-exec fails, this process serves again on
+    /// its listeners and the temporary generation drains: the PID and the
+    /// service survive, and [`Handle::reload`](crate::Handle::reload)
+    /// returns [`Error::Exec`](crate::Error::Exec). If the re-executed image
+    /// then fails to start, the temporary generation, which still holds the
+    /// listeners, serves on (as the main generation, taking the PID file),
+    /// so something always serves. (On success the process image is
+    /// replaced, so a `reload()` awaited in this process never returns; do
+    /// not await it inside a request handler, whose request the drain waits
+    /// for.)
     ///
     /// Unix only.
     #[cfg(unix)]
     pub fn keep_pid(mut self, keep: bool) -> Self {
-        self.settings.keep_pid = keep;
+        self.config.keep_pid = keep;
         self
     }
 
@@ -389,10 +476,59 @@ impl Server {
     /// ```
     #[cfg(unix)]
     pub fn unix_permissions(mut self, addr: &str, permissions: UnixPermissions) -> Self {
-        self.settings.unix_permissions.retain(|(a, _)| a != addr);
-        self.settings
+        self.config.unix_permissions.retain(|(a, _)| a != addr);
+        self.config
             .unix_permissions
             .push((addr.to_owned(), permissions));
+        self
+    }
+
+    /// Serves a control socket at `path` (a Unix socket file, default off),
+    /// on which a deploy script, or systemd's `ExecReload=`, asks for a
+    /// reload and **waits** for its outcome, or asks for the status.
+    /// Unix only.
+    ///
+    /// One command per line, one answer line each:
+    ///
+    /// | command  | answer                                                        |
+    /// |----------|---------------------------------------------------------------|
+    /// | `reload` | `ok pid=P generation=G executable=PATH identity=DEV:INODE same-executable=BOOL probation=MS`, once the new generation serves; or `error REASON` |
+    /// | `status` | `ok pid=P generation=G draining=BOOL in-probation=BOOL connections=N reloads-requested=… reloads-succeeded=… reloads-failed=… reloads-rolled-back=… last-error=…` |
+    ///
+    /// Anything else is answered `error unknown command …`, and a line
+    /// longer than 1 KiB or a client that says nothing for 10 s is
+    /// disconnected. Like a listener, the socket is handed to each new
+    /// generation, so its path stays. Its file gets `permissions` (mode
+    /// `0o600` by default: only this user), and a client whose user is
+    /// neither this process's nor root is refused, whatever the file's mode
+    /// (its credentials are checked on the connection). The crate ships
+    /// `endlessctl`, a small client whose exit status is the outcome (0: it
+    /// worked), for `ExecReload=` and deploy scripts.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .control_socket("/run/app/control.sock", endless::UnixPermissions::new())
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    /// ```text
+    /// $ endlessctl reload /run/app/control.sock && echo deployed
+    /// ```
+    #[cfg(unix)]
+    pub fn control_socket(mut self, path: impl AsRef<Path>, permissions: UnixPermissions) -> Self {
+        let permissions = match permissions.get_mode() {
+            Some(_) => permissions,
+            None => permissions.mode(0o600),
+        };
+        self.config.control = Some((path.as_ref().to_path_buf(), permissions));
         self
     }
 
@@ -428,7 +564,7 @@ impl Server {
     /// ```
     #[cfg(unix)]
     pub fn reload_on_binary_change(mut self, watch: bool) -> Self {
-        self.settings.watch_binary = watch;
+        self.config.watch_binary = watch;
         self
     }
 
@@ -442,7 +578,11 @@ impl Server {
     /// Unix only.
     #[cfg(unix)]
     pub fn reload_on_file_change(mut self, path: impl AsRef<Path>) -> Self {
-        self.settings.watch_files.push(path.as_ref().to_path_buf());
+        // The version this process starts with, as of now (before a
+        // generation's start-up, during which a new one may land).
+        let path = path.as_ref().to_path_buf();
+        let known = crate::watch::identity(&path);
+        self.config.watch_files.push((path, known));
         self
     }
 
@@ -498,7 +638,7 @@ impl Server {
     where
         F: Fn() -> Vec<u8> + Send + Sync + 'static,
     {
-        self.settings.handoff = Some(crate::state::Producer(Arc::new(state)));
+        self.config.handoff = Some(crate::state::Producer(Arc::new(state)));
         self
     }
 
@@ -508,13 +648,14 @@ impl Server {
         self.handle.clone()
     }
 
-    /// Serves until a stop, or until a new generation has taken over, and
-    /// this generation's connections are drained.
+    /// Serves until a stop, or until a new generation has taken over (and
+    /// lived through its probation), and this generation's connections are
+    /// drained.
     ///
     /// Returns `Ok(())` after a graceful stop or hand-over, including one
     /// whose stop timeout cut connections off; `Err` if the server cannot
     /// start (a bad setting, address or signal, a busy port, an unusable
-    /// inherited socket).
+    /// inherited socket, a failed ready check).
     ///
     /// The signal handlers it installs stay installed after it returns (the
     /// signal-hook crate cannot restore what was there before): a reload or
@@ -534,102 +675,32 @@ impl Server {
     async fn serve(self) -> Result<()> {
         let Server {
             registrations,
-            settings,
+            config,
             commands,
             handle,
+            life,
         } = self;
-        #[cfg(unix)]
-        let mut watched = settings.watch_files.clone();
-        // A temporary generation (`keep_pid`) leaves reloading to the
-        // process it stands in for.
-        #[cfg(unix)]
-        if settings.watch_binary && !crate::handover::is_temporary() {
-            watched.push(crate::exe::current().path);
-        }
-        // Keep our own sender alive only as long as a user handle (or the
-        // watcher) might be; dropping it lets the events report "no handles
-        // left".
-        #[cfg(unix)]
-        let watcher_handle = (!watched.is_empty()).then(|| handle.clone());
+        // The generation keeps its own requests sender (for the file
+        // watcher and the control socket); ours goes, so that the events
+        // learn when no user handle is left.
+        let requests = handle.requests().clone();
         drop(handle);
-        let started = match check(&registrations, &settings) {
-            Ok(specs) => Generation::start(settings, registrations, specs, commands).await,
+        let started = match crate::config::check(registrations, &config) {
+            Ok(endpoints) => {
+                Generation::start(config, endpoints, commands, life.0.clone(), requests).await
+            }
             Err(e) => Err(e),
         };
-        // A generation started by a reload tells its parent why it failed.
-        #[cfg(unix)]
-        let started = started.inspect_err(crate::report::failed);
-        let mut generation = started?;
-        #[cfg(unix)]
-        let watcher = watcher_handle.map(|h| crate::watch::spawn(watched, h));
-        let drain = generation.serve().await;
-        // A draining generation reloads nothing, and leaves the extra
-        // sockets to its successor.
-        #[cfg(unix)]
-        drop(watcher);
-        crate::lifecycle::drain_started();
-        generation.finish(drain).await;
+        let generation = match started {
+            Ok(g) => g,
+            Err(e) => {
+                // A generation started by a reload tells its parent why.
+                #[cfg(unix)]
+                crate::link::failed(&e);
+                return Err(e);
+            }
+        };
+        generation.run().await;
         Ok(())
     }
-}
-
-/// Checks every setting that needs no system call; returns the parsed
-/// addresses.
-fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<listener::BindSpec>> {
-    settings.signals.validate()?;
-    for (setting, value) in [
-        ("stop_timeout", settings.stop_timeout),
-        ("ready_timeout", settings.ready_timeout),
-        ("header_read_timeout", settings.header_read_timeout),
-        ("tls_handshake_timeout", settings.tls_handshake_timeout),
-    ] {
-        if value.is_zero() {
-            return Err(Error::Config {
-                setting,
-                reason: "must be greater than zero".to_owned(),
-            });
-        }
-    }
-    if registrations.is_empty() {
-        return Err(Error::Config {
-            setting: "listeners",
-            reason: "no address registered".to_owned(),
-        });
-    }
-    let specs: Vec<listener::BindSpec> = registrations
-        .iter()
-        .map(|r| listener::parse(&r.addr))
-        .collect::<Result<_>>()?;
-    #[cfg(unix)]
-    for (addr, _) in &settings.unix_permissions {
-        let found = registrations
-            .iter()
-            .zip(&specs)
-            .find(|(r, _)| r.addr == *addr);
-        let reason = match found {
-            None => format!("{addr:?} is not a registered address"),
-            Some((_, listener::BindSpec::Unix(_))) => continue,
-            Some(_) => format!("{addr:?} is not a Unix socket file (unix:/path)"),
-        };
-        return Err(Error::Config {
-            setting: "unix_permissions",
-            reason,
-        });
-    }
-    Ok(specs)
-}
-
-/// The permissions of each registration's socket file, in order.
-#[cfg(unix)]
-pub(crate) fn permissions_of(
-    registrations: &[Registration],
-    settings: &Settings,
-) -> Vec<Option<UnixPermissions>> {
-    registrations
-        .iter()
-        .map(|r| {
-            let found = settings.unix_permissions.iter().find(|(a, _)| *a == r.addr);
-            found.map(|(_, p)| p.clone())
-        })
-        .collect()
 }

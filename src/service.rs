@@ -1,18 +1,11 @@
-//! The services registered on a server, each of its own type.
+//! What `endless` can serve: the bounds on a service and its response
+//! body, written once ([`HttpService`], [`HttpBody`]).
 //!
-//! Type erasure happens once per listener, not once per request: a
-//! registration keeps a [`Launch`], which starts an accept loop compiled for
-//! its own service type. Requests then reach the user's service, and its
-//! futures and bodies reach hyper, without a box or an indirection. (Boxing
-//! per request cost measurable CPU time per request against plain hyper.)
-
-use std::sync::Arc;
+//! A leaf: it names hyper's types and nothing of the crate's, so every
+//! layer that serves can use it.
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
-
-use crate::connections::{Connections, Tls};
-use crate::listener::Listener;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -79,38 +72,4 @@ mod sealed {
     impl<S, B> Service<B> for S {}
     pub trait Body {}
     impl<B> Body for B {}
-}
-
-/// Starts the accept loop of one registration, with its service's own type.
-/// Callable again (a generation whose in-place re-exec failed resumes).
-pub(crate) trait Launch: Send + Sync {
-    fn launch(&self, conns: &Connections, name: String, listener: Arc<Listener>, tls: Tls);
-}
-
-/// A registered service, waiting for its listener.
-struct Registered<S, B> {
-    svc: S,
-    _body: std::marker::PhantomData<fn() -> B>,
-}
-
-/// Keeps `svc` until `run` has its listener.
-pub(crate) fn register<S, B>(svc: S) -> Box<dyn Launch>
-where
-    S: HttpService<B>,
-    B: HttpBody,
-{
-    Box::new(Registered {
-        svc,
-        _body: std::marker::PhantomData,
-    })
-}
-
-impl<S, B> Launch for Registered<S, B>
-where
-    S: HttpService<B>,
-    B: HttpBody,
-{
-    fn launch(&self, conns: &Connections, name: String, listener: Arc<Listener>, tls: Tls) {
-        conns.spawn_accept_loop(name, listener, self.svc.clone(), tls);
-    }
 }

@@ -19,7 +19,8 @@
 //! - Stop using it when the generation drains ([`draining`]): the next
 //!   generation reads the same socket from the moment it starts, so a
 //!   datagram read by the draining one would be answered by a process
-//!   about to exit.
+//!   about to exit. If the next generation dies within its probation, this
+//!   one serves again: start over when [`serving`] resolves.
 //! - A descriptor handed over under a name that this generation never asks
 //!   for is closed when [`Server::run`](crate::Server::run) starts, as an
 //!   inherited listener that no registration matches is.
@@ -39,7 +40,9 @@
 //!     let mut buf = [0u8; 1500];
 //!     loop {
 //!         tokio::select! {
-//!             _ = endless::sockets::draining() => break, // the next generation reads now
+//!             // The next generation reads now; if it fails within its
+//!             // probation, this one serves again.
+//!             _ = endless::sockets::draining() => endless::sockets::serving().await,
 //!             r = udp.recv_from(&mut buf) => if let Ok((n, peer)) = r {
 //!                 let _ = udp.send_to(&buf[..n], peer).await;
 //!             },
@@ -82,21 +85,41 @@ struct Registered {
     list: Vec<(String, OwnedFd)>,
 }
 
-/// Resolves once this generation starts draining, at once (no spread):
-/// stop reading the sockets of this module then, as the next generation
-/// reads them already.
+/// Resolves once this generation stops serving the sockets of this module
+/// (its drain starts), at once (no spread): stop reading them then, as the
+/// next generation reads them already. Resolves at once if it is draining
+/// now.
+///
+/// If the next generation dies within its probation
+/// ([`Server::probation`](crate::Server::probation)), this one serves
+/// again: [`serving`] resolves then, and the sockets are this generation's
+/// to read once more (see the example in the module docs).
 ///
 /// # Cancellation safety
 ///
 /// Cancellation safe: any number of tasks may wait, and a dropped future
 /// loses nothing.
 pub async fn draining() {
-    crate::lifecycle::draining().cancelled().await
+    let mut phase = crate::lifecycle::sockets_phase().subscribe();
+    let _ = phase.wait_for(|draining| *draining).await;
 }
 
-/// Whether this generation has started draining.
+/// Resolves while this generation serves the sockets of this module: at
+/// once, unless it is draining; then when it serves again (its successor
+/// died within its probation), or never.
+///
+/// # Cancellation safety
+///
+/// Cancellation safe, like [`draining`].
+pub async fn serving() {
+    let mut phase = crate::lifecycle::sockets_phase().subscribe();
+    let _ = phase.wait_for(|draining| !*draining).await;
+}
+
+/// Whether this generation has stopped serving the sockets of this module
+/// (it is draining).
 pub fn is_draining() -> bool {
-    crate::lifecycle::draining().is_cancelled()
+    *crate::lifecycle::sockets_phase().borrow()
 }
 
 /// A UDP socket bound to `addr` (a literal address such as
@@ -210,7 +233,8 @@ fn take_or_make(
     if list.iter().any(|(n, _)| n == name) {
         return Err(config(format!("{name:?} asked for twice")));
     }
-    let fd = match handover::take_extra(name) {
+    let fd = match handover::take(handover::Kind::Extra, Some(name)).map(handover::Inherited::take)
+    {
         Some(fd) if fits(&fd) => {
             info!(
                 name,
@@ -279,8 +303,7 @@ fn remove_stale_datagram(path: &Path) -> io::Result<()> {
 }
 
 /// Fixes the set when `run` starts: closes what was handed over and not
-/// asked for, and returns the hand-over names (`extra:NAME`) and FDs of
-/// what was.
+/// asked for, and returns the names and FDs of what was.
 pub(crate) fn freeze() -> Vec<(String, RawFd)> {
     for name in handover::close_unclaimed_extras() {
         warn!(
@@ -293,7 +316,7 @@ pub(crate) fn freeze() -> Vec<(String, RawFd)> {
     registered
         .list
         .iter()
-        .map(|(name, fd)| (format!("{}{name}", handover::EXTRA), fd.as_raw_fd()))
+        .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
         .collect()
 }
 

@@ -18,7 +18,7 @@
 //! `name length (u8) | name | length (u64) | bytes`.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};
 
@@ -34,6 +34,8 @@ const MAGIC: &[u8; 8] = b"ENDLSTv1";
 const USER: &str = "user";
 /// The TLS session ticket keys (`tickets`).
 pub(crate) const TLS_TICKETS: &str = "tls-tickets";
+/// The reload counters (`lifecycle`).
+pub(crate) const STATS: &str = "stats";
 
 /// Makes the user's blob at each reload.
 #[derive(Clone)]
@@ -66,10 +68,11 @@ type Sections = Vec<(String, Vec<u8>)>;
 /// it. Called at the first call into `endless`; cheap to call again.
 pub(crate) fn init() {
     INHERITED.get_or_init(|| {
-        let Some(fd) = crate::handover::take_state_fd() else {
+        let Some(fd) = crate::handover::take(crate::handover::Kind::State, None) else {
             return Inherited::default();
         };
-        let fd_num = fd.as_raw_fd();
+        let fd_num = fd.raw();
+        let fd = fd.take();
         match read(std::fs::File::from(fd)) {
             Ok((sections, size)) => Inherited {
                 sections,
@@ -123,30 +126,35 @@ pub(crate) fn log_inherited() {
     }
 }
 
-/// Builds the state for the next generation and writes it to a sealed,
-/// close-on-exec memfd: the user's blob (from `producer`) and the crate's
-/// own sections. `None` (logged) if there is nothing to hand over or it
-/// cannot be written; the reload goes on either way.
-pub(crate) fn prepare(producer: Option<&Producer>) -> Option<OwnedFd> {
-    let mut sections: Vec<(&str, Vec<u8>)> = Vec::new();
-    if let Some(produce) = producer {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (produce.0)())) {
-            Ok(blob) if blob.len() > MAX_STATE => warn!(
+/// The user's blob for the next generation, from `producer`: `None`
+/// (logged) if it panics or returns more than [`MAX_STATE`] bytes; the
+/// reload goes on without it.
+pub(crate) fn user_section(producer: &Producer) -> Option<(&'static str, Vec<u8>)> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (producer.0)())) {
+        Ok(blob) if blob.len() > MAX_STATE => {
+            warn!(
                 bytes = blob.len(),
                 limit = MAX_STATE,
                 "handoff_state returned more than the limit; reloading without it"
-            ),
-            Ok(blob) => sections.push((USER, blob)),
-            Err(_) => warn!("handoff_state panicked; reloading without its state"),
+            );
+            None
+        }
+        Ok(blob) => Some((USER, blob)),
+        Err(_) => {
+            warn!("handoff_state panicked; reloading without its state");
+            None
         }
     }
-    if let Some(keys) = crate::tls::ticket_keys_state() {
-        sections.push((TLS_TICKETS, keys));
-    }
+}
+
+/// Writes `sections` for the next generation to a sealed, close-on-exec
+/// memfd. `None` (logged) if there is nothing to hand over or it cannot be
+/// written; the reload goes on either way.
+pub(crate) fn prepare(sections: &[(&str, Vec<u8>)]) -> Option<OwnedFd> {
     if sections.is_empty() {
         return None;
     }
-    let blob = encode(&sections);
+    let blob = encode(sections);
     match write_sealed(&blob) {
         Ok(fd) => {
             info!(
@@ -261,11 +269,6 @@ fn write_sealed(blob: &[u8]) -> std::io::Result<OwnedFd> {
     let _ = std::fs::remove_file(&path);
     file.write_all(blob)?;
     Ok(file.into())
-}
-
-/// The raw FD of a prepared state, for the hand-over.
-pub(crate) fn raw(fd: &Option<OwnedFd>) -> Option<RawFd> {
-    fd.as_ref().map(AsRawFd::as_raw_fd)
 }
 
 #[cfg(test)]

@@ -12,12 +12,18 @@
 //! |------------------------------------------|---------------------|---------------------------------|
 //! | the first generation serves              | it                  | `READY=1`                       |
 //! | a reload starts                          | the old generation  | `RELOADING=1`, `MONOTONIC_USEC=` |
-//! | the new generation serves                | the new generation  | `MAINPID=<its pid>`, `READY=1`  |
+//! | the new generation serves                | the new generation  | `READY=1`                       |
+//! | the old generation lets go (its probation is over) | the old generation | `MAINPID=<new pid>` |
+//! | the new generation failed in probation   | the old generation  | `MAINPID=<its pid>`, `READY=1`  |
 //! | the reload failed                        | the old generation  | `READY=1`                       |
 //! | a graceful stop starts                   | the generation      | `STOPPING=1`                    |
 //!
-//! The new generation sends `MAINPID=` before it tells its parent to exit,
-//! so systemd follows the service to the new PID (with `NotifyAccess=all`).
+//! The main PID moves to the new generation only when the old one lets go
+//! of its sockets, before it exits, so the service manager follows the
+//! service to the new PID (with `NotifyAccess=all`) and never sees its main
+//! process die while an older one could still serve: a new generation that
+//! dies within its probation is not the main process, and its predecessor,
+//! which is, serves again.
 
 use std::ffi::OsString;
 use std::io;
@@ -68,9 +74,16 @@ pub(crate) fn ready() {
     notify("READY=1");
 }
 
-/// A new generation is serving: the service's main PID is now ours.
-pub(crate) fn ready_as_main_pid() {
+/// This process serves, and is the service's main process (a new
+/// generation whose predecessor is gone, or a generation serving again
+/// after its successor failed).
+pub(crate) fn main_pid_is_me() {
     notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+}
+
+/// The service's main process is now `pid` (this one lets go).
+pub(crate) fn main_pid(pid: u32) {
+    notify(&format!("MAINPID={pid}"));
 }
 
 /// A reload is starting (for `Type=notify-reload`, which waits for this and

@@ -15,19 +15,31 @@
 //! (which a watch on the file's directory would miss). Four `stat` calls a
 //! second cost nothing; the price is up to [`POLL`] of extra latency.
 //!
-//! The reload goes through a [`Handle`], exactly as [`Handle::reload`]
-//! from code: a new binary that cannot start is reaped and the old
-//! generation serves on, as after any failed reload. A change is acted on
-//! once: a broken binary is not retried until the file changes again.
+//! The baseline is the version this process started with, not the one on
+//! disk when the watcher starts: for the executable, the file this process
+//! runs (its device and inode, as captured before `main`), and for the
+//! other files, what was there when the program named them. So a release
+//! renamed into place while a new generation starts up is seen.
+//!
+//! The reload goes through the same request as `Handle::reload` from code:
+//! a new binary that cannot start is reaped and the old generation serves
+//! on, as after any failed reload. A change is acted on once: a broken
+//! binary is not retried until the file changes again. While the
+//! generation drains the watcher waits; if it serves again (its successor
+//! failed, or a `keep_pid` re-exec did), the watcher goes on from where it
+//! was.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
+
+use std::sync::Arc;
 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
-use crate::handle::Handle;
+use crate::events::Requests;
+use crate::lifecycle::{Lifecycle, Phase};
 
 /// How often each file is looked at.
 const POLL: Duration = Duration::from_millis(200);
@@ -36,22 +48,53 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// What tells one version of a file from another.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Identity {
+pub(crate) struct Identity {
     dev: u64,
     ino: u64,
     size: u64,
     modified: Option<SystemTime>,
 }
 
-fn identity(path: &std::path::Path) -> Option<Identity> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Identity {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        size: meta.size(),
-        modified: meta.modified().ok(),
-    })
+/// The version of the file at `path` now (following symlinks).
+pub(crate) fn identity(path: &std::path::Path) -> Option<Identity> {
+    std::fs::metadata(path).ok().map(|m| Identity::of(&m))
+}
+
+impl Identity {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// The version of the executable this process started with: the file it
+/// runs, unless the path named something else at start that is not a
+/// compiled program (a script, whose running image is its interpreter).
+pub(crate) fn running_image() -> Option<Identity> {
+    let (image, launched) = crate::exe::started_from();
+    match (image, launched) {
+        (Some(image), Some(launched))
+            if Identity::of(&image) != Identity::of(&launched) && launched_is_script() =>
+        {
+            Some(Identity::of(&launched))
+        }
+        (Some(image), _) => Some(Identity::of(&image)),
+        (None, launched) => launched.as_ref().map(Identity::of),
+    }
+}
+
+/// Whether the program's path names a script (`#!`).
+fn launched_is_script() -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    std::fs::File::open(crate::exe::current().path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == *b"#!")
 }
 
 /// Watches files while this generation serves; stops when dropped.
@@ -64,9 +107,14 @@ impl Drop for Watcher {
     }
 }
 
-/// Starts watching `paths`; a change reloads through `handle`.
-pub(crate) fn spawn(paths: Vec<PathBuf>, handle: Handle) -> Watcher {
-    Watcher(tokio::spawn(watch(paths, handle)))
+/// Starts watching `paths`, each with the version this generation started
+/// from; a change reloads through `requests`, while `life` serves.
+pub(crate) fn spawn(
+    paths: Vec<(PathBuf, Option<Identity>)>,
+    requests: Requests,
+    life: Arc<Lifecycle>,
+) -> Watcher {
+    Watcher(tokio::spawn(watch(paths, requests, life)))
 }
 
 /// One watched file: the version the running generation started from, and
@@ -78,19 +126,19 @@ struct File {
     since: Instant,
 }
 
-async fn watch(paths: Vec<PathBuf>, handle: Handle) {
+async fn watch(paths: Vec<(PathBuf, Option<Identity>)>, requests: Requests, life: Arc<Lifecycle>) {
     let now = Instant::now();
+    let mut phase = life.subscribe();
     let mut files: Vec<File> = paths
         .into_iter()
-        .map(|path| {
-            let known = identity(&path);
+        .map(|(path, known)| {
             if known.is_none() {
                 warn!(path = %path.display(), "cannot stat the file to watch; a file that appears there will reload");
             }
             info!(path = %path.display(), "reloading when this file changes");
             File {
+                seen: identity(&path),
                 path,
-                seen: known.clone(),
                 known,
                 since: now,
             }
@@ -120,13 +168,16 @@ async fn watch(paths: Vec<PathBuf>, handle: Handle) {
         if changed.is_empty() {
             continue;
         }
+        // Only a serving generation reloads; a draining one may serve
+        // again (its successor failed), and then goes on from here.
+        if phase.wait_for(|p| *p == Phase::Serving).await.is_err() {
+            return;
+        }
         info!(paths = ?changed, "file changed; reloading");
-        match handle.reload().await {
-            // This generation drains now; the watcher is dropped with it.
-            Ok(()) => return,
+        match requests.reload("file watcher").await {
+            Ok(_) => {}
             Err(e @ (Error::Draining | Error::NotRunning)) => {
                 debug!(cause = %e, "not reloading for the file change");
-                return;
             }
             Err(e) => {
                 warn!(paths = ?changed, cause = %e, "reload after the file change failed; still serving (the next change is tried again)")

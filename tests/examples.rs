@@ -21,7 +21,7 @@ fn serves_and_reloads(example: &str, expect: &str) {
 
     signal_pid(first, Signal::SIGUSR1);
     assert_eq!(p.listening_addr(1), addr, "the reload changed the address");
-    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    p.wait_exit(first, Duration::from_secs(25)).unwrap();
     let (_, body) = get(&addr, "/").unwrap();
     assert!(!body.contains(&first.to_string()), "{body}");
 }
@@ -68,7 +68,7 @@ fn multi_serves_three_listeners_across_a_reload() {
         again.ends_with(&line[line.find("serving").unwrap()..]),
         "addresses changed: {again}"
     );
-    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    p.wait_exit(first, Duration::from_secs(25)).unwrap();
     for url in &urls {
         assert_eq!(get(url, "/").unwrap().0, 200);
     }
@@ -105,7 +105,7 @@ fn udp_echo_keeps_its_socket_across_a_reload() {
         })
         .unwrap_or_else(|| panic!("{}", p.report()));
     assert!(again.ends_with(&udp_addr), "the port changed: {again}");
-    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    p.wait_exit(first, Duration::from_secs(25)).unwrap();
     let pid: u32 = again.split(' ').nth(2).unwrap().parse().unwrap();
     echo(pid);
 }

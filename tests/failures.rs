@@ -90,7 +90,7 @@ fn a_new_generation_that_hangs_is_killed_at_the_ready_timeout() {
         (status, body.as_str()),
         (500, "a reload is already under way\n")
     );
-    // … and coalesced, by signal.
+    // … and remembered, by signal: it runs once this one is over.
     signal_pid(old, Signal::SIGHUP);
     let (status, body) = first.join().unwrap().unwrap();
     assert_eq!(status, 500);
@@ -100,12 +100,22 @@ fn a_new_generation_that_hangs_is_killed_at_the_ready_timeout() {
     );
     assert!(server
         .log()
-        .contains("reload already under way; request coalesced"));
+        .contains("reload requested while one is under way; it runs after this one"));
     assert!(
         !server.alive().contains(&hung),
         "the hung generation is still running"
     );
     assert_eq!(served_pid(&get(&addr, "/").unwrap().1), old);
+    // The remembered one ran (and hung too, and was killed).
+    server.wait_log(
+        "running the reload asked for during the last one",
+        Duration::from_secs(5),
+    );
+    support::eventually(
+        "the second hung generation is killed",
+        Duration::from_secs(10),
+        || server.log().matches("not ready in time").count() >= 2,
+    );
 
     std::fs::remove_file(&hang).unwrap();
     let new = server.reload(Signal::SIGHUP);
@@ -185,18 +195,21 @@ fn a_signal_storm_leaves_exactly_one_serving_process() {
         // The old generation may already have exited after handing over.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), signal);
     }
-    let new = server
+    server
         .wait_ready_after(old, Duration::from_secs(10))
         .expect("no new generation");
     std::thread::sleep(Duration::from_millis(500));
     let survivor = server.wait_settled(Duration::from_secs(15));
-    assert_eq!(survivor, new.pid);
+    assert_eq!(survivor, server.current().pid);
     wait_served_by(&addr, survivor);
+    // One burst: the reload it started, and one more for the requests
+    // that arrived while it was under way (perhaps one more again for
+    // signals that reached the old generation after it handed over, which
+    // it passes on), never one per signal.
     let readies = server.readies();
-    assert_eq!(
-        readies.len(),
-        2,
-        "one burst, one new generation: {readies:?}"
+    assert!(
+        (2..=4).contains(&readies.len()),
+        "one burst, one or two reloads: {readies:?}"
     );
 }
 

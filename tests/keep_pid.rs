@@ -121,28 +121,31 @@ fn the_new_binary_runs_under_the_old_pid() {
     );
 }
 
+/// The re-exec cannot happen (here the directory the program runs in was
+/// deleted while the original PID drained): the PID serves on, the
+/// temporary generation is sent away, and the error names the directory.
 #[test]
 fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app");
-    std::fs::copy(support::fixture(), &app).unwrap();
+    let cwd = dir.path().join("release");
+    std::fs::create_dir(&cwd).unwrap();
     let mut server = Spec::fixture()
-        .bin(&app)
+        .cwd(&cwd)
         .env("FIXTURE_KEEP_PID", "1")
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
 
-    // The temporary generation starts from the file; once it serves, the
-    // file goes, so the re-exec cannot find it. (A slow request keeps the
-    // original PID draining meanwhile.)
+    // The temporary generation starts in the directory; once it serves,
+    // the directory goes, so the re-exec cannot enter it. (A slow request
+    // keeps the original PID draining meanwhile.)
     let slow = get_in_background(&addr, "/sleep/1500");
     std::thread::sleep(Duration::from_millis(100));
     let before = server.readies().len();
     assert_eq!(get(&addr, "/reload-bg").unwrap().0, 200);
     let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(temporary, pid);
-    std::fs::remove_file(&app).unwrap();
+    std::fs::remove_dir(&cwd).unwrap();
     assert_eq!(
         slow.join().unwrap().unwrap().0,
         200,
@@ -154,12 +157,10 @@ fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
     let line = server
         .wait_line(Duration::from_secs(30), |l| l.starts_with("RELOADED"))
         .unwrap_or_else(|| panic!("no reload result:\n{}", server.report()));
-    assert_eq!(
-        line,
-        format!(
-            "RELOADED pid={pid} error: cannot re-execute {} in place: No such file or directory (os error 2)",
-            app.display()
-        )
+    assert!(
+        line.starts_with(&format!("RELOADED pid={pid} error: cannot re-execute "))
+            && line.contains(&format!("cannot enter {}", cwd.display())),
+        "{line}"
     );
     server
         .wait_exit(temporary, Duration::from_secs(15))
@@ -167,10 +168,122 @@ fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
     wait_served_by(&addr, pid);
     assert!(server.alive().contains(&pid));
 
-    // With the binary back, the next reload works.
-    std::fs::copy(support::fixture(), &app).unwrap();
+    // With the directory back, the next reload works.
+    std::fs::create_dir(&cwd).unwrap();
     keep_pid_reload(&server, pid);
     wait_served_by(&addr, pid);
+}
+
+/// A broken release renamed into place while the original PID drains is
+/// not what the re-exec runs: it runs exactly the file the temporary
+/// generation ran and proved (held open since), so the PID keeps serving
+/// the release it proved. (It used to look the path up again after the
+/// drain, and exec the broken file: nothing served.)
+#[test]
+fn the_re_exec_runs_exactly_the_file_the_temporary_generation_ran() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(support::fixture(), &app).unwrap();
+    let server = Spec::fixture()
+        .bin(&app)
+        .env("FIXTURE_KEEP_PID", "1")
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    // v2, a good release, is installed; the reload starts it as the
+    // temporary generation.
+    let v2 = dir.path().join("app.v2");
+    std::fs::copy(support::fixture(), &v2).unwrap();
+    let v2_inode = std::fs::metadata(&v2).unwrap().ino();
+    std::fs::rename(&v2, &app).unwrap();
+    let slow = get_in_background(&addr, "/sleep/1500");
+    std::thread::sleep(Duration::from_millis(100));
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = server.nth_ready(before + 1).pid;
+    assert_ne!(temporary, pid);
+    // During the drain, a broken v3 lands at the path.
+    let v3 = dir.path().join("app.v3");
+    std::fs::write(&v3, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&v3, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&v3, &app).unwrap();
+    let _ = slow.join();
+    let again = server.nth_ready(before + 2);
+    assert_eq!(again.pid, pid, "{}", server.report());
+    wait_served_by(&addr, pid);
+    let running = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino();
+    assert_eq!(
+        running, v2_inode,
+        "the PID runs v2, the file the temporary generation ran"
+    );
+}
+
+/// A new release that adds an address someone else already listens on
+/// fails in its temporary generation, which binds (and releases) every
+/// address the re-executed image will need: the reload fails with the
+/// address named, and the original PID serves on. (The temporary
+/// generation used to skip new addresses, and the re-executed image then
+/// failed to start: nothing served.)
+#[test]
+fn a_new_address_in_use_fails_the_reload_before_the_re_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("extra");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = taken.local_addr().unwrap().to_string();
+    let server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_EXTRA_ADDR", &extra)
+        .env("FIXTURE_EXTRA_ADDR_FILE", flag.display().to_string())
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    std::fs::write(&flag, "").unwrap();
+    let (status, body) = get(&addr, "/reload").unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains(&format!("cannot listen on {extra}: ")) && body.contains("in use"),
+        "{body}"
+    );
+    wait_served_by(&addr, pid);
+    assert_eq!(server.alive(), vec![pid], "{}", server.report());
+}
+
+/// The re-executed image fails to start (here it crashes at start-up): the
+/// temporary generation, which still holds the listeners, serves on in its
+/// place and takes the PID file, so something always serves.
+#[test]
+fn a_re_executed_image_that_fails_leaves_the_temporary_generation_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash = dir.path().join("crash");
+    let pid_file = dir.path().join("app.pid");
+    let server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_CRASH_FILE", crash.display().to_string())
+        .env("FIXTURE_PID_FILE", pid_file.display().to_string())
+        .start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    let slow = get_in_background(&addr, "/sleep/1000");
+    std::thread::sleep(Duration::from_millis(100));
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = server.nth_ready(before + 1).pid;
+    // Once the temporary generation serves, new starts crash.
+    std::fs::write(&crash, "").unwrap();
+    let _ = slow.join();
+    server
+        .wait_line(Duration::from_secs(10), |l| l == format!("CRASH pid={pid}"))
+        .unwrap_or_else(|| panic!("the re-executed image did not crash:\n{}", server.report()));
+    wait_served_by(&addr, temporary);
+    support::eventually(
+        "the PID file names the temporary generation",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == temporary.to_string()),
+    );
+    assert!(server
+        .log()
+        .contains("this temporary generation serves on in its place"));
 }
 
 #[test]
@@ -267,10 +380,11 @@ fn children_of_the_program_are_not_reaped_by_the_re_exec() {
 }
 
 /// If the original PID dies while its temporary generation serves (say it
-/// is killed while it drains before the re-exec), the temporary generation
-/// does not stay behind serving the port: it drains and exits.
+/// is killed while it drains before the re-exec), the temporary generation,
+/// which holds the listeners, serves on in its place: the port never
+/// refuses a connection.
 #[test]
-fn a_temporary_generation_exits_when_its_parent_is_gone() {
+fn a_temporary_generation_serves_on_when_its_parent_is_gone() {
     let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
     let addr = server.addr();
     let pid = server.current().pid;
@@ -284,15 +398,8 @@ fn a_temporary_generation_exits_when_its_parent_is_gone() {
     signal_pid(pid, Signal::SIGKILL);
     server.wait_exit(pid, Duration::from_secs(5)).unwrap();
     let _ = slow.join();
-    server
-        .wait_exit(temporary, Duration::from_secs(10))
-        .unwrap_or_else(|| {
-            panic!(
-                "the orphaned temporary generation still runs:\n{}",
-                server.report()
-            )
-        });
-    assert!(server.alive().is_empty(), "{}", server.report());
+    wait_served_by(&addr, temporary);
+    assert_eq!(server.alive(), vec![temporary], "{}", server.report());
 }
 
 /// A stop while the original PID drains before its re-exec (as `systemctl

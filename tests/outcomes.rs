@@ -103,14 +103,22 @@ fn a_long_poll_answers_early_when_the_drain_starts() {
         "{stats}"
     );
     let t = Instant::now();
-    server.reload(Signal::SIGHUP);
+    let new = server.reload(Signal::SIGHUP).pid;
     let (status, body) = poll.join().unwrap().unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with(&format!("drained pid={old} ")), "{body}");
-    assert_eq!(field(&body, "reloads_succeeded:"), "1", "{body}");
+    // The reload was asked of this generation and has not failed; it counts
+    // as succeeded in the new generation, once its probation is over.
+    assert_eq!(field(&body, "reloads_requested:"), "1", "{body}");
+    assert_eq!(field(&body, "reloads_failed:"), "0", "{body}");
     assert_eq!(field(&body, "draining:"), "true", "{body}");
+    // The fixture's probation is 1 s.
     server.assert_exited_0(old, Duration::from_secs(10));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let (_, stats) = get(&addr, "/stats").unwrap();
+    assert!(stats.contains(&format!("{new}")) || !stats.is_empty());
+    assert_eq!(field(&stats, "reloads_succeeded:"), "1", "{stats}");
+    assert_eq!(field(&stats, "in_probation:"), "false", "{stats}");
 }
 
 /// The notice is spread over the configured window: 40 waiters told at

@@ -500,7 +500,9 @@ fn a_draining_generation_starts_no_new_generation() {
         1,
         "a draining generation started another"
     );
-    assert!(server.log().contains("draining; reload ignored"));
+    assert!(server
+        .log()
+        .contains("reload requested of a draining generation; ignored"));
 }
 
 #[test]
@@ -566,47 +568,48 @@ fn a_busy_port_is_an_error_naming_the_address() {
 fn corrupt_hand_over_variables_are_an_error_naming_the_fd() {
     // The variables name the test process, which is the fixture's parent: the
     // fixture believes it was started by a reload, and must reject them.
-    let me = std::process::id().to_string();
+    let me = format!("1;parent={}", std::process::id());
     let cases = [
         (
-            vec![("ENDLESS_FDS", "many"), ("ENDLESS_FDNAMES", "127.0.0.1:0")],
-            "cannot adopt inherited fd 3: ENDLESS_FDS=\"many\" is not a count from 0 to 1024",
+            "3=listener:1:1",
+            "cannot adopt inherited fd 3: ENDLESS_FDS entry \"3=listener:1:1\" is not FD=KIND:DEVICE:INODE:NAME",
         ),
         (
-            vec![("ENDLESS_FDS", "1"), ("ENDLESS_FDNAMES", "a;b")],
-            "cannot adopt inherited fd 3: ENDLESS_FDNAMES names 2 sockets but ENDLESS_FDS=1",
+            "5=socket:1:1:x",
+            "cannot adopt inherited fd 5: ENDLESS_FDS entry \"5=socket:1:1:x\" is not FD=KIND:DEVICE:INODE:NAME",
+        ),
+        (
+            "4=extra:1:1:a;4=extra:1:1:b",
+            "cannot adopt inherited fd 4: ENDLESS_FDS names FD 4 twice",
         ),
     ];
-    for (vars, want) in cases {
-        let mut spec = Spec::fixture().env("ENDLESS_PPID", me.clone());
-        for (k, v) in vars {
-            spec = spec.env(k, v);
-        }
-        let got = start_error(spec);
-        match want.split_once('*') {
-            Some((head, tail)) => assert!(got.starts_with(head) && got.ends_with(tail), "{got}"),
-            None => assert_eq!(got, want),
-        }
+    for (fds, want) in cases {
+        let spec = Spec::fixture()
+            .env("ENDLESS_HANDOVER", me.clone())
+            .env("ENDLESS_FDS", fds);
+        assert_eq!(start_error(spec), want);
     }
-    // Variables whose FDs are not the sockets they name (by device and
+    let got = start_error(Spec::fixture().env("ENDLESS_HANDOVER", "9;parent=1"));
+    assert!(
+        got.ends_with("is not a hand-over this version reads"),
+        "{got}"
+    );
+    // Variables whose FDs are not the files they name (by device and
     // inode) are not ours, whoever they name as parent: ignored, and the FDs
     // (here the fixture's own, not sockets at all) left alone.
-    let names_40 = vec!["127.0.0.1:0"; 40].join(";");
-    let ids_40 = vec!["1:2"; 40].join(";");
-    for (ppid, count, names, ids) in [
-        ("1", "1", "127.0.0.1:0", None),
-        (me.as_str(), "1", "127.0.0.1:0", None),
-        (me.as_str(), "1", "127.0.0.1:0", Some("9:99")),
-        (me.as_str(), "40", names_40.as_str(), Some(ids_40.as_str())),
+    let many = (3..43)
+        .map(|fd| format!("{fd}=listener:1:2:127.0.0.1:0"))
+        .collect::<Vec<_>>()
+        .join(";");
+    for (handover, fds) in [
+        ("1;parent=1", "3=listener:9:99:127.0.0.1:0".to_owned()),
+        (me.as_str(), "3=listener:9:99:127.0.0.1:0".to_owned()),
+        (me.as_str(), many),
     ] {
-        let mut spec = Spec::fixture()
-            .env("ENDLESS_PPID", ppid)
-            .env("ENDLESS_FDS", count)
-            .env("ENDLESS_FDNAMES", names);
-        if let Some(ids) = ids {
-            spec = spec.env("ENDLESS_FDIDS", ids);
-        }
-        let p = spec.start();
+        let p = Spec::fixture()
+            .env("ENDLESS_HANDOVER", handover)
+            .env("ENDLESS_FDS", fds)
+            .start();
         assert!(!p.current().reloaded, "{}", p.report());
     }
 }

@@ -110,9 +110,12 @@ fn notify_sequence(abstract_name: bool) {
     let manager = Manager::new(abstract_name);
     let dir = tempfile::tempdir().unwrap();
     let crash = dir.path().join("crash");
+    // Without probation: each new generation is the main process as soon as
+    // it serves.
     let mut server = Spec::fixture()
         .env("NOTIFY_SOCKET", manager.env.clone())
         .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
+        .env("FIXTURE_PROBATION_MS", "0")
         .start();
     let gen0 = server.current().pid;
     let gen1 = server.reload(Signal::SIGHUP).pid;
@@ -155,6 +158,49 @@ fn sd_notify_messages_follow_reloads_failures_and_stop() {
 #[test]
 fn sd_notify_works_with_an_abstract_socket_address() {
     notify_sequence(true);
+}
+
+/// With probation the main PID stays with the old generation until it lets
+/// go, then moves; a new generation that dies within its probation never
+/// was the main process, and the old one says it serves again.
+#[test]
+fn sd_notify_with_probation_moves_the_main_pid_when_the_old_generation_lets_go() {
+    let manager = Manager::new(false);
+    let mut server = Spec::fixture()
+        .env("NOTIFY_SOCKET", manager.env.clone())
+        .env("FIXTURE_PROBATION_MS", "2000")
+        .start();
+    let gen0 = server.current().pid;
+    let gen1 = server.reload(Signal::SIGHUP).pid;
+    // gen0 lets go after 2 s.
+    manager.wait(4);
+    let gen2 = server.reload(Signal::SIGHUP).pid;
+    manager.wait(6);
+    signal_pid(gen2, Signal::SIGKILL);
+    server.wait_log(
+        "serving again: the new generation failed",
+        Duration::from_secs(10),
+    );
+    manager.wait(7);
+    signal_pid(gen1, Signal::SIGTERM);
+    server.wait_exit(gen1, Duration::from_secs(10)).unwrap();
+    let got: Vec<(u32, Vec<String>)> = manager
+        .wait(8)
+        .into_iter()
+        .map(|(pid, m)| (pid, lines(&m)))
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let want = vec![
+        (gen0, s(&["READY=1"])),
+        (gen0, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
+        (gen1, s(&["READY=1"])),
+        (gen0, vec![format!("MAINPID={gen1}")]),
+        (gen1, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
+        (gen2, s(&["READY=1"])),
+        (gen1, vec![format!("MAINPID={gen1}"), "READY=1".into()]),
+        (gen1, s(&["STOPPING=1"])),
+    ];
+    assert_eq!(got, want, "\n{}", server.report());
 }
 
 #[test]

@@ -14,6 +14,7 @@ fn the_benchmark_runs_and_loses_nothing() {
     let json = dir.path().join("bench.json");
     let svg = dir.path().join("reload.svg");
     let out = Command::new(support::example("bench"))
+        .env("BENCH_PROBATION_MS", "300")
         .args([
             "--quick",
             "--json",

@@ -28,7 +28,7 @@ fn axum_serves_and_reloads() {
 
     signal_pid(first, Signal::SIGUSR1);
     assert_eq!(p.listening_addr(1), addr, "the reload changed the address");
-    p.wait_exit(first, Duration::from_secs(10)).unwrap();
+    p.wait_exit(first, Duration::from_secs(25)).unwrap();
     let (_, body) = get(&addr, "/").unwrap();
     assert!(!body.contains(&first.to_string()), "{body}");
 }

@@ -432,7 +432,7 @@ fn the_tls_example_serves_https_and_rotates_on_reload() {
 
     files.replace(&cert_b, &key_b);
     signal_pid(first, Signal::SIGUSR1);
-    p.wait_exit(first, Duration::from_secs(10))
+    p.wait_exit(first, Duration::from_secs(25))
         .expect("old generation exits");
     let c = Https::connect(&addr, h1(&ca)).unwrap();
     assert_eq!(c.peer_cert(), der_b);

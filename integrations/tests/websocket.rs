@@ -29,10 +29,14 @@ use tokio_util::sync::CancellationToken;
 /// defaults).
 const NOTICE_SPREAD: Duration = Duration::from_secs(2);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-/// An old generation must be gone this long after the reload signal: the
-/// notice spread plus time for the closing handshakes, far below the stop
-/// timeout that would otherwise cut the connections.
-const EXIT_WITHIN: Duration = Duration::from_secs(5);
+/// The examples' probation (the library's default): an old generation
+/// holds its sockets this long after the hand-over, drained or not.
+const PROBATION: Duration = Duration::from_secs(10);
+/// An old generation must be gone this long after the reload signal: its
+/// probation, then the notice spread plus time for the closing handshakes
+/// (which run during the probation), below the stop timeout that would
+/// otherwise cut the connections.
+const EXIT_WITHIN: Duration = Duration::from_millis(PROBATION.as_millis() as u64 + 5_000);
 
 const CLIENTS: usize = 300;
 const RELOADS: usize = 3;

@@ -45,6 +45,11 @@ impl SocketFile {
         &self.path
     }
 
+    /// Whether a file with this device and inode is this one.
+    pub(crate) fn is(&self, dev: u64, ino: u64) -> bool {
+        self.dev == dev && self.ino == ino
+    }
+
     /// Removes the file if the path still names it. (Between the check and
     /// the unlink another process could still swap the file: no system call
     /// unlinks by inode. The window is two system calls wide.)

@@ -1,0 +1,188 @@
+//! What the builder hands a generation: the user's settings ([`Config`])
+//! and one record per listener ([`Endpoint`]), both checked by
+//! [`check`]. Nothing here changes while a generation runs.
+
+#[cfg(unix)]
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::connections::{Launch, Timeouts};
+use crate::error::{Error, Result};
+#[cfg(unix)]
+use crate::listener::UnixPermissions;
+use crate::listener::{self, BindSpec};
+use crate::ready::ReadyCheck;
+use crate::signal::SignalSet;
+use crate::tls::TlsSource;
+
+/// The longest duration any setting takes: longer ones are taken as this
+/// (about a year), so that no deadline computed from one can overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The user's settings.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) stop_timeout: Duration,
+    // Without Unix there are no reloads to time.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) ready_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    /// Used only with the `tls` feature.
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) signals: SignalSet,
+    /// How widely [`Handle::draining`](crate::Handle::draining) spreads its
+    /// wake-ups.
+    pub(crate) drain_notice_spread: Duration,
+    /// How long this generation keeps its sockets after a hand-over, to
+    /// serve again if the new generation dies.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) probation: Duration,
+    /// Checks a generation must pass before it says it is ready.
+    pub(crate) ready_checks: Vec<ReadyCheck>,
+    #[cfg(unix)]
+    pub(crate) pid_file: Option<PathBuf>,
+    #[cfg(unix)]
+    pub(crate) keep_pid: bool,
+    /// Reload when the executable changes.
+    #[cfg(unix)]
+    pub(crate) watch_binary: bool,
+    /// Reload when one of these changes; each with its identity when it was
+    /// named (the version this process started with).
+    #[cfg(unix)]
+    pub(crate) watch_files: Vec<(PathBuf, Option<crate::watch::Identity>)>,
+    /// Socket file permissions, by registered address.
+    #[cfg(unix)]
+    pub(crate) unix_permissions: Vec<(String, UnixPermissions)>,
+    /// Makes the state handed to the next generation at each reload.
+    #[cfg(unix)]
+    pub(crate) handoff: Option<crate::state::Producer>,
+    /// The control socket, with its permissions.
+    #[cfg(unix)]
+    pub(crate) control: Option<(PathBuf, UnixPermissions)>,
+}
+
+impl Config {
+    /// What the connections follow.
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header_read: self.header_read_timeout,
+            stop: self.stop_timeout,
+            tls_handshake: self.tls_handshake_timeout,
+        }
+    }
+}
+
+/// One registered listener: its address (also its name across reloads),
+/// how to bind it, its socket file's permissions, its TLS configuration if
+/// it serves HTTPS, and its service.
+pub(crate) struct Endpoint {
+    pub(crate) addr: String,
+    pub(crate) spec: BindSpec,
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) perms: Option<UnixPermissionsOrNone>,
+    pub(crate) tls: Option<TlsSource>,
+    pub(crate) svc: Box<dyn Launch>,
+}
+
+#[cfg(unix)]
+pub(crate) type UnixPermissionsOrNone = UnixPermissions;
+/// No socket files without Unix: nothing to give permissions to.
+#[cfg(not(unix))]
+pub(crate) type UnixPermissionsOrNone = std::convert::Infallible;
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A listener as registered, before [`check`].
+pub(crate) struct Registration {
+    pub(crate) addr: String,
+    pub(crate) svc: Box<dyn Launch>,
+    pub(crate) tls: Option<TlsSource>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks every setting that needs no system call, and makes the
+/// endpoints.
+pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result<Vec<Endpoint>> {
+    config.signals.validate()?;
+    for (setting, value) in [
+        ("stop_timeout", config.stop_timeout),
+        ("ready_timeout", config.ready_timeout),
+        ("header_read_timeout", config.header_read_timeout),
+        ("tls_handshake_timeout", config.tls_handshake_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(Error::Config {
+                setting,
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+    }
+    if registrations.is_empty() {
+        return Err(Error::Config {
+            setting: "listeners",
+            reason: "no address registered".to_owned(),
+        });
+    }
+    let mut endpoints = Vec::with_capacity(registrations.len());
+    for r in registrations {
+        let spec = listener::parse(&r.addr)?;
+        endpoints.push(Endpoint {
+            perms: permissions_of(&r.addr, config),
+            addr: r.addr,
+            spec,
+            tls: r.tls,
+            svc: r.svc,
+        });
+    }
+    #[cfg(unix)]
+    for (addr, _) in &config.unix_permissions {
+        let reason = match endpoints.iter().find(|e| e.addr == *addr) {
+            None => format!("{addr:?} is not a registered address"),
+            Some(Endpoint {
+                spec: BindSpec::Unix(_),
+                ..
+            }) => continue,
+            Some(_) => format!("{addr:?} is not a Unix socket file (unix:/path)"),
+        };
+        return Err(Error::Config {
+            setting: "unix_permissions",
+            reason,
+        });
+    }
+    #[cfg(unix)]
+    if let Some((path, _)) = &config.control {
+        if !path.is_absolute() {
+            return Err(Error::Config {
+                setting: "control_socket",
+                reason: format!("{} is not an absolute path", path.display()),
+            });
+        }
+    }
+    Ok(endpoints)
+}
+
+/// The permissions set for `addr`'s socket file, if any.
+#[cfg(unix)]
+fn permissions_of(addr: &str, config: &Config) -> Option<UnixPermissions> {
+    let found = config.unix_permissions.iter().find(|(a, _)| a == addr);
+    found.map(|(_, p)| p.clone())
+}
+
+#[cfg(not(unix))]
+fn permissions_of(_: &str, _: &Config) -> Option<UnixPermissionsOrNone> {
+    None
+}
