@@ -57,5 +57,15 @@ async fn main() -> Result<(), endless::Error> {
     for addr in &addrs {
         server = server.register(addr, service_fn(hello));
     }
+    // Under systemd with `RuntimeDirectory=` (see examples/systemd/), a
+    // control socket there: `endlessctl reload` waits for the outcome.
+    #[cfg(unix)]
+    if let Ok(dir) = std::env::var("RUNTIME_DIRECTORY") {
+        let dir = dir.split(':').next().unwrap_or(&dir).to_owned();
+        server = server.control_socket(
+            std::path::Path::new(&dir).join("control.sock"),
+            endless::UnixPermissions::new(),
+        );
+    }
     server.run().await
 }

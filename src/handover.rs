@@ -82,20 +82,16 @@ pub(crate) enum Kind {
     /// `keep_pid`: the link to the temporary generation, kept across the
     /// re-exec in place.
     TemporaryLink,
-    /// `keep_pid`: the image this process ran before its re-exec, to go
-    /// back to if the new one cannot start.
-    Rollback,
 }
 
 impl Kind {
-    const ALL: [(Kind, &'static str); 7] = [
+    const ALL: [(Kind, &'static str); 6] = [
         (Kind::Listener, "listener"),
         (Kind::ListenerUnowned, "listener-unowned"),
         (Kind::Extra, "extra"),
         (Kind::Link, "link"),
         (Kind::State, "state"),
         (Kind::TemporaryLink, "temporary-link"),
-        (Kind::Rollback, "rollback"),
     ];
 
     fn as_str(self) -> &'static str {
@@ -115,7 +111,7 @@ impl Kind {
             Kind::Listener | Kind::ListenerUnowned | Kind::Link | Kind::TemporaryLink => {
                 Some(SFlag::S_IFSOCK)
             }
-            Kind::State | Kind::Rollback => Some(SFlag::S_IFREG),
+            Kind::State => Some(SFlag::S_IFREG),
             Kind::Extra => None,
         }
     }

@@ -173,6 +173,7 @@
 //!   signals are caught and ignored from then on.
 
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Without Unix the shared modules (events, drain, connections) keep what
 // only the reload machinery uses; dead code is checked on Unix, where all
 // of it is used.
@@ -245,6 +246,12 @@ mod watch;
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
+
+/// The README's snippets, compiled (and run, unless marked `no_run`) as
+/// doc tests, so the first program a newcomer copies builds.
+#[cfg(all(doctest, unix, feature = "tls"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use conn_info::ConnInfo;
 #[cfg(feature = "tls")]

@@ -145,3 +145,53 @@ fn an_absolute_argv0_through_the_symlink_runs_in_the_new_release() {
         server.report()
     );
 }
+
+/// Started as `./server` in `current` by a manager that sets no `PWD`
+/// (systemd): the start directory is the release `current` pointed at
+/// (`getcwd()` resolves the link), so a reload after a switch runs the old
+/// release again. endless says so, at start and at the reload (which names
+/// what it ran); once the old release is deleted, the reload fails naming
+/// the directory, and the old generation serves on.
+#[test]
+fn without_pwd_a_relative_argv0_reruns_the_old_release_and_says_so() {
+    let layout = Layout::new();
+    let v1 = layout.release("v1");
+    layout.switch("v1");
+    let server = Spec::fixture()
+        .bin(layout.current().join("server"))
+        .arg0("./server")
+        .cwd(layout.current())
+        .no_pwd()
+        .start();
+    let addr = server.addr();
+    assert!(
+        server
+            .log()
+            .contains("started by a relative path without $PWD"),
+        "{}",
+        server.report()
+    );
+    layout.release("v2");
+    layout.switch("v2");
+    let gen2 = server.reload(Signal::SIGHUP).pid;
+    assert_eq!(whoami(&addr, gen2).0, format!("{}/server", canonical(&v1)));
+    assert!(server
+        .log()
+        .contains("the new generation runs the same executable file as this one"));
+    std::fs::remove_dir_all(&v1).unwrap();
+    let (status, body) = get(&addr, "/reload").unwrap();
+    assert_eq!(status, 500);
+    assert!(
+        body.starts_with(&format!(
+            "cannot start the new generation in {}",
+            canonical_gone(&v1)
+        )),
+        "{body}"
+    );
+}
+
+/// `p` as `canonicalize` gave it while it existed.
+fn canonical_gone(p: &Path) -> String {
+    let parent = p.parent().unwrap().canonicalize().unwrap();
+    parent.join(p.file_name().unwrap()).display().to_string()
+}

@@ -33,9 +33,12 @@ fn boot_hello() -> Option<(Systemd, String)> {
     Some((sd, format!("127.0.0.1:{port}")))
 }
 
-/// `systemctl reload UNIT`, then waits until systemd's MainPID is the new
-/// generation's and that generation answers on `addr`. Returns the new PID
-/// and the time from the reload command to the MainPID change.
+/// `systemctl reload UNIT`, which returns once the new generation serves
+/// (the shipped units reload through the control socket), then waits until
+/// systemd's MainPID is the new generation's (the old one hands it over
+/// when its probation, 1 s for the fixture, is over) and that generation
+/// answers on `addr`. Returns the new PID and the time from the reload
+/// command to the MainPID change.
 fn reload(sd: &Systemd, unit: &str, addr: &str) -> (u32, Duration) {
     let old = sd.main_pid(unit);
     let t = Instant::now();
@@ -336,10 +339,20 @@ fn a_failed_reload_keeps_the_unit_and_its_main_pid() {
     let l = load::start(rt.handle(), &addr, Mode::KeepAlive, 8, "/");
     std::thread::sleep(Duration::from_millis(300));
     deploy(b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
-    sd.ok(&["reload", HELLO]);
-    sd.eventually("a failed reload", Duration::from_secs(20), || {
-        support::strip_ansi(&sd.log()).contains("new generation exited before it was ready")
-    });
+    // `systemctl reload` waits for the outcome and fails with it.
+    let out = sd.systemctl(&["reload", HELLO]);
+    assert!(
+        !out.status.success(),
+        "systemctl reload succeeded with a broken build:\n{}",
+        sd.log_tail()
+    );
+    assert!(support::strip_ansi(&sd.log()).contains("new generation exited before it was ready"));
+    assert!(
+        sd.log().contains("error new generation")
+            && sd.log().contains("exited before it was ready"),
+        "endlessctl's answer is in the journal:\n{}",
+        sd.log_tail()
+    );
     // RELOADING=1 then READY=1 again from the old generation: active again.
     sd.eventually("active again", Duration::from_secs(5), || {
         match sd.show(HELLO, "ActiveState") {
@@ -366,6 +379,63 @@ fn a_failed_reload_keeps_the_unit_and_its_main_pid() {
     assert_eq!(stats.failed, 0, "{:?}\n{}", stats.errors, sd.log_tail());
     assert!(stats.ok >= 300, "too few requests: {stats:?}");
     assert_eq!(sd.show(HELLO, "ActiveState"), "active");
+}
+
+/// Probation under systemd: a new generation killed within its probation
+/// leaves the unit active, its MainPID the old generation's (which held it
+/// all along), and requests answered by the old generation, under load.
+#[test]
+fn a_successor_killed_during_probation_leaves_the_unit_active_on_the_old_generation() {
+    let _heavy = support::heavy();
+    let port = free_port();
+    let mut unit = Unit::shipped(HELLO, port);
+    unit.text = unit.text.replace(
+        "[Service]\n",
+        "[Service]\nEnvironment=FIXTURE_PROBATION_MS=8000\n",
+    );
+    let Some(sd) = Systemd::boot(&[unit], &[HELLO], &support::fixture()) else {
+        return;
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let old = sd.main_pid(HELLO);
+    wait_served_by(&addr, old);
+    let rt = load::runtime();
+    let l = load::start(rt.handle(), &addr, Mode::Close, 8, "/");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    sd.ok(&["reload", HELLO]);
+    let blocked = t.elapsed();
+    // The reload returned once the new generation served; the main PID
+    // stays with the old one for the probation.
+    let new = support::eventually("the new generation serves", Duration::from_secs(10), || {
+        let (_, body) = get(&addr, "/").ok()?;
+        let pid = support::served_pid(&body);
+        (pid != old).then_some(pid)
+    });
+    assert_eq!(sd.main_pid(HELLO), old);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = sd.run(&["kill", "-9", &new.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    wait_served_by(&addr, old);
+    std::thread::sleep(Duration::from_millis(1000));
+    let stats = l.finish();
+    eprintln!(
+        "systemd probation: reload returned after {blocked:?}; new generation {new} killed; {} ok, {} failed {:?}",
+        stats.ok, stats.failed, stats.failures
+    );
+    assert_eq!(sd.show(HELLO, "ActiveState"), "active", "{}", sd.log_tail());
+    assert_eq!(sd.show(HELLO, "SubState"), "running");
+    assert_eq!(sd.main_pid(HELLO), old, "{}", sd.log_tail());
+    assert_eq!(
+        stats.failures.get("connect").copied().unwrap_or(0),
+        0,
+        "{:?}",
+        stats.errors
+    );
+    assert!(stats.failed <= 8, "{:?}", stats.errors);
+    // The next reload works as usual.
+    let (next, _) = reload(&sd, HELLO, &addr);
+    assert_ne!(next, old);
 }
 
 /// The processes of the PID namespace whose init has host PID `init`:

@@ -73,6 +73,8 @@ pub struct Spec<'a> {
     /// The directory to start in (`PWD` is set to it, as a shell would) and
     /// the `argv[0]` to give, when not the binary's path.
     cwd: Option<PathBuf>,
+    /// Leave `PWD` out of the environment (as systemd does).
+    no_pwd: bool,
     arg0: Option<String>,
 }
 
@@ -88,6 +90,7 @@ impl<'a> Spec<'a> {
             env: Vec::new(),
             activated: None,
             cwd: None,
+            no_pwd: false,
             arg0: None,
         }
     }
@@ -96,6 +99,13 @@ impl<'a> Spec<'a> {
     /// shell started there would).
     pub fn cwd(mut self, dir: impl AsRef<Path>) -> Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Starts without `PWD` in the environment, as a service manager that
+    /// sets none (systemd) would.
+    pub fn no_pwd(mut self) -> Self {
+        self.no_pwd = true;
         self
     }
 
@@ -162,6 +172,9 @@ impl<'a> Spec<'a> {
         }
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir).env("PWD", dir);
+        }
+        if self.no_pwd {
+            cmd.env_remove("PWD");
         }
         if let Some(arg0) = &self.arg0 {
             cmd.arg0(arg0);

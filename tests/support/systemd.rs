@@ -162,6 +162,10 @@ impl Unit {
                     "/usr/local/bin/endless-hello",
                     &format!("{INSIDE}/bin/endless-hello"),
                 )
+                .replace(
+                    "/usr/local/bin/endlessctl",
+                    &format!("{INSIDE}/bin/endlessctl"),
+                )
                 .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
         }
     }
@@ -179,6 +183,21 @@ impl Unit {
         }
         text
     }
+}
+
+/// The `endlessctl` binary of this build, beside the test's examples.
+pub fn endlessctl() -> std::path::PathBuf {
+    let path = super::process::fixture()
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("endlessctl"))
+        .expect("the target directory");
+    assert!(
+        path.exists(),
+        "{} not built (cargo build --bins)",
+        path.display()
+    );
+    path
 }
 
 /// A free port on 127.0.0.1 (bound, then closed, so that a unit can bind it).
@@ -214,6 +233,7 @@ impl Systemd {
         std::fs::create_dir_all(&units_dir).unwrap();
         std::fs::create_dir_all(dir.path().join("bin")).unwrap();
         std::fs::copy(binary, dir.path().join("bin/endless-hello")).unwrap();
+        std::fs::copy(endlessctl(), dir.path().join("bin/endlessctl")).unwrap();
         std::fs::write(dir.path().join("services.log"), "").unwrap();
         for unit in units {
             std::fs::write(units_dir.join(&unit.name), &unit.text).unwrap();
