@@ -122,30 +122,8 @@ impl Generation {
             .map(|e| e.tls.as_ref().map(|t| t.acceptor()).transpose())
             .collect::<Result<Vec<Tls>>>()?;
         let started = Instant::now();
-        // A temporary generation keeps no new address: the process it stands
-        // in for binds them after its re-exec. It proves they can be bound.
-        let wanted: Vec<listener::Wanted<'_>> = endpoints
-            .iter()
-            .map(|e| listener::Wanted {
-                name: &e.addr,
-                spec: &e.spec,
-                perms: e.perms.as_ref(),
-            })
-            .collect();
-        let bound = listener::take_all(&wanted, temporary.is_none()).await?;
+        let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
         let extras = crate::sockets::freeze();
-        let addrs = bound_addrs(&endpoints, &bound)?;
-        let locals = first_of_each(&endpoints, &addrs);
-        let targets: Vec<crate::ready::Target<'_>> = endpoints
-            .iter()
-            .zip(&locals)
-            .map(|(e, local)| crate::ready::Target {
-                addr: &e.addr,
-                svc: &*e.svc,
-                local,
-            })
-            .collect();
-        crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
 
         let socket_files = bound
             .iter()
@@ -582,6 +560,40 @@ fn inherit_counters(life: &Lifecycle, origin: Option<Origin>) {
     if by_reload && !on_probation {
         life.probation_passed();
     }
+}
+
+/// Takes every endpoint's listeners (adopted or bound; a temporary
+/// generation, with `bind_new` false, keeps no new address: the process it
+/// stands in for binds them after its re-exec, so it proves they can be
+/// bound), then runs the ready checks, probes through the endpoints.
+/// Returns the listeners and where each is bound.
+async fn bind_and_check(
+    config: &Config,
+    endpoints: &[Endpoint],
+    bind_new: bool,
+) -> Result<(Vec<Bound>, Vec<(usize, LocalAddr)>)> {
+    let wanted: Vec<listener::Wanted<'_>> = endpoints
+        .iter()
+        .map(|e| listener::Wanted {
+            name: &e.addr,
+            spec: &e.spec,
+            perms: e.perms.as_ref(),
+        })
+        .collect();
+    let bound = listener::take_all(&wanted, bind_new).await?;
+    let addrs = bound_addrs(endpoints, &bound)?;
+    let locals = first_of_each(endpoints, &addrs);
+    let targets: Vec<crate::ready::Target<'_>> = endpoints
+        .iter()
+        .zip(&locals)
+        .map(|(e, local)| crate::ready::Target {
+            addr: &e.addr,
+            svc: &*e.svc,
+            local,
+        })
+        .collect();
+    crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
+    Ok((bound, addrs))
 }
 
 /// Where each listener is bound, with its endpoint's index, in order.

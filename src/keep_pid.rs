@@ -100,48 +100,7 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     if drain.stop_requested() {
         return stop_instead(temporary, &link, trigger, drain, child, ended);
     }
-    let current = crate::exe::current();
-    let mut fds: Vec<Outgoing<'_>> = cx
-        .outgoing
-        .iter()
-        .map(|(kind, name, fd)| Outgoing {
-            kind: *kind,
-            name,
-            fd: *fd,
-        })
-        .collect();
-    if let Some(state) = &state {
-        fds.push(Outgoing {
-            kind: Kind::State,
-            name: "",
-            fd: state.as_raw_fd(),
-        });
-    }
-    fds.push(Outgoing {
-        kind: Kind::TemporaryLink,
-        name: "",
-        fd: link.raw_fd(),
-    });
-    let program = if cfg!(any(target_os = "linux", target_os = "android")) {
-        Program::Fd(exe.file.as_raw_fd())
-    } else {
-        Program::Path
-    };
-    let others = children()
-        .into_iter()
-        .filter(|p| p.as_raw() as u32 != temporary)
-        .collect();
-    let prepared = Prepared::prepare(
-        &exe.path,
-        program,
-        &current.args,
-        current.cwd.as_deref(),
-        &fds,
-        Some(Pid::from_raw(temporary as i32)),
-        others,
-        crate::handover::generation() + 1,
-    );
-    let failed = match prepared {
+    let failed = match prepare(&cx.outgoing, state.as_ref(), &link, &exe, temporary) {
         Ok(p) => {
             last_look(events).await;
             info!(path = %exe.path.display(), identity = %exe.id, "re-executing in place");
@@ -182,6 +141,59 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     // T exits by itself once drained; reap it meanwhile.
     reap_in_background(child);
     Step::Resumed(failure, drain)
+}
+
+/// Everything the re-exec needs, made before the last moment: the
+/// descriptors (the listeners and extras, the state, the link to the
+/// temporary generation `temporary`), the program (the open file it ran),
+/// the arguments, and the children this image leaves.
+fn prepare(
+    outgoing: &[(Kind, String, RawFd)],
+    state: Option<&std::os::fd::OwnedFd>,
+    link: &Link,
+    exe: &crate::exe::ExeFile,
+    temporary: u32,
+) -> std::io::Result<Prepared> {
+    let current = crate::exe::current();
+    let mut fds: Vec<Outgoing<'_>> = outgoing
+        .iter()
+        .map(|(kind, name, fd)| Outgoing {
+            kind: *kind,
+            name,
+            fd: *fd,
+        })
+        .collect();
+    if let Some(state) = state {
+        fds.push(Outgoing {
+            kind: Kind::State,
+            name: "",
+            fd: state.as_raw_fd(),
+        });
+    }
+    fds.push(Outgoing {
+        kind: Kind::TemporaryLink,
+        name: "",
+        fd: link.raw_fd(),
+    });
+    let program = if cfg!(any(target_os = "linux", target_os = "android")) {
+        Program::Fd(exe.file.as_raw_fd())
+    } else {
+        Program::Path
+    };
+    let others = children()
+        .into_iter()
+        .filter(|p| p.as_raw() as u32 != temporary)
+        .collect();
+    Prepared::prepare(
+        &exe.path,
+        program,
+        &current.args,
+        current.cwd.as_deref(),
+        &fds,
+        Some(Pid::from_raw(temporary as i32)),
+        others,
+        crate::handover::generation() + 1,
+    )
 }
 
 /// A stop instead of the re-exec: T stops too, and P outlives it.

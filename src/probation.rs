@@ -90,13 +90,7 @@ pub(crate) async fn hold(
         tokio::select! {
             status = child.wait() => {
                 words.listen(&mut link).await;
-                if let Some(verdict) = words.verdict() {
-                    return verdict.with(child);
-                }
-                let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(-1));
-                let error = Error::SuccessorDied { pid, status, window, reason: words.said };
-                warn!(pid, %status, reason = %error, "the new generation died within its probation; serving again");
-                return Held::Failed(error);
+                return died(child, pid, status, window, words);
             }
             message = link.next(), if link_open => match words.heard(message) {
                 Some(Heard::HandedOver(next)) => {
@@ -121,22 +115,56 @@ pub(crate) async fn hold(
                 warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
                 conns.cut_off().await;
             }
-            event = events.next() => match event {
-                Event::Reload(trigger) => pass_on_reload(trigger, &link, pid),
-                Event::Stop(stop) => {
+            event = events.next() => {
+                if let Some(stop) = on_event(event, &link, pid) {
                     let second = drain.on_stop(stop) == OnStop::CutShort;
-                    info!(signal = ?stop.signal, pid, "stop requested during the new generation's probation; passing it on");
-                    link.send(Down::Stop);
                     if second {
                         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
                     }
                     return Held::Stopping(Outlived::Child(child));
                 }
-                Event::Ready(p) => debug!(pid = p, "SIGTERM from a former child ignored"),
-                Event::Upstream(message) => debug!(?message, "message from the parent ignored"),
-            },
+            }
         }
     }
+}
+
+/// The successor exited: a failure, unless it said it handed over or was
+/// stopping.
+fn died(
+    child: Child,
+    pid: u32,
+    status: std::io::Result<std::process::ExitStatus>,
+    window: Duration,
+    words: Words,
+) -> Held {
+    if let Some(verdict) = words.verdict() {
+        return verdict.with(child);
+    }
+    let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(-1));
+    let error = Error::SuccessorDied {
+        pid,
+        status,
+        window,
+        reason: words.said,
+    };
+    warn!(pid, %status, reason = %error, "the new generation died within its probation; serving again");
+    Held::Failed(error)
+}
+
+/// An event during the probation: a reload is passed on; a stop is passed
+/// on and returned (it ends the probation).
+fn on_event(event: Event, link: &Link, pid: u32) -> Option<crate::events::Stop> {
+    match event {
+        Event::Reload(trigger) => pass_on_reload(trigger, link, pid),
+        Event::Stop(stop) => {
+            info!(signal = ?stop.signal, pid, "stop requested during the new generation's probation; passing it on");
+            link.send(Down::Stop);
+            return Some(stop);
+        }
+        Event::Ready(p) => debug!(pid = p, "SIGTERM from a former child ignored"),
+        Event::Upstream(message) => debug!(?message, "message from the parent ignored"),
+    }
+    None
 }
 
 /// A reload asked of a generation on probation goes to the one that

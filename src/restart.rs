@@ -185,28 +185,16 @@ impl Restarter {
                 // Readiness first: a ready signal that arrives with the ready
                 // timeout wins.
                 biased;
-                event = events.next() => match event {
-                    Event::Ready(p) if p == pid => {
-                        info!(pid, elapsed = ?since.elapsed(), path = %exe.path.display(), identity = %exe.id, same_executable = exe.is_running_image(), "new generation ready; handing over");
-                        if exe.is_running_image() {
-                            warn!(path = %exe.path.display(), identity = %exe.id, "the new generation runs the same executable file as this one: if a new release was deployed, it is not at this path (see the deployment guide on PWD)");
-                        }
+                event = events.next() => match while_starting(event, pid, &mut pending) {
+                    Some(Starting::Ready) => {
+                        ready(pid, since, &exe);
                         return Attempt::HandedOver(Box::new(Successor { child, pid, link, trigger, since, pending, exe, said }));
                     }
-                    Event::Ready(p) => debug!(pid = p, "SIGTERM from an abandoned generation ignored"),
-                    Event::Reload(t) if t.waits() => t.answer(Err(Error::ReloadInProgress)),
-                    Event::Reload(t) => {
-                        info!(trigger = %t, pid, "reload requested while one is under way; it runs after this one");
-                        pending = Some(t);
-                    }
-                    Event::Stop(stop) => {
-                        // Gracefully: it may already have accepted a connection.
-                        info!(signal = ?stop.signal, pid, "stop requested; stopping the generation that was starting");
-                        signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+                    Some(Starting::Stop) => {
                         trigger.answer(Err(Error::Draining));
                         return Attempt::Stopped;
                     }
-                    Event::Upstream(message) => debug!(?message, "message from the parent ignored"),
+                    None => {}
                 },
                 message = link.next(), if link_open => match message {
                     Some(Up::Failed(text) | Up::Panicked(text)) => said = Some(text),
@@ -313,6 +301,47 @@ impl Restarter {
                 Err(source) => return Err(spawn_error(source)),
             }
         }
+    }
+}
+
+/// What an event means while a new generation starts.
+enum Starting {
+    /// It serves.
+    Ready,
+    /// A stop: it was told to stop too.
+    Stop,
+}
+
+/// Answers an event that arrives while the new generation `pid` starts: a
+/// request that waits is told one is under way; any other is remembered in
+/// `pending`; a stop stops the new generation too.
+fn while_starting(event: Event, pid: u32, pending: &mut Option<Trigger>) -> Option<Starting> {
+    match event {
+        Event::Ready(p) if p == pid => return Some(Starting::Ready),
+        Event::Ready(p) => debug!(pid = p, "SIGTERM from an abandoned generation ignored"),
+        Event::Reload(t) if t.waits() => t.answer(Err(Error::ReloadInProgress)),
+        Event::Reload(t) => {
+            info!(trigger = %t, pid, "reload requested while one is under way; it runs after this one");
+            *pending = Some(t);
+        }
+        Event::Stop(stop) => {
+            // Gracefully: it may already have accepted a connection.
+            info!(signal = ?stop.signal, pid, "stop requested; stopping the generation that was starting");
+            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+            return Some(Starting::Stop);
+        }
+        Event::Upstream(message) => debug!(?message, "message from the parent ignored"),
+    }
+    None
+}
+
+/// Logs that the new generation `pid` serves, and says so if it runs the
+/// very file this one runs.
+fn ready(pid: u32, since: Instant, exe: &ExeFile) {
+    let same = exe.is_running_image();
+    info!(pid, elapsed = ?since.elapsed(), path = %exe.path.display(), identity = %exe.id, same_executable = same, "new generation ready; handing over");
+    if same {
+        warn!(path = %exe.path.display(), identity = %exe.id, "the new generation runs the same executable file as this one: if a new release was deployed, it is not at this path (see the deployment guide on PWD)");
     }
 }
 

@@ -21,7 +21,10 @@ enum Death {
 fn kill(addr: &str, pid: u32, death: Death) {
     match death {
         Death::Kill => signal_pid(pid, Signal::SIGKILL),
-        Death::Segv => signal_pid(pid, Signal::SIGSEGV),
+        // A real fault: a `kill -SEGV` does not kill a Rust program.
+        Death::Segv => {
+            let _ = get(addr, "/segv");
+        }
         Death::Exit => {
             // Answered by whichever generation accepts it: only the new one
             // (the old one no longer accepts).

@@ -134,7 +134,7 @@ fn handle_reload_from_a_handler_resolves_once_the_new_generation_serves() {
     let (status, body) = get(&addr, "/reload").unwrap();
     assert_eq!(
         (status, body.as_str()),
-        (200, "reloaded\n"),
+        (200, "reloaded draining=true\n"),
         "{}",
         server.report()
     );

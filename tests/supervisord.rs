@@ -63,7 +63,12 @@ fn readies(out: &Path) -> Vec<(u32, String)> {
         .filter_map(|l| l.strip_prefix("READY pid="))
         .filter_map(|l| {
             let (pid, rest) = l.split_once(' ')?;
-            let addr = rest.split("addrs=").nth(1)?.to_owned();
+            let addr = rest
+                .split("addrs=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_owned();
             Some((pid.parse().ok()?, addr))
         })
         .collect()
