@@ -280,6 +280,12 @@ impl Events {
                     Some(Down::LetGo) => {
                         debug!("the previous generation let go of its sockets: probation over");
                         self.life.probation_passed();
+                        #[cfg(unix)]
+                        crate::systemd::status(&format!(
+                            "serving (generation {}, pid {})",
+                            self.life.stats().generation,
+                            std::process::id()
+                        ));
                         continue;
                     }
                     None => {

@@ -22,7 +22,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{Config, Endpoint};
 use crate::connections::{Connections, Tls};
@@ -61,6 +61,8 @@ pub(crate) struct Generation {
     /// The Unix socket files this server bound, removed after a final stop.
     socket_files: Vec<SocketFile>,
     watcher: Option<Watcher>,
+    /// `WATCHDOG=1` to systemd, while this generation lives.
+    _watchdog: Option<systemd::Repeating>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -142,6 +144,7 @@ impl Generation {
             temporary,
             socket_files,
             watcher: None,
+            _watchdog: temporary.is_none().then(systemd::watchdog).flatten(),
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
@@ -150,6 +153,9 @@ impl Generation {
         }
         generation.serving(addrs);
         generation.announce(origin, started);
+        if generation.temporary.is_none() {
+            systemd::status(&serving_status());
+        }
         Ok(generation)
     }
 
@@ -247,7 +253,15 @@ impl Generation {
             Ending::Drain(d) => (d, None),
             Ending::Outlive(d, o) => (d, Some(o)),
         };
-        let ended = drain.wait(&self.conns, &mut self.events).await;
+        let span = info_span!("drain", why = ?drain.why());
+        // A stop's drain may outlast the service manager's stop timeout.
+        let _extending = (drain.stop_requested() && self.temporary.is_none())
+            .then(systemd::extend_stop_timeout)
+            .flatten();
+        let ended = drain
+            .wait(&self.conns, &mut self.events)
+            .instrument(span)
+            .await;
         if let Some(o) = outlived {
             let cut = ended == crate::drain::Ended::CutShort;
             probation::outlive(o, cut, self.config.stop_timeout + Duration::from_secs(1)).await;
@@ -279,7 +293,12 @@ impl Generation {
                 Outcome::Stop => {
                     systemd::stopping();
                     link::report(Up::Stopping);
-                    return Ending::Drain(self.begin_drain(Why::Stopped));
+                    let drain = self.begin_drain(Why::Stopped);
+                    systemd::status(&format!(
+                        "stopping: draining {} connections",
+                        self.conns.active()
+                    ));
+                    return Ending::Drain(drain);
                 }
                 Outcome::HandedOver(s) => s,
             };
@@ -303,7 +322,12 @@ impl Generation {
     /// A successor serves: drain, and hold the sockets for its probation.
     /// `None`: it died within the probation, and this generation serves
     /// again.
-    async fn hand_over(&mut self, mut successor: Successor) -> Option<Ending> {
+    async fn hand_over(&mut self, successor: Successor) -> Option<Ending> {
+        let span = info_span!(parent: &successor.span, "hand-over", successor = successor.pid);
+        self.hold_for(successor).instrument(span).await
+    }
+
+    async fn hold_for(&mut self, mut successor: Successor) -> Option<Ending> {
         // Our predecessor, if it still holds its sockets for us, lets go.
         link::report(Up::HandedOver(successor.pid));
         let mut drain = self.begin_drain(Why::HandedOver);
@@ -323,6 +347,12 @@ impl Generation {
             successor.link.send(Down::Reload);
         }
         let window = self.config.probation;
+        systemd::status(&format!(
+            "draining {} connections; generation {} (pid {}) serves, on probation for {window:?}",
+            self.conns.active(),
+            crate::generation() + 1,
+            successor.pid
+        ));
         let held =
             probation::hold(&mut self.events, successor, window, &mut drain, &self.conns).await;
         match held {
@@ -377,6 +407,13 @@ impl Generation {
     /// successor failed (`error`): the connections of the abandoned drain
     /// finish by themselves (cut at its deadline).
     pub(crate) fn resume(&mut self, error: &Error, drain: Drain) {
+        // The PID file first, as at the start: whoever finds this generation
+        // serving finds the file naming it.
+        if let Some(path) = &self.config.pid_file {
+            if let Err(e) = pid_file::write_pid_file(path) {
+                warn!(cause = %e, "cannot take the PID file back");
+            }
+        }
         let fresh = accept(&self.config, &self.endpoints, &self.tls, &self.bound);
         let old = std::mem::replace(&mut self.conns, fresh);
         let deadline = drain.deadline();
@@ -386,17 +423,16 @@ impl Generation {
                 _ = tokio::time::sleep_until(deadline) => old.cut_off().await,
             }
         });
-        if let Some(path) = &self.config.pid_file {
-            if let Err(e) = pid_file::write_pid_file(path) {
-                warn!(cause = %e, "cannot take the PID file back");
-            }
-        }
         systemd::main_pid_is_me();
         match bound_addrs(&self.endpoints, &self.bound) {
             Ok(addrs) => self.serving(addrs),
             Err(e) => warn!(cause = %e, "cannot read the listeners' addresses"),
         }
         error!(cause = %error, "serving again: the new generation failed");
+        systemd::status(&format!(
+            "{}; the new generation failed: {error}",
+            serving_status()
+        ));
     }
 
     /// A temporary generation whose parent is gone without handing back
@@ -472,6 +508,15 @@ impl Generation {
             pid_file::remove_pid_file(path);
         }
     }
+}
+
+/// What `systemctl status` says of a generation that serves.
+pub(crate) fn serving_status() -> String {
+    format!(
+        "serving (generation {}, pid {})",
+        crate::generation(),
+        std::process::id()
+    )
 }
 
 /// What a generation hands over: the parts of it the restart policy and

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::process::Child;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn, Instrument, Span};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Events, Trigger};
@@ -79,6 +79,9 @@ pub(crate) struct Successor {
     pub(crate) exe: ExeFile,
     /// Anything it said before it was ready (a panic caught in a task).
     pub(crate) said: Option<String>,
+    /// The reload's span, for what the generation does next (the drain,
+    /// the probation).
+    pub(crate) span: Span,
 }
 
 /// How one reload attempt ended.
@@ -141,7 +144,11 @@ impl Restarter {
                     }
                 },
             };
-            match self.attempt(events, handoff, trigger).await {
+            // One span per reload: its attempt, and then (in the
+            // generation) its drain and probation, read as one tree.
+            let span = info_span!("reload", trigger = %trigger);
+            let attempt = self.attempt(events, handoff, trigger, span.clone());
+            match attempt.instrument(span).await {
                 Attempt::HandedOver(successor) => return Outcome::HandedOver(successor),
                 Attempt::Stopped => return Outcome::Stop,
                 Attempt::Failed { pending: p } => pending = p,
@@ -156,10 +163,12 @@ impl Restarter {
         events: &mut Events,
         handoff: &dyn Handoff,
         trigger: Trigger,
+        span: Span,
     ) -> Attempt {
         info!(trigger = %trigger, "reload requested");
         let since = Instant::now();
         systemd::reloading();
+        systemd::status("reloading: starting a new generation");
         let spawned = match self.spawn(handoff).await {
             Ok(s) => s,
             Err(e) => {
@@ -188,7 +197,7 @@ impl Restarter {
                 event = events.next() => match while_starting(event, pid, &mut pending) {
                     Some(Starting::Ready) => {
                         ready(pid, since, &exe);
-                        return Attempt::HandedOver(Box::new(Successor { child, pid, link, trigger, since, pending, exe, said }));
+                        return Attempt::HandedOver(Box::new(Successor { child, pid, link, trigger, since, pending, exe, said, span }));
                     }
                     Some(Starting::Stop) => {
                         trigger.answer(Err(Error::Draining));
@@ -226,6 +235,11 @@ impl Restarter {
     /// Counts a failed reload and answers whoever asked for it.
     fn fail(&self, trigger: Trigger, since: Instant, failure: Error) {
         systemd::ready();
+        systemd::status(&format!(
+            "serving (generation {}, pid {}); the last reload failed: {failure}",
+            crate::generation(),
+            std::process::id()
+        ));
         self.life.reload_failed(since, &failure);
         trigger.answer(Err(failure));
     }

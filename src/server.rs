@@ -1,7 +1,9 @@
 //! The [`Server`] builder: listeners and settings, checked by [`Server::run`].
 
+use std::future::Future;
 #[cfg(unix)]
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use crate::error::Result;
 use crate::events::Command;
 use crate::generation::Generation;
 use crate::handle::Handle;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Phase};
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
 use crate::service::{HttpBody, HttpService};
@@ -72,6 +74,26 @@ pub struct Server {
     commands: mpsc::UnboundedReceiver<Command>,
     handle: Handle,
     life: Ends,
+    /// Starts a graceful stop when it resolves.
+    shutdown: Option<Shutdown>,
+}
+
+/// The future of [`Server::with_graceful_shutdown`].
+struct Shutdown(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shutdown(..)")
+    }
+}
+
+/// A task aborted when dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Ends the lifecycle when dropped: with the server, if it never runs, or
@@ -131,6 +153,7 @@ impl Server {
             commands,
             handle: Handle::new(requests, life.clone()),
             life: Ends(life),
+            shutdown: None,
         }
     }
 
@@ -642,6 +665,37 @@ impl Server {
         self
     }
 
+    /// Starts a graceful stop when `signal` resolves, as a stop signal or
+    /// [`Handle::stop`] would (the name is hyper-util's and axum's). The
+    /// future is polled from the moment [`run`](Self::run) serves; a later
+    /// call replaces an earlier one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", service_fn(|_req| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    ///     }))
+    ///     .with_graceful_shutdown(async move {
+    ///         let _ = stopped.await;
+    ///     })
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shutdown = Some(Shutdown(Box::pin(signal)));
+        self
+    }
+
     /// A handle to reload or stop this server from code, or to learn its
     /// addresses. Call it before [`run`](Self::run).
     pub fn handle(&self) -> Handle {
@@ -679,7 +733,18 @@ impl Server {
             commands,
             handle,
             life,
+            shutdown,
         } = self;
+        // Polled from the moment the server serves; gone with `run`.
+        let _shutdown = shutdown.map(|signal| {
+            let (life, requests) = (life.0.clone(), handle.requests().clone());
+            Aborting(tokio::spawn(async move {
+                let mut phase = life.subscribe();
+                let _ = phase.wait_for(|p| *p != Phase::Starting).await;
+                signal.0.await;
+                requests.stop();
+            }))
+        });
         // The generation keeps its own requests sender (for the file
         // watcher and the control socket); ours goes, so that the events
         // learn when no user handle is left.

@@ -17,6 +17,9 @@
 //! | the new generation failed in probation   | the old generation  | `MAINPID=<its pid>`, `READY=1`  |
 //! | the reload failed                        | the old generation  | `READY=1`                       |
 //! | a graceful stop starts                   | the generation      | `STOPPING=1`                    |
+//! | a stop's drain runs                      | the generation      | `EXTEND_TIMEOUT_USEC=` every 5 s |
+//! | always, with `WatchdogSec=`              | each serving generation | `WATCHDOG=1` every half period |
+//! | each step above                          | its generation      | `STATUS=` (what `systemctl status` shows) |
 //!
 //! The main PID moves to the new generation only when the old one lets go
 //! of its sockets, before it exits, so the service manager follows the
@@ -98,4 +101,60 @@ pub(crate) fn reloading() {
 /// A graceful stop is starting.
 pub(crate) fn stopping() {
     notify("STOPPING=1");
+}
+
+/// What `systemctl status` shows: `text`, on one line.
+pub(crate) fn status(text: &str) {
+    notify(&format!("STATUS={}", text.replace('\n', " ")));
+}
+
+/// How far each `EXTEND_TIMEOUT_USEC=` reaches: systemd then expects another
+/// message within this, which comes every half of it.
+const EXTEND_BY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// While a stop's drain runs, keeps telling systemd that it is making
+/// progress, so that a drain within endless's stop timeout is not killed
+/// at a shorter `TimeoutStopSec=` (systemd honours this only past the
+/// unit's own timeout, and only while messages keep coming). Ends when the
+/// returned guard is dropped.
+pub(crate) fn extend_stop_timeout() -> Option<Repeating> {
+    std::env::var_os(NOTIFY_SOCKET)?;
+    Some(Repeating(tokio::spawn(async {
+        loop {
+            notify(&format!("EXTEND_TIMEOUT_USEC={}", EXTEND_BY.as_micros()));
+            tokio::time::sleep(EXTEND_BY / 2).await;
+        }
+    })))
+}
+
+/// A message sent again and again until this is dropped.
+#[derive(Debug)]
+pub(crate) struct Repeating(tokio::task::JoinHandle<()>);
+
+impl Drop for Repeating {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// With `WatchdogSec=` (`WATCHDOG_USEC` set), sends `WATCHDOG=1` every half
+/// period from a task of the runtime, so a process whose runtime is stuck
+/// stops sending them and systemd acts. `WATCHDOG_PID` names the first
+/// generation only; every generation the service runs sends them (systemd
+/// takes them from any process of the unit with `NotifyAccess=all`).
+pub(crate) fn watchdog() -> Option<Repeating> {
+    std::env::var_os(NOTIFY_SOCKET)?;
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if usec == 0 {
+        return None;
+    }
+    let every =
+        std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(10));
+    debug!(?every, "systemd watchdog: pinging");
+    Some(Repeating(tokio::spawn(async move {
+        loop {
+            notify("WATCHDOG=1");
+            tokio::time::sleep(every).await;
+        }
+    })))
 }

@@ -141,3 +141,44 @@ fn the_usual_service_shapes_are_accepted() {
             }),
         );
 }
+
+/// `with_graceful_shutdown(fut)`: when the future resolves, the server
+/// stops as a stop signal would: the request in flight finishes, then
+/// `run` returns.
+#[tokio::test]
+async fn a_graceful_shutdown_future_stops_the_server_and_lets_requests_finish() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let slow = service_fn(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Ok::<_, Infallible>(Response::new("slow\n".to_string()))
+    });
+    let server = endless::Server::new()
+        .register("127.0.0.1:0", slow)
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        });
+    let handle = server.handle();
+    let running = tokio::spawn(server.run());
+    let addr = handle.listening().await.unwrap()[0].to_string();
+    let request = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(()).unwrap();
+    let reply = request.await.unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("slow\n"),
+        "{reply}"
+    );
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    let ran = tokio::time::timeout(Duration::from_secs(10), running).await;
+    assert!(matches!(ran, Ok(Ok(Ok(())))), "{ran:?}");
+}

@@ -438,6 +438,64 @@ fn a_successor_killed_during_probation_leaves_the_unit_active_on_the_old_generat
     assert_ne!(next, old);
 }
 
+/// Beyond the basics: `systemctl status` shows what the service does
+/// (`STATUS=`), the watchdog is fed (`WatchdogSec=1`: without `WATCHDOG=1`
+/// systemd kills the service within a second), and a stop whose drain runs
+/// longer than `TimeoutStopSec=2` is not killed (`EXTEND_TIMEOUT_USEC=`
+/// while it drains): its 5 s request completes.
+#[test]
+fn status_watchdog_and_a_drain_longer_than_the_stop_timeout() {
+    let _heavy = support::heavy();
+    let port = free_port();
+    let mut unit = Unit::shipped(HELLO, port);
+    unit.text = unit
+        .text
+        .replace("TimeoutStopSec=30", "TimeoutStopSec=2")
+        .replace(
+            "[Service]\n",
+            "[Service]\nWatchdogSec=1\nEnvironment=FIXTURE_STOP_TIMEOUT_MS=10000\nEnvironment=FIXTURE_PROBATION_MS=500\n",
+        );
+    let Some(sd) = Systemd::boot(&[unit], &[HELLO], &support::fixture()) else {
+        return;
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let first = sd.main_pid(HELLO);
+    wait_served_by(&addr, first);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sd.show(HELLO, "ActiveState"), "active", "{}", sd.log_tail());
+    assert_eq!(
+        sd.main_pid(HELLO),
+        first,
+        "the watchdog restarted it:\n{}",
+        sd.log_tail()
+    );
+    assert_eq!(
+        sd.show(HELLO, "StatusText"),
+        format!("serving (generation 0, pid {first})")
+    );
+    let (second, _) = reload(&sd, HELLO, &addr);
+    sd.eventually(
+        "the status names the new generation",
+        Duration::from_secs(5),
+        || sd.show(HELLO, "StatusText") == format!("serving (generation 1, pid {second})"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sd.main_pid(HELLO), second, "{}", sd.log_tail());
+    let slow = get_in_background(&addr, "/sleep/5000");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    sd.ok(&["stop", HELLO]);
+    let took = t.elapsed();
+    let reply = slow.join().unwrap();
+    eprintln!("stop with a 5 s request in flight and TimeoutStopSec=2 took {took:?}: {reply:?}");
+    assert!(
+        matches!(&reply, Ok((200, body)) if body.starts_with("slept")),
+        "{reply:?}\n{}",
+        sd.log_tail()
+    );
+    assert_eq!(sd.show(HELLO, "Result"), "success", "{}", sd.log_tail());
+}
+
 /// The processes of the PID namespace whose init has host PID `init`:
 /// (PID inside, state).
 fn namespace_processes(init: u32) -> Vec<(u32, char)> {

@@ -11,9 +11,11 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
 use support::{signal_pid, Spec};
 
-/// A notify socket and the messages it received, each with the sender's PID.
+/// A notify socket and the messages it received, each with the sender's PID
+/// (the status lines, watchdog pings and timeout extensions apart).
 struct Manager {
     messages: Arc<Mutex<Vec<(u32, String)>>>,
+    statuses: Arc<Mutex<Vec<(u32, String)>>>,
     env: String,
     _dir: tempfile::TempDir,
 }
@@ -42,7 +44,9 @@ impl Manager {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let messages: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
         let sink = messages.clone();
+        let status_sink = statuses.clone();
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(120);
             while Instant::now() < deadline {
@@ -71,11 +75,16 @@ impl Manager {
                     .unwrap_or(0);
                 let len = msg.bytes;
                 let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-                sink.lock().unwrap().push((pid, text));
+                let other = ["STATUS=", "WATCHDOG=", "EXTEND_TIMEOUT_USEC="];
+                match other.iter().any(|p| text.starts_with(p)) {
+                    true => status_sink.lock().unwrap().push((pid, text)),
+                    false => sink.lock().unwrap().push((pid, text)),
+                }
             }
         });
         Manager {
             messages,
+            statuses,
             env,
             _dir: dir,
         }
@@ -201,6 +210,38 @@ fn sd_notify_with_probation_moves_the_main_pid_when_the_old_generation_lets_go()
         (gen1, s(&["STOPPING=1"])),
     ];
     assert_eq!(got, want, "\n{}", server.report());
+}
+
+/// `STATUS=` lines follow what the service does, for `systemctl status`.
+#[test]
+fn status_lines_say_what_the_service_does() {
+    let manager = Manager::new(false);
+    let mut server = Spec::fixture()
+        .env("NOTIFY_SOCKET", manager.env.clone())
+        .env("FIXTURE_PROBATION_MS", "300")
+        .start();
+    let gen0 = server.current().pid;
+    let gen1 = server.reload(Signal::SIGHUP).pid;
+    server.assert_exited_0(gen0, Duration::from_secs(10));
+    signal_pid(gen1, Signal::SIGTERM);
+    server.assert_exited_0(gen1, Duration::from_secs(10));
+    let statuses: Vec<String> = manager
+        .statuses
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect();
+    let has = |prefix: &str| statuses.iter().any(|s| s.starts_with(prefix));
+    for want in [
+        &format!("STATUS=serving (generation 0, pid {gen0})"),
+        "STATUS=reloading: starting a new generation",
+        &format!("STATUS=draining 0 connections; generation 1 (pid {gen1}) serves, on probation for 300ms"),
+        &format!("STATUS=serving (generation 1, pid {gen1})"),
+        "STATUS=stopping: draining 0 connections",
+    ] {
+        assert!(has(want), "no {want:?} in {statuses:#?}");
+    }
 }
 
 #[test]
