@@ -49,9 +49,12 @@ pub(crate) enum Ended {
 #[derive(Debug)]
 pub(crate) struct Drain {
     why: Why,
+    started: Instant,
     deadline: Instant,
     /// Stop requests counted so far, the one that started a stop included.
     stops: u32,
+    /// Connections cut so far (the deadline, a second stop).
+    cut: u64,
 }
 
 /// What a stop request does to a drain.
@@ -67,10 +70,13 @@ impl Drain {
     /// A drain for `why`, whose deadline is `timeout` from now. The caller
     /// has told the connections (`Connections::start_drain`).
     pub(crate) fn new(why: Why, timeout: Duration) -> Drain {
+        let started = Instant::now();
         Drain {
             why,
-            deadline: Instant::now() + timeout,
+            started,
+            deadline: started + timeout,
             stops: u32::from(why == Why::Stopped),
+            cut: 0,
         }
     }
 
@@ -80,6 +86,22 @@ impl Drain {
 
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// How long it has run.
+    pub(crate) fn took(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Connections it cut.
+    pub(crate) fn cut(&self) -> u64 {
+        self.cut
+    }
+
+    /// Cuts every connection left, counting them.
+    pub(crate) async fn cut_off(&mut self, conns: &Connections) {
+        self.cut += conns.active() as u64;
+        conns.cut_off().await;
     }
 
     /// Whether a stop was asked for (before or during the drain).
@@ -114,7 +136,7 @@ impl Drain {
                 }
                 _ = &mut deadline => {
                     warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
-                    conns.cut_off().await;
+                    self.cut_off(conns).await;
                     return Ended::Deadline;
                 }
                 event = events.next() => match event {
@@ -122,7 +144,7 @@ impl Drain {
                     Event::Stop(stop) => {
                         if self.on_stop(stop) == OnStop::CutShort {
                             warn!(signal = ?stop.signal, connections = conns.active(), "second stop request; cutting off the connections left");
-                            conns.cut_off().await;
+                            self.cut_off(conns).await;
                             return Ended::CutShort;
                         }
                         // Whoever serves next may be stopping too (systemctl

@@ -271,6 +271,10 @@ impl Events {
                     Some(Down::Reload) => return Event::Reload(Trigger::Forwarded),
                     Some(Down::Stop) => return Event::Stop(Stop { signal: None, sender: None, forwarded: true }),
                     Some(Down::LetGo) if self.temporary => return Event::Upstream(FromParent::HandBack),
+                    Some(Down::Drained { ms, cut }) => {
+                        self.life.predecessor_drained(Duration::from_millis(ms), cut);
+                        continue;
+                    }
                     None if self.temporary => {
                         self.upstream = None;
                         #[cfg(unix)]
@@ -337,6 +341,7 @@ enum Down {
     Reload,
     Stop,
     LetGo,
+    Drained { ms: u64, cut: u64 },
 }
 
 fn classify(set: &SignalSet, children: &mut Children, me: u32, r: Received) -> Option<Event> {

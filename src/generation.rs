@@ -63,6 +63,12 @@ pub(crate) struct Generation {
     watcher: Option<Watcher>,
     /// `WATCHDOG=1` to systemd, while this generation lives.
     _watchdog: Option<systemd::Repeating>,
+    /// The link to the generation this one handed over to, once let go: it
+    /// is told how this one's drain ended.
+    successor: Option<link::Link>,
+    /// The connections gauge of the metrics, while this generation lives.
+    #[cfg(feature = "metrics")]
+    _gauge: Gauge,
 }
 
 impl std::fmt::Debug for Generation {
@@ -125,6 +131,8 @@ impl Generation {
             .collect::<Result<Vec<Tls>>>()?;
         let started = Instant::now();
         let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
+        #[cfg(feature = "metrics")]
+        let life_for_gauge = life.clone();
         let extras = crate::sockets::freeze();
 
         let socket_files = bound
@@ -145,6 +153,9 @@ impl Generation {
             socket_files,
             watcher: None,
             _watchdog: temporary.is_none().then(systemd::watchdog).flatten(),
+            successor: None,
+            #[cfg(feature = "metrics")]
+            _gauge: Gauge::spawn(life_for_gauge),
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
@@ -262,6 +273,14 @@ impl Generation {
             .wait(&self.conns, &mut self.events)
             .instrument(span)
             .await;
+        self.life.connections_cut(drain.cut());
+        if let Some(successor) = self.successor.take() {
+            let ms = u64::try_from(drain.took().as_millis()).unwrap_or(u64::MAX);
+            successor.send(Down::Drained {
+                ms,
+                cut: drain.cut(),
+            });
+        }
         if let Some(o) = outlived {
             let cut = ended == crate::drain::Ended::CutShort;
             probation::outlive(o, cut, self.config.stop_timeout + Duration::from_secs(1)).await;
@@ -356,8 +375,9 @@ impl Generation {
         let held =
             probation::hold(&mut self.events, successor, window, &mut drain, &self.conns).await;
         match held {
-            Held::LetGo => {
+            Held::LetGo(link) => {
                 self.bound.clear();
+                self.successor = Some(link);
                 Some(Ending::Drain(drain))
             }
             Held::Stopping(outlived) => {
@@ -417,10 +437,14 @@ impl Generation {
         let fresh = accept(&self.config, &self.endpoints, &self.tls, &self.bound);
         let old = std::mem::replace(&mut self.conns, fresh);
         let deadline = drain.deadline();
+        let life = self.life.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = old.drained() => {}
-                _ = tokio::time::sleep_until(deadline) => old.cut_off().await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    life.connections_cut(old.active() as u64);
+                    old.cut_off().await;
+                }
             }
         });
         systemd::main_pid_is_me();
@@ -507,6 +531,31 @@ impl Generation {
         if let Some(path) = &self.config.pid_file {
             pid_file::remove_pid_file(path);
         }
+    }
+}
+
+/// Keeps the metrics' connections gauge current (every second) while it
+/// lives.
+#[cfg(feature = "metrics")]
+struct Gauge(tokio::task::JoinHandle<()>);
+
+#[cfg(feature = "metrics")]
+impl Gauge {
+    fn spawn(life: Arc<Lifecycle>) -> Gauge {
+        Gauge(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                crate::metrics::connections(life.stats().connections);
+            }
+        }))
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

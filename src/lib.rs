@@ -206,6 +206,8 @@ mod lifecycle;
 #[cfg(unix)]
 mod link;
 mod listener;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(unix)]
 mod pid_file;
 #[cfg(not(unix))]

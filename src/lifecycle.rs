@@ -70,6 +70,10 @@ pub(crate) struct Counters {
     pub(crate) rolled_back: u64,
     pub(crate) last_duration: Option<Duration>,
     pub(crate) last_error: Option<String>,
+    /// Drains after a hand-over that have ended, and the connections cut
+    /// at a drain's deadline (or by a second stop).
+    pub(crate) drains: u64,
+    pub(crate) cut: u64,
     /// A predecessor still holds the sockets, ready to take over if this
     /// generation exits (not carried: it is this process's own state).
     pub(crate) in_probation: bool,
@@ -110,6 +114,9 @@ pub struct Stats {
     pub last_reload_duration: Option<Duration>,
     /// Why the last finished reload failed (`None` if it succeeded).
     pub last_reload_error: Option<String>,
+    /// Connections cut, over the life of the server: by a drain's deadline
+    /// or a second stop.
+    pub connections_cut: u64,
     /// Connections open now, upgraded ones included.
     pub connections: usize,
     /// Whether this generation is draining.
@@ -141,6 +148,14 @@ impl Lifecycle {
     /// Starts from the counters a predecessor handed over.
     pub(crate) fn inherit(&self, counters: Counters) {
         *self.counters() = counters;
+        self.publish();
+    }
+
+    /// Gives the metrics recorder (feature `metrics`) the counters as they
+    /// are now.
+    fn publish(&self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::publish(&self.counters(), self.generation);
     }
 
     /// Spreads the drain notice over `spread`.
@@ -173,6 +188,7 @@ impl Lifecycle {
     /// requests are classified (`events`).
     pub(crate) fn reload_requested(&self) {
         self.counters().requested += 1;
+        self.publish();
     }
 
     /// The reload asked for at `since` failed: no new generation took
@@ -182,6 +198,8 @@ impl Lifecycle {
         c.failed += 1;
         c.last_duration = Some(since.elapsed());
         c.last_error = Some(error.to_string());
+        drop(c);
+        self.publish();
     }
 
     /// The new generation, which had taken over, died within its
@@ -191,13 +209,42 @@ impl Lifecycle {
         c.failed += 1;
         c.rolled_back += 1;
         c.last_error = Some(error.to_string());
+        drop(c);
+        self.publish();
+    }
+
+    /// The previous generation's drain after its hand-over ended: it took
+    /// `took` and cut `cut` connections.
+    pub(crate) fn predecessor_drained(&self, took: Duration, cut: u64) {
+        let mut c = self.counters();
+        c.drains += 1;
+        c.cut += cut;
+        drop(c);
+        #[cfg(feature = "metrics")]
+        crate::metrics::drained(took);
+        #[cfg(not(feature = "metrics"))]
+        let _ = took;
+        self.publish();
+    }
+
+    /// This generation cut `n` connections (its drain's deadline, a second
+    /// stop, or the connections of an abandoned drain).
+    pub(crate) fn connections_cut(&self, n: u64) {
+        self.counters().cut += n;
+        self.publish();
     }
 
     /// The counters to hand to a new generation that took over at `since`:
     /// its own reload is counted as succeeded there, once its probation is
-    /// over ([`Lifecycle::probation_passed`]).
+    /// over ([`Lifecycle::probation_passed`]). If this generation is itself
+    /// still on probation, handing over means it did not fail (its
+    /// predecessor lets go then), so its own reload counts as succeeded in
+    /// what it hands on.
     pub(crate) fn for_successor(&self, since: std::time::Instant) -> Counters {
         let mut c = self.counters().clone();
+        if c.in_probation {
+            c.succeeded += 1;
+        }
         c.last_duration = Some(since.elapsed());
         c.last_error = None;
         c.in_probation = false;
@@ -212,6 +259,8 @@ impl Lifecycle {
             c.in_probation = false;
             c.succeeded += 1;
         }
+        drop(c);
+        self.publish();
     }
 
     // ---- What the handles see ----
@@ -252,6 +301,7 @@ impl Lifecycle {
             reloads_rolled_back: c.rolled_back,
             last_reload_duration: c.last_duration,
             last_reload_error: c.last_error,
+            connections_cut: c.cut,
             connections,
             draining: matches!(self.phase(), Phase::Draining(_)),
             in_probation: c.in_probation,
@@ -273,12 +323,14 @@ pub(crate) fn sockets_phase() -> &'static watch::Sender<bool> {
 
 impl Counters {
     /// Version byte of the encoding.
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+    /// The `u64`s of each version.
+    const FIELDS: [usize; 2] = [5, 7];
 
     /// For the state handed to the next generation: little-endian `u64`s
     /// (requested, succeeded, failed, rolled back, last duration in
-    /// microseconds or `u64::MAX` for none), then the last error's UTF-8
-    /// bytes.
+    /// microseconds or `u64::MAX` for none, drains, cut connections), then
+    /// the last error's UTF-8 bytes. Version 1 had the first five.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = vec![Self::VERSION];
         let duration = self.last_duration.map_or(u64::MAX, |d| {
@@ -290,6 +342,8 @@ impl Counters {
             self.failed,
             self.rolled_back,
             duration,
+            self.drains,
+            self.cut,
         ] {
             out.extend_from_slice(&n.to_le_bytes());
         }
@@ -303,11 +357,16 @@ impl Counters {
     /// not such counters.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Counters> {
         let (&version, rest) = bytes.split_first()?;
-        if version != Self::VERSION || rest.len() < 40 {
+        let fields = *Self::FIELDS.get(usize::from(version).checked_sub(1)?)?;
+        if rest.len() < fields * 8 {
             return None;
         }
-        let n = |i: usize| u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let error = String::from_utf8_lossy(&rest[40..]).into_owned();
+        let n = |i: usize| {
+            (i < fields)
+                .then(|| u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
+                .unwrap_or(0)
+        };
+        let error = String::from_utf8_lossy(&rest[fields * 8..]).into_owned();
         Some(Counters {
             requested: n(0),
             succeeded: n(1),
@@ -315,6 +374,8 @@ impl Counters {
             rolled_back: n(3),
             last_duration: (n(4) != u64::MAX).then(|| Duration::from_micros(n(4))),
             last_error: (!error.is_empty()).then_some(error),
+            drains: n(5),
+            cut: n(6),
             in_probation: false,
         })
     }
@@ -333,6 +394,8 @@ mod tests {
             rolled_back: 1,
             last_duration: Some(Duration::from_millis(1234)),
             last_error: Some("new generation exited: status 2".into()),
+            drains: 3,
+            cut: 9,
             in_probation: true,
         };
         let back = Counters::decode(&c.encode()).unwrap();
@@ -340,11 +403,20 @@ mod tests {
         assert_eq!(back.last_error, c.last_error);
         assert_eq!(back.last_duration, c.last_duration);
         assert!(!back.in_probation, "not carried");
+        assert_eq!((back.drains, back.cut), (3, 9));
+        // What a version-1 generation handed over still reads.
+        let mut v1 = vec![1u8];
+        for n in [4u64, 3, 1, 0, u64::MAX] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        let old = Counters::decode(&v1).unwrap();
+        assert_eq!((old.requested, old.succeeded, old.drains), (4, 3, 0));
         let none = Counters::default();
         assert_eq!(Counters::decode(&none.encode()).unwrap(), none);
         assert!(Counters::decode(b"").is_none());
         assert!(Counters::decode(&[9; 50]).is_none());
         assert!(Counters::decode(&[1; 20]).is_none());
+        assert!(Counters::decode(&[0; 60]).is_none());
     }
 
     #[test]

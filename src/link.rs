@@ -52,6 +52,7 @@ pub(crate) enum Down {
     Reload,
     Stop,
     LetGo,
+    Drained { ms: u64, cut: u64 },
 }
 
 impl Up {
@@ -77,21 +78,26 @@ impl Up {
 
 impl Down {
     fn encode(self) -> Vec<u8> {
-        line(
-            match self {
-                Down::Reload => "reload",
-                Down::Stop => "stop",
-                Down::LetGo => "let-go",
-            },
-            None,
-        )
+        match self {
+            Down::Reload => line("reload", None),
+            Down::Stop => line("stop", None),
+            Down::LetGo => line("let-go", None),
+            Down::Drained { ms, cut } => line("drained", Some(&format!("{ms} {cut}"))),
+        }
     }
 
-    fn decode(kind: &str, _: String) -> Option<Down> {
+    fn decode(kind: &str, text: String) -> Option<Down> {
         match kind {
             "reload" => Some(Down::Reload),
             "stop" => Some(Down::Stop),
             "let-go" => Some(Down::LetGo),
+            "drained" => {
+                let (ms, cut) = text.split_once(' ')?;
+                Some(Down::Drained {
+                    ms: ms.parse().ok()?,
+                    cut: cut.parse().ok()?,
+                })
+            }
             _ => None,
         }
     }
@@ -342,8 +348,10 @@ mod tests {
         let mut up = Upstream(Lines::new(UnixStream::from_std(child).unwrap()));
         assert!(parent.send(Down::Reload));
         assert!(parent.send(Down::LetGo));
+        assert!(parent.send(Down::Drained { ms: 1234, cut: 2 }));
         assert_eq!(up.next().await, Some(Down::Reload));
         assert_eq!(up.next().await, Some(Down::LetGo));
+        assert_eq!(up.next().await, Some(Down::Drained { ms: 1234, cut: 2 }));
         drop(up);
         assert_eq!(parent.next().await, None, "the other end is gone");
     }

@@ -35,8 +35,9 @@ use crate::systemd;
 /// How a probation ended.
 #[derive(Debug)]
 pub(crate) enum Held {
-    /// The successor lived through it, or handed over itself: let go.
-    LetGo,
+    /// The successor lived through it, or handed over itself: let go. The
+    /// link to it, to tell it how the drain ended.
+    LetGo(Link),
     /// The successor died: serve again.
     Failed(Error),
     /// A stop: the successor drains too; this generation exits after it.
@@ -70,7 +71,7 @@ pub(crate) async fn hold(
         // No probation: the new generation told the service manager itself
         // that it is the main process.
         link.send(Down::LetGo);
-        return Held::LetGo;
+        return Held::LetGo(link);
     }
     info!(
         pid,
@@ -90,13 +91,13 @@ pub(crate) async fn hold(
         tokio::select! {
             status = child.wait() => {
                 words.listen(&mut link).await;
-                return died(child, pid, status, window, words);
+                return died(child, link, pid, status, window, words);
             }
             message = link.next(), if link_open => match words.heard(message) {
                 Some(Heard::HandedOver(next)) => {
                     info!(pid, next, "the new generation handed over to a newer one; letting go");
                     let_go(pid, &link);
-                    return Held::LetGo;
+                    return Held::LetGo(link);
                 }
                 Some(Heard::Stopping) => {
                     info!(pid, "the new generation is stopping; not serving again, waiting for it to finish");
@@ -108,12 +109,12 @@ pub(crate) async fn hold(
             _ = &mut until => {
                 info!(pid, ?window, "the new generation lived through its probation; letting go");
                 let_go(pid, &link);
-                return Held::LetGo;
+                return Held::LetGo(link);
             }
             _ = &mut deadline, if !cut => {
                 cut = true;
                 warn!(connections = conns.active(), "stop timeout reached; cutting off the connections left");
-                conns.cut_off().await;
+                drain.cut_off(conns).await;
             }
             event = events.next() => {
                 if let Some(stop) = on_event(event, &link, pid) {
@@ -132,13 +133,14 @@ pub(crate) async fn hold(
 /// stopping.
 fn died(
     child: Child,
+    link: Link,
     pid: u32,
     status: std::io::Result<std::process::ExitStatus>,
     window: Duration,
     words: Words,
 ) -> Held {
     if let Some(verdict) = words.verdict() {
-        return verdict.with(child);
+        return verdict.with(child, link);
     }
     let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(-1));
     let error = Error::SuccessorDied {
@@ -207,9 +209,9 @@ enum Verdict {
 }
 
 impl Verdict {
-    fn with(self, child: Child) -> Held {
+    fn with(self, child: Child, link: Link) -> Held {
         match self {
-            Verdict::LetGo => Held::LetGo,
+            Verdict::LetGo => Held::LetGo(link),
             Verdict::Stopping => Held::Stopping(Outlived::Child(child)),
         }
     }
