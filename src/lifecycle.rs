@@ -362,9 +362,11 @@ impl Counters {
             return None;
         }
         let n = |i: usize| {
-            (i < fields)
-                .then(|| u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
-                .unwrap_or(0)
+            if i < fields {
+                u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+            } else {
+                0
+            }
         };
         let error = String::from_utf8_lossy(&rest[fields * 8..]).into_owned();
         Some(Counters {
