@@ -281,7 +281,7 @@ pub use ready::Probe;
 #[cfg(feature = "tls")]
 pub use rustls;
 pub use server::Server;
-pub use service::{HttpBody, HttpService};
+pub use service::{HttpBody, HttpService, IntoHttpService};
 pub use signal::{ParseSignalError, Signal};
 #[cfg(unix)]
 pub use state::MAX_STATE;
@@ -304,10 +304,9 @@ pub use state::MAX_STATE;
 /// .await
 /// # }
 /// ```
-pub async fn listen_and_serve<S, B>(addr: &str, svc: S) -> Result<()>
+pub async fn listen_and_serve<S, M>(addr: &str, svc: S) -> Result<()>
 where
-    S: HttpService<B>,
-    B: HttpBody,
+    S: IntoHttpService<M>,
 {
     Server::new().register(addr, svc).run().await
 }
@@ -333,15 +332,14 @@ where
 /// # }
 /// ```
 #[cfg(feature = "tls")]
-pub async fn listen_and_serve_tls<S, B>(
+pub async fn listen_and_serve_tls<S, M>(
     addr: &str,
     cert_pem: impl AsRef<std::path::Path>,
     key_pem: impl AsRef<std::path::Path>,
     svc: S,
 ) -> Result<()>
 where
-    S: HttpService<B>,
-    B: HttpBody,
+    S: IntoHttpService<M>,
 {
     Server::new()
         .register_tls(addr, cert_pem, key_pem, svc)

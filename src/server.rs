@@ -18,7 +18,7 @@ use crate::handle::Handle;
 use crate::lifecycle::{Lifecycle, Phase};
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
-use crate::service::{HttpBody, HttpService};
+use crate::service::IntoHttpService;
 use crate::signal::{Signal, SignalSet};
 use crate::tls::TlsSource;
 
@@ -165,14 +165,13 @@ impl Server {
     /// `"127.0.0.1:0"` keeps its kernel-chosen port across reloads.
     ///
     /// `svc` is any hyper service, such as one made with
-    /// [`hyper::service::service_fn`]; wrap a tower service (an axum `Router`)
-    /// in [`TowerToHyperService`](crate::TowerToHyperService).
-    pub fn register<S, B>(self, addr: &str, svc: S) -> Self
+    /// [`hyper::service::service_fn`], or a tower service such as an axum
+    /// `Router`, as it is (see [`IntoHttpService`](crate::IntoHttpService)).
+    pub fn register<S, M>(self, addr: &str, svc: S) -> Self
     where
-        S: HttpService<B>,
-        B: HttpBody,
+        S: IntoHttpService<M>,
     {
-        self.push(addr, connections::register::<S, B>(svc), None)
+        self.push(addr, connections::register(svc.into_http_service()), None)
     }
 
     fn push(mut self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
@@ -199,7 +198,7 @@ impl Server {
     /// so clients resume their sessions across reloads instead of doing a
     /// full handshake after each one.
     #[cfg(feature = "tls")]
-    pub fn register_tls<S, B>(
+    pub fn register_tls<S, M>(
         self,
         addr: &str,
         cert_pem: impl AsRef<std::path::Path>,
@@ -207,14 +206,17 @@ impl Server {
         svc: S,
     ) -> Self
     where
-        S: HttpService<B>,
-        B: HttpBody,
+        S: IntoHttpService<M>,
     {
         let source = TlsSource::Files {
             cert: cert_pem.as_ref().to_path_buf(),
             key: key_pem.as_ref().to_path_buf(),
         };
-        self.push(addr, connections::register::<S, B>(svc), Some(source))
+        self.push(
+            addr,
+            connections::register(svc.into_http_service()),
+            Some(source),
+        )
     }
 
     /// Adds an HTTPS listener on `addr` with a rustls configuration you
@@ -228,19 +230,18 @@ impl Server {
     /// [`tls_ticketer()`](crate::tls_ticketer) for tickets that stay valid
     /// across reloads, as [`register_tls`](Self::register_tls) does.
     #[cfg(feature = "tls")]
-    pub fn register_tls_config<S, B>(
+    pub fn register_tls_config<S, M>(
         self,
         addr: &str,
         config: std::sync::Arc<rustls::ServerConfig>,
         svc: S,
     ) -> Self
     where
-        S: HttpService<B>,
-        B: HttpBody,
+        S: IntoHttpService<M>,
     {
         self.push(
             addr,
-            connections::register::<S, B>(svc),
+            connections::register(svc.into_http_service()),
             Some(TlsSource::Config(config)),
         )
     }

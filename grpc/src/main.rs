@@ -9,7 +9,7 @@
 //! ```
 //!
 //! tonic's `Routes` is a tower service, so endless serves it like any other,
-//! wrapped in [`endless::TowerToHyperService`]. A draining generation sends
+//! served as it is (a tower service). A draining generation sends
 //! its HTTP/2 clients a GOAWAY; gRPC clients reconnect, and the kernel's
 //! accept queue, handed over with the socket, gives them the new generation.
 //!
@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
 
     // The health service answers SERVING for the server as a whole ("").
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let grpc = endless::TowerToHyperService::new(Routes::new(health).prepare());
+    let grpc = Routes::new(health).prepare();
     let pid_value = HeaderValue::from(pid);
     let svc = service_fn(move |req| {
         let call = grpc.call(req);

@@ -1,6 +1,9 @@
-//! An axum `Router` served by endless: one line, through
-//! [`endless::TowerToHyperService`]. With endless's `axum` feature, axum's
-//! `ConnectInfo<SocketAddr>` extractor works as with `axum::serve`.
+//! An axum `Router` served by endless as it is, in one line, as with
+//! `axum::serve`. With endless's `axum` feature, axum's
+//! `ConnectInfo<SocketAddr>` extractor works too. (Without it, a handler
+//! that takes `ConnectInfo` answers 500 `Missing request extension:
+//! Extension of type `axum::extract::connect_info::ConnectInfo<…>` was not
+//! found`: turn the feature on.)
 //!
 //! ```text
 //! cargo run --release -p endless-integrations --example axum [ADDR]   # default 127.0.0.1:8080
@@ -47,5 +50,5 @@ async fn main() -> Result<(), endless::Error> {
                 }),
             );
     println!("axum: pid {} serving http://{addr}/", std::process::id());
-    endless::listen_and_serve(&addr, endless::TowerToHyperService::new(app)).await
+    endless::listen_and_serve(&addr, app).await
 }

@@ -54,8 +54,10 @@ fn axum_connect_info_names_the_client() {
 
 #[test]
 fn an_axum_router_is_accepted_as_a_service() {
-    // Only has to compile: a router through `TowerToHyperService`.
+    // Only has to compile: a router as it is, and through
+    // `TowerToHyperService` (as before endless took tower services).
     let router = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
-    let _ =
-        endless::Server::new().register("127.0.0.1:0", endless::TowerToHyperService::new(router));
+    let _ = endless::Server::new()
+        .register("127.0.0.1:0", router.clone())
+        .register("127.0.0.1:0", endless::TowerToHyperService::new(router));
 }
