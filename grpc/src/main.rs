@@ -9,7 +9,8 @@
 //! ```
 //!
 //! tonic's `Routes` is a tower service, so endless serves it like any other,
-//! served as it is (a tower service). A draining generation sends
+//! (a tower service, which endless serves as it is; here wrapped in
+//! [`endless::TowerToHyperService`] to add a header). A draining generation sends
 //! its HTTP/2 clients a GOAWAY; gRPC clients reconnect, and the kernel's
 //! accept queue, handed over with the socket, gives them the new generation.
 //!
@@ -53,7 +54,9 @@ async fn main() -> ExitCode {
 
     // The health service answers SERVING for the server as a whole ("").
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let grpc = Routes::new(health).prepare();
+    // Wrapped for hyper here because the service below calls it (with
+    // `&self`) to add a header; served alone, the router needs no wrapper.
+    let grpc = endless::TowerToHyperService::new(Routes::new(health).prepare());
     let pid_value = HeaderValue::from(pid);
     let svc = service_fn(move |req| {
         let call = grpc.call(req);
