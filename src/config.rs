@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) probation: Duration,
     /// Checks a generation must pass before it says it is ready.
     pub(crate) ready_checks: Vec<ReadyCheck>,
+    /// The accept queue length new sockets ask for.
+    pub(crate) backlog: i32,
     #[cfg(unix)]
     pub(crate) pid_file: Option<PathBuf>,
     #[cfg(unix)]

@@ -672,6 +672,7 @@ async fn bind_and_check(
             name: &e.addr,
             spec: &e.spec,
             perms: e.perms.as_ref(),
+            backlog: config.backlog,
         })
         .collect();
     let bound = listener::take_all(&wanted, bind_new).await?;

@@ -46,9 +46,10 @@ pub use permissions::UnixPermissions;
 #[cfg(unix)]
 pub(crate) use socket_file::SocketFile;
 
-/// The kernel's accept queue length we ask for; Linux caps it at
-/// `net.core.somaxconn`.
-const BACKLOG: i32 = 1024;
+/// The accept queue length asked for by default (`Server::backlog`):
+/// Linux's own default `net.core.somaxconn` since 5.4, which caps it. A
+/// reload under thousands of connections reconnecting at once needs room.
+pub(crate) const DEFAULT_BACKLOG: i32 = 4096;
 
 /// How long the server at an existing socket file may take to answer the
 /// probe that tells a live file from a stale one.
@@ -142,6 +143,8 @@ pub(crate) struct Wanted<'a> {
     pub(crate) spec: &'a BindSpec,
     #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) perms: Option<&'a UnixPermissions>,
+    /// The accept queue length a new socket asks for.
+    pub(crate) backlog: i32,
 }
 
 /// Listening sockets for every registration in `wanted`: the inherited ones
@@ -177,7 +180,7 @@ pub(crate) async fn take_all(wanted: &[Wanted<'_>], bind_new: bool) -> Result<Ve
                 Some(tcp) => tcp,
                 None => address::tcp_addrs(name, spec).await?,
             };
-            let new = bind(name, spec, tcp, w.perms).await?;
+            let new = bind(name, spec, tcp, w.perms, w.backlog).await?;
             if bind_new {
                 new
             } else {
@@ -233,7 +236,7 @@ pub(crate) async fn take_all(wanted: &[Wanted<'_>], _bind_new: bool) -> Result<V
     let mut bound = Vec::with_capacity(wanted.len());
     for (index, w) in wanted.iter().enumerate() {
         let tcp = address::tcp_addrs(w.name, w.spec).await?;
-        let listeners = bind(w.name, w.spec, tcp, None).await?;
+        let listeners = bind(w.name, w.spec, tcp, None, w.backlog).await?;
         bound.extend(listeners.into_iter().map(|l| Bound {
             index,
             name: w.name.to_owned(),
@@ -332,6 +335,7 @@ async fn bind(
     spec: &BindSpec,
     tcp: Option<Vec<SocketAddr>>,
     perms: Option<&UnixPermissions>,
+    backlog: i32,
 ) -> Result<Vec<Listener>> {
     let bind_err = |source| Error::Bind {
         addr: name.to_owned(),
@@ -342,22 +346,24 @@ async fn bind(
     let tcp = match (spec, tcp) {
         #[cfg(unix)]
         (BindSpec::Unix(path), _) => {
-            let l = bind_unix(path, perms).await.map_err(bind_err)?;
+            let l = bind_unix(path, perms, backlog).await.map_err(bind_err)?;
             return Ok(vec![l]);
         }
         #[cfg(unix)]
         (BindSpec::UnixAbstract(abstract_name), _) => {
-            let l = bind_unix_abstract(abstract_name).map_err(bind_err)?;
+            let l = bind_unix_abstract(abstract_name, backlog).map_err(bind_err)?;
             return Ok(vec![l]);
         }
         (_, Some(tcp)) => tcp,
         (_, None) => return Err(bind_err(io::ErrorKind::AddrNotAvailable.into())),
     };
     let sockets = match spec {
-        BindSpec::AnyInterface(_) => bind_first_supported(&tcp),
-        BindSpec::Host(..) => bind_every(&tcp),
+        BindSpec::AnyInterface(_) => bind_first_supported(&tcp, backlog),
+        BindSpec::Host(..) => bind_every(&tcp, backlog),
         // A literal address: the error is about it, no need to repeat it.
-        _ => bind_tcp(tcp[0]).map(|l| vec![l]).map_err(|(_, e)| e),
+        _ => bind_tcp(tcp[0], backlog)
+            .map(|l| vec![l])
+            .map_err(|(_, e)| e),
     }
     .map_err(bind_err)?;
     sockets
@@ -378,10 +384,10 @@ fn family_unavailable(e: &io::Error) -> bool {
 
 /// `:port`: the first address the host supports (dual-stack IPv6, then
 /// IPv4). Any other error, a busy port above all, is the answer.
-fn bind_first_supported(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
+fn bind_first_supported(addrs: &[SocketAddr], backlog: i32) -> io::Result<Vec<std::net::TcpListener>> {
     let mut last = None;
     for addr in addrs {
-        match bind_tcp(*addr) {
+        match bind_tcp(*addr, backlog) {
             Ok(l) => return Ok(vec![l]),
             Err((a, e)) if family_unavailable(&e) => {
                 info!(addr = %a, cause = %e, "address family unavailable; trying the next");
@@ -396,7 +402,7 @@ fn bind_first_supported(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpLis
 /// A host name: one socket on every address it resolved to, skipping those
 /// of a family the host lacks. With port 0 they all share the port the
 /// kernel picks for the first, so that the name means one port.
-fn bind_every(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
+fn bind_every(addrs: &[SocketAddr], backlog: i32) -> io::Result<Vec<std::net::TcpListener>> {
     let shared_port = addrs.len() > 1 && addrs.iter().all(|a| a.port() == 0);
     let mut attempt = 0;
     loop {
@@ -410,7 +416,7 @@ fn bind_every(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
             if let Some(p) = port {
                 addr.set_port(p);
             }
-            match bind_tcp(addr) {
+            match bind_tcp(addr, backlog) {
                 Ok(l) => {
                     if shared_port && port.is_none() {
                         port = l.local_addr().ok().map(|a| a.port());
@@ -467,7 +473,7 @@ impl Listener {
     #[cfg(test)]
     pub(crate) async fn bind(name: &str, spec: &BindSpec) -> Result<Vec<Listener>> {
         let tcp = address::tcp_addrs(name, spec).await?;
-        bind(name, spec, tcp, None).await
+        bind(name, spec, tcp, None, DEFAULT_BACKLOG).await
     }
 
     /// Checks that an inherited FD is what it claims to be, a listening stream
@@ -627,7 +633,7 @@ fn unix_or_tcp(addr: &socket2::SockAddr) -> Option<LocalAddr> {
 /// (a listening server, a regular file) is an error. The probe runs on the
 /// runtime, with a timeout.
 #[cfg(unix)]
-async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<Listener> {
+async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>, backlog: i32) -> io::Result<Listener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -669,7 +675,7 @@ async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<L
             return Err(e);
         }
     }
-    socket.listen(BACKLOG)?;
+    socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
     let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
     Ok(Listener::Unix(UnixListener::from_std(l)?, Some(file)))
@@ -679,21 +685,21 @@ async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>) -> io::Result<L
 /// file: the name is free again once every copy of the socket is closed,
 /// and a live server on it makes the bind fail with `EADDRINUSE`.
 #[cfg(unix)]
-fn bind_unix_abstract(name: &str) -> io::Result<Listener> {
+fn bind_unix_abstract(name: &str, backlog: i32) -> io::Result<Listener> {
     // socket2 takes a path whose first byte is NUL as an abstract name.
     let mut bytes = vec![0u8];
     bytes.extend_from_slice(name.as_bytes());
     let addr = socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.bind(&addr)?;
-    socket.listen(BACKLOG)?;
+    socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
     let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
     Ok(Listener::Unix(UnixListener::from_std(l)?, None))
 }
 
 /// Binds one TCP socket; on error, also says which address failed.
-fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, (SocketAddr, io::Error)> {
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, (SocketAddr, io::Error)> {
     let fail = |e| (addr, e);
     // socket2 creates sockets close-on-exec: a listener crosses an exec only
     // through the hand-over.
@@ -707,7 +713,7 @@ fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, (SocketAddr, io::
         socket.set_only_v6(false).map_err(fail)?;
     }
     socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(BACKLOG).map_err(fail)?;
+    socket.listen(backlog).map_err(fail)?;
     Ok(socket.into())
 }
 
@@ -870,7 +876,7 @@ mod tests {
             format!("127.0.0.1:{port}").parse().unwrap(),
         ];
         let spec = BindSpec::Host("localhost".into(), port);
-        let ls = bind("localhost:P", &spec, Some(addrs.clone()), None)
+        let ls = bind("localhost:P", &spec, Some(addrs.clone()), None, DEFAULT_BACKLOG)
             .await
             .unwrap();
         let got: Vec<LocalAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
@@ -886,7 +892,7 @@ mod tests {
         let zero: Vec<SocketAddr> =
             vec!["[::1]:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()];
         let spec = BindSpec::Host("localhost".into(), 0);
-        let ls = bind("localhost:0", &spec, Some(zero), None).await.unwrap();
+        let ls = bind("localhost:0", &spec, Some(zero), None, DEFAULT_BACKLOG).await.unwrap();
         let ports: Vec<u16> = ls
             .iter()
             .map(|l| match l.local_addr().unwrap() {
@@ -908,7 +914,7 @@ mod tests {
             format!("127.0.0.1:{port}").parse().unwrap(),
         ];
         let spec = BindSpec::Host("localhost".into(), port);
-        let err = bind("localhost:P", &spec, Some(addrs), None)
+        let err = bind("localhost:P", &spec, Some(addrs), None, DEFAULT_BACKLOG)
             .await
             .unwrap_err()
             .to_string();

@@ -135,6 +135,7 @@ impl Server {
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
                 probation: DEFAULT_PROBATION,
                 ready_checks: Vec::new(),
+                backlog: crate::listener::DEFAULT_BACKLOG,
                 #[cfg(unix)]
                 pid_file: None,
                 #[cfg(unix)]
@@ -381,6 +382,17 @@ impl Server {
         self.config
             .ready_checks
             .push(crate::ready::ReadyCheck::Probe(probe));
+        self
+    }
+
+    /// The accept queue length each new listening socket asks for (default
+    /// 4096; the kernel caps it, at `net.core.somaxconn` on Linux, 4096 by
+    /// default since 5.4). During a reload under many connections their
+    /// clients reconnect to the new generation at about the same time; the
+    /// queue holds them until they are accepted. Values are kept between 1
+    /// and 65,535. An adopted socket keeps the queue it was made with.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.config.backlog = i32::try_from(backlog.clamp(1, 65_535)).unwrap_or(4096);
         self
     }
 

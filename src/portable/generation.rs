@@ -60,6 +60,7 @@ impl Generation {
                 name: &e.addr,
                 spec: &e.spec,
                 perms: None,
+                backlog: config.backlog,
             })
             .collect();
         let bound = listener::take_all(&wanted, true).await?;
