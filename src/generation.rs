@@ -353,7 +353,7 @@ impl Generation {
         // The drain has started: whoever asked may now see it.
         let reloaded = crate::events::Reloaded {
             pid: successor.pid,
-            generation: crate::generation() + 1,
+            generation: crate::handover::next_generation(),
             executable: successor.exe.path.clone(),
             identity: successor.exe.id.to_string(),
             same_executable: successor.exe.is_running_image(),
@@ -369,7 +369,7 @@ impl Generation {
         systemd::status(&format!(
             "draining {} connections; generation {} (pid {}) serves, on probation for {window:?}",
             self.conns.active(),
-            crate::generation() + 1,
+            crate::handover::next_generation(),
             successor.pid
         ));
         let held =

@@ -488,6 +488,12 @@ pub(crate) fn generation() -> u64 {
     }
 }
 
+/// The number the next generation gets (a corrupt record's huge number
+/// stays where it is rather than overflow).
+pub(crate) fn next_generation() -> u64 {
+    generation().saturating_add(1)
+}
+
 /// Children the image before an in-place re-exec left behind.
 pub(crate) fn orphans() -> &'static [Pid] {
     received().map_or(&[], |r| &r.orphans)
@@ -689,7 +695,7 @@ pub(crate) fn prepare_spawn(
             temporary,
             probation,
         },
-        generation: generation() + 1,
+        generation: next_generation(),
         fds: passed(outgoing, |i, _| FIRST_FD + i as RawFd)?,
         orphans: Vec::new(),
     };

@@ -192,7 +192,7 @@ fn prepare(
         &fds,
         Some(Pid::from_raw(temporary as i32)),
         others,
-        crate::handover::generation() + 1,
+        crate::handover::next_generation(),
     )
 }
 

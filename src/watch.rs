@@ -24,10 +24,11 @@
 //! The reload goes through the same request as `Handle::reload` from code:
 //! a new binary that cannot start is reaped and the old generation serves
 //! on, as after any failed reload. A change is acted on once: a broken
-//! binary is not retried until the file changes again. While the
-//! generation drains the watcher waits; if it serves again (its successor
-//! failed, or a `keep_pid` re-exec did), the watcher goes on from where it
-//! was.
+//! binary is not retried until the file changes again. A change that meets
+//! another reload under way (from a signal, say) waits for it and is tried
+//! after it. While the generation drains the watcher waits; if it serves
+//! again (its successor failed, or a `keep_pid` re-exec did), the watcher
+//! goes on from where it was.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -150,7 +151,7 @@ async fn watch(paths: Vec<(PathBuf, Option<Identity>)>, requests: Requests, life
         tick.tick().await;
         let now = Instant::now();
         let mut changed = Vec::new();
-        for f in &mut files {
+        for (i, f) in files.iter_mut().enumerate() {
             let id = identity(&f.path);
             if id != f.seen {
                 debug!(path = %f.path.display(), "file changing");
@@ -161,8 +162,7 @@ async fn watch(paths: Vec<(PathBuf, Option<Identity>)>, requests: Requests, life
             // Settled, present, and not the version we run: a reload. (A
             // file that is gone, mid-rename, waits for its successor.)
             if f.seen.is_some() && f.seen != f.known && now.duration_since(f.since) >= SETTLE {
-                f.known = f.seen.clone();
-                changed.push(f.path.display().to_string());
+                changed.push(i);
             }
         }
         if changed.is_empty() {
@@ -173,15 +173,28 @@ async fn watch(paths: Vec<(PathBuf, Option<Identity>)>, requests: Requests, life
         if phase.wait_for(|p| *p == Phase::Serving).await.is_err() {
             return;
         }
-        info!(paths = ?changed, "file changed; reloading");
+        let paths: Vec<String> = changed
+            .iter()
+            .map(|&i| files[i].path.display().to_string())
+            .collect();
+        info!(?paths, "file changed; reloading");
         match requests.reload("file watcher").await {
+            // Another reload is under way, or this generation began to
+            // drain meanwhile: the change is not handled yet. It is tried
+            // again once this generation serves with no reload under way
+            // (if a successor took over, that one watches from its start).
+            Err(e @ (Error::ReloadInProgress | Error::Draining | Error::NotRunning)) => {
+                debug!(cause = %e, "reloading for the file change once this generation can");
+                continue;
+            }
             Ok(_) => {}
-            Err(e @ (Error::Draining | Error::NotRunning)) => {
-                debug!(cause = %e, "not reloading for the file change");
-            }
             Err(e) => {
-                warn!(paths = ?changed, cause = %e, "reload after the file change failed; still serving (the next change is tried again)")
+                warn!(?paths, cause = %e, "reload after the file change failed; still serving (the next change is tried again)")
             }
+        }
+        // Acted on: a release that failed is not retried until it changes.
+        for i in changed {
+            files[i].known = files[i].seen.clone();
         }
     }
 }

@@ -340,3 +340,58 @@ fn a_reload_answered_ok_has_started_the_drain() {
         wait_served_by(&addr, new.pid);
     }
 }
+
+/// Hand-over variables that are nonsense (no FDs, a generation number at
+/// the top of its range, a parent that is not ours) never crash the
+/// server: it serves, and a reload still works. (The next generation's
+/// number overflowed, and the reload panicked.)
+#[test]
+fn corrupt_hand_over_variables_crash_nothing() {
+    let server = Spec::fixture()
+        .env("ENDLESS_HANDOVER", "1;parent=999999")
+        .env("ENDLESS_FDS", "")
+        .env("ENDLESS_GENERATION", u64::MAX.to_string())
+        .env("FIXTURE_PROBATION_MS", "0")
+        .start();
+    let addr = server.addr();
+    let first = server.current().pid;
+    let next = server.reload(Signal::SIGHUP);
+    assert_ne!(next.pid, first, "{}", server.report());
+    wait_served_by(&addr, next.pid);
+    assert!(!server.log().contains("panicked"), "{}", server.report());
+}
+
+/// `reload_on_binary_change`: a release that lands while another reload is
+/// under way (a signal's, whose new generation then fails) is not lost:
+/// once the old generation serves again, the watcher reloads into it. (The
+/// watcher counted the change as handled when its own request was refused,
+/// and the new release was never started.)
+#[test]
+fn a_release_that_lands_during_another_reload_is_not_lost() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let app = dir.path().join("app");
+    let fail = dir.path().join("fail");
+    install(&support::fixture(), &app);
+    let server = Spec::fixture()
+        .bin(&app)
+        .env("FIXTURE_WATCH_BINARY", "1")
+        .env("FIXTURE_READY_CHECK", "1")
+        .env("FIXTURE_READY_FAIL_FILE", fail.display().to_string())
+        .env("FIXTURE_RELOAD_DELAY_MS", "1500")
+        .env("FIXTURE_PROBATION_MS", "0")
+        .start();
+    let addr = server.addr();
+    let first = server.current().pid;
+    // A reload whose new generation takes 1.5 s to fail its check...
+    std::fs::write(&fail, "").unwrap();
+    signal_pid(first, Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    // ...and, meanwhile, a new release.
+    let v2 = install(&support::fixture(), &app);
+    server.wait_log("before it was ready; still serving", Duration::from_secs(20));
+    std::fs::remove_file(&fail).unwrap();
+    support::eventually("the new release serves", Duration::from_secs(20), || {
+        let pid = served_pid(&get(&addr, "/").ok()?.1);
+        (running_inode(pid) == Some(v2)).then_some(())
+    });
+}

@@ -64,10 +64,15 @@ fn parse(args: &[String]) -> Result<(String, String, Duration), String> {
 fn ask(command: &str, socket: &str, timeout: Duration) -> std::io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(format!("{command}\n").as_bytes())?;
+    // A server that refuses (too many control connections, say) writes its
+    // answer and closes before reading our command: the write then fails
+    // (EPIPE or a reset) but the refusal is still there to be read.
+    let written = stream.write_all(format!("{command}\n").as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
+    let read = BufReader::new(stream).read_line(&mut answer);
     if answer.is_empty() {
+        written?;
+        read?;
         return Err(std::io::Error::other(
             "the server closed the connection without an answer",
         ));
