@@ -100,8 +100,8 @@ fn allowed(peer: &Peer) -> bool {
     }
 }
 
-/// One client: commands until it hangs up, says nothing for too long, or
-/// sends a line that is too long.
+/// One client: commands until it hangs up, says nothing for too long,
+/// sends a line that is too long, or this generation stops serving.
 async fn serve(mut stream: Stream, peer: Peer, requests: Requests, life: Arc<Lifecycle>) {
     if !allowed(&peer) {
         warn!(?peer, "control socket: a client of another user refused");
@@ -109,15 +109,27 @@ async fn serve(mut stream: Stream, peer: Peer, requests: Requests, life: Arc<Lif
         return;
     }
     let mut buf = Vec::with_capacity(128);
+    let mut phase = life.subscribe();
     loop {
-        let line = match tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream, &mut buf)).await
-        {
-            Ok(Ok(Some(line))) => line,
-            Ok(Ok(None)) | Ok(Err(_)) => return,
-            Err(_) => {
-                let _ = stream.write_all(b"error no command within 10s\n").await;
-                return;
-            }
+        let read = tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream, &mut buf));
+        let not_serving = async {
+            let _ = phase
+                .wait_for(|p| !matches!(p, Phase::Serving | Phase::Starting))
+                .await;
+        };
+        let line = tokio::select! {
+            read = read => match read {
+                Ok(Ok(Some(line))) => line,
+                Ok(Ok(None)) | Ok(Err(_)) => return,
+                Err(_) => {
+                    let _ = stream.write_all(b"error no command within 10s\n").await;
+                    return;
+                }
+            },
+            // This generation no longer serves: a client that stays
+            // connected must not hold its drain (nor, with `keep_pid`, its
+            // re-exec). The answer to its last command is written.
+            () = not_serving => return,
         };
         let Some(line) = line else {
             let _ = stream

@@ -11,8 +11,10 @@
 //!   a service, the draining one included: systemd's default
 //!   `KillMode=control-group`); only a second one cuts short.
 //!
-//! A stop passed on by a predecessor (`stop` on the link) never counts as
-//! the second: it is the same request the process manager made of both.
+//! A stop passed on by a predecessor (`stop` on the link) and one that
+//! reaches this process directly are counted apart, and the requests made
+//! are as many as the larger count: a process manager signals every process
+//! of a service, so one request often arrives both ways, in either order.
 //!
 //! Either way the deadline is set once, when the drain starts: nothing that
 //! arrives later extends it. The drain does not know how a restart
@@ -31,7 +33,14 @@ use crate::events::{Event, Events, Stop, Trigger};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Why {
     HandedOver,
-    Stopped,
+    /// By this stop request.
+    Stopped(Stop),
+}
+
+impl Why {
+    pub(crate) fn is_stop(self) -> bool {
+        matches!(self, Why::Stopped(_))
+    }
 }
 
 /// How a drain ended.
@@ -51,8 +60,17 @@ pub(crate) struct Drain {
     why: Why,
     started: Instant,
     deadline: Instant,
-    /// Stop requests counted so far, the one that started a stop included.
-    stops: u32,
+    /// Stop requests counted so far, the one that started a stop included:
+    /// those that reached this process directly, and those a predecessor
+    /// passed on. The same request often arrives both ways (a process
+    /// manager signals every process of the service), so the requests made
+    /// are as many as the larger count.
+    direct: u32,
+    forwarded: u32,
+    /// `keep_pid`: reload signals that arrive during the drain before the
+    /// re-exec, for the new image to run.
+    deferred: Option<Trigger>,
+    defer_reloads: bool,
     /// Connections cut so far (the deadline, a second stop).
     cut: u64,
 }
@@ -71,12 +89,57 @@ impl Drain {
     /// has told the connections (`Connections::start_drain`).
     pub(crate) fn new(why: Why, timeout: Duration) -> Drain {
         let started = Instant::now();
-        Drain {
+        let mut drain = Drain {
             why,
             started,
             deadline: started + timeout,
-            stops: u32::from(why == Why::Stopped),
+            direct: 0,
+            forwarded: 0,
+            deferred: None,
+            defer_reloads: false,
             cut: 0,
+        };
+        if let Why::Stopped(stop) = why {
+            drain.count(stop);
+        }
+        drain
+    }
+
+    /// Keeps the reload signals that arrive during this drain for later
+    /// ([`Drain::take_deferred`]) rather than refusing them: `keep_pid`'s
+    /// drain before the re-exec, after which this process serves again.
+    pub(crate) fn defer_reloads(&mut self) {
+        self.defer_reloads = true;
+    }
+
+    /// The reload signal kept during the drain, if any.
+    pub(crate) fn take_deferred(&mut self) -> Option<Trigger> {
+        self.deferred.take()
+    }
+
+    /// A reload request during the drain: refused, or kept for later (see
+    /// [`Drain::defer_reloads`]).
+    pub(crate) fn on_reload(&mut self, trigger: Trigger) {
+        match trigger {
+            t if self.defer_reloads && !t.waits() => {
+                info!(trigger = %t, "reload requested during the drain before the re-exec; the new image runs it once it serves");
+                self.deferred = Some(t);
+            }
+            t if self.defer_reloads => t.answer(Err(Error::ReloadInProgress)),
+            t => refuse_reload(t),
+        }
+    }
+
+    /// The stop requests made so far.
+    fn requests(&self) -> u32 {
+        self.direct.max(self.forwarded)
+    }
+
+    fn count(&mut self, stop: Stop) {
+        if stop.forwarded {
+            self.forwarded += 1;
+        } else {
+            self.direct += 1;
         }
     }
 
@@ -106,16 +169,13 @@ impl Drain {
 
     /// Whether a stop was asked for (before or during the drain).
     pub(crate) fn stop_requested(&self) -> bool {
-        self.stops > 0
+        self.requests() > 0
     }
 
     /// Counts a stop request that arrived during the drain.
     pub(crate) fn on_stop(&mut self, stop: Stop) -> OnStop {
-        if stop.forwarded && self.stops > 0 {
-            return OnStop::Calm;
-        }
-        self.stops += 1;
-        if self.stops >= 2 {
+        self.count(stop);
+        if self.requests() >= 2 {
             OnStop::CutShort
         } else {
             OnStop::Calm
@@ -140,7 +200,7 @@ impl Drain {
                     return Ended::Deadline;
                 }
                 event = events.next() => match event {
-                    Event::Reload(trigger) => refuse_reload(trigger),
+                    Event::Reload(trigger) => self.on_reload(trigger),
                     Event::Stop(stop) => {
                         if self.on_stop(stop) == OnStop::CutShort {
                             warn!(signal = ?stop.signal, connections = conns.active(), "second stop request; cutting off the connections left");
@@ -168,5 +228,42 @@ pub(crate) fn refuse_reload(trigger: Trigger) {
         other => {
             warn!(trigger = %other, "reload requested of a draining generation; ignored (send it to the generation that serves)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIRECT: Stop = Stop {
+        signal: Some(crate::signal::Signal::SIGTERM),
+        sender: None,
+        forwarded: false,
+    };
+    const FORWARDED: Stop = Stop {
+        signal: None,
+        sender: None,
+        forwarded: true,
+    };
+
+    /// One request that arrives both ways, in either order, is one; the
+    /// operator's second request cuts.
+    #[test]
+    fn a_request_that_arrives_both_ways_counts_once() {
+        let t = Duration::from_secs(5);
+        let mut d = Drain::new(Why::Stopped(FORWARDED), t);
+        assert_eq!(d.on_stop(DIRECT), OnStop::Calm);
+        assert_eq!(d.on_stop(DIRECT), OnStop::CutShort);
+
+        let mut d = Drain::new(Why::Stopped(DIRECT), t);
+        assert_eq!(d.on_stop(FORWARDED), OnStop::Calm);
+        assert_eq!(d.on_stop(FORWARDED), OnStop::CutShort);
+
+        let mut d = Drain::new(Why::HandedOver, t);
+        assert!(!d.stop_requested());
+        assert_eq!(d.on_stop(DIRECT), OnStop::Calm);
+        assert_eq!(d.on_stop(FORWARDED), OnStop::Calm);
+        assert!(d.stop_requested());
+        assert_eq!(d.on_stop(DIRECT), OnStop::CutShort);
     }
 }

@@ -106,6 +106,9 @@ pub(crate) enum Trigger {
     /// The generation that started this one passed on a reload request it
     /// received (it no longer serves).
     Forwarded,
+    /// A reload signal that arrived while this process drained before its
+    /// `keep_pid` re-exec, run once it serves.
+    Deferred,
 }
 
 impl Trigger {
@@ -129,6 +132,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Signal(s) => write!(f, "{s}"),
             Trigger::Asked { by, .. } => f.write_str(by),
             Trigger::Forwarded => f.write_str("the previous generation"),
+            Trigger::Deferred => f.write_str("a reload signal received during the re-exec"),
         }
     }
 }
@@ -283,13 +287,10 @@ impl Events {
                     }
                     Some(Down::LetGo) => {
                         debug!("the previous generation let go of its sockets: probation over");
+                        let ended = self.life.counters_now().in_probation;
                         self.life.probation_passed();
                         #[cfg(unix)]
-                        crate::systemd::status(&format!(
-                            "serving (generation {}, pid {})",
-                            self.life.stats().generation,
-                            std::process::id()
-                        ));
+                        self.settle(ended);
                         continue;
                     }
                     None => {
@@ -298,10 +299,10 @@ impl Events {
                         self.upstream = None;
                         #[cfg(unix)]
                         crate::link::close();
-                        if self.life.counters_now().in_probation {
+                        if self.life.counters_now().in_probation && self.life.holds_service() {
                             warn!("the previous generation is gone during this one's probation; serving without a fallback");
                             #[cfg(unix)]
-                            crate::systemd::main_pid_is_me();
+                            crate::systemd::main_pid(std::process::id());
                         }
                         self.life.probation_passed();
                         continue;
@@ -312,6 +313,27 @@ impl Events {
                 return event;
             }
         }
+    }
+
+    /// Our probation is over (`ended`; or there was none, and this
+    /// generation named itself when it started serving): the service's main
+    /// process is now this one if it serves or holds a successor's
+    /// probation, and otherwise already the successor it let go (which said
+    /// so itself). Then says so to the predecessor, which waits for it
+    /// before it may exit.
+    #[cfg(unix)]
+    fn settle(&self, ended: bool) {
+        if ended && self.life.holds_service() {
+            crate::systemd::main_pid(std::process::id());
+        }
+        if self.life.phase() == crate::lifecycle::Phase::Serving {
+            crate::systemd::status(&format!(
+                "serving (generation {}, pid {})",
+                self.life.stats().generation,
+                std::process::id()
+            ));
+        }
+        crate::link::report(crate::link::Up::Settled);
     }
 
     fn classify(&mut self, r: Received) -> Option<Event> {

@@ -26,12 +26,13 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{Config, Endpoint};
 use crate::connections::{Connections, Tls};
+use crate::counters::Counters;
 use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::{Events, Requests};
 use crate::handover::{self, Kind, Origin, Outgoing};
 use crate::keep_pid::{self, Reexec};
-use crate::lifecycle::{Counters, Lifecycle};
+use crate::lifecycle::Lifecycle;
 use crate::link::{self, Down, Up, Upstream};
 use crate::listener::{self, Bound, LocalAddr, SocketFile};
 use crate::probation::{self, Held};
@@ -66,6 +67,12 @@ pub(crate) struct Generation {
     /// The link to the generation this one handed over to, once let go: it
     /// is told how this one's drain ended.
     successor: Option<link::Link>,
+    /// A reload to run as soon as this generation serves (see
+    /// `keep_pid`: one asked for during the drain before a re-exec).
+    carried: Option<crate::events::Trigger>,
+    /// A generation this one outlives whatever happens: the `keep_pid`
+    /// temporary generation, draining after this image took over again.
+    leftover: Option<crate::children::Outlived>,
     /// The connections gauge of the metrics, while this generation lives.
     #[cfg(feature = "metrics")]
     _gauge: Gauge,
@@ -85,8 +92,8 @@ enum Ending {
     /// A stop, or a hand-over whose probation is over (or was none).
     Drain(Drain),
     /// A stop while a generation this one started still drains: it exits
-    /// after that one (see `probation::outlive`).
-    Outlive(Drain, probation::Outlived),
+    /// after that one (see `children::outlive`).
+    Outlive(Drain, crate::children::Outlived),
 }
 
 impl Generation {
@@ -154,6 +161,8 @@ impl Generation {
             watcher: None,
             _watchdog: temporary.is_none().then(systemd::watchdog).flatten(),
             successor: None,
+            carried: None,
+            leftover: None,
             #[cfg(feature = "metrics")]
             _gauge: Gauge::spawn(life_for_gauge),
         };
@@ -225,7 +234,10 @@ impl Generation {
                 match (temporary, probation) {
                     (true, _) => {}
                     (false, true) => systemd::ready(),
-                    (false, false) => systemd::main_pid_is_me(),
+                    (false, false) => {
+                        systemd::main_pid_is_me();
+                        self.life.probation_passed();
+                    }
                 }
                 let pid = parent.as_raw();
                 match handover::notify_parent_ready(parent) {
@@ -244,10 +256,14 @@ impl Generation {
                     }
                 }
             }
-            Some(Origin::SelfExec { temporary }) => {
+            Some(Origin::SelfExec { temporary, reload }) => {
                 systemd::main_pid_is_me();
+                self.life.probation_passed();
                 info!(elapsed = ?started.elapsed(), "serving again under the same PID");
-                keep_pid::after_reexec(temporary);
+                self.leftover = keep_pid::after_reexec(temporary);
+                if reload {
+                    self.carried = Some(crate::events::Trigger::Deferred);
+                }
             }
             Some(Origin::Systemd) | None => {
                 info!(pid = std::process::id(), "serving");
@@ -260,10 +276,11 @@ impl Generation {
     /// and cleans up.
     pub(crate) async fn run(mut self) {
         let ending = self.serve().await;
-        let (mut drain, outlived) = match ending {
-            Ending::Drain(d) => (d, None),
-            Ending::Outlive(d, o) => (d, Some(o)),
+        let (mut drain, mut outlived) = match ending {
+            Ending::Drain(d) => (d, Vec::new()),
+            Ending::Outlive(d, o) => (d, vec![o]),
         };
+        outlived.extend(self.leftover.take());
         let span = info_span!("drain", why = ?drain.why());
         // A stop's drain may outlast the service manager's stop timeout.
         let _extending = (drain.stop_requested() && self.temporary.is_none())
@@ -281,11 +298,12 @@ impl Generation {
                 cut: drain.cut(),
             });
         }
-        if let Some(o) = outlived {
-            let cut = ended == crate::drain::Ended::CutShort;
-            probation::outlive(o, cut, self.config.stop_timeout + Duration::from_secs(1)).await;
+        let cut = ended == crate::drain::Ended::CutShort;
+        for o in outlived {
+            crate::children::outlive(o, cut, self.config.stop_timeout + Duration::from_secs(1))
+                .await;
         }
-        if drain.why() == Why::Stopped && self.temporary.is_none() {
+        if drain.why().is_stop() && self.temporary.is_none() {
             self.final_cleanup();
         }
         self.life.ended();
@@ -307,23 +325,34 @@ impl Generation {
                 extras: &self.extras,
                 life: &self.life,
             };
-            let outcome = restarter.serve(&mut self.events, &handoff).await;
+            let outcome = restarter
+                .serve(&mut self.events, &handoff, self.carried.take())
+                .await;
             let successor = match outcome {
-                Outcome::Stop => {
+                Outcome::Stop(stop, starting) => {
                     systemd::stopping();
                     link::report(Up::Stopping);
-                    let drain = self.begin_drain(Why::Stopped);
+                    let drain = self.begin_drain(Why::Stopped(stop));
                     systemd::status(&format!(
                         "stopping: draining {} connections",
                         self.conns.active()
                     ));
-                    return Ending::Drain(drain);
+                    // A new generation that was starting was told to stop
+                    // too; it holds copies of the listeners and may serve a
+                    // few connections: it goes first.
+                    return match starting {
+                        Some(outlived) => Ending::Outlive(drain, outlived),
+                        None => Ending::Drain(drain),
+                    };
                 }
                 Outcome::HandedOver(s) => s,
             };
             if self.config.keep_pid {
                 match self.reexec(*successor).await {
-                    Reexec::Resumed => continue,
+                    Reexec::Resumed(deferred) => {
+                        self.carried = deferred;
+                        continue;
+                    }
                     Reexec::Stopping(stopping) => {
                         systemd::stopping();
                         let (drain, temporary) = *stopping;
@@ -372,8 +401,11 @@ impl Generation {
             crate::handover::next_generation(),
             successor.pid
         ));
+        self.life.holding(true);
+        let pid = successor.pid;
         let held =
             probation::hold(&mut self.events, successor, window, &mut drain, &self.conns).await;
+        self.life.holding(false);
         match held {
             Held::LetGo(link) => {
                 self.bound.clear();
@@ -385,6 +417,8 @@ impl Generation {
                 Some(Ending::Outlive(drain, outlived))
             }
             Held::Failed(error) => {
+                // Soon its PID means nothing to us (it may be reused).
+                self.events.gone(pid);
                 self.life.rolled_back(&error);
                 self.resume(&error, drain);
                 None
@@ -410,7 +444,8 @@ impl Generation {
     pub(crate) fn begin_drain(&mut self, why: Why) -> Drain {
         self.conns.start_drain(why == Why::HandedOver);
         self.life.begin_drain();
-        if why == Why::Stopped {
+        // A temporary generation never holds the listeners for anyone.
+        if why.is_stop() || self.temporary.is_some() {
             self.bound.clear();
         }
         let timeout = self.config.stop_timeout;
@@ -447,7 +482,14 @@ impl Generation {
                 }
             }
         });
-        systemd::main_pid_is_me();
+        // The main process again, unless this generation is itself still on
+        // probation: its predecessor is then the main process, and makes
+        // this one main when it lets go.
+        if self.life.counters_now().in_probation {
+            systemd::ready();
+        } else {
+            systemd::main_pid_is_me();
+        }
         match bound_addrs(&self.endpoints, &self.bound) {
             Ok(addrs) => self.serving(addrs),
             Err(e) => warn!(cause = %e, "cannot read the listeners' addresses"),
@@ -498,9 +540,9 @@ impl Generation {
             &mut self.events,
         )
         .await;
-        if let keep_pid::Step::Resumed(error, drain) = step {
+        if let keep_pid::Step::Resumed(error, drain, deferred) = step {
             self.resume(&error, drain);
-            return Reexec::Resumed;
+            return Reexec::Resumed(deferred);
         }
         match step {
             keep_pid::Step::Stopping(drain, t) => Reexec::Stopping(Box::new((drain, t))),
@@ -619,27 +661,21 @@ impl Handoff for HandoffOf<'_> {
         listeners.chain(extras).collect()
     }
 
-    fn state(&self) -> Vec<(&'static str, Vec<u8>)> {
-        self.sections(None)
+    fn state(&self, since: Instant) -> Vec<(&'static str, Vec<u8>)> {
+        self.sections(Some(since))
     }
 }
 
 /// Starts from the counters the previous generation handed over, with this
-/// generation's own reload counted once its probation is over (at once if
-/// it has none).
+/// generation's own reload counted once its verdict is in: when its
+/// probation is over, or, without one, when it serves
+/// (`Generation::announce`). A temporary generation's reload is its
+/// parent's to count.
 fn inherit_counters(life: &Lifecycle, origin: Option<Origin>) {
     let inherited = crate::state::section(crate::state::STATS).and_then(Counters::decode);
     let (Some(counters), Some(origin)) = (inherited, origin) else {
         return;
     };
-    let on_probation = matches!(
-        origin,
-        Origin::Parent {
-            probation: true,
-            temporary: false,
-            ..
-        }
-    );
     let by_reload = !matches!(
         origin,
         Origin::Parent {
@@ -651,9 +687,6 @@ fn inherit_counters(life: &Lifecycle, origin: Option<Origin>) {
         in_probation: by_reload,
         ..counters
     });
-    if by_reload && !on_probation {
-        life.probation_passed();
-    }
 }
 
 /// Takes every endpoint's listeners (adopted or bound; a temporary

@@ -189,8 +189,12 @@ pub(crate) enum Origin {
     },
     /// This process re-executed itself in place (`keep_pid`). The temporary
     /// generation that served meanwhile is our child: stop it and reap it
-    /// once we serve.
-    SelfExec { temporary: Option<Pid> },
+    /// once we serve. `reload`: a reload signal arrived during the drain
+    /// before the exec; run it once serving.
+    SelfExec {
+        temporary: Option<Pid>,
+        reload: bool,
+    },
     /// systemd's socket activation.
     Systemd,
 }
@@ -224,10 +228,16 @@ impl Record {
                 }
                 s
             }
-            Origin::SelfExec { temporary } => match temporary {
-                Some(t) => format!("{VERSION};exec={};temporary={t}", getpid()),
-                None => format!("{VERSION};exec={}", getpid()),
-            },
+            Origin::SelfExec { temporary, reload } => {
+                let mut s = format!("{VERSION};exec={}", getpid());
+                if let Some(t) = temporary {
+                    s.push_str(&format!(";temporary={t}"));
+                }
+                if reload {
+                    s.push_str(";reload");
+                }
+                s
+            }
             // Never written: systemd writes its own.
             Origin::Systemd => format!("{VERSION};systemd"),
         };
@@ -277,8 +287,8 @@ impl Record {
                 format!("{HANDOVER}={header:?} is not a hand-over this version reads"),
             ));
         }
-        let (mut parent, mut exec, mut temporary, mut temp_pid, mut probation) =
-            (None, None, false, None, false);
+        let (mut parent, mut exec, mut temporary, mut temp_pid, mut probation, mut reload) =
+            (None, None, false, None, false, false);
         for part in parts {
             let pid = |v: &str| v.parse::<i32>().ok().filter(|p| *p > 0).map(Pid::from_raw);
             match part.split_once('=') {
@@ -287,6 +297,7 @@ impl Record {
                 Some(("temporary", v)) => temp_pid = pid(v),
                 None if part == "temporary" => temporary = true,
                 None if part == "probation" => probation = true,
+                None if part == "reload" => reload = true,
                 _ => {}
             }
         }
@@ -301,6 +312,7 @@ impl Record {
             (None, Some(pid)) if pid != me => return Ok(None),
             (None, Some(_)) => Origin::SelfExec {
                 temporary: temp_pid,
+                reload,
             },
             _ => {
                 return Err((
@@ -785,8 +797,8 @@ impl std::fmt::Debug for Reexec {
 impl Reexec {
     /// Prepares re-executing this process in place as `path` (run as
     /// `program`) with `args` in the directory `cwd`, handing it `outgoing`
-    /// where they are, naming `temporary` (the generation serving
-    /// meanwhile) and `orphans` (children this image leaves).
+    /// where they are, as `origin` says (the generation serving meanwhile,
+    /// a reload to run), naming `orphans` (children this image leaves).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         path: &std::path::Path,
@@ -794,7 +806,7 @@ impl Reexec {
         args: &[OsString],
         cwd: Option<&std::path::Path>,
         outgoing: &[Outgoing<'_>],
-        temporary: Option<Pid>,
+        origin: Origin,
         orphans: Vec<Pid>,
         generation: u64,
     ) -> io::Result<Reexec> {
@@ -813,7 +825,7 @@ impl Reexec {
             argv.push(cstr(a.as_bytes())?);
         }
         let record = Record {
-            origin: Origin::SelfExec { temporary },
+            origin,
             generation,
             fds: passed(outgoing, |_, fd| fd)?,
             orphans,
@@ -1042,6 +1054,7 @@ mod tests {
     fn an_exec_record_is_only_for_the_pid_that_wrote_it() {
         let mut record = sample(Origin::SelfExec {
             temporary: Some(Pid::from_raw(50)),
+            reload: true,
         });
         record.orphans = vec![Pid::from_raw(60), Pid::from_raw(61)];
         let env = env_of(&record);

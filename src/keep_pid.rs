@@ -34,22 +34,23 @@ use std::time::Duration;
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use crate::children::Outlived;
 use crate::connections::Connections;
 use crate::drain::{Drain, Why};
 use crate::error::Error;
 use crate::events::{Event, Events, FromParent, Trigger};
-use crate::handover::{ExecFailed, Kind, Outgoing, Program, Reexec as Prepared};
+use crate::handover::{ExecFailed, Kind, Origin, Outgoing, Program, Reexec as Prepared};
 use crate::lifecycle::Lifecycle;
 use crate::link::{Down, Link};
-use crate::probation::Outlived;
 use crate::restart::Successor;
 use crate::signal::SignalSet;
 
 /// What became of P after its temporary generation took over.
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// The exec failed (the error): serve again; the drain is abandoned.
-    Resumed(Error, Drain),
+    /// The exec failed (the error): serve again; the drain is abandoned. A
+    /// reload signal that arrived during the drain, to run now.
+    Resumed(Error, Drain, Option<Trigger>),
     /// A stop arrived during the drain: no re-exec. The drain goes on
     /// (same deadline) and T was told to stop; P must outlive it.
     Stopping(Drain, Outlived),
@@ -58,7 +59,7 @@ pub(crate) enum Step {
 /// For the generation: what [`Step`] means to it.
 #[derive(Debug)]
 pub(crate) enum Reexec {
-    Resumed,
+    Resumed(Option<Trigger>),
     Stopping(Box<(Drain, Outlived)>),
 }
 
@@ -74,7 +75,8 @@ pub(crate) struct Context<'a> {
     pub(crate) outgoing: Vec<(Kind, String, RawFd)>,
     pub(crate) signals: &'a SignalSet,
     pub(crate) life: &'a Lifecycle,
-    /// The state for the new image, made when the drain started.
+    /// The state for the new image, made when the drain started (the
+    /// counters in it are made again just before the exec).
     pub(crate) sections: Vec<(&'static str, Vec<u8>)>,
 }
 
@@ -88,24 +90,54 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
         trigger,
         since,
         exe,
+        pending,
         ..
     } = cx.successor;
     info!(
         temporary,
         "temporary generation serves; draining before re-executing in place"
     );
-    // Made now, while the drain runs: the state as this image leaves it.
-    let state = crate::state::prepare(&cx.sections);
-    let ended = drain.wait(cx.conns, events).await;
-    if drain.stop_requested() {
-        return stop_instead(temporary, &link, trigger, drain, child, ended);
+    // T serves the release this process re-executes into: the reload has
+    // taken over, as after a hand-over, and whoever asked hears so now (the
+    // exec closes their connection). Should the exec itself fail, this
+    // process serves on, and the failure is counted and logged.
+    trigger.answer(Ok(crate::events::Reloaded {
+        pid: std::process::id(),
+        generation: crate::handover::next_generation(),
+        executable: exe.path.clone(),
+        identity: exe.id.to_string(),
+        same_executable: exe.is_running_image(),
+        probation: Duration::ZERO,
+    }));
+    drain.defer_reloads();
+    // A reload signal that came while T started is kept the same way.
+    if let Some(t) = pending {
+        drain.on_reload(t);
     }
-    let failed = match prepare(&cx.outgoing, state.as_ref(), &link, &exe, temporary) {
+    let ended = drain.wait(cx.conns, events).await;
+    if !drain.stop_requested() {
+        last_look(events).await;
+        stop_pending(events, &mut drain);
+    }
+    if drain.stop_requested() {
+        return stop_instead(temporary, link, drain, child, ended);
+    }
+    let deferred = drain.take_deferred();
+    let mut sections = cx.sections;
+    sections.retain(|(name, _)| *name != crate::state::STATS);
+    sections.push((crate::state::STATS, cx.life.for_successor(since).encode()));
+    let state = crate::state::prepare(&sections);
+    let origin = Origin::SelfExec {
+        temporary: Some(Pid::from_raw(temporary as i32)),
+        reload: deferred.is_some(),
+    };
+    let failed = match prepare(&cx.outgoing, state.as_ref(), &link, &exe, origin) {
         Ok(p) => {
-            last_look(events).await;
-            info!(path = %exe.path.display(), identity = %exe.id, "re-executing in place");
+            info!(path = %exe.path.display(), identity = %exe.id, reload = deferred.is_some(), "re-executing in place");
             let blocked = cx.signals.handled();
-            p.exec(blocked, || unchanged(&exe) && !stop_pending(events))
+            p.exec(blocked, || {
+                unchanged(&exe) && !stop_pending(events, &mut drain)
+            })
         }
         Err(e) => ExecFailed::Exec(e),
     };
@@ -113,12 +145,7 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     let source = match failed {
         ExecFailed::Stopped => {
             info!("stop requested just before the re-exec; not re-executing");
-            drain.on_stop(crate::events::Stop {
-                signal: None,
-                sender: None,
-                forwarded: false,
-            });
-            return stop_instead(temporary, &link, trigger, drain, child, ended);
+            return stop_instead(temporary, link, drain, child, ended);
         }
         ExecFailed::Directory(dir, e) => {
             std::io::Error::new(e.kind(), format!("cannot enter {}: {e}", dir.display()))
@@ -130,17 +157,14 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     error!(path = %exe.path.display(), cause = %source, "re-executing in place failed; serving again");
     link.send(Down::LetGo);
     let failure = Error::Exec {
-        path: exe.path.clone(),
+        path: exe.path,
         source,
     };
     cx.life.reload_failed(since, &failure);
-    trigger.answer(Err(Error::Exec {
-        path: exe.path,
-        source: std::io::Error::other(failure.to_string()),
-    }));
     // T exits by itself once drained; reap it meanwhile.
     reap_in_background(child);
-    Step::Resumed(failure, drain)
+    events.gone(temporary);
+    Step::Resumed(failure, drain, deferred)
 }
 
 /// Everything the re-exec needs, made before the last moment: the
@@ -152,8 +176,17 @@ fn prepare(
     state: Option<&std::os::fd::OwnedFd>,
     link: &Link,
     exe: &crate::exe::ExeFile,
-    temporary: u32,
+    origin: Origin,
 ) -> std::io::Result<Prepared> {
+    let Origin::SelfExec {
+        temporary: Some(temporary),
+        ..
+    } = origin
+    else {
+        return Err(std::io::Error::other(
+            "a re-exec names its temporary generation",
+        ));
+    };
     let current = crate::exe::current();
     let mut fds: Vec<Outgoing<'_>> = outgoing
         .iter()
@@ -180,17 +213,14 @@ fn prepare(
     } else {
         Program::Path
     };
-    let others = children()
-        .into_iter()
-        .filter(|p| p.as_raw() as u32 != temporary)
-        .collect();
+    let others = children().into_iter().filter(|p| *p != temporary).collect();
     Prepared::prepare(
         &exe.path,
         program,
         &current.args,
         current.cwd.as_deref(),
         &fds,
-        Some(Pid::from_raw(temporary as i32)),
+        origin,
         others,
         crate::handover::next_generation(),
     )
@@ -199,8 +229,7 @@ fn prepare(
 /// A stop instead of the re-exec: T stops too, and P outlives it.
 fn stop_instead(
     temporary: u32,
-    link: &Link,
-    trigger: Trigger,
+    link: Link,
     drain: Drain,
     child: tokio::process::Child,
     ended: crate::drain::Ended,
@@ -210,9 +239,9 @@ fn stop_instead(
         ?ended,
         "stop requested; not re-executing, stopping the temporary generation too"
     );
-    link.send(Down::Stop);
-    trigger.answer(Err(Error::Draining));
-    Step::Stopping(drain, Outlived::Child(child))
+    let mut outlived = Outlived::child(child, Some(link), 0);
+    outlived.tell_stop();
+    Step::Stopping(drain, outlived)
 }
 
 /// Whether the executable is still the one T ran, where the exec goes by
@@ -236,13 +265,17 @@ async fn last_look(_events: &mut Events) {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
-/// Whether a stop request is waiting (looked at without waiting; a reload
-/// found meanwhile is refused: this image is going).
-fn stop_pending(events: &mut Events) -> bool {
+/// Whether a stop request is waiting (looked at without waiting; it is
+/// counted in `drain`, and a reload found meanwhile is kept or refused
+/// there).
+fn stop_pending(events: &mut Events, drain: &mut Drain) -> bool {
     while let Some(event) = events.try_next() {
         match event {
-            Event::Stop(_) => return true,
-            Event::Reload(t) => crate::drain::refuse_reload(t),
+            Event::Stop(stop) => {
+                drain.on_stop(stop);
+                return true;
+            }
+            Event::Reload(t) => drain.on_reload(t),
             Event::Ready(_) | Event::Upstream(_) => {}
         }
     }
@@ -280,18 +313,20 @@ fn children() -> Vec<Pid> {
 }
 
 /// Step 3, in the re-executed image once it serves: sends the temporary
-/// generation away and reaps it (it is our child: the old image started
-/// it), and reaps the children the old image left (nobody else can).
-pub(crate) fn after_reexec(temporary: Option<Pid>) {
+/// generation away, and reaps the children the old image left (nobody else
+/// can). Returns the temporary generation (our child: the old image started
+/// it), which this generation outlives: its requests in flight finish even
+/// if this process is PID 1 of a container.
+pub(crate) fn after_reexec(temporary: Option<Pid>) -> Option<Outlived> {
     let link =
         crate::handover::take(Kind::TemporaryLink, None).and_then(|i| Link::adopt(i.take()).ok());
     for orphan in crate::handover::orphans() {
         let pid = orphan.as_raw() as u32;
         tokio::spawn(async move {
-            let _ = crate::probation::reap(pid, None).await;
+            let _ = crate::children::reap(pid, None).await;
         });
     }
-    let Some(t) = temporary else { return };
+    let t = temporary?;
     info!(
         pid = t.as_raw(),
         "serving again under the same PID; the temporary generation drains"
@@ -306,13 +341,9 @@ pub(crate) fn after_reexec(temporary: Option<Pid>) {
             );
         }
         // An older image left no link: tell it by signal.
-        None => crate::restart::signal_pid(t.as_raw() as u32, nix::sys::signal::Signal::SIGTERM),
+        None => crate::children::signal_pid(t.as_raw() as u32, nix::sys::signal::Signal::SIGTERM),
     }
-    tokio::spawn(async move {
-        // Bounded by its stop timeout, which it enforces itself.
-        let _ = crate::probation::reap(t.as_raw() as u32, None).await;
-        drop(link);
-    });
+    Some(Outlived::reaped(t.as_raw() as u32, link))
 }
 
 /// How a temporary generation's service ends.
@@ -342,7 +373,7 @@ pub(crate) async fn serve_temporary(events: &mut Events, parent: u32) -> Tempora
             Event::Upstream(FromParent::Gone) => return Temporary::Orphaned,
             Event::Stop(stop) => {
                 info!(signal = ?stop.signal, forwarded = stop.forwarded, "stop requested");
-                return Temporary::Drain(Why::Stopped);
+                return Temporary::Drain(Why::Stopped(stop));
             }
             Event::Ready(_) => {}
         }

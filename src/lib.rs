@@ -179,11 +179,14 @@
 // of it is used.
 #![cfg_attr(not(unix), allow(dead_code))]
 
+#[cfg(unix)]
+mod children;
 mod config;
 mod conn_info;
 mod connections;
 #[cfg(unix)]
 mod control;
+mod counters;
 mod drain;
 mod error;
 mod events;

@@ -12,6 +12,7 @@
 //! | child → parent  | `panicked TEXT`    | a panic, with its message (before or after serving)   |
 //! | child → parent  | `handed-over PID`  | the child handed over to a generation of its own: the parent's probation is over |
 //! | child → parent  | `stopping`         | the child is stopping (a stop, not a failure)         |
+//! | child → parent  | `settled`          | the child heard `let-go`, and whoever should be the service's main process has said so |
 //! | parent → child  | `reload`           | a reload request the parent received but no longer serves |
 //! | parent → child  | `stop`             | a stop request the parent received                    |
 //! | parent → child  | `let-go`           | the parent's probation is over: it lets go of its sockets |
@@ -44,6 +45,7 @@ pub(crate) enum Up {
     Panicked(String),
     HandedOver(u32),
     Stopping,
+    Settled,
 }
 
 /// From a generation to the child it started.
@@ -62,6 +64,7 @@ impl Up {
             Up::Panicked(t) => line("panicked", Some(t)),
             Up::HandedOver(pid) => line("handed-over", Some(&pid.to_string())),
             Up::Stopping => line("stopping", None),
+            Up::Settled => line("settled", None),
         }
     }
 
@@ -71,6 +74,7 @@ impl Up {
             "panicked" => Some(Up::Panicked(text)),
             "handed-over" => text.parse().ok().map(Up::HandedOver),
             "stopping" => Some(Up::Stopping),
+            "settled" => Some(Up::Settled),
             _ => None,
         }
     }

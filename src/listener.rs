@@ -384,7 +384,10 @@ fn family_unavailable(e: &io::Error) -> bool {
 
 /// `:port`: the first address the host supports (dual-stack IPv6, then
 /// IPv4). Any other error, a busy port above all, is the answer.
-fn bind_first_supported(addrs: &[SocketAddr], backlog: i32) -> io::Result<Vec<std::net::TcpListener>> {
+fn bind_first_supported(
+    addrs: &[SocketAddr],
+    backlog: i32,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let mut last = None;
     for addr in addrs {
         match bind_tcp(*addr, backlog) {
@@ -633,7 +636,11 @@ fn unix_or_tcp(addr: &socket2::SockAddr) -> Option<LocalAddr> {
 /// (a listening server, a regular file) is an error. The probe runs on the
 /// runtime, with a timeout.
 #[cfg(unix)]
-async fn bind_unix(path: &Path, perms: Option<&UnixPermissions>, backlog: i32) -> io::Result<Listener> {
+async fn bind_unix(
+    path: &Path,
+    perms: Option<&UnixPermissions>,
+    backlog: i32,
+) -> io::Result<Listener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -699,7 +706,10 @@ fn bind_unix_abstract(name: &str, backlog: i32) -> io::Result<Listener> {
 }
 
 /// Binds one TCP socket; on error, also says which address failed.
-fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, (SocketAddr, io::Error)> {
+fn bind_tcp(
+    addr: SocketAddr,
+    backlog: i32,
+) -> Result<std::net::TcpListener, (SocketAddr, io::Error)> {
     let fail = |e| (addr, e);
     // socket2 creates sockets close-on-exec: a listener crosses an exec only
     // through the hand-over.
@@ -876,9 +886,15 @@ mod tests {
             format!("127.0.0.1:{port}").parse().unwrap(),
         ];
         let spec = BindSpec::Host("localhost".into(), port);
-        let ls = bind("localhost:P", &spec, Some(addrs.clone()), None, DEFAULT_BACKLOG)
-            .await
-            .unwrap();
+        let ls = bind(
+            "localhost:P",
+            &spec,
+            Some(addrs.clone()),
+            None,
+            DEFAULT_BACKLOG,
+        )
+        .await
+        .unwrap();
         let got: Vec<LocalAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
         assert_eq!(
             got,
@@ -892,7 +908,9 @@ mod tests {
         let zero: Vec<SocketAddr> =
             vec!["[::1]:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()];
         let spec = BindSpec::Host("localhost".into(), 0);
-        let ls = bind("localhost:0", &spec, Some(zero), None, DEFAULT_BACKLOG).await.unwrap();
+        let ls = bind("localhost:0", &spec, Some(zero), None, DEFAULT_BACKLOG)
+            .await
+            .unwrap();
         let ports: Vec<u16> = ls
             .iter()
             .map(|l| match l.local_addr().unwrap() {

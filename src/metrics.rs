@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 
-use crate::lifecycle::Counters;
+use crate::counters::Counters;
 
 /// Sets every counter to `c`, and the generation gauges.
 pub(crate) fn publish(c: &Counters, generation: u64) {

@@ -13,24 +13,31 @@
 //! | a stop reaches this generation                 | passed on; [`Held::Stopping`] |
 //! | a reload reaches this generation               | passed on to the successor  |
 //!
-//! Letting go tells systemd that the successor is the main process now,
-//! tells the successor (`let-go`), and drops the link; the caller then
-//! drops its copies of the sockets. Meanwhile this generation's own drain
+//! Letting go tells the successor (`let-go`), which makes itself the
+//! service's main process if it still serves or holds a probation of its
+//! own (otherwise its own successor already has), and waits for it to say
+//! so (`settled`); the caller then drops its copies of the sockets. Each
+//! generation names only itself the main process, when it knows that it
+//! should, so a chain of reloads with probations of different lengths never
+//! leaves the service manager following a process that is about to exit. Meanwhile this generation's own drain
 //! goes on, and its connections are cut at its deadline as usual.
 
 use std::time::Duration;
 
-use nix::unistd::Pid;
 use tokio::process::Child;
 use tracing::{debug, info, warn};
 
+use crate::children::Outlived;
 use crate::connections::Connections;
 use crate::drain::{Drain, OnStop};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::events::{Event, Events, Trigger};
 use crate::link::{Down, Link, Up};
-use crate::restart::{signal_pid, Successor};
-use crate::systemd;
+use crate::restart::Successor;
+
+/// How long a generation that lets go waits for its successor to say who
+/// the main process is.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// How a probation ended.
 #[derive(Debug)]
@@ -42,13 +49,6 @@ pub(crate) enum Held {
     Failed(Error),
     /// A stop: the successor drains too; this generation exits after it.
     Stopping(Outlived),
-}
-
-/// A generation this one waits for before it exits.
-#[derive(Debug)]
-pub(crate) enum Outlived {
-    /// Our child, with its handle.
-    Child(Child),
 }
 
 /// Holds the sockets for `successor`'s probation of `window`, while the
@@ -96,19 +96,19 @@ pub(crate) async fn hold(
             message = link.next(), if link_open => match words.heard(message) {
                 Some(Heard::HandedOver(next)) => {
                     info!(pid, next, "the new generation handed over to a newer one; letting go");
-                    let_go(pid, &link);
+                    let_go(pid, &mut link).await;
                     return Held::LetGo(link);
                 }
                 Some(Heard::Stopping) => {
                     info!(pid, "the new generation is stopping; not serving again, waiting for it to finish");
-                    return Held::Stopping(Outlived::Child(child));
+                    return Held::Stopping(Outlived::child(child, Some(link), 0));
                 }
                 Some(Heard::Gone) => link_open = false,
                 None => {}
             },
             _ = &mut until => {
                 info!(pid, ?window, "the new generation lived through its probation; letting go");
-                let_go(pid, &link);
+                let_go(pid, &mut link).await;
                 return Held::LetGo(link);
             }
             _ = &mut deadline, if !cut => {
@@ -119,10 +119,11 @@ pub(crate) async fn hold(
             event = events.next() => {
                 if let Some(stop) = on_event(event, &link, pid) {
                     let second = drain.on_stop(stop) == OnStop::CutShort;
+                    let mut outlived = Outlived::child(child, Some(link), 1);
                     if second {
-                        signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+                        outlived.tell_stop();
                     }
-                    return Held::Stopping(Outlived::Child(child));
+                    return Held::Stopping(outlived);
                 }
             }
         }
@@ -181,10 +182,24 @@ fn pass_on_reload(trigger: Trigger, link: &Link, pid: u32) {
     }
 }
 
-/// The probation is over: the successor is the service's main process now.
-fn let_go(pid: u32, link: &Link) {
-    systemd::main_pid(pid);
+/// The probation is over: tells the successor, which then makes itself the
+/// service's main process if it serves or holds a probation of its own (it
+/// alone knows which: it may have handed over meanwhile), and waits until
+/// it has (briefly: it answers at once unless it is stuck), so that this
+/// generation never exits while the service manager still takes it for the
+/// main process.
+async fn let_go(pid: u32, link: &mut Link) {
     link.send(Down::LetGo);
+    let settled = async {
+        while let Some(message) = link.next().await {
+            if message == Up::Settled {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(SETTLE, settled).await.is_err() {
+        warn!(pid, timeout = ?SETTLE, "the new generation did not confirm the end of its probation");
+    }
 }
 
 /// What the successor said on the link.
@@ -212,7 +227,7 @@ impl Verdict {
     fn with(self, child: Child, link: Link) -> Held {
         match self {
             Verdict::LetGo => Held::LetGo(link),
-            Verdict::Stopping => Held::Stopping(Outlived::Child(child)),
+            Verdict::Stopping => Held::Stopping(Outlived::child(child, Some(link), 0)),
         }
     }
 }
@@ -232,6 +247,7 @@ impl Words {
                 self.stopping = true;
                 Some(Heard::Stopping)
             }
+            Some(Up::Settled) => None,
             None => Some(Heard::Gone),
         }
     }
@@ -257,56 +273,5 @@ impl Words {
         } else {
             None
         }
-    }
-}
-
-/// Waits for `outlived` to exit (up to `timeout`, its own stop timeout
-/// being about the same), so that its requests in flight finish even where
-/// our exit ends everything else (PID 1 of a container, a service manager
-/// that waits for its main process only). `cut`: our drain was cut short by
-/// a second stop, so it is told a second time too.
-pub(crate) async fn outlive(outlived: Outlived, cut: bool, timeout: Duration) {
-    let Outlived::Child(child) = &outlived;
-    let pid = child.id().unwrap_or_default();
-    if cut {
-        signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
-    }
-    info!(pid, "waiting for the other generation to finish");
-    let waited = tokio::time::timeout(timeout, wait(outlived)).await;
-    match waited {
-        Ok(()) => debug!(pid, "the other generation has exited"),
-        Err(_) => warn!(
-            pid,
-            ?timeout,
-            "the other generation is still running; stopping anyway"
-        ),
-    }
-}
-
-async fn wait(outlived: Outlived) {
-    let Outlived::Child(mut child) = outlived;
-    let _ = child.wait().await;
-}
-
-/// Waits for our child `pid` to exit and reaps it, polling (tokio only
-/// reaps children it spawned); gives up after `limit`, if any. `Ok(false)`:
-/// not (or no longer) our child.
-pub(crate) async fn reap(pid: u32, limit: Option<Duration>) -> Result<bool> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let pid = Pid::from_raw(pid as i32);
-    let started = tokio::time::Instant::now();
-    loop {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => {
-                debug!(pid = pid.as_raw(), ?status, "reaped");
-                return Ok(true);
-            }
-            Err(_) => return Ok(false),
-        }
-        if limit.is_some_and(|l| started.elapsed() >= l) {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tracing::{debug, error, info, info_span, warn, Instrument, Span};
 
+use crate::children::Outlived;
 use crate::error::{Error, Result};
-use crate::events::{Event, Events, Trigger};
+use crate::events::{Event, Events, Stop, Trigger};
 use crate::exe::{self, ExeFile};
 use crate::handover::{self, Outgoing};
 use crate::lifecycle::Lifecycle;
@@ -57,8 +58,10 @@ const LAST_WORDS: Duration = Duration::from_millis(500);
 pub(crate) enum Outcome {
     /// A new generation serves.
     HandedOver(Box<Successor>),
-    /// A stop request.
-    Stop,
+    /// A stop request; the new generation that was starting when it came,
+    /// if any (told to stop too: it may have accepted connections already,
+    /// so this generation outlives it).
+    Stop(Stop, Option<Outlived>),
 }
 
 /// A new generation that serves, and what came with it.
@@ -92,14 +95,16 @@ enum Attempt {
     Failed {
         pending: Option<Trigger>,
     },
-    Stopped,
+    /// A stop, and the new generation that was starting (told to stop).
+    Stopped(Stop, Outlived),
 }
 
 /// What a new generation is handed, besides the link: the descriptors, and
 /// the state made for it at the spawn.
 pub(crate) trait Handoff: Sync {
     fn descriptors(&self) -> Vec<Outgoing<'_>>;
-    fn state(&self) -> Vec<(&'static str, Vec<u8>)>;
+    /// The state, for a reload asked for at `since`.
+    fn state(&self, since: Instant) -> Vec<(&'static str, Vec<u8>)>;
 }
 
 /// The restart policy of one generation.
@@ -117,8 +122,13 @@ pub(crate) struct Restarter {
 
 impl Restarter {
     /// Serves reload requests until this generation must drain.
-    pub(crate) async fn serve(&self, events: &mut Events, handoff: &dyn Handoff) -> Outcome {
-        let mut pending = None;
+    /// `pending`: a reload to run first.
+    pub(crate) async fn serve(
+        &self,
+        events: &mut Events,
+        handoff: &dyn Handoff,
+        mut pending: Option<Trigger>,
+    ) -> Outcome {
         loop {
             let trigger = match pending.take() {
                 Some(t) => {
@@ -129,7 +139,7 @@ impl Restarter {
                     Event::Reload(trigger) => trigger,
                     Event::Stop(stop) => {
                         info!(signal = ?stop.signal, forwarded = stop.forwarded, "stop requested");
-                        return Outcome::Stop;
+                        return Outcome::Stop(stop, None);
                     }
                     Event::Ready(pid) => {
                         debug!(
@@ -150,7 +160,7 @@ impl Restarter {
             let attempt = self.attempt(events, handoff, trigger, span.clone());
             match attempt.instrument(span).await {
                 Attempt::HandedOver(successor) => return Outcome::HandedOver(successor),
-                Attempt::Stopped => return Outcome::Stop,
+                Attempt::Stopped(stop, child) => return Outcome::Stop(stop, Some(child)),
                 Attempt::Failed { pending: p } => pending = p,
             }
         }
@@ -169,7 +179,7 @@ impl Restarter {
         let since = Instant::now();
         systemd::reloading();
         systemd::status("reloading: starting a new generation");
-        let spawned = match self.spawn(handoff).await {
+        let spawned = match self.spawn(handoff, since).await {
             Ok(s) => s,
             Err(e) => {
                 error!(cause = %e, "reload failed; still serving");
@@ -199,9 +209,12 @@ impl Restarter {
                         ready(pid, since, &exe);
                         return Attempt::HandedOver(Box::new(Successor { child, pid, link, trigger, since, pending, exe, said, span }));
                     }
-                    Some(Starting::Stop) => {
+                    Some(Starting::Stop(stop)) => {
                         trigger.answer(Err(Error::Draining));
-                        return Attempt::Stopped;
+                        // Gracefully: it may already have accepted a connection.
+                        let mut starting = Outlived::child(child, Some(link), 0);
+                        starting.tell_stop();
+                        return Attempt::Stopped(stop, starting);
                     }
                     None => {}
                 },
@@ -237,7 +250,7 @@ impl Restarter {
         systemd::ready();
         systemd::status(&format!(
             "serving (generation {}, pid {}); the last reload failed: {failure}",
-            crate::generation(),
+            crate::handover::generation(),
             std::process::id()
         ));
         self.life.reload_failed(since, &failure);
@@ -246,7 +259,7 @@ impl Restarter {
 
     /// Starts the next generation with the listeners, the link, and the
     /// state made for it now.
-    async fn spawn(&self, handoff: &dyn Handoff) -> Result<Spawned> {
+    async fn spawn(&self, handoff: &dyn Handoff, since: Instant) -> Result<Spawned> {
         let exe = exe::current();
         exe.check_directory()?;
         let blocked = self.signals.handled();
@@ -256,7 +269,7 @@ impl Restarter {
         };
         // Made once per reload, just before the spawn, and kept for the
         // retries; our copy closes when this returns.
-        let state = crate::state::prepare(&handoff.state());
+        let state = crate::state::prepare(&handoff.state(since));
         let mut tries = 0;
         loop {
             // Opened first: what the child runs is checked against it.
@@ -323,7 +336,7 @@ enum Starting {
     /// It serves.
     Ready,
     /// A stop: it was told to stop too.
-    Stop,
+    Stop(Stop),
 }
 
 /// Answers an event that arrives while the new generation `pid` starts: a
@@ -339,10 +352,8 @@ fn while_starting(event: Event, pid: u32, pending: &mut Option<Trigger>) -> Opti
             *pending = Some(t);
         }
         Event::Stop(stop) => {
-            // Gracefully: it may already have accepted a connection.
             info!(signal = ?stop.signal, pid, "stop requested; stopping the generation that was starting");
-            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
-            return Some(Starting::Stop);
+            return Some(Starting::Stop(stop));
         }
         Event::Upstream(message) => debug!(?message, "message from the parent ignored"),
     }
@@ -384,13 +395,6 @@ async fn last_words(link: &mut Link, said: Option<String>) -> Option<String> {
     };
     let _ = tokio::time::timeout(LAST_WORDS, rest).await;
     said
-}
-
-/// Sends `signal` to `pid`, ignoring a process that is already gone.
-pub(crate) fn signal_pid(pid: u32, signal: nix::sys::signal::Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-    }
 }
 
 fn is_text_busy(e: &io::Error) -> bool {

@@ -388,7 +388,10 @@ fn a_release_that_lands_during_another_reload_is_not_lost() {
     std::thread::sleep(Duration::from_millis(200));
     // ...and, meanwhile, a new release.
     let v2 = install(&support::fixture(), &app);
-    server.wait_log("before it was ready; still serving", Duration::from_secs(20));
+    server.wait_log(
+        "before it was ready; still serving",
+        Duration::from_secs(20),
+    );
     std::fs::remove_file(&fail).unwrap();
     support::eventually("the new release serves", Duration::from_secs(20), || {
         let pid = served_pid(&get(&addr, "/").ok()?.1);

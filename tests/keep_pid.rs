@@ -152,21 +152,26 @@ fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
         "the request in flight finished"
     );
 
-    // Handle::reload says why; same PID, still serving, the temporary
-    // generation sent away.
+    // Handle::reload answered when the temporary generation served and the
+    // original PID began to drain; the exec's failure is in the stats, and
+    // says why. Same PID, still serving, the temporary generation sent
+    // away.
     let line = server
         .wait_line(Duration::from_secs(30), |l| l.starts_with("RELOADED"))
         .unwrap_or_else(|| panic!("no reload result:\n{}", server.report()));
-    assert!(
-        line.starts_with(&format!("RELOADED pid={pid} error: cannot re-execute "))
-            && line.contains(&format!("cannot enter {}", cwd.display())),
-        "{line}"
-    );
+    assert_eq!(line, format!("RELOADED pid={pid} ok"));
     server
         .wait_exit(temporary, Duration::from_secs(15))
         .expect("temporary generation exits");
     wait_served_by(&addr, pid);
     assert!(server.alive().contains(&pid));
+    let (_, stats) = get(&addr, "/stats").unwrap();
+    assert!(
+        stats.contains("reloads_failed: 1")
+            && stats.contains("cannot re-execute")
+            && stats.contains(&format!("cannot enter {}", cwd.display())),
+        "{stats}"
+    );
 
     // With the directory back, the next reload works.
     std::fs::create_dir(&cwd).unwrap();
@@ -477,6 +482,121 @@ fn a_stop_during_a_keep_pid_reload_outlives_the_temporary_generation() {
     std::thread::sleep(Duration::from_millis(200));
     signal_pid(pid, Signal::SIGTERM);
     assert_eq!(on_original.join().unwrap().unwrap().0, 200);
+    server.assert_exited_0(pid, Duration::from_secs(10));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{temporary}")).exists()
+            || server.zombies().contains(&temporary),
+        "the original PID exited before its temporary generation:\n{}",
+        server.report()
+    );
+    let (status, body) = on_temporary.join().unwrap().unwrap();
+    assert_eq!((status, body), (200, format!("slept pid={temporary}\n")));
+}
+
+/// A reload asked for on the control socket, with `keep_pid`: answered
+/// `ok` as soon as the temporary generation serves and the original PID
+/// drains, and the re-exec follows at once. (The answer waited for the
+/// exec, which waited for the control connection to close: the client got
+/// no answer, and the re-exec waited for the stop timeout.)
+#[test]
+fn a_reload_on_the_control_socket_is_answered_and_re_executes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let server = Spec::fixture()
+        .env("FIXTURE_KEEP_PID", "1")
+        .env("FIXTURE_CONTROL_SOCKET", socket.display().to_string())
+        .env("FIXTURE_STOP_TIMEOUT_MS", "20000")
+        .start();
+    let pid = server.current().pid;
+    let before = server.readies().len();
+    let asked = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_endlessctl"))
+        .args(["reload", socket.to_str().unwrap(), "--timeout", "15"])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && answer.starts_with(&format!("ok pid={pid} ")),
+        "{:?} {answer} {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.report()
+    );
+    let again = server.wait_lines(Duration::from_secs(10), |lines| {
+        let readies: Vec<_> = lines.iter().filter(|l| l.starts_with("READY")).collect();
+        (readies.len() >= before + 2
+            && readies
+                .iter()
+                .skip(before)
+                .any(|l| l.contains(&format!("pid={pid} "))))
+        .then_some(())
+    });
+    assert!(again.is_some(), "not re-executed:\n{}", server.report());
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        asked.elapsed()
+    );
+}
+
+/// A reload signal that reaches the original PID while it drains before
+/// its re-exec (a newer release landed meanwhile) is not dropped: the
+/// re-executed image runs it once it serves. (It was refused with a
+/// warning, and the newer release never ran.)
+#[test]
+fn a_reload_signal_during_the_drain_before_the_re_exec_runs_after_it() {
+    let server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    // Keeps the original PID draining for a while.
+    let slow = get_in_background(&addr, "/sleep/1000");
+    std::thread::sleep(Duration::from_millis(200));
+    keep_pid_reload_started(&server, pid);
+    signal_pid(pid, Signal::SIGHUP);
+    assert_eq!(slow.join().unwrap().unwrap().0, 200);
+    // The original PID serves again, then a second round: two temporary
+    // generations, and the original PID's three READY lines.
+    let rounds = server.wait_readies(Duration::from_secs(15), |r| {
+        let mine = r.iter().filter(|r| r.pid == pid).count();
+        (mine >= 3 && r.len() >= 5).then_some(r.len())
+    });
+    assert!(rounds.is_some(), "no second round:\n{}", server.report());
+    wait_served_by(&addr, pid);
+}
+
+/// The temporary generation's READY (once the original PID was signalled).
+fn keep_pid_reload_started(server: &Proc, pid: u32) -> u32 {
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let t = server.nth_ready(before + 1).pid;
+    assert_ne!(t, pid, "{}", server.report());
+    t
+}
+
+/// A stop right after a `keep_pid` reload, while the temporary generation
+/// still drains a request (`docker stop` signals only PID 1): the original
+/// PID waits for it, so that request finishes even where PID 1's exit ends
+/// everything. (It exited at once, leaving the temporary generation
+/// behind.)
+#[test]
+fn a_stop_after_a_keep_pid_reload_outlives_the_draining_temporary_generation() {
+    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let addr = server.addr();
+    let pid = server.current().pid;
+    // Keeps the original PID draining long enough for a request to reach
+    // the temporary generation.
+    let on_original = get_in_background(&addr, "/sleep/600");
+    std::thread::sleep(Duration::from_millis(200));
+    let temporary = keep_pid_reload_started(&server, pid);
+    std::thread::sleep(Duration::from_millis(100));
+    let on_temporary = get_in_background(&addr, "/sleep/2500");
+    assert_eq!(on_original.join().unwrap().unwrap().0, 200);
+    // The original PID serves again; the temporary generation drains.
+    server
+        .wait_ready_after(temporary, Duration::from_secs(10))
+        .filter(|r| r.pid == pid)
+        .unwrap_or_else(|| panic!("no re-exec:\n{}", server.report()));
+    signal_pid(pid, Signal::SIGTERM);
     server.assert_exited_0(pid, Duration::from_secs(10));
     assert!(
         !std::path::Path::new(&format!("/proc/{temporary}")).exists()

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "restart policy",
         &[
             "restart",
+            "children",
             "events",
             "signal",
             "systemd",
@@ -62,7 +63,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "portable",
         ],
     ),
-    ("leaves", &["error", "bin/endlessctl"]),
+    (
+        "leaves",
+        &["error", "counters", "metrics", "bin/endlessctl"],
+    ),
 ];
 
 /// Every module of `src` (as `a` or `a/b`) and the text of its file.

@@ -322,3 +322,31 @@ fn carried_sockets_are_served_again_after_a_rollback() {
         || echo("b") == Some(old),
     );
 }
+
+/// A stop that reaches both generations during a probation, first through
+/// the old one (which passes it on) and then directly, as a process
+/// manager's does: one request, so the new generation's request in flight
+/// finishes. (The new generation counted it twice, and cut the request.)
+#[test]
+fn a_stop_that_arrives_both_ways_is_one_request() {
+    let mut server = Spec::fixture().env("FIXTURE_PROBATION_MS", "8000").start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    let new = server.reload(Signal::SIGHUP).pid;
+    support::wait_served_by(&addr, new);
+    let slow = support::get_in_background(&addr, "/sleep/1500");
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(old, Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(new, Signal::SIGTERM);
+    let (status, body) = slow
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the request in flight was cut: {e}\n{}", server.report()));
+    assert_eq!(
+        (status, body.trim()),
+        (200, format!("slept pid={new}").as_str())
+    );
+    server.assert_exited_0(new, Duration::from_secs(10));
+    server.assert_exited_0(old, Duration::from_secs(10));
+}

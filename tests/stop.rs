@@ -613,3 +613,33 @@ fn corrupt_hand_over_variables_are_an_error_naming_the_fd() {
         assert!(!p.current().reloaded, "{}", p.report());
     }
 }
+
+/// A stop while a new generation starts (here, 1 s of start-up): the old
+/// generation tells it to stop too, and exits only after it, so nothing of
+/// the service outlives the process a manager follows, and the port is
+/// free once it exits. (The old generation exited at once, leaving the
+/// new one starting, then serving, on its own.)
+#[test]
+fn a_stop_while_a_new_generation_starts_waits_for_it() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_RELOAD_DELAY_MS", "1000")
+        .env("FIXTURE_PROBATION_MS", "0")
+        .start();
+    let addr = server.addr();
+    let old = server.current().pid;
+    signal_pid(old, Signal::SIGHUP);
+    let starting = server.wait_new_process(&[old], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(old, Signal::SIGTERM);
+    server.assert_exited_0(old, Duration::from_secs(10));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{starting}")).exists()
+            || server.zombies().contains(&starting),
+        "the old generation exited before the one that was starting:\n{}",
+        server.report()
+    );
+    assert!(
+        std::net::TcpListener::bind(&addr).is_ok(),
+        "the port is still held"
+    );
+}

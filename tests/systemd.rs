@@ -203,13 +203,59 @@ fn sd_notify_with_probation_moves_the_main_pid_when_the_old_generation_lets_go()
         (gen0, s(&["READY=1"])),
         (gen0, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
         (gen1, s(&["READY=1"])),
-        (gen0, vec![format!("MAINPID={gen1}")]),
+        // Told that its probation is over, gen1 names itself.
+        (gen1, vec![format!("MAINPID={gen1}")]),
         (gen1, s(&["RELOADING=1", "MONOTONIC_USEC=…"])),
         (gen2, s(&["READY=1"])),
         (gen1, vec![format!("MAINPID={gen1}"), "READY=1".into()]),
         (gen1, s(&["STOPPING=1"])),
     ];
     assert_eq!(got, want, "\n{}", server.report());
+}
+
+/// Releases with different probations in one chain: N (probation 4 s)
+/// hands over to N+1 (whose release turns probation off), which hands over
+/// to N+2 during its own probation. The main PID ends on N+2, which serves,
+/// never on a generation that exits. (N named N+1 the main process when it
+/// let go, after N+2 had named itself: the service manager then followed
+/// N+1 as it exited, and stopped the service.)
+#[test]
+fn mixed_probations_leave_the_main_pid_on_the_generation_that_serves() {
+    let manager = Manager::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let probation = dir.path().join("probation");
+    std::fs::write(&probation, "4000").unwrap();
+    let mut server = Spec::fixture()
+        .env("NOTIFY_SOCKET", manager.env.clone())
+        .env("FIXTURE_PROBATION_FILE", probation.display().to_string())
+        .start();
+    let n = server.current().pid;
+    std::fs::write(&probation, "0").unwrap();
+    let n1 = server.reload(Signal::SIGHUP).pid;
+    std::thread::sleep(Duration::from_millis(500));
+    let n2 = server.reload(Signal::SIGHUP).pid;
+    server.wait_exit(n, Duration::from_secs(15)).unwrap();
+    server.wait_exit(n1, Duration::from_secs(15)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let main = manager
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, m)| lines(m))
+        .filter_map(|l| {
+            l.strip_prefix("MAINPID=")
+                .map(|p| p.parse::<u32>().unwrap())
+        })
+        .next_back();
+    assert_eq!(
+        main,
+        Some(n2),
+        "{:?}\n{}",
+        manager.messages.lock().unwrap(),
+        server.report()
+    );
+    assert!(server.alive().contains(&n2));
 }
 
 /// `STATUS=` lines follow what the service does, for `systemctl status`.

@@ -127,7 +127,7 @@ impl Generation {
                     // Our listeners go now, so the port is free once `run`
                     // returns.
                     self.bound.clear();
-                    break Drain::new(Why::Stopped, self.config.stop_timeout);
+                    break Drain::new(Why::Stopped(stop), self.config.stop_timeout);
                 }
                 Event::Reload(trigger) => {
                     let err = Error::reloads_unsupported();
