@@ -387,7 +387,10 @@ async fn accept_loop<S, B>(
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
                 let info = ConnInfo::new(listening.name.clone(), listening.local.clone(), peer);
-                let (io, signal) = shared.sockets.track(stream, shared.tracker.token());
+                let (io, signal) =
+                    shared
+                        .sockets
+                        .track(stream, shared.tracker.token(), listening.tls.is_some());
                 tokio::spawn(connection(io, signal, info, listening.clone()));
             }
             Err(e) if is_connection_error(&e) => {
@@ -570,6 +573,10 @@ async fn tls_connection<S, B>(
     };
     if let Some(stream) = stream {
         let info = crate::tls::attach_info(&info, &stream);
+        let stream = Plain {
+            signal: signal.clone(),
+            io: stream,
+        };
         info.scope(serve_connection(stream, fd, signal, listening))
             .await;
     }
@@ -619,6 +626,16 @@ where
         if !signal.seen().contains(Seen::HTTP2) {
             let mut graces = 0u32;
             let mut wait = shared.idle_grace;
+            // A request head still arriving gets more graces, but only up to
+            // the header read timeout counted from the start of the drain,
+            // and no longer than the wait for quiet clients (or one grace,
+            // if longer): a client that dribbles a head a byte at a time
+            // must not hold the drain until the stop timeout.
+            let drain_started = Instant::now();
+            let head_limit = shared
+                .revisit
+                .max(shared.idle_grace)
+                .min(shared.header_read_timeout);
             loop {
                 tokio::select! {
                     r = conn.as_mut() => return log_end(r),
@@ -629,6 +646,13 @@ where
                     _ = Box::pin(tokio::time::sleep(wait)) => {}
                 }
                 let arriving = signal.request_arriving(fd);
+                if arriving && drain_started.elapsed() >= head_limit {
+                    debug!(
+                        ?head_limit,
+                        "a request head still unfinished this long into the drain; closing"
+                    );
+                    break;
+                }
                 let quiet = shared.sockets.quiet_for(&signal);
                 // Read at every grace: a stop may have come since.
                 let revisit = if shared.successor.load(Ordering::Relaxed) {
@@ -705,11 +729,25 @@ pub(crate) struct ConnSignal {
     /// Read by the sweeper.
     heads: AtomicU32,
     responses: AtomicU32,
-    /// Reads that brought bytes, and whether the last HTTP/1 request had a
-    /// body: the sweeper's way to see an upload going on after its
-    /// response.
-    reads: AtomicU32,
-    had_body: AtomicBool,
+    /// Bytes read from the client (HTTP bytes: over TLS, the plaintext),
+    /// and the count before the latest read: the sweeper's way to see an
+    /// upload going on after its response, and where its body ends.
+    reads: AtomicU64,
+    read_start: AtomicU64,
+    /// [`ConnSignal::reads`] at the previous HTTP/1 request head: where the
+    /// read that completed that head started, so no later head starts
+    /// before it.
+    head_floor: AtomicU64,
+    /// Where the body of the last HTTP/1 request ends, in
+    /// [`ConnSignal::reads`] (as best known, never later than the truth
+    /// but for a few bytes, see [`body_end`]); 0 for a request without a
+    /// body. Bytes read past it belong to the next request head.
+    body_end: AtomicU64,
+    /// Writes that sent bytes, and whether the latest write (or flush) is
+    /// waiting for the client to take more: a response still on its way
+    /// (in hyper's buffer, or rustls's) keeps its connection busy.
+    writes: AtomicU32,
+    write_blocked: AtomicBool,
     /// When the sweeper first saw the connection, or last saw it busy or
     /// with a new request. Written by the sweeper only, never per request.
     active_ms: ActiveMs,
@@ -833,34 +871,73 @@ impl ConnSignal {
         until(&self.waker, move || self.level() >= level)
     }
 
-    /// Bytes were read from the connection: the hot path, one relaxed load
-    /// and, at most, one relaxed store.
-    fn note_read(&self) {
+    /// `n` bytes were read from the connection: the hot path, relaxed
+    /// loads and stores only.
+    fn note_read(&self, n: usize) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::Recent as u8 {
             self.arrival.store(Arrival::Recent as u8, Ordering::Relaxed);
         }
         // One reader at a time (the connection's task, or the task an
         // upgrade handed the connection to): no read-modify-write needed.
         let reads = self.reads.load(Ordering::Relaxed);
-        self.reads.store(reads.wrapping_add(1), Ordering::Relaxed);
+        self.read_start.store(reads, Ordering::Relaxed);
+        self.reads
+            .store(reads.wrapping_add(n as u64), Ordering::Relaxed);
     }
 
-    fn reads(&self) -> u32 {
+    fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
 
-    fn had_body(&self) -> bool {
-        self.had_body.load(Ordering::Relaxed)
+    /// Whether bytes read so far may still be the last HTTP/1 request's
+    /// body (read after its response, by a handler that answered early).
+    fn may_be_uploading(&self, reads: u64) -> bool {
+        reads <= self.body_end.load(Ordering::Relaxed)
+    }
+
+    /// Bytes were written (`true`), or the write or flush must wait for
+    /// the client (`false`): the hot path again, relaxed loads and stores.
+    fn note_write(&self, progress: bool) {
+        if progress {
+            let writes = self.writes.load(Ordering::Relaxed);
+            self.writes.store(writes.wrapping_add(1), Ordering::Relaxed);
+        }
+        // Blocked exactly when the latest poll had to wait.
+        if self.write_blocked.load(Ordering::Relaxed) == progress {
+            self.write_blocked.store(!progress, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes so far, and whether the latest one waits for the client.
+    fn writes(&self) -> (u32, bool) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.write_blocked.load(Ordering::Relaxed),
+        )
     }
 
     /// A request head was parsed: the bytes read so far were its own.
-    /// `body`: whether a request body follows.
-    fn note_request_head(&self, http1: bool, body: bool) {
+    /// `body`: for an HTTP/1 request with a body, its head and length
+    /// (`None` if unknown: chunked).
+    fn note_request_head(&self, http1: bool, body: Option<(&Request<Incoming>, Option<u64>)>) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::None as u8 {
             self.arrival.store(Arrival::None as u8, Ordering::Relaxed);
         }
         if http1 {
-            self.had_body.store(body, Ordering::Relaxed);
+            // The read that completed this head started at `read_start`
+            // (hyper parses a head as soon as a read completes it, and
+            // reads nothing while a whole head waits in its buffer), so the
+            // next head starts after it.
+            let floor = self.head_floor.load(Ordering::Relaxed);
+            let read_start = self.read_start.load(Ordering::Relaxed);
+            let end = match body {
+                None => 0,
+                Some((req, len)) => body_end(req, len, floor, read_start),
+            };
+            if self.body_end.load(Ordering::Relaxed) != end {
+                self.body_end.store(end, Ordering::Relaxed);
+            }
+            self.head_floor.store(read_start, Ordering::Relaxed);
             self.heads.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -894,6 +971,44 @@ impl ConnSignal {
             .is_ok();
         recent || bytes_waiting(fd)
     }
+}
+
+/// Where the body of HTTP/1 request `req` ends in the connection's byte
+/// count, `len` its length if known: an estimate never later than the
+/// truth but for the few bytes of line ends and spaces a client may leave
+/// out (at most two per header line), so that bytes past it are taken for
+/// the next request head, whose timeout then applies (a client cannot
+/// dribble a head for ever by calling it a body). The head starts at or
+/// after `floor` (where the read that completed the previous head
+/// started) and ends after `read_start` (where the read that completed it
+/// started); its length is at least what it says, written as clients
+/// write it. A body of unknown length (chunked) gets no allowance: bytes
+/// read after its response are the next head's. Only requests with a body
+/// pay for this (a walk over the headers).
+fn body_end(req: &Request<Incoming>, len: Option<u64>, floor: u64, read_start: u64) -> u64 {
+    let Some(len) = len else {
+        return read_start;
+    };
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    // `METHOD target HTTP/1.1\r\n`, `name: value\r\n` each, `\r\n`.
+    let head = req.method().as_str().len()
+        + 1
+        + target
+        + 1
+        + "HTTP/1.1\r\n".len()
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+            .sum::<usize>()
+        + 2;
+    let head_end = floor
+        .saturating_add(head as u64)
+        .max(read_start.saturating_add(1));
+    head_end.saturating_add(len)
 }
 
 /// Whether bytes wait in the kernel's receive buffer of socket `fd`, not yet
@@ -945,7 +1060,9 @@ where
         // Whether a body follows matters to the sweeper, which looks at
         // HTTP/1 only; for an HTTP/2 stream the question takes a lock in h2.
         let body = http1 && !hyper::body::Body::is_end_stream(req.body());
-        self.signal.note_request_head(http1, body);
+        let len = body.then(|| hyper::body::Body::size_hint(req.body()).exact());
+        self.signal
+            .note_request_head(http1, len.map(|len| (&req, len)));
         self.signal.note(if http1 {
             Seen::REQUEST
         } else {
@@ -1096,15 +1213,19 @@ struct Entry {
     /// `None` until the sweeper first sees the connection.
     waiting_since: Option<Instant>,
     heads: u32,
-    reads: u32,
+    reads: u64,
+    writes: u32,
     busy: bool,
 }
 
 impl Sockets {
+    /// `tls`: whether the connection speaks TLS (its reads are then
+    /// counted above the TLS layer, by [`Plain`]).
     fn track(
         self: &Arc<Self>,
         stream: Stream,
         token: TaskTrackerToken,
+        tls: bool,
     ) -> (Tracked<Stream>, Arc<ConnSignal>) {
         // No clock read per connection: the sweeper's first sight of it
         // counts instead (see `ActiveMs`).
@@ -1121,6 +1242,7 @@ impl Sockets {
                 waiting_since: None,
                 heads: 0,
                 reads: 0,
+                writes: 0,
                 busy: false,
             };
             (inner.open.insert(entry), wake_sweeper)
@@ -1136,6 +1258,7 @@ impl Sockets {
                 _token: token,
             },
             signal: signal.clone(),
+            count_reads: !tls,
             io: stream,
         };
         (io, signal)
@@ -1196,14 +1319,21 @@ impl Sockets {
             let (heads, in_progress) = entry.signal.requests();
             // A request with a body whose response is already done may still
             // be uploading it (a handler that answered early and reads on):
-            // bytes still arriving then are that body's. (A client could
-            // trickle its next request head after such a request and be
-            // taken for one; it could as well trickle a body, which no
-            // timeout bounds, in hyper neither.)
+            // bytes still arriving then are that body's, up to its end.
+            // Bytes past it are the next head's, and do not count. (A
+            // client could trickle a body, which no timeout bounds, in
+            // hyper neither.)
             let reads = entry.signal.reads();
-            let uploading = entry.signal.had_body() && reads != entry.reads;
+            let uploading = reads != entry.reads && entry.signal.may_be_uploading(reads);
             entry.reads = reads;
-            if in_progress || uploading {
+            // A response still on its way keeps its connection busy: hyper
+            // is done with the body once it holds all of it, long before a
+            // slow client has read it. Busy while a write waits for the
+            // client, or bytes went out since the last sweep.
+            let (writes, write_blocked) = entry.signal.writes();
+            let writing = write_blocked || writes != entry.writes;
+            entry.writes = writes;
+            if in_progress || uploading || writing {
                 entry.busy = true;
                 entry.heads = heads;
                 entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
@@ -1293,18 +1423,25 @@ impl Drop for SocketGuard {
 struct Tracked<IO> {
     guard: SocketGuard,
     /// Told of every read, so the drain can tell a request arriving from an
-    /// idle connection.
+    /// idle connection, and of every write, so the sweeper can tell a
+    /// response still on its way from an idle connection.
+    signal: Arc<ConnSignal>,
+    /// Whether reads are counted here: not under TLS, where [`Plain`]
+    /// counts the plaintext above it instead (a body's length is counted in
+    /// HTTP bytes).
+    count_reads: bool,
+    io: IO,
+}
+
+/// Counts the bytes read from a TLS stream (the HTTP bytes), as [`Tracked`]
+/// does for a plain one; writes go straight through (they are seen, as
+/// TLS records, by the [`Tracked`] beneath).
+struct Plain<IO> {
     signal: Arc<ConnSignal>,
     io: IO,
 }
 
-impl Tracked<Stream> {
-    fn raw_fd(&self) -> RawFd {
-        self.io.raw_fd()
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for Plain<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1313,14 +1450,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.signal.note_read();
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.signal.note_read(n);
         }
         polled
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Plain<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1343,6 +1481,81 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl Tracked<Stream> {
+    fn raw_fd(&self) -> RawFd {
+        self.io.raw_fd()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 && this.count_reads {
+            this.signal.note_read(n);
+        }
+        polled
+    }
+}
+
+/// What a write-side poll says of the connection's progress: bytes went
+/// out, or it waits for the client.
+fn note_written<T>(signal: &ConnSignal, polled: &Poll<io::Result<T>>, sent: impl Fn(&T) -> bool) {
+    match polled {
+        Poll::Ready(Ok(v)) if sent(v) => signal.note_write(true),
+        Poll::Pending => signal.note_write(false),
+        _ => {}
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        note_written(&this.signal, &polled, |n| *n > 0);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        note_written(&this.signal, &polled, |n| *n > 0);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        // A flush that is done leaves nothing waiting; it sent nothing new.
+        if polled.is_pending() {
+            this.signal.note_write(false);
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
