@@ -32,7 +32,7 @@ use std::io;
 #[cfg(unix)]
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, trace};
+use tracing::{debug, error, trace, warn};
 
 use crate::conn_info::{ConnInfo, Inherit};
 #[cfg(not(unix))]
@@ -96,6 +96,52 @@ const RECONNECT_SPACING: Duration = Duration::from_micros(300);
 /// quarter of the stop timeout).
 const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(1);
 
+/// How long an HTTP/2 client may take to answer a keep-alive PING (hyper's
+/// default), when those are on.
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TCP keepalive probes before a silent peer is dropped (where the system
+/// lets us say).
+const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// Linux's largest TCP keepalive idle time and probe interval, in seconds.
+const TCP_KEEPALIVE_MAX: Duration = Duration::from_secs(32_767);
+
+/// How many of the oldest idle connections go when accepting fails for lack
+/// of file descriptors: a few more than the one the next client needs, so
+/// that the handlers' own files and sockets find some too.
+const FD_ROOM: usize = 4;
+
+/// What bounds the connections of a generation besides the header read
+/// timeout: see the `Server` settings of the same names.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) http2_idle_timeout: Duration,
+    pub(crate) http2_keep_alive_interval: Option<Duration>,
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+}
+
+impl Limits {
+    /// Keepalive that probes every `idle / 6` (at least 1 s) after `idle`.
+    fn tcp_keepalive(&self) -> Option<socket2::TcpKeepalive> {
+        let idle = self
+            .tcp_keepalive?
+            .clamp(Duration::from_secs(1), TCP_KEEPALIVE_MAX);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval((idle / TCP_KEEPALIVE_PROBES).max(Duration::from_secs(1)));
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "macos"
+        ))]
+        let keepalive = keepalive.with_retries(TCP_KEEPALIVE_PROBES);
+        Some(keepalive)
+    }
+}
+
 /// The connections of one generation.
 #[derive(Debug)]
 pub(crate) struct Connections {
@@ -131,6 +177,13 @@ struct Shared {
     /// sweeper, see [`Connections::spawn_sweeper`]).
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
+    /// How long an HTTP/2 connection may go without a stream before its
+    /// GOAWAY (enforced by the sweeper too).
+    http2_idle_timeout: Duration,
+    /// Set on every TCP listener, for the connections it accepts.
+    tcp_keepalive: Option<socket2::TcpKeepalive>,
+    /// The connection cap; `usize::MAX` for none.
+    max_connections: usize,
     /// Whether the drain hands the listeners' clients to a successor (set
     /// before the drain starts).
     successor: AtomicBool,
@@ -171,6 +224,12 @@ impl Connections {
             REVISIT.min(settings.stop_timeout / 2),
             MAX_RECONNECT_SPREAD.min(settings.stop_timeout / 4),
             settings.tls_handshake_timeout,
+            Limits {
+                http2_idle_timeout: settings.http2_idle_timeout,
+                http2_keep_alive_interval: settings.http2_keep_alive_interval,
+                tcp_keepalive: settings.tcp_keepalive,
+                max_connections: settings.max_connections,
+            },
         )
     }
 
@@ -182,6 +241,7 @@ impl Connections {
         revisit: Duration,
         max_reconnect_spread: Duration,
         tls_handshake_timeout: Duration,
+        limits: Limits,
     ) -> Self {
         // Whatever the caller checked, nothing here may overflow an Instant.
         let header_read_timeout = bounded(header_read_timeout);
@@ -197,6 +257,12 @@ impl Connections {
             .timer(TokioTimer::new())
             .header_read_timeout(None);
         builder.http2().timer(TokioTimer::new());
+        if let Some(interval) = limits.http2_keep_alive_interval {
+            builder
+                .http2()
+                .keep_alive_interval(bounded(interval).max(Duration::from_millis(1)))
+                .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
+        }
         let tracker = TaskTracker::new();
         Connections {
             shared: Arc::new(Shared {
@@ -206,6 +272,9 @@ impl Connections {
                 idle_grace,
                 header_read_timeout,
                 tls_handshake_timeout,
+                http2_idle_timeout: bounded(limits.http2_idle_timeout),
+                tcp_keepalive: limits.tcp_keepalive(),
+                max_connections: limits.max_connections.unwrap_or(usize::MAX).max(1),
                 successor: AtomicBool::new(false),
                 revisit,
                 max_reconnect_spread: bounded(max_reconnect_spread),
@@ -237,9 +306,13 @@ impl Connections {
     pub(crate) fn spawn_sweeper(&self) {
         let shared = self.shared.clone();
         let stop = self.stop_sweeping.clone();
-        let timeout = shared.header_read_timeout;
+        let timeouts = Timeouts {
+            http1: shared.header_read_timeout,
+            http2: shared.http2_idle_timeout,
+            goaway: shared.idle_grace,
+        };
         // Often enough for the drain's view of quiet clients too (`REVISIT`).
-        let every = (timeout.min(shared.revisit) / 4)
+        let every = (timeouts.http1.min(timeouts.http2).min(shared.revisit) / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -261,12 +334,26 @@ impl Connections {
                     _ = &mut stopped => return,
                     _ = tick.tick() => {}
                 }
-                let cut = shared.sockets.cut_idle(timeout);
-                if cut > 0 {
+                let swept = shared.sockets.cut_idle(&timeouts);
+                if swept.cut > 0 {
                     debug!(
-                        connections = cut,
-                        ?timeout,
+                        connections = swept.cut,
+                        timeout = ?timeouts.http1,
                         "closed connections that sent no request head in time"
+                    );
+                }
+                if swept.goaway > 0 {
+                    debug!(
+                        connections = swept.goaway,
+                        timeout = ?timeouts.http2,
+                        "sent GOAWAY to idle HTTP/2 connections"
+                    );
+                }
+                if swept.unanswered > 0 {
+                    debug!(
+                        connections = swept.unanswered,
+                        grace = ?timeouts.goaway,
+                        "closed idle HTTP/2 connections left open after their GOAWAY"
                     );
                 }
             }
@@ -289,6 +376,11 @@ impl Connections {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| LocalAddr::Unix("(unknown)".into()));
+        if let Some(keepalive) = &self.shared.tcp_keepalive {
+            if let Err(e) = listener.set_tcp_keepalive(keepalive) {
+                warn!(addr = %name, cause = %e, "cannot turn TCP keepalive on");
+            }
+        }
         let listening = Arc::new(Listening {
             svc,
             name: Arc::from(name.as_str()),
@@ -391,10 +483,37 @@ async fn accept_loop<S, B>(
                     shared
                         .sockets
                         .track(stream, shared.tracker.token(), listening.tls.is_some());
+                // Over the cap: the oldest idle connection goes for this one,
+                // or, if every other one is busy, this one waits (and the
+                // clients after it wait in the listen queue) until one is
+                // done. One relaxed load per accept below the cap.
+                if shared.sockets.over(shared.max_connections) {
+                    let seq = io.guard.seq;
+                    let mut room = shared.sockets.make_room(1, Some(seq)) > 0;
+                    while !room && shared.sockets.over(shared.max_connections) {
+                        trace!(addr = %name, "at the connection cap, every connection busy; waiting");
+                        tokio::select! {
+                            biased;
+                            _ = &mut stopped => return,
+                            _ = shared.sockets.room() => {}
+                        }
+                        room = shared.sockets.make_room(1, Some(seq)) > 0;
+                    }
+                }
                 tokio::spawn(connection(io, signal, info, listening.clone()));
             }
             Err(e) if is_connection_error(&e) => {
                 trace!(addr = %name, cause = %e, "accept: skipped")
+            }
+            // Out of file descriptors: the oldest idle connections go, so
+            // that new clients are served rather than left unanswered.
+            Err(e) if is_out_of_descriptors(&e) && shared.sockets.make_room(FD_ROOM, None) > 0 => {
+                warn!(addr = %name, cause = %e, "accept failed; closing the oldest idle connections to make room");
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    _ = shared.sockets.room() => {}
+                }
             }
             Err(e) => {
                 // EMFILE and friends: retrying at once would spin the CPU.
@@ -408,6 +527,23 @@ async fn accept_loop<S, B>(
         }
     }
     debug!(addr = %name, "stopped accepting");
+}
+
+/// Whether accepting failed for lack of file descriptors (the process's,
+/// or the system's).
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(nix::libc::EMFILE | nix::libc::ENFILE)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        // WSAEMFILE
+        e.raw_os_error() == Some(10024)
+    }
 }
 
 /// Raises `signals` to `level` in up to 20 steps spread over `window`; at
@@ -724,9 +860,9 @@ pub(crate) struct ConnSignal {
     /// An [`Arrival`], as its `u8`. Written on every read (when it changes),
     /// so kept apart from the rest.
     arrival: AtomicU8,
-    /// HTTP/1 request heads parsed, and responses done with (written or
-    /// abandoned): the connection is between requests when they are equal.
-    /// Read by the sweeper.
+    /// Request heads parsed (HTTP/2: streams opened), and responses done
+    /// with (written or abandoned): the connection is between requests (no
+    /// stream open) when they are equal. Read by the sweeper.
     heads: AtomicU32,
     responses: AtomicU32,
     /// Bytes read from the client (HTTP bytes: over TLS, the plaintext),
@@ -938,17 +1074,18 @@ impl ConnSignal {
                 self.body_end.store(end, Ordering::Relaxed);
             }
             self.head_floor.store(read_start, Ordering::Relaxed);
-            self.heads.fetch_add(1, Ordering::Relaxed);
         }
+        self.heads.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An HTTP/1 response is done with: written, or abandoned.
+    /// A response is done with: written (hyper holds all of it), or
+    /// abandoned.
     fn note_response_done(&self) {
         self.responses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// HTTP/1 request heads parsed, and whether a request is in progress
-    /// (its head parsed, its response not yet done with).
+    /// Request heads parsed, and whether a request is in progress (its
+    /// head parsed, its response not yet done with).
     fn requests(&self) -> (u32, bool) {
         let heads = self.heads.load(Ordering::Relaxed);
         (heads, heads != self.responses.load(Ordering::Relaxed))
@@ -1071,21 +1208,34 @@ where
         let connect = req.method() == Method::CONNECT;
         CloseWhenDraining {
             inner: self.svc.call(req),
-            // HTTP/2 forbids the header; its drain is GOAWAY.
-            signal: http1.then(|| self.signal.clone()),
+            signal: Some(self.signal.clone()),
+            http1,
             connect,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`ConnService`].
+    /// The response future of [`ConnService`]. Its signal goes to the
+    /// response body ([`Finished`]), or, if there is none (the handler
+    /// failed, or the client reset its HTTP/2 stream first), is told the
+    /// response is done with when the future is dropped.
     struct CloseWhenDraining<F> {
         #[pin]
         inner: F,
         signal: Option<Arc<ConnSignal>>,
+        // HTTP/2 forbids the `Connection` header; its drain is GOAWAY.
+        http1: bool,
         // Whether the request was a CONNECT.
         connect: bool,
+    }
+
+    impl<F> PinnedDrop for CloseWhenDraining<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(signal) = this.project().signal.take() {
+                signal.note_response_done();
+            }
+        }
     }
 }
 
@@ -1099,7 +1249,7 @@ where
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
         let signal = this.signal.take();
-        if let Some(signal) = &signal {
+        if let (Some(signal), true) = (&signal, *this.http1) {
             if hands_over_the_connection(res.status(), *this.connect) {
                 signal.note(Seen::UPGRADED);
             } else if signal.draining() {
@@ -1112,10 +1262,11 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// An HTTP/1 response body that tells its connection's signal when it is
-    /// done with (dropped: written, or abandoned), so the sweeper knows the
-    /// connection waits for its next request head from then on. HTTP/2
-    /// bodies carry no signal.
+    /// A response body that tells its connection's signal when it is done
+    /// with (dropped: hyper holds all of it, or it was abandoned), so the
+    /// sweeper knows the request is over: an HTTP/1 connection waits for
+    /// its next request head from then on (once what hyper holds is sent),
+    /// an HTTP/2 one has a stream fewer.
     struct Finished<B> {
         #[pin]
         body: B,
@@ -1172,6 +1323,12 @@ struct Sockets {
     /// Told when a connection opens while the sweeper sleeps (it sleeps
     /// while there is none: an idle server wakes up for nothing).
     opened: tokio::sync::Notify,
+    /// How many connections are open: `open.len()`, written under the lock,
+    /// for the accept loops to read without it.
+    count: AtomicUsize,
+    /// Told when a connection closes while an accept loop waits for room
+    /// (at the cap, or out of file descriptors).
+    room: tokio::sync::Notify,
 }
 
 impl Default for Sockets {
@@ -1180,8 +1337,29 @@ impl Default for Sockets {
             inner: Mutex::default(),
             epoch: Instant::now(),
             opened: tokio::sync::Notify::new(),
+            count: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
         }
     }
+}
+
+/// The sweeper's timeouts: for a whole HTTP/1 request head, for an HTTP/2
+/// connection with no stream, and for an HTTP/2 client to close its
+/// connection after a GOAWAY.
+#[derive(Debug)]
+struct Timeouts {
+    http1: Duration,
+    http2: Duration,
+    goaway: Duration,
+}
+
+/// What one sweep did: connections cut for their request head, idle HTTP/2
+/// connections sent a GOAWAY, and ones cut after theirs.
+#[derive(Debug, Default)]
+struct Swept {
+    cut: usize,
+    goaway: usize,
+    unanswered: usize,
 }
 
 #[derive(Debug, Default)]
@@ -1197,6 +1375,10 @@ struct SocketsInner {
     /// of every first connection instead would wake it for each one on a
     /// server whose clients come one at a time.)
     sweeper_asleep: bool,
+    /// An accept loop waits for a connection to close.
+    room_wanted: bool,
+    /// Connections registered so far: each entry's order of arrival.
+    registered: u64,
 }
 
 #[derive(Debug)]
@@ -1216,6 +1398,11 @@ struct Entry {
     reads: u64,
     writes: u32,
     busy: bool,
+    /// When the sweeper first saw this HTTP/2 connection draining (told
+    /// GOAWAY).
+    goaway_at: Option<Instant>,
+    /// Its order of arrival, to tell the older of two idle connections.
+    seq: u64,
 }
 
 impl Sockets {
@@ -1230,10 +1417,11 @@ impl Sockets {
         // No clock read per connection: the sweeper's first sight of it
         // counts instead (see `ActiveMs`).
         let signal = Arc::new(ConnSignal::default());
-        let (id, wake_sweeper) = {
+        let (id, seq, wake_sweeper) = {
             let mut inner = self.lock();
             signal.raise(inner.level);
             let wake_sweeper = std::mem::take(&mut inner.sweeper_asleep);
+            inner.registered += 1;
             let entry = Entry {
                 fd: stream.raw_fd(),
                 #[cfg(not(unix))]
@@ -1244,8 +1432,12 @@ impl Sockets {
                 reads: 0,
                 writes: 0,
                 busy: false,
+                goaway_at: None,
+                seq: inner.registered,
             };
-            (inner.open.insert(entry), wake_sweeper)
+            let id = inner.open.insert(entry);
+            self.count.store(inner.open.len(), Ordering::Relaxed);
+            (id, inner.registered, wake_sweeper)
         };
         if wake_sweeper {
             // Stores a permit if the sweeper is not waiting yet.
@@ -1254,6 +1446,7 @@ impl Sockets {
         let io = Tracked {
             guard: SocketGuard {
                 id,
+                seq,
                 sockets: self.clone(),
                 _token: token,
             },
@@ -1295,49 +1488,36 @@ impl Sockets {
         raise_over(pending, level, window);
     }
 
-    /// Cuts the connections that have waited `timeout` or more for a whole
-    /// request head (since being accepted, or since the end of their last
-    /// response, as far as the sweeps that call this can tell); returns
-    /// how many.
-    fn cut_idle(&self, timeout: Duration) -> usize {
+    /// Cuts the HTTP/1 connections that have waited `timeouts.http1` or
+    /// more for a whole request head (since being accepted, or since the end
+    /// of their last response, as far as the sweeps that call this can
+    /// tell); tells HTTP/2 connections that have had no stream for
+    /// `timeouts.http2` to go away (GOAWAY); cuts HTTP/2 connections still
+    /// open, and idle, `timeouts.goaway` after they were told.
+    fn cut_idle(&self, timeouts: &Timeouts) -> Swept {
         let mut inner = self.lock();
         // Read under the lock: a connection registered before it is then
         // accepted before `now`, so no count starts earlier than the truth.
         let now = Instant::now();
         let now_ms = self.millis(now);
-        let mut cut = 0;
+        let mut swept = Swept::default();
         for (_, entry) in inner.open.iter_mut() {
             let seen = entry.signal.seen();
-            // An HTTP/2 connection has no header read timeout (as with
-            // hyper's own); an upgraded one is the application's.
-            if seen.contains(Seen::HTTP2)
-                || seen.contains(Seen::UPGRADED)
-                || entry.signal.level() >= Level::Cut
-            {
+            let level = entry.signal.level();
+            // An upgraded connection is the application's.
+            if seen.contains(Seen::UPGRADED) || level >= Level::Cut {
                 continue;
             }
-            let (heads, in_progress) = entry.signal.requests();
-            // A request with a body whose response is already done may still
-            // be uploading it (a handler that answered early and reads on):
-            // bytes still arriving then are that body's, up to its end.
-            // Bytes past it are the next head's, and do not count. (A
-            // client could trickle a body, which no timeout bounds, in
-            // hyper neither.)
-            let reads = entry.signal.reads();
-            let uploading = reads != entry.reads && entry.signal.may_be_uploading(reads);
-            entry.reads = reads;
-            // A response still on its way keeps its connection busy: hyper
-            // is done with the body once it holds all of it, long before a
-            // slow client has read it. Busy while a write waits for the
-            // client, or bytes went out since the last sweep.
-            let (writes, write_blocked) = entry.signal.writes();
-            let writing = write_blocked || writes != entry.writes;
-            entry.writes = writes;
-            if in_progress || uploading || writing {
-                entry.busy = true;
-                entry.heads = heads;
+            let http2 = seen.contains(Seen::HTTP2);
+            if http2 && level >= Level::Draining && entry.goaway_at.is_none() {
+                entry.goaway_at = Some(now);
+            }
+            if entry.note_progress() {
                 entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
-            } else if entry.busy || heads != entry.heads || entry.waiting_since.is_none() {
+                continue;
+            }
+            let heads = entry.signal.requests().0;
+            if entry.busy || heads != entry.heads || entry.waiting_since.is_none() {
                 // It went idle (or was accepted) at some moment since the
                 // last sweep: count from now, later than the truth, never
                 // earlier.
@@ -1345,15 +1525,92 @@ impl Sockets {
                 entry.heads = heads;
                 entry.waiting_since = Some(now);
                 entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
-            } else if entry
+                continue;
+            }
+            let waited = entry
                 .waiting_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
-            {
-                entry.cut_or_raise(Level::Cut);
-                cut += 1;
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+            if !http2 {
+                if waited >= timeouts.http1 {
+                    entry.cut_or_raise(Level::Cut);
+                    swept.cut += 1;
+                }
+            } else if level == Level::Serving {
+                if waited >= timeouts.http2 {
+                    // GOAWAY, through the connection's own task (as in a
+                    // drain); streams the client opened meanwhile finish.
+                    entry.signal.raise(Level::Draining);
+                    swept.goaway += 1;
+                }
+            } else {
+                // Told to go away, and idle since: hyper closes the
+                // connection once its client answers the PING sent with
+                // the GOAWAY; one that never does is closed here.
+                let told = entry
+                    .goaway_at
+                    .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                if waited.min(told) >= timeouts.goaway {
+                    entry.cut_or_raise(Level::Cut);
+                    swept.unanswered += 1;
+                }
             }
         }
-        cut
+        swept
+    }
+
+    /// Whether more than `max` connections are open (one relaxed load).
+    fn over(&self, max: usize) -> bool {
+        self.count.load(Ordering::Relaxed) > max
+    }
+
+    /// Cuts up to `n` connections, the idle ones that have waited longest
+    /// for a request first (counting those cut before and not yet gone), so
+    /// that new clients can be accepted; returns how many are on their way
+    /// out. Connections with a request in progress, a response being sent
+    /// or an upgrade are never taken, nor the one numbered `spare` (the
+    /// newcomer that room is made for). Only at the cap, or out of file
+    /// descriptors: a walk over every connection.
+    fn make_room(&self, n: usize, spare: Option<u64>) -> usize {
+        let inner = self.lock();
+        let leaving = inner
+            .open
+            .iter()
+            .filter(|(_, e)| e.signal.level() >= Level::Cut)
+            .count();
+        if leaving >= n {
+            return leaving;
+        }
+        let mut idle: Vec<(Age, usize)> = inner
+            .open
+            .iter()
+            .filter(|(_, e)| e.idle() && Some(e.seq) != spare)
+            .map(|(key, e)| (e.age(), key))
+            .collect();
+        idle.sort_unstable();
+        let cut = idle.len().min(n - leaving);
+        for &(_, key) in &idle[..cut] {
+            inner.open[key].cut_or_raise(Level::Cut);
+        }
+        if cut > 0 {
+            debug!(
+                connections = cut,
+                "closed the oldest idle connections to make room"
+            );
+        }
+        leaving + cut
+    }
+
+    /// Resolves once a connection has closed since the call (or after 50 ms,
+    /// whichever is first: a wake-up lost to a race costs no more).
+    async fn room(&self) {
+        let closed = self.room.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        self.lock().room_wanted = true;
+        tokio::select! {
+            _ = closed => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
 
     /// Whether the sweeper may sleep: no connection is open. If so, the
@@ -1386,7 +1643,53 @@ impl Sockets {
     }
 }
 
+/// See [`Entry::age`].
+type Age = (bool, Option<Instant>, u64);
+
 impl Entry {
+    /// Whether the connection made progress since the last sweep, which
+    /// then notes what it counted: a request in progress (its head parsed,
+    /// its response not yet done with), an upload going on after its
+    /// response (bytes read, up to the end of its body), or a response
+    /// still on its way (a write waits for the client, or bytes went out).
+    /// hyper is done with a body once it holds all of it, long before a
+    /// slow client has read it. (A client could trickle a body, which no
+    /// timeout bounds, in hyper neither.)
+    fn note_progress(&mut self) -> bool {
+        let (heads, in_progress) = self.signal.requests();
+        let reads = self.signal.reads();
+        let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
+        self.reads = reads;
+        let (writes, write_blocked) = self.signal.writes();
+        let writing = write_blocked || writes != self.writes;
+        self.writes = writes;
+        let busy = in_progress || uploading || writing;
+        if busy {
+            self.busy = true;
+            self.heads = heads;
+        }
+        busy
+    }
+
+    /// Whether the connection waits for a request now, as its counters
+    /// say: no request in progress, nothing waiting to be sent, no upload
+    /// since the last sweep, not upgraded, not cut.
+    fn idle(&self) -> bool {
+        let (_, in_progress) = self.signal.requests();
+        let reads = self.signal.reads();
+        let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
+        let busy = in_progress || uploading || self.signal.writes().1;
+        !busy && !self.signal.seen().contains(Seen::UPGRADED) && self.signal.level() < Level::Cut
+    }
+
+    /// Which of two idle connections goes first (the lesser): the one the
+    /// sweeper has seen waiting longest; then those it saw busy last (their
+    /// wait has started since) or has not seen yet, oldest first.
+    fn age(&self) -> Age {
+        let unknown = self.busy || self.waiting_since.is_none();
+        (unknown, self.waiting_since.filter(|_| !unknown), self.seq)
+    }
+
     /// Raises the connection to `level`; at [`Level::Cut`] also shuts
     /// its socket down, which wakes whoever reads or writes it.
     fn cut_or_raise(&self, level: Level) {
@@ -1407,14 +1710,24 @@ impl Entry {
 /// upgrade moves it.
 struct SocketGuard {
     id: usize,
+    /// The connection's order of arrival (its entry's `seq`).
+    seq: u64,
     sockets: Arc<Sockets>,
     _token: TaskTrackerToken,
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
+        let mut inner = self.sockets.lock();
         // Its own key: a key is reused only once removed.
-        self.sockets.lock().open.try_remove(self.id);
+        inner.open.try_remove(self.id);
+        self.sockets
+            .count
+            .store(inner.open.len(), Ordering::Relaxed);
+        if std::mem::take(&mut inner.room_wanted) {
+            drop(inner);
+            self.sockets.room.notify_waiters();
+        }
     }
 }
 
@@ -1660,6 +1973,12 @@ mod tests {
             Duration::MAX,
             Duration::MAX,
             Duration::MAX,
+            Limits {
+                http2_idle_timeout: Duration::MAX,
+                http2_keep_alive_interval: Some(Duration::MAX),
+                tcp_keepalive: Some(Duration::MAX),
+                max_connections: Some(usize::MAX),
+            },
         );
         conns.spawn_sweeper();
         let spec = crate::listener::parse("127.0.0.1:0").unwrap();

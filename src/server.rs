@@ -22,6 +22,8 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_DRAIN_NOTICE_SPREAD: Duration = Duration::from_secs(2);
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A server with one or more listeners that restarts itself without
 /// dropping a connection.
@@ -73,6 +75,10 @@ pub(crate) struct Settings {
     pub(crate) header_read_timeout: Duration,
     /// Used only with the `tls` feature.
     pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) http2_idle_timeout: Duration,
+    pub(crate) http2_keep_alive_interval: Option<Duration>,
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) signals: SignalSet,
     #[cfg(unix)]
     pub(crate) pid_file: Option<PathBuf>,
@@ -140,6 +146,10 @@ impl Server {
                 ready_timeout: DEFAULT_READY_TIMEOUT,
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                http2_idle_timeout: DEFAULT_HTTP2_IDLE_TIMEOUT,
+                http2_keep_alive_interval: None,
+                tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+                max_connections: None,
                 signals: SignalSet::default(),
                 #[cfg(unix)]
                 pid_file: None,
@@ -293,6 +303,66 @@ impl Server {
     /// client cannot hold a connection forever. Must not be zero.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.settings.header_read_timeout = timeout.min(MAX_DURATION);
+        self
+    }
+
+    /// How long an HTTP/2 connection may stay open with no stream in
+    /// progress (default 60 s). Then it is sent a GOAWAY, and closed once
+    /// its client has had the idle grace (1 s) to close it: a client that
+    /// answers nothing (not even the PING that comes with the GOAWAY) is
+    /// closed then too. A stream whose response is still being sent counts
+    /// as in progress. Must not be zero.
+    ///
+    /// (HTTP/1 connections are bounded by the
+    /// [`header_read_timeout`](Self::header_read_timeout) between requests.)
+    pub fn http2_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.http2_idle_timeout = timeout.min(MAX_DURATION);
+        self
+    }
+
+    /// Sends an HTTP/2 PING every `interval` (default `None`: none) on each
+    /// HTTP/2 connection, and closes a connection whose client has not
+    /// answered within 20 s: dead peers of long streams are found at the
+    /// HTTP level. `Some(interval)` must not be zero.
+    ///
+    /// Off by default because hyper then takes a lock and reads the clock
+    /// for every frame it receives; TCP keepalive
+    /// ([`tcp_keepalive`](Self::tcp_keepalive), on by default) finds dead
+    /// peers at no cost per request, and idle HTTP/2 connections are closed
+    /// by [`http2_idle_timeout`](Self::http2_idle_timeout) in any case.
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.settings.http2_keep_alive_interval = interval.map(|d| d.min(MAX_DURATION));
+        self
+    }
+
+    /// TCP keepalive on every accepted TCP connection (default 60 s): once a
+    /// connection has been silent for `idle`, the kernel probes its peer
+    /// every `idle / 6` (at least 1 s) and drops the connection after 6
+    /// probes go unanswered (Linux; elsewhere the system's count), so a
+    /// peer that vanished without closing (a crash, a cable, a NAT that
+    /// forgot it) is found in about twice `idle`. Set on the listening
+    /// sockets, which accepted ones inherit: no system call per connection.
+    /// `idle` is at most 32,767 s (Linux's limit); `None` turns it off;
+    /// `Some(idle)` must not be zero.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.settings.tcp_keepalive = idle;
+        self
+    }
+
+    /// At most `max` connections open at once in this generation, over
+    /// all its listeners (default: no cap but the open-files limit). At
+    /// the cap, the connection that has waited longest for a request (an
+    /// idle keep-alive or HTTP/2 connection, or a client that sent
+    /// nothing) is closed for each new one; if every connection is busy,
+    /// accepting pauses until one closes, and new clients wait in the
+    /// listen queue (they are not refused). A draining generation's
+    /// connections do not count against its successor's cap.
+    ///
+    /// Whatever the cap, when accepting fails for lack of file descriptors
+    /// (`EMFILE`, `ENFILE`), the oldest idle connections are closed the same
+    /// way before new clients wait. Must not be zero.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.settings.max_connections = Some(max);
         self
     }
 
@@ -582,6 +652,7 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
         ("ready_timeout", settings.ready_timeout),
         ("header_read_timeout", settings.header_read_timeout),
         ("tls_handshake_timeout", settings.tls_handshake_timeout),
+        ("http2_idle_timeout", settings.http2_idle_timeout),
     ] {
         if value.is_zero() {
             return Err(Error::Config {
@@ -589,6 +660,26 @@ fn check(registrations: &[Registration], settings: &Settings) -> Result<Vec<list
                 reason: "must be greater than zero".to_owned(),
             });
         }
+    }
+    for (setting, value) in [
+        (
+            "http2_keep_alive_interval",
+            settings.http2_keep_alive_interval,
+        ),
+        ("tcp_keepalive", settings.tcp_keepalive),
+    ] {
+        if value.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config {
+                setting,
+                reason: "must be greater than zero (None turns it off)".to_owned(),
+            });
+        }
+    }
+    if settings.max_connections == Some(0) {
+        return Err(Error::Config {
+            setting: "max_connections",
+            reason: "must be at least 1".to_owned(),
+        });
     }
     if registrations.is_empty() {
         return Err(Error::Config {

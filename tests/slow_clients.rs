@@ -96,7 +96,11 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn assert_whole(what: &str, r: &SlowRead) {
     eprintln!("{what}: {r:?}");
     assert_eq!(r.length, BIG, "{what}: {r:?}");
-    assert_eq!(r.got, BIG, "{what}: cut short: {r:?}");
+    assert_eq!(
+        r.got, BIG,
+        "{what}: cut short after {:?} ({})",
+        r.took, r.ended
+    );
 }
 
 #[test]
