@@ -214,9 +214,11 @@ impl Server {
     /// mixed in one server.
     ///
     /// Session tickets (TLS 1.3 and 1.2) are encrypted with keys that each
-    /// generation hands to the next ([`tls_ticketer`](crate::tls_ticketer)),
-    /// so clients resume their sessions across reloads instead of doing a
-    /// full handshake after each one.
+    /// generation hands to the next, so clients resume their sessions
+    /// across reloads instead of doing a full handshake after each one. A
+    /// ticket is good on this listener only, and only while the certificate
+    /// chain is the same: replacing the certificate and reloading means one
+    /// full handshake per client.
     #[cfg(feature = "tls")]
     pub fn register_tls<S, B>(
         self,
@@ -230,6 +232,7 @@ impl Server {
         B: HttpBody,
     {
         let source = TlsSource::Files {
+            listener: addr.to_owned(),
             cert: cert_pem.as_ref().to_path_buf(),
             key: key_pem.as_ref().to_path_buf(),
         };
@@ -244,8 +247,15 @@ impl Server {
     /// rebuilt at every generation only if your code rebuilds it.
     ///
     /// Its session tickets are yours to set up: set `config.ticketer` to
-    /// [`tls_ticketer()`](crate::tls_ticketer) for tickets that stay valid
-    /// across reloads, as [`register_tls`](Self::register_tls) does.
+    /// [`tls_ticketer(scope)`](crate::tls_ticketer) for tickets that stay
+    /// valid across reloads, as [`register_tls`](Self::register_tls) does,
+    /// with a scope that changes whenever who may get in does. Whatever
+    /// ticketer the configuration has, endless binds its tickets to this
+    /// listener: a session made on another listener is never resumed here
+    /// (a copy of the configuration is served, with that ticketer around
+    /// yours). Sessions cached by ID (TLS 1.2 clients that take no tickets)
+    /// live in the configuration's `session_storage`: give each
+    /// configuration its own (rustls's builder does).
     #[cfg(feature = "tls")]
     pub fn register_tls_config<S, B>(
         self,
@@ -260,7 +270,10 @@ impl Server {
         self.push(
             addr,
             service::register::<S, B>(svc),
-            Some(TlsSource::Config(config)),
+            Some(TlsSource::Config {
+                listener: addr.to_owned(),
+                config,
+            }),
         )
     }
 
