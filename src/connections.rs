@@ -3,6 +3,22 @@
 //! The drain does not know how a restart happens: it is told to start, and it
 //! reports when every connection is gone.
 //!
+//! What bounds a connection while serving (one sweep over the connections
+//! now and then, see [`Connections::spawn_sweeper`], rather than a timer
+//! per request):
+//! - HTTP/1: a whole request head within the header read timeout, counted
+//!   from its accept or from the end of its last response, that is once
+//!   nothing of that response is left to send (a slow reader of a large
+//!   body is busy, not idle: writes count as activity, as reads do while
+//!   an upload goes on after its response, up to the end of its body);
+//! - HTTP/2: no stream for the HTTP/2 idle timeout, then GOAWAY; a client
+//!   that has not closed the connection an idle grace later (it never
+//!   answered the PING sent with the GOAWAY, say) is cut;
+//! - TCP keepalive on every accepted socket (set on the listeners), for
+//!   peers that vanished;
+//! - a connection cap, and file descriptors: the oldest idle connections
+//!   make room for new clients (see [`Sockets::make_room`]).
+//!
 //! How a drain treats each connection:
 //! - accepting stops at once, and each accept loop drops its listener;
 //! - HTTP/1: a response written after the drain started carries
@@ -16,13 +32,18 @@
 //!     moments ago is likely to use it again, and is then answered, with
 //!     `Connection: close`, rather than met by a closed connection;
 //!   - not while bytes of a request are still arriving (read since its last
-//!     request head, or waiting in the kernel);
+//!     request head, or waiting in the kernel), up to the wait for quiet
+//!     clients (or the header read timeout, if shorter) from the start of
+//!     the drain: a head dribbled a byte at a time does not hold the drain
+//!     until the stop timeout;
 //!
 //!   responses that hand the connection over (101, 2xx to CONNECT) keep
 //!   the handler's `Connection` header;
 //! - TLS: a connection still in its handshake gets [`IDLE_GRACE`] to finish
 //!   it, not the whole handshake timeout;
-//! - HTTP/2: GOAWAY at once; streams in flight finish;
+//! - HTTP/2: GOAWAY at once; streams in flight finish; a connection left
+//!   with no stream is cut an idle grace after (hyper would wait for ever
+//!   for the answer to the PING it sends with the GOAWAY);
 //! - at the deadline, whatever is left (long streams, upgraded connections
 //!   such as WebSockets, silent clients) is cut: tasks are dropped and every
 //!   socket still open is shut down.
@@ -290,8 +311,11 @@ impl Connections {
     /// timeout of being accepted, or (HTTP/1 keep-alive) of the end of
     /// their previous response: silent clients, and slow ones (slowloris).
     /// A request in progress (its handler running, its response being
-    /// written), an HTTP/2 connection and an upgraded connection are not
-    /// its business.
+    /// written, to the last byte hyper and rustls hold) and an upgraded
+    /// connection are not its business. The same sweeps send GOAWAY to
+    /// HTTP/2 connections that have had no stream for the HTTP/2 idle
+    /// timeout, and cut those still open, idle, an idle grace after
+    /// theirs.
     ///
     /// hyper has a header read timeout of its own, but it allocates and
     /// registers a timer for every request head (about 11% of the
@@ -299,9 +323,9 @@ impl Connections {
     /// connection knows its protocol, which takes the client's first bytes.
     /// One sweep over the open connections now and then costs far less. The
     /// sweeps come every quarter of the timeout, or of the drain's wait for
-    /// quiet clients ([`REVISIT`]) if that is shorter, between 10 ms and
-    /// 1 s apart, so a connection is closed up to two of them after the
-    /// timeout, never before. While the generation has no connection open, the sweeper
+    /// quiet clients ([`REVISIT`]) or of the HTTP/2 idle timeout if either
+    /// is shorter, between 10 ms and 1 s apart, so a connection is closed
+    /// up to two of them after the timeout, never before. While the generation has no connection open, the sweeper
     /// sleeps: an idle server wakes up for nothing.
     pub(crate) fn spawn_sweeper(&self) {
         let shared = self.shared.clone();
