@@ -511,20 +511,31 @@ async fn accept_loop<S, B>(
                 // or, if every other one is busy, this one waits (and the
                 // clients after it wait in the listen queue) until one is
                 // done. One relaxed load per accept below the cap.
-                if shared.sockets.over(shared.max_connections) {
-                    let seq = io.guard.seq;
-                    let mut room = shared.sockets.make_room(1, Some(seq)) > 0;
-                    while !room && shared.sockets.over(shared.max_connections) {
+                let mut draining = false;
+                let spare = io.guard.seq;
+                while shared.sockets.over(shared.max_connections) {
+                    if shared.sockets.make_room(1, Some(spare)) == 0 {
                         trace!(addr = %name, "at the connection cap, every connection busy; waiting");
-                        tokio::select! {
-                            biased;
-                            _ = &mut stopped => return,
-                            _ = shared.sockets.room() => {}
+                    }
+                    // Until a connection has closed, or 50 ms: one that was
+                    // cut and is still open then (its socket held by an
+                    // upgrade's task, say) is taken as gone, and another
+                    // goes at the next turn.
+                    tokio::select! {
+                        biased;
+                        _ = &mut stopped => {
+                            // Accepted all the same: the drain serves it
+                            // like the others.
+                            draining = true;
+                            break;
                         }
-                        room = shared.sockets.make_room(1, Some(seq)) > 0;
+                        _ = shared.sockets.room() => {}
                     }
                 }
                 tokio::spawn(connection(io, signal, info, listening.clone()));
+                if draining {
+                    break;
+                }
             }
             Err(e) if is_connection_error(&e) => {
                 trace!(addr = %name, cause = %e, "accept: skipped")
@@ -1031,12 +1042,17 @@ impl ConnSignal {
         until(&self.waker, move || self.level() >= level)
     }
 
-    /// `n` bytes were read from the connection: the hot path, relaxed
-    /// loads and stores only.
-    fn note_read(&self, n: usize) {
+    /// Bytes arrived: one relaxed load and, at most, one relaxed store.
+    fn note_arrival(&self) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::Recent as u8 {
             self.arrival.store(Arrival::Recent as u8, Ordering::Relaxed);
         }
+    }
+
+    /// `n` bytes were read from the connection: the hot path, relaxed
+    /// loads and stores only.
+    fn note_read(&self, n: usize) {
+        self.note_arrival();
         // One reader at a time (the connection's task, or the task an
         // upgrade handed the connection to): no read-modify-write needed.
         let reads = self.reads.load(Ordering::Relaxed);
@@ -1065,6 +1081,13 @@ impl ConnSignal {
         // Blocked exactly when the latest poll had to wait.
         if self.write_blocked.load(Ordering::Relaxed) == progress {
             self.write_blocked.store(!progress, Ordering::Relaxed);
+        }
+    }
+
+    /// Everything written has left for the client.
+    fn note_flushed(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) {
+            self.write_blocked.store(false, Ordering::Relaxed);
         }
     }
 
@@ -1536,7 +1559,7 @@ impl Sockets {
             if http2 && level >= Level::Draining && entry.goaway_at.is_none() {
                 entry.goaway_at = Some(now);
             }
-            if entry.note_progress() {
+            if entry.note_progress(http2) {
                 entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
                 continue;
             }
@@ -1587,23 +1610,14 @@ impl Sockets {
         self.count.load(Ordering::Relaxed) > max
     }
 
-    /// Cuts up to `n` connections, the idle ones that have waited longest
-    /// for a request first (counting those cut before and not yet gone), so
-    /// that new clients can be accepted; returns how many are on their way
-    /// out. Connections with a request in progress, a response being sent
+    /// Cuts up to `n` idle connections, those that have waited longest for
+    /// a request first, so that new clients can be accepted; returns how
+    /// many. Connections with a request in progress, a response being sent
     /// or an upgrade are never taken, nor the one numbered `spare` (the
     /// newcomer that room is made for). Only at the cap, or out of file
     /// descriptors: a walk over every connection.
     fn make_room(&self, n: usize, spare: Option<u64>) -> usize {
         let inner = self.lock();
-        let leaving = inner
-            .open
-            .iter()
-            .filter(|(_, e)| e.signal.level() >= Level::Cut)
-            .count();
-        if leaving >= n {
-            return leaving;
-        }
         let mut idle: Vec<(Age, usize)> = inner
             .open
             .iter()
@@ -1611,7 +1625,7 @@ impl Sockets {
             .map(|(key, e)| (e.age(), key))
             .collect();
         idle.sort_unstable();
-        let cut = idle.len().min(n - leaving);
+        let cut = idle.len().min(n);
         for &(_, key) in &idle[..cut] {
             inner.open[key].cut_or_raise(Level::Cut);
         }
@@ -1621,7 +1635,7 @@ impl Sockets {
                 "closed the oldest idle connections to make room"
             );
         }
-        leaving + cut
+        cut
     }
 
     /// Resolves once a connection has closed since the call (or after 50 ms,
@@ -1679,13 +1693,17 @@ impl Entry {
     /// hyper is done with a body once it holds all of it, long before a
     /// slow client has read it. (A client could trickle a body, which no
     /// timeout bounds, in hyper neither.)
-    fn note_progress(&mut self) -> bool {
+    fn note_progress(&mut self, http2: bool) -> bool {
         let (heads, in_progress) = self.signal.requests();
         let reads = self.signal.reads();
         let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
         self.reads = reads;
         let (writes, write_blocked) = self.signal.writes();
-        let writing = write_blocked || writes != self.writes;
+        // HTTP/2: a stream's body is done with only once h2 has taken its
+        // last frame (flow control holds the rest back), and the frames
+        // written with no stream open (answers to the client's PINGs, say)
+        // do not make a connection busy.
+        let writing = !http2 && (write_blocked || writes != self.writes);
         self.writes = writes;
         let busy = in_progress || uploading || writing;
         if busy {
@@ -1702,7 +1720,8 @@ impl Entry {
         let (_, in_progress) = self.signal.requests();
         let reads = self.signal.reads();
         let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
-        let busy = in_progress || uploading || self.signal.writes().1;
+        let http2 = self.signal.seen().contains(Seen::HTTP2);
+        let busy = in_progress || uploading || (!http2 && self.signal.writes().1);
         !busy && !self.signal.seen().contains(Seen::UPGRADED) && self.signal.level() < Level::Cut
     }
 
@@ -1841,8 +1860,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        if n > 0 && this.count_reads {
-            this.signal.note_read(n);
+        if n > 0 {
+            if this.count_reads {
+                this.signal.note_read(n);
+            } else {
+                // Under TLS: a record still partial is a request arriving
+                // too, for the drain.
+                this.signal.note_arrival();
+            }
         }
         polled
     }
@@ -1888,9 +1913,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_flush(cx);
-        // A flush that is done leaves nothing waiting; it sent nothing new.
-        if polled.is_pending() {
-            this.signal.note_write(false);
+        // A flush that is done leaves nothing waiting (it sent nothing new);
+        // one that waits, waits for the client.
+        match polled {
+            Poll::Pending => this.signal.note_write(false),
+            Poll::Ready(Ok(())) => this.signal.note_flushed(),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }
