@@ -128,6 +128,11 @@ const TCP_KEEPALIVE_PROBES: u32 = 6;
 /// Linux's largest TCP keepalive idle time and probe interval, in seconds.
 const TCP_KEEPALIVE_MAX: Duration = Duration::from_secs(32_767);
 
+/// Bytes an HTTP/2 connection must have written since the last sweep to
+/// count as sending: more than its answers to a client's PINGs (17 bytes
+/// each) and window updates, less than a slow reader takes.
+const HTTP2_ACTIVE_BYTES: u64 = 1024;
+
 /// How many of the oldest idle connections go when accepting fails for lack
 /// of file descriptors: a few more than the one the next client needs, so
 /// that the handlers' own files and sockets find some too.
@@ -914,10 +919,11 @@ pub(crate) struct ConnSignal {
     /// but for a few bytes, see [`body_end`]); 0 for a request without a
     /// body. Bytes read past it belong to the next request head.
     body_end: AtomicU64,
-    /// Writes that sent bytes, and whether the latest write (or flush) is
-    /// waiting for the client to take more: a response still on its way
-    /// (in hyper's buffer, or rustls's) keeps its connection busy.
-    writes: AtomicU32,
+    /// Bytes written (over TLS, the records), and whether the latest write
+    /// (or flush) is waiting for the client to take more: a response still
+    /// on its way (in hyper's buffer, h2's, or rustls's) keeps its
+    /// connection busy.
+    written: AtomicU64,
     write_blocked: AtomicBool,
     /// When the sweeper first saw the connection, or last saw it busy or
     /// with a new request. Written by the sweeper only, never per request.
@@ -1071,30 +1077,32 @@ impl ConnSignal {
         reads <= self.body_end.load(Ordering::Relaxed)
     }
 
-    /// Bytes were written (`true`), or the write or flush must wait for
-    /// the client (`false`): the hot path again, relaxed loads and stores.
-    fn note_write(&self, progress: bool) {
-        if progress {
-            let writes = self.writes.load(Ordering::Relaxed);
-            self.writes.store(writes.wrapping_add(1), Ordering::Relaxed);
+    /// `n` bytes were written (`n` > 0), or a flush is done (`n` = 0):
+    /// nothing waits for the client. The hot path again: relaxed loads and
+    /// stores, one writer at a time.
+    fn note_write(&self, n: usize) {
+        if n > 0 {
+            let written = self.written.load(Ordering::Relaxed);
+            self.written
+                .store(written.wrapping_add(n as u64), Ordering::Relaxed);
         }
-        // Blocked exactly when the latest poll had to wait.
-        if self.write_blocked.load(Ordering::Relaxed) == progress {
-            self.write_blocked.store(!progress, Ordering::Relaxed);
-        }
-    }
-
-    /// Everything written has left for the client.
-    fn note_flushed(&self) {
         if self.write_blocked.load(Ordering::Relaxed) {
             self.write_blocked.store(false, Ordering::Relaxed);
         }
     }
 
-    /// Writes so far, and whether the latest one waits for the client.
-    fn writes(&self) -> (u32, bool) {
+    /// A write or flush must wait for the client to take more.
+    fn note_write_blocked(&self) {
+        if !self.write_blocked.load(Ordering::Relaxed) {
+            self.write_blocked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes written so far, and whether the latest write waits for the
+    /// client.
+    fn written(&self) -> (u64, bool) {
         (
-            self.writes.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
             self.write_blocked.load(Ordering::Relaxed),
         )
     }
@@ -1443,7 +1451,7 @@ struct Entry {
     waiting_since: Option<Instant>,
     heads: u32,
     reads: u64,
-    writes: u32,
+    written: u64,
     busy: bool,
     /// When the sweeper first saw this HTTP/2 connection draining (told
     /// GOAWAY).
@@ -1477,7 +1485,7 @@ impl Sockets {
                 waiting_since: None,
                 heads: 0,
                 reads: 0,
-                writes: 0,
+                written: 0,
                 busy: false,
                 goaway_at: None,
                 seq: inner.registered,
@@ -1698,13 +1706,15 @@ impl Entry {
         let reads = self.signal.reads();
         let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
         self.reads = reads;
-        let (writes, write_blocked) = self.signal.writes();
-        // HTTP/2: a stream's body is done with only once h2 has taken its
-        // last frame (flow control holds the rest back), and the frames
+        let (written, write_blocked) = self.signal.written();
+        // HTTP/2: hyper is done with a stream's body once h2 has queued it
+        // (h2 sends it as flow control allows), so a stream can still be
+        // sending with none in progress by our count; but a few bytes
         // written with no stream open (answers to the client's PINGs, say)
         // do not make a connection busy.
-        let writing = !http2 && (write_blocked || writes != self.writes);
-        self.writes = writes;
+        let least = if http2 { HTTP2_ACTIVE_BYTES } else { 1 };
+        let writing = write_blocked || written.wrapping_sub(self.written) >= least;
+        self.written = written;
         let busy = in_progress || uploading || writing;
         if busy {
             self.busy = true;
@@ -1720,8 +1730,7 @@ impl Entry {
         let (_, in_progress) = self.signal.requests();
         let reads = self.signal.reads();
         let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
-        let http2 = self.signal.seen().contains(Seen::HTTP2);
-        let busy = in_progress || uploading || (!http2 && self.signal.writes().1);
+        let busy = in_progress || uploading || self.signal.written().1;
         !busy && !self.signal.seen().contains(Seen::UPGRADED) && self.signal.level() < Level::Cut
     }
 
@@ -1873,12 +1882,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     }
 }
 
-/// What a write-side poll says of the connection's progress: bytes went
-/// out, or it waits for the client.
-fn note_written<T>(signal: &ConnSignal, polled: &Poll<io::Result<T>>, sent: impl Fn(&T) -> bool) {
+/// What a write's poll says of the connection's progress: bytes went out,
+/// or it waits for the client.
+fn note_written(signal: &ConnSignal, polled: &Poll<io::Result<usize>>) {
     match polled {
-        Poll::Ready(Ok(v)) if sent(v) => signal.note_write(true),
-        Poll::Pending => signal.note_write(false),
+        Poll::Ready(Ok(n)) if *n > 0 => signal.note_write(*n),
+        Poll::Pending => signal.note_write_blocked(),
         _ => {}
     }
 }
@@ -1891,7 +1900,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        note_written(&this.signal, &polled, |n| *n > 0);
+        note_written(&this.signal, &polled);
         polled
     }
 
@@ -1902,7 +1911,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        note_written(&this.signal, &polled, |n| *n > 0);
+        note_written(&this.signal, &polled);
         polled
     }
 
@@ -1916,8 +1925,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         // A flush that is done leaves nothing waiting (it sent nothing new);
         // one that waits, waits for the client.
         match polled {
-            Poll::Pending => this.signal.note_write(false),
-            Poll::Ready(Ok(())) => this.signal.note_flushed(),
+            Poll::Pending => this.signal.note_write_blocked(),
+            Poll::Ready(Ok(())) => this.signal.note_write(0),
             Poll::Ready(Err(_)) => {}
         }
         polled

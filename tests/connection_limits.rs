@@ -163,6 +163,32 @@ fn an_idle_http2_connection_gets_a_goaway_and_is_closed() {
     );
 }
 
+/// A client's own PINGs (answered, a few bytes each) do not make an idle
+/// HTTP/2 connection busy: it still gets its GOAWAY.
+#[test]
+fn an_http2_client_that_only_pings_still_gets_its_goaway() {
+    let server = Spec::fixture().env("FIXTURE_HTTP2_IDLE_MS", "500").start();
+    let mut c = RawH2::connect(&server.addr()).unwrap();
+    c.get(Duration::from_secs(5)).unwrap();
+    let t = Instant::now();
+    let mut goaway = None;
+    // A PING every 100 ms, for at most 10 s.
+    while goaway.is_none() && t.elapsed() < Duration::from_secs(10) {
+        if c.s.write_all(&frame(PING, 0, 0, &[1; 8])).is_err() {
+            break;
+        }
+        let next_ping = Instant::now() + Duration::from_millis(100);
+        while goaway.is_none() && Instant::now() < next_ping {
+            if let Ok(Seen::Frame(GOAWAY, _, _)) = c.next(next_ping) {
+                goaway = Some(t.elapsed());
+            }
+        }
+    }
+    eprintln!("a pinging HTTP/2 client: GOAWAY after {goaway:?}");
+    let goaway = goaway.expect("a GOAWAY within 10 s");
+    assert!(goaway < Duration::from_secs(3), "GOAWAY after {goaway:?}");
+}
+
 /// A reload sends GOAWAY (and a PING) to an HTTP/2 connection; a peer that
 /// never answers the PING must not keep the old generation alive until the
 /// stop timeout (20 s).

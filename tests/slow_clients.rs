@@ -371,3 +371,59 @@ fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
         server.log()
     );
 }
+
+/// Over HTTP/2 too (h2 takes the whole body from hyper at once and sends
+/// it as flow control allows): a slow reader gets every byte, with the
+/// HTTP/2 idle timeout and the header read timeout both at 500 ms.
+#[test]
+fn a_slow_http2_reader_gets_every_byte_of_a_large_response() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
+        .env("FIXTURE_HTTP2_IDLE_MS", TIMEOUT_MS)
+        .start();
+    let addr = server.addr();
+    let rt = support::load::runtime();
+    let r = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}/big/{BIG}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        let response = response.await.unwrap();
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let mut body = response.into_body();
+        let t = Instant::now();
+        let mut got = 0;
+        let ended = loop {
+            if t.elapsed() > LIMIT {
+                break "time limit".to_owned();
+            }
+            match tokio::time::timeout(Duration::from_secs(10), body.data()).await {
+                Err(_) => break "stalled".to_owned(),
+                Ok(None) => break "end of stream".to_owned(),
+                Ok(Some(Err(e))) => break format!("error: {e}"),
+                Ok(Some(Ok(chunk))) => {
+                    got += chunk.len();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+            }
+            let due = Duration::from_secs_f64(got as f64 / RATE as f64);
+            if let Some(wait) = due.checked_sub(t.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        };
+        SlowRead {
+            got,
+            length,
+            took: t.elapsed(),
+            ended,
+        }
+    });
+    assert_whole("endless over HTTP/2", &r);
+}
