@@ -1177,7 +1177,7 @@ impl ConnSignal {
 /// write it. A body of unknown length (chunked) gets no allowance: bytes
 /// read after its response are the next head's. Only requests with a body
 /// pay for this (a walk over the headers).
-fn body_end(req: &Request<Incoming>, len: Option<u64>, floor: u64, read_start: u64) -> u64 {
+fn body_end<T>(req: &Request<T>, len: Option<u64>, floor: u64, read_start: u64) -> u64 {
     let Some(len) = len else {
         return read_start;
     };
@@ -1998,6 +1998,37 @@ mod tests {
         let one = vec![Arc::new(ConnSignal::default())];
         raise_over(one.clone(), Level::Draining, Duration::from_secs(1));
         assert!(one[0].draining());
+    }
+
+    /// A head written as clients write it is measured exactly: bytes past
+    /// its body are the next head's, however they arrived.
+    #[test]
+    fn a_body_ends_where_its_content_length_says() {
+        let head = "POST /upload?x=1 HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10\r\n\r\n";
+        let req = Request::post("/upload?x=1")
+            .header("host", "example.com")
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        let len = head.len() as u64;
+        // The first request, its head in one read (or with its body).
+        assert_eq!(body_end(&req, Some(10), 0, 0), len + 10);
+        // A later request that starts at 1,000 (the previous head's read
+        // started at 900), completed by a read that started at 1,020: its
+        // head ends after 1,020 (truly at 1,000 + its length), so its body
+        // at 1,021 + 10 at the earliest, which is where the estimate puts
+        // it (never later than the truth).
+        assert!(900 + len < 1_021 && 1_021 < 1_000 + len);
+        assert_eq!(body_end(&req, Some(10), 900, 1_020), 1_021 + 10);
+        // Completed by a read that started at 910: the floor decides.
+        assert_eq!(body_end(&req, Some(10), 900, 910), 900 + len + 10);
+        // A head known to end later than it measures (its read started
+        // past where it would end): never before that read.
+        assert_eq!(body_end(&req, Some(10), 0, 500), 501 + 10);
+        // No length: no allowance past the read that completed the head.
+        assert_eq!(body_end(&req, None, 0, 40), 40);
+        // Huge lengths saturate.
+        assert_eq!(body_end(&req, Some(u64::MAX), 0, 0), u64::MAX);
     }
 
     #[test]
