@@ -1817,14 +1817,24 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Plain<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+        let (polled, n) = poll_read_counted(&mut this.io, cx, buf);
         if n > 0 {
             this.signal.note_read(n);
         }
         polled
     }
+}
+
+/// Polls `io` to read into `buf`: what the poll says, and how many bytes
+/// it brought.
+fn poll_read_counted<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> (Poll<io::Result<()>>, usize) {
+    let before = buf.filled().len();
+    let polled = Pin::new(io).poll_read(cx, buf);
+    (polled, buf.filled().len() - before)
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Plain<IO> {
@@ -1870,9 +1880,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+        let (polled, n) = poll_read_counted(&mut this.io, cx, buf);
         if n > 0 {
             if this.count_reads {
                 this.signal.note_read(n);
