@@ -189,6 +189,24 @@ fn an_http2_client_that_only_pings_still_gets_its_goaway() {
     assert!(goaway < Duration::from_secs(3), "GOAWAY after {goaway:?}");
 }
 
+/// HTTP/2 keep-alive PINGs are sent when asked for (every 200 ms here),
+/// and not by default.
+#[test]
+fn http2_keep_alive_pings_are_sent_when_asked_for() {
+    for (interval, want) in [(Some("200"), true), (None, false)] {
+        let mut spec = Spec::fixture();
+        if let Some(ms) = interval {
+            spec = spec.env("FIXTURE_HTTP2_KEEP_ALIVE_MS", ms);
+        }
+        let server = spec.start();
+        let mut c = RawH2::connect(&server.addr()).unwrap();
+        c.get(Duration::from_secs(5)).unwrap();
+        let (_, _, pinged) = c.watch(Duration::from_secs(1));
+        eprintln!("HTTP/2 keep-alive every {interval:?} ms: pinged within 1 s: {pinged}");
+        assert_eq!(pinged, want, "keep-alive {interval:?}");
+    }
+}
+
 /// A reload sends GOAWAY (and a PING) to an HTTP/2 connection; a peer that
 /// never answers the PING must not keep the old generation alive until the
 /// stop timeout (20 s).
