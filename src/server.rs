@@ -313,7 +313,13 @@ impl Server {
 
     /// How long a client may take to send a request's headers, including
     /// the first request of a connection (default 30 s), so that a silent
-    /// client cannot hold a connection forever. Must not be zero.
+    /// client cannot hold a connection forever. Counted from the accept, or
+    /// from the end of the previous response once all of it is sent (a slow
+    /// reader of a large response is never cut by it); bytes that arrive
+    /// past the end of a request body (as its `Content-Length` places it;
+    /// after a chunked body, any) count as the next head's. Also bounds an
+    /// idle HTTP/1 keep-alive connection; HTTP/2 has
+    /// [`http2_idle_timeout`](Self::http2_idle_timeout). Must not be zero.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.settings.header_read_timeout = timeout.min(MAX_DURATION);
         self
