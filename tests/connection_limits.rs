@@ -276,12 +276,18 @@ fn idle_connection(addr: &str) -> TcpStream {
     s
 }
 
-/// Whether the server has closed `s` (within 2 s).
+/// Whether the server has closed `s` (an end of stream or a reset within
+/// 2 s; silence is open).
 fn closed(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
-        && !matches!(s.read(&mut buf), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 /// At the cap (4 here), a new client is served once the oldest idle
