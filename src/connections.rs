@@ -1567,12 +1567,17 @@ impl Sockets {
             if http2 && level >= Level::Draining && entry.goaway_at.is_none() {
                 entry.goaway_at = Some(now);
             }
-            if entry.note_progress(http2) {
+            let progress = entry.note_progress(http2);
+            if progress == Progress::Busy {
                 entry.signal.active_ms.0.store(now_ms, Ordering::Relaxed);
                 continue;
             }
             let heads = entry.signal.requests().0;
-            if entry.busy || heads != entry.heads || entry.waiting_since.is_none() {
+            if progress == Progress::Sent
+                || entry.busy
+                || heads != entry.heads
+                || entry.waiting_since.is_none()
+            {
                 // It went idle (or was accepted) at some moment since the
                 // last sweep: count from now, later than the truth, never
                 // earlier.
@@ -1696,16 +1701,26 @@ impl Sockets {
 /// See [`Entry::age`].
 type Age = (bool, Option<Instant>, u64);
 
+/// What a connection did since the last sweep: see [`Entry::note_progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Busy,
+    Sent,
+    None,
+}
+
 impl Entry {
-    /// Whether the connection made progress since the last sweep, which
-    /// then notes what it counted: a request in progress (its head parsed,
-    /// its response not yet done with), an upload going on after its
-    /// response (bytes read, up to the end of its body), or a response
-    /// still on its way (a write waits for the client, or bytes went out).
-    /// hyper is done with a body once it holds all of it, long before a
-    /// slow client has read it. (A client could trickle a body, which no
-    /// timeout bounds, in hyper neither.)
-    fn note_progress(&mut self, http2: bool) -> bool {
+    /// What the connection did since the last sweep, which then notes what
+    /// it counted. Busy: a request in progress (its head parsed, its
+    /// response not yet done with), an upload going on after its response
+    /// (bytes read, up to the end of its body), or a write waiting for the
+    /// client (hyper is done with a body once it holds all of it, long
+    /// before a slow client has read it). Sent: bytes went out since, and
+    /// none wait: the connection may have gone idle since, so its wait
+    /// counts from now (as after a busy sweep, but without a sweep more).
+    /// (A client could trickle a body, which no timeout bounds, in hyper
+    /// neither.)
+    fn note_progress(&mut self, http2: bool) -> Progress {
         let (heads, in_progress) = self.signal.requests();
         let reads = self.signal.reads();
         let uploading = reads != self.reads && self.signal.may_be_uploading(reads);
@@ -1717,14 +1732,17 @@ impl Entry {
         // written with no stream open (answers to the client's PINGs, say)
         // do not make a connection busy.
         let least = if http2 { HTTP2_ACTIVE_BYTES } else { 1 };
-        let writing = write_blocked || written.wrapping_sub(self.written) >= least;
+        let sent = written.wrapping_sub(self.written) >= least;
         self.written = written;
-        let busy = in_progress || uploading || writing;
-        if busy {
+        if in_progress || uploading || write_blocked {
             self.busy = true;
             self.heads = heads;
+            Progress::Busy
+        } else if sent {
+            Progress::Sent
+        } else {
+            Progress::None
         }
-        busy
     }
 
     /// Whether the connection waits for a request now, as its counters
