@@ -906,10 +906,10 @@ pub(crate) struct ConnSignal {
     heads: AtomicU32,
     responses: AtomicU32,
     /// Bytes read from the client (HTTP bytes: over TLS, the plaintext),
-    /// and the count before the latest read: the sweeper's way to see an
-    /// upload going on after its response, and where its body ends.
+    /// and how many the latest read brought: the sweeper's way to see an
+    /// upload going on after its response, and where its body ends. One
+    /// word, so that a read costs one load and one store: see [`Reads`].
     reads: AtomicU64,
-    read_start: AtomicU64,
     /// [`ConnSignal::reads`] at the previous HTTP/1 request head: where the
     /// read that completed that head started, so no later head starts
     /// before it.
@@ -922,9 +922,8 @@ pub(crate) struct ConnSignal {
     /// Bytes written (over TLS, the records), and whether the latest write
     /// (or flush) is waiting for the client to take more: a response still
     /// on its way (in hyper's buffer, h2's, or rustls's) keeps its
-    /// connection busy.
+    /// connection busy. One word: see [`Written`].
     written: AtomicU64,
-    write_blocked: AtomicBool,
     /// When the sweeper first saw the connection, or last saw it busy or
     /// with a new request. Written by the sweeper only, never per request.
     active_ms: ActiveMs,
@@ -1061,14 +1060,13 @@ impl ConnSignal {
         self.note_arrival();
         // One reader at a time (the connection's task, or the task an
         // upgrade handed the connection to): no read-modify-write needed.
-        let reads = self.reads.load(Ordering::Relaxed);
-        self.read_start.store(reads, Ordering::Relaxed);
-        self.reads
-            .store(reads.wrapping_add(n as u64), Ordering::Relaxed);
+        let reads = Reads(self.reads.load(Ordering::Relaxed));
+        self.reads.store(reads.add(n).0, Ordering::Relaxed);
     }
 
+    /// Bytes read so far.
     fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
+        Reads(self.reads.load(Ordering::Relaxed)).count()
     }
 
     /// Whether bytes read so far may still be the last HTTP/1 request's
@@ -1077,34 +1075,37 @@ impl ConnSignal {
         reads <= self.body_end.load(Ordering::Relaxed)
     }
 
-    /// `n` bytes were written (`n` > 0), or a flush is done (`n` = 0):
-    /// nothing waits for the client. The hot path again: relaxed loads and
-    /// stores, one writer at a time.
+    /// `n` bytes were written: nothing waits for the client. The hot path
+    /// again: one relaxed load and one relaxed store, one writer at a
+    /// time.
     fn note_write(&self, n: usize) {
-        if n > 0 {
-            let written = self.written.load(Ordering::Relaxed);
-            self.written
-                .store(written.wrapping_add(n as u64), Ordering::Relaxed);
-        }
-        if self.write_blocked.load(Ordering::Relaxed) {
-            self.write_blocked.store(false, Ordering::Relaxed);
+        let written = Written(self.written.load(Ordering::Relaxed));
+        self.written.store(written.add(n).0, Ordering::Relaxed);
+    }
+
+    /// A flush is done: nothing waits for the client (one load, and a store
+    /// only if something did).
+    fn note_flushed(&self) {
+        let written = Written(self.written.load(Ordering::Relaxed));
+        if written.blocked() {
+            self.written.store(written.add(0).0, Ordering::Relaxed);
         }
     }
 
     /// A write or flush must wait for the client to take more.
     fn note_write_blocked(&self) {
-        if !self.write_blocked.load(Ordering::Relaxed) {
-            self.write_blocked.store(true, Ordering::Relaxed);
+        let written = Written(self.written.load(Ordering::Relaxed));
+        if !written.blocked() {
+            self.written
+                .store(written.blocked_now().0, Ordering::Relaxed);
         }
     }
 
     /// Bytes written so far, and whether the latest write waits for the
     /// client.
     fn written(&self) -> (u64, bool) {
-        (
-            self.written.load(Ordering::Relaxed),
-            self.write_blocked.load(Ordering::Relaxed),
-        )
+        let written = Written(self.written.load(Ordering::Relaxed));
+        (written.count(), written.blocked())
     }
 
     /// A request head was parsed: the bytes read so far were its own.
@@ -1120,7 +1121,7 @@ impl ConnSignal {
             // reads nothing while a whole head waits in its buffer), so the
             // next head starts after it.
             let floor = self.head_floor.load(Ordering::Relaxed);
-            let read_start = self.read_start.load(Ordering::Relaxed);
+            let read_start = Reads(self.reads.load(Ordering::Relaxed)).read_start();
             let end = match body {
                 None => 0,
                 Some((req, len)) => body_end(req, len, floor, read_start),
@@ -1162,6 +1163,61 @@ impl ConnSignal {
             )
             .is_ok();
         recent || bytes_waiting(fd)
+    }
+}
+
+/// [`ConnSignal::reads`]: bytes read (the high 48 bits, wrapping) and the
+/// size of the latest read (the low 16 bits; `u16::MAX` for that many or
+/// more: unknown).
+#[derive(Debug, Clone, Copy)]
+struct Reads(u64);
+
+impl Reads {
+    const LAST_BITS: u32 = 16;
+    const UNKNOWN: u64 = (1 << Self::LAST_BITS) - 1;
+
+    fn count(self) -> u64 {
+        self.0 >> Self::LAST_BITS
+    }
+
+    /// `n` more bytes, in one read.
+    fn add(self, n: usize) -> Reads {
+        let n = n as u64;
+        let count = self.count().wrapping_add(n);
+        Reads(count << Self::LAST_BITS | n.min(Self::UNKNOWN))
+    }
+
+    /// Where the latest read started, or 0 if that is not known (a read of
+    /// 64 KiB or more): never later than the truth.
+    fn read_start(self) -> u64 {
+        match self.0 & Self::UNKNOWN {
+            Self::UNKNOWN => 0,
+            last => self.count().saturating_sub(last),
+        }
+    }
+}
+
+/// [`ConnSignal::written`]: bytes written (the high 63 bits, wrapping) and
+/// whether the latest write waits for the client (the low bit).
+#[derive(Debug, Clone, Copy)]
+struct Written(u64);
+
+impl Written {
+    fn count(self) -> u64 {
+        self.0 >> 1
+    }
+
+    fn blocked(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    /// `n` more bytes written, and none waiting.
+    fn add(self, n: usize) -> Written {
+        Written(self.count().wrapping_add(n as u64) << 1)
+    }
+
+    fn blocked_now(self) -> Written {
+        Written(self.0 | 1)
     }
 }
 
@@ -1956,7 +2012,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         // one that waits, waits for the client.
         match polled {
             Poll::Pending => this.signal.note_write_blocked(),
-            Poll::Ready(Ok(())) => this.signal.note_write(0),
+            Poll::Ready(Ok(())) => this.signal.note_flushed(),
             Poll::Ready(Err(_)) => {}
         }
         polled
@@ -2055,6 +2111,21 @@ mod tests {
         assert_eq!(body_end(&req, None, 0, 40), 40);
         // Huge lengths saturate.
         assert_eq!(body_end(&req, Some(u64::MAX), 0, 0), u64::MAX);
+    }
+
+    #[test]
+    fn read_and_write_counts_share_their_words_with_what_comes_with_them() {
+        let r = Reads(0).add(100).add(20);
+        assert_eq!((r.count(), r.read_start()), (120, 100));
+        // A read too large to note: where it started is not known (0).
+        let big = r.add(70_000);
+        assert_eq!((big.count(), big.read_start()), (70_120, 0));
+        assert_eq!(big.add(1).read_start(), 70_120);
+        let w = Written(0).add(10).blocked_now();
+        assert_eq!((w.count(), w.blocked()), (10, true));
+        let w = w.add(5);
+        assert_eq!((w.count(), w.blocked()), (15, false));
+        assert_eq!(w.add(0).count(), 15);
     }
 
     #[test]
