@@ -1021,6 +1021,7 @@ impl ConnSignal {
 
     /// Adds `seen`; one load and no write when nothing is new (the case
     /// for every request after a connection's first).
+    #[inline]
     fn note(&self, seen: Seen) {
         if !self.seen().contains(seen) {
             self.seen.fetch_or(seen.0, Ordering::Relaxed);
@@ -1048,6 +1049,7 @@ impl ConnSignal {
     }
 
     /// Bytes arrived: one relaxed load and, at most, one relaxed store.
+    #[inline]
     fn note_arrival(&self) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::Recent as u8 {
             self.arrival.store(Arrival::Recent as u8, Ordering::Relaxed);
@@ -1056,6 +1058,7 @@ impl ConnSignal {
 
     /// `n` bytes were read from the connection: the hot path, relaxed
     /// loads and stores only.
+    #[inline]
     fn note_read(&self, n: usize) {
         self.note_arrival();
         // One reader at a time (the connection's task, or the task an
@@ -1078,6 +1081,7 @@ impl ConnSignal {
     /// `n` bytes were written: nothing waits for the client. The hot path
     /// again: one relaxed load and one relaxed store, one writer at a
     /// time.
+    #[inline]
     fn note_write(&self, n: usize) {
         let written = Written(self.written.load(Ordering::Relaxed));
         self.written.store(written.add(n).0, Ordering::Relaxed);
@@ -1085,6 +1089,7 @@ impl ConnSignal {
 
     /// A flush is done: nothing waits for the client (one load, and a store
     /// only if something did).
+    #[inline]
     fn note_flushed(&self) {
         let written = Written(self.written.load(Ordering::Relaxed));
         if written.blocked() {
@@ -1093,6 +1098,7 @@ impl ConnSignal {
     }
 
     /// A write or flush must wait for the client to take more.
+    #[inline]
     fn note_write_blocked(&self) {
         let written = Written(self.written.load(Ordering::Relaxed));
         if !written.blocked() {
@@ -1110,7 +1116,9 @@ impl ConnSignal {
 
     /// A request head was parsed: the bytes read so far were its own.
     /// `body`: for an HTTP/1 request with a body, its head and length
-    /// (`None` if unknown: chunked).
+    /// (`None` if unknown: chunked). A few relaxed loads and stores, the
+    /// walk over a head with a body kept out of line.
+    #[inline]
     fn note_request_head(&self, http1: bool, body: Option<(&Request<Incoming>, Option<u64>)>) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::None as u8 {
             self.arrival.store(Arrival::None as u8, Ordering::Relaxed);
@@ -1120,22 +1128,31 @@ impl ConnSignal {
             // (hyper parses a head as soon as a read completes it, and
             // reads nothing while a whole head waits in its buffer), so the
             // next head starts after it.
-            let floor = self.head_floor.load(Ordering::Relaxed);
             let read_start = Reads(self.reads.load(Ordering::Relaxed)).read_start();
-            let end = match body {
-                None => 0,
-                Some((req, len)) => body_end(req, len, floor, read_start),
-            };
-            if self.body_end.load(Ordering::Relaxed) != end {
-                self.body_end.store(end, Ordering::Relaxed);
+            match body {
+                None => {
+                    if self.body_end.load(Ordering::Relaxed) != 0 {
+                        self.body_end.store(0, Ordering::Relaxed);
+                    }
+                }
+                Some((req, len)) => self.note_body(req, len, read_start),
             }
             self.head_floor.store(read_start, Ordering::Relaxed);
         }
         self.heads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Where the body of `req` ends (see [`body_end`]).
+    #[inline(never)]
+    fn note_body(&self, req: &Request<Incoming>, len: Option<u64>, read_start: u64) {
+        let floor = self.head_floor.load(Ordering::Relaxed);
+        let end = body_end(req, len, floor, read_start);
+        self.body_end.store(end, Ordering::Relaxed);
+    }
+
     /// A response is done with: written (hyper holds all of it), or
     /// abandoned.
+    #[inline]
     fn note_response_done(&self) {
         self.responses.fetch_add(1, Ordering::Relaxed);
     }
@@ -1176,11 +1193,13 @@ impl Reads {
     const LAST_BITS: u32 = 16;
     const UNKNOWN: u64 = (1 << Self::LAST_BITS) - 1;
 
+    #[inline]
     fn count(self) -> u64 {
         self.0 >> Self::LAST_BITS
     }
 
     /// `n` more bytes, in one read.
+    #[inline]
     fn add(self, n: usize) -> Reads {
         let n = n as u64;
         let count = self.count().wrapping_add(n);
@@ -1189,6 +1208,7 @@ impl Reads {
 
     /// Where the latest read started, or 0 if that is not known (a read of
     /// 64 KiB or more): never later than the truth.
+    #[inline]
     fn read_start(self) -> u64 {
         match self.0 & Self::UNKNOWN {
             Self::UNKNOWN => 0,
@@ -1203,19 +1223,23 @@ impl Reads {
 struct Written(u64);
 
 impl Written {
+    #[inline]
     fn count(self) -> u64 {
         self.0 >> 1
     }
 
+    #[inline]
     fn blocked(self) -> bool {
         self.0 & 1 == 1
     }
 
     /// `n` more bytes written, and none waiting.
+    #[inline]
     fn add(self, n: usize) -> Written {
         Written(self.count().wrapping_add(n as u64) << 1)
     }
 
+    #[inline]
     fn blocked_now(self) -> Written {
         Written(self.0 | 1)
     }
@@ -1296,6 +1320,9 @@ where
     type Error = S::Error;
     type Future = CloseWhenDraining<S::Future>;
 
+    // Inlined into hyper's dispatcher, as the plain service's call is: a
+    // call here would move the whole request once more.
+    #[inline]
     #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         // For axum's extractors; a cost per request that only the feature
@@ -1319,34 +1346,40 @@ where
         let connect = req.method() == Method::CONNECT;
         CloseWhenDraining {
             inner: self.svc.call(req),
-            signal: Some(self.signal.clone()),
+            signal: Pending(Some(self.signal.clone())),
             http1,
             connect,
         }
     }
 }
 
+/// The signal of a request whose response hyper does not have yet: if it
+/// never does (the handler failed, or the client reset its HTTP/2 stream
+/// first), the request is done with when this is dropped. A field, not a
+/// `Drop` of the whole future: cheaper to drop when empty.
+struct Pending(Option<Arc<ConnSignal>>);
+
+impl Drop for Pending {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(signal) = self.0.take() {
+            signal.note_response_done();
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The response future of [`ConnService`]. Its signal goes to the
-    /// response body ([`Finished`]), or, if there is none (the handler
-    /// failed, or the client reset its HTTP/2 stream first), is told the
-    /// response is done with when the future is dropped.
+    /// response body ([`Finished`]), or is told the response is done with
+    /// when the future is dropped without one ([`Pending`]).
     struct CloseWhenDraining<F> {
         #[pin]
         inner: F,
-        signal: Option<Arc<ConnSignal>>,
+        signal: Pending,
         // HTTP/2 forbids the `Connection` header; its drain is GOAWAY.
         http1: bool,
         // Whether the request was a CONNECT.
         connect: bool,
-    }
-
-    impl<F> PinnedDrop for CloseWhenDraining<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(signal) = this.project().signal.take() {
-                signal.note_response_done();
-            }
-        }
     }
 }
 
@@ -1359,7 +1392,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
-        let signal = this.signal.take();
+        let signal = this.signal.0.take();
         if let (Some(signal), true) = (&signal, *this.http1) {
             if hands_over_the_connection(res.status(), *this.connect) {
                 signal.note(Seen::UPGRADED);
@@ -1970,6 +2003,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
 
 /// What a write's poll says of the connection's progress: bytes went out,
 /// or it waits for the client.
+#[inline]
 fn note_written(signal: &ConnSignal, polled: &Poll<io::Result<usize>>) {
     match polled {
         Poll::Ready(Ok(n)) if *n > 0 => signal.note_write(*n),
