@@ -508,7 +508,7 @@ async fn accept_loop<S, B>(
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
                 let info = ConnInfo::new(listening.name.clone(), listening.local.clone(), peer);
-                let (io, signal) =
+                let (io, signal, spare) =
                     shared
                         .sockets
                         .track(stream, shared.tracker.token(), listening.tls.is_some());
@@ -517,7 +517,6 @@ async fn accept_loop<S, B>(
                 // clients after it wait in the listen queue) until one is
                 // done. One relaxed load per accept below the cap.
                 let mut draining = false;
-                let spare = io.guard.seq;
                 while shared.sockets.over(shared.max_connections) {
                     if shared.sockets.make_room(1, Some(spare)) == 0 {
                         trace!(addr = %name, "at the connection cap, every connection busy; waiting");
@@ -807,11 +806,10 @@ where
             // and no longer than the wait for quiet clients (or one grace,
             // if longer): a client that dribbles a head a byte at a time
             // must not hold the drain until the stop timeout.
-            let drain_started = Instant::now();
-            let head_limit = shared
-                .revisit
-                .max(shared.idle_grace)
-                .min(shared.header_read_timeout);
+            // Milliseconds waited since the drain started (timers never fire
+            // early, so never more than the truth): a `u32` beside `graces`,
+            // not an `Instant`, to keep every connection's future small.
+            let mut waited_ms = 0u32;
             loop {
                 tokio::select! {
                     r = conn.as_mut() => return log_end(r),
@@ -821,8 +819,14 @@ where
                     // (tokio copies the whole future when it spawns the task).
                     _ = Box::pin(tokio::time::sleep(wait)) => {}
                 }
+                waited_ms =
+                    waited_ms.saturating_add(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
                 let arriving = signal.request_arriving(fd);
-                if arriving && drain_started.elapsed() >= head_limit {
+                let head_limit = shared
+                    .revisit
+                    .max(shared.idle_grace)
+                    .min(shared.header_read_timeout);
+                if arriving && Duration::from_millis(u64::from(waited_ms)) >= head_limit {
                     debug!(
                         ?head_limit,
                         "a request head still unfinished this long into the drain; closing"
@@ -927,6 +931,10 @@ pub(crate) struct ConnSignal {
     /// When the sweeper first saw the connection, or last saw it busy or
     /// with a new request. Written by the sweeper only, never per request.
     active_ms: ActiveMs,
+    /// Whether [`Tracked`] counts the reads: not under TLS, where [`Plain`]
+    /// counts the plaintext above it instead (a body's length is counted in
+    /// HTTP bytes). Set once, before the connection is served.
+    count_reads: bool,
 }
 
 /// Milliseconds since the [`Sockets`]' epoch; `u64::MAX` (no time yet, for
@@ -1550,16 +1558,20 @@ struct Entry {
 
 impl Sockets {
     /// `tls`: whether the connection speaks TLS (its reads are then
-    /// counted above the TLS layer, by [`Plain`]).
+    /// counted above the TLS layer, by [`Plain`]). Returns its I/O, its
+    /// signal and its order of arrival.
     fn track(
         self: &Arc<Self>,
         stream: Stream,
         token: TaskTrackerToken,
         tls: bool,
-    ) -> (Tracked<Stream>, Arc<ConnSignal>) {
+    ) -> (Tracked<Stream>, Arc<ConnSignal>, u64) {
         // No clock read per connection: the sweeper's first sight of it
         // counts instead (see `ActiveMs`).
-        let signal = Arc::new(ConnSignal::default());
+        let signal = Arc::new(ConnSignal {
+            count_reads: !tls,
+            ..ConnSignal::default()
+        });
         let (id, seq, wake_sweeper) = {
             let mut inner = self.lock();
             signal.raise(inner.level);
@@ -1589,15 +1601,13 @@ impl Sockets {
         let io = Tracked {
             guard: SocketGuard {
                 id,
-                seq,
                 sockets: self.clone(),
                 _token: token,
             },
             signal: signal.clone(),
-            count_reads: !tls,
             io: stream,
         };
-        (io, signal)
+        (io, signal, seq)
     }
 
     /// Raises every connection to `level`; at [`Level::Cut`] also shuts
@@ -1872,8 +1882,6 @@ impl Entry {
 /// upgrade moves it.
 struct SocketGuard {
     id: usize,
-    /// The connection's order of arrival (its entry's `seq`).
-    seq: u64,
     sockets: Arc<Sockets>,
     _token: TaskTrackerToken,
 }
@@ -1901,10 +1909,6 @@ struct Tracked<IO> {
     /// idle connection, and of every write, so the sweeper can tell a
     /// response still on its way from an idle connection.
     signal: Arc<ConnSignal>,
-    /// Whether reads are counted here: not under TLS, where [`Plain`]
-    /// counts the plaintext above it instead (a body's length is counted in
-    /// HTTP bytes).
-    count_reads: bool,
     io: IO,
 }
 
@@ -1988,7 +1992,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let this = self.get_mut();
         let (polled, n) = poll_read_counted(&mut this.io, cx, buf);
         if n > 0 {
-            if this.count_reads {
+            if this.signal.count_reads {
                 this.signal.note_read(n);
             } else {
                 // Under TLS: a record still partial is a request arriving
