@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::connections::{Launch, Timeouts};
+use crate::connections::{Launch, Limits, Settings};
 use crate::error::{Error, Result};
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
@@ -29,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) header_read_timeout: Duration,
     /// Used only with the `tls` feature.
     pub(crate) tls_handshake_timeout: Duration,
+    /// The connections' bounds besides the header read timeout.
+    pub(crate) limits: Limits,
     pub(crate) signals: SignalSet,
     /// How widely [`Handle::draining`](crate::Handle::draining) spreads its
     /// wake-ups.
@@ -65,11 +67,12 @@ pub(crate) struct Config {
 
 impl Config {
     /// What the connections follow.
-    pub(crate) fn timeouts(&self) -> Timeouts {
-        Timeouts {
+    pub(crate) fn connections(&self) -> Settings {
+        Settings {
             header_read: self.header_read_timeout,
             stop: self.stop_timeout,
             tls_handshake: self.tls_handshake_timeout,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -125,6 +128,7 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
         ("ready_timeout", config.ready_timeout),
         ("header_read_timeout", config.header_read_timeout),
         ("tls_handshake_timeout", config.tls_handshake_timeout),
+        ("http2_idle_timeout", config.limits.http2_idle_timeout),
     ] {
         if value.is_zero() {
             return Err(Error::Config {
@@ -132,6 +136,26 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
                 reason: "must be greater than zero".to_owned(),
             });
         }
+    }
+    for (setting, value) in [
+        (
+            "http2_keep_alive_interval",
+            config.limits.http2_keep_alive_interval,
+        ),
+        ("tcp_keepalive", config.limits.tcp_keepalive),
+    ] {
+        if value.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config {
+                setting,
+                reason: "must be greater than zero (None turns it off)".to_owned(),
+            });
+        }
+    }
+    if config.limits.max_connections == Some(0) {
+        return Err(Error::Config {
+            setting: "max_connections",
+            reason: "must be at least 1".to_owned(),
+        });
     }
     if registrations.is_empty() {
         return Err(Error::Config {

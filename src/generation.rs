@@ -759,7 +759,7 @@ fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<Lo
 
 /// Starts accepting on every listener (again, after a failed successor).
 fn accept(config: &Config, endpoints: &[Endpoint], tls: &[Tls], bound: &[Bound]) -> Connections {
-    let conns = Connections::for_timeouts(&config.timeouts());
+    let conns = Connections::for_settings(&config.connections());
     conns.spawn_sweeper();
     for b in bound {
         endpoints[b.index].svc.launch(

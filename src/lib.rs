@@ -406,18 +406,32 @@ pub fn inherited_state() -> Option<&'static [u8]> {
     }
 }
 
-/// The TLS session ticketer that [`Server::register_tls`] uses, for a
-/// configuration of your own ([`Server::register_tls_config`], whose
-/// tickets are yours to set up): its keys are handed to the next
-/// generation at each reload, so a client resumes its session across
-/// reloads. ChaCha20-Poly1305, keys rotated every 6 hours (the previous
-/// one still decrypts).
+/// A TLS session ticketer for a configuration of your own
+/// ([`Server::register_tls_config`], whose tickets are yours to set up),
+/// with the keys [`Server::register_tls`] uses: they are handed to the
+/// next generation at each reload, so a client resumes its session across
+/// reloads. ChaCha20-Poly1305, keys rotated every 6 hours (the previous one
+/// still decrypts, so a ticket lives at most 12 hours).
+///
+/// A resumed session skips the handshake's checks, the client certificate
+/// among them, so a ticket is only accepted where the handshake that made
+/// it would pass. Every ticket is bound to `scope`: a ticketer made with
+/// another scope, in this generation or a later one, refuses it, and the
+/// client does a full handshake. Name everything that decides who may get
+/// in: whether client certificates are required, the CA they are checked
+/// against (its bytes), your certificate chain. Change any of it and
+/// reload, and sessions from before are not resumed. endless also binds
+/// every ticket to the listener that issued it, so one configuration
+/// registered on two listeners still resumes on each alone.
 ///
 /// # Examples
 ///
-/// ```
-/// # fn doc(mut config: endless::rustls::ServerConfig) {
-/// config.ticketer = endless::tls_ticketer();
+/// ```no_run
+/// # fn doc(mut config: endless::rustls::ServerConfig) -> std::io::Result<()> {
+/// // Client certificates required, checked against the CA in this file.
+/// let ca = std::fs::read("/etc/app/client-ca.pem")?;
+/// config.ticketer = endless::tls_ticketer([&b"mtls, required"[..], &ca].concat());
+/// # Ok(())
 /// # }
 /// ```
 ///
@@ -426,9 +440,11 @@ pub fn inherited_state() -> Option<&'static [u8]> {
 /// Never; if the system's random number generator fails, the ticketer
 /// returned issues no tickets (full handshakes, as with none).
 #[cfg(feature = "tls")]
-pub fn tls_ticketer() -> std::sync::Arc<dyn rustls::server::ProducesTickets> {
+pub fn tls_ticketer(
+    scope: impl AsRef<[u8]>,
+) -> std::sync::Arc<dyn rustls::server::ProducesTickets> {
     init_process_state();
-    match tickets::ticketer() {
+    match tickets::bound(tickets::scope(&[b"tls_ticketer", scope.as_ref()])) {
         Some(t) => t,
         None => std::sync::Arc::new(tickets::Disabled),
     }

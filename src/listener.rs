@@ -593,6 +593,18 @@ impl Listener {
         }
     }
 
+    /// Turns TCP keepalive on, as `keepalive` says, for the connections this
+    /// listener accepts from now on: they inherit it from the listening
+    /// socket (Linux, the BSDs, macOS and Windows alike), so no connection
+    /// pays a system call for it. A Unix socket has none.
+    pub(crate) fn set_tcp_keepalive(&self, keepalive: &socket2::TcpKeepalive) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => socket2::SockRef::from(l).set_tcp_keepalive(keepalive),
+            #[cfg(unix)]
+            Listener::Unix(..) => Ok(()),
+        }
+    }
+
     /// Accepts one connection.
     pub(crate) async fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {

@@ -34,6 +34,8 @@ const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// soon after, and that an operator's next reload hardly ever meets one
 /// (and if it does, the chain is followed: see `Server::probation`).
 const DEFAULT_PROBATION: Duration = Duration::from_secs(10);
+const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A server with one or more listeners that restarts itself without
 /// dropping a connection.
@@ -131,6 +133,12 @@ impl Server {
                 ready_timeout: DEFAULT_READY_TIMEOUT,
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                limits: connections::Limits {
+                    http2_idle_timeout: DEFAULT_HTTP2_IDLE_TIMEOUT,
+                    http2_keep_alive_interval: None,
+                    tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+                    max_connections: None,
+                },
                 signals: SignalSet::default(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
                 probation: DEFAULT_PROBATION,
@@ -195,9 +203,11 @@ impl Server {
     /// mixed in one server.
     ///
     /// Session tickets (TLS 1.3 and 1.2) are encrypted with keys that each
-    /// generation hands to the next ([`tls_ticketer`](crate::tls_ticketer)),
-    /// so clients resume their sessions across reloads instead of doing a
-    /// full handshake after each one.
+    /// generation hands to the next, so clients resume their sessions
+    /// across reloads instead of doing a full handshake after each one. A
+    /// ticket is good on this listener only, and only while the certificate
+    /// chain is the same: replacing the certificate and reloading means one
+    /// full handshake per client.
     #[cfg(feature = "tls")]
     pub fn register_tls<S, M>(
         self,
@@ -210,6 +220,7 @@ impl Server {
         S: IntoHttpService<M>,
     {
         let source = TlsSource::Files {
+            listener: addr.to_owned(),
             cert: cert_pem.as_ref().to_path_buf(),
             key: key_pem.as_ref().to_path_buf(),
         };
@@ -228,8 +239,15 @@ impl Server {
     /// rebuilt at every generation only if your code rebuilds it.
     ///
     /// Its session tickets are yours to set up: set `config.ticketer` to
-    /// [`tls_ticketer()`](crate::tls_ticketer) for tickets that stay valid
-    /// across reloads, as [`register_tls`](Self::register_tls) does.
+    /// [`tls_ticketer(scope)`](crate::tls_ticketer) for tickets that stay
+    /// valid across reloads, as [`register_tls`](Self::register_tls) does,
+    /// with a scope that changes whenever who may get in does. Whatever
+    /// ticketer the configuration has, endless binds its tickets to this
+    /// listener: a session made on another listener is never resumed here
+    /// (a copy of the configuration is served, with that ticketer around
+    /// yours). Sessions cached by ID (TLS 1.2 clients that take no tickets)
+    /// live in the configuration's `session_storage`: give each
+    /// configuration its own (rustls's builder does).
     #[cfg(feature = "tls")]
     pub fn register_tls_config<S, M>(
         self,
@@ -243,7 +261,10 @@ impl Server {
         self.push(
             addr,
             connections::register(svc.into_http_service()),
-            Some(TlsSource::Config(config)),
+            Some(TlsSource::Config {
+                listener: addr.to_owned(),
+                config,
+            }),
         )
     }
 
@@ -405,9 +426,75 @@ impl Server {
 
     /// How long a client may take to send a request's headers, including
     /// the first request of a connection (default 30 s), so that a silent
-    /// client cannot hold a connection forever. Must not be zero.
+    /// client cannot hold a connection forever. Counted from the accept, or
+    /// from the end of the previous response once all of it is sent (a slow
+    /// reader of a large response is never cut by it); bytes that arrive
+    /// past the end of a request body (as its `Content-Length` places it;
+    /// after a chunked body, any) count as the next head's. Also bounds an
+    /// idle HTTP/1 keep-alive connection; HTTP/2 has
+    /// [`http2_idle_timeout`](Self::http2_idle_timeout). Must not be zero.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout.min(MAX_DURATION);
+        self
+    }
+
+    /// How long an HTTP/2 connection may stay open with no stream in
+    /// progress (default 60 s). Then it is sent a GOAWAY, and closed once
+    /// its client has had the idle grace (1 s) to close it: a client that
+    /// answers nothing (not even the PING that comes with the GOAWAY) is
+    /// closed then too. A stream whose response is still being sent counts
+    /// as in progress. Must not be zero.
+    ///
+    /// (HTTP/1 connections are bounded by the
+    /// [`header_read_timeout`](Self::header_read_timeout) between requests.)
+    pub fn http2_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.limits.http2_idle_timeout = timeout.min(MAX_DURATION);
+        self
+    }
+
+    /// Sends an HTTP/2 PING every `interval` (default `None`: none) on each
+    /// HTTP/2 connection, and closes a connection whose client has not
+    /// answered within 20 s: dead peers of long streams are found at the
+    /// HTTP level. `Some(interval)` must not be zero.
+    ///
+    /// Off by default because hyper then takes a lock and reads the clock
+    /// for every frame it receives; TCP keepalive
+    /// ([`tcp_keepalive`](Self::tcp_keepalive), on by default) finds dead
+    /// peers at no cost per request, and idle HTTP/2 connections are closed
+    /// by [`http2_idle_timeout`](Self::http2_idle_timeout) in any case.
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.limits.http2_keep_alive_interval = interval.map(|d| d.min(MAX_DURATION));
+        self
+    }
+
+    /// TCP keepalive on every accepted TCP connection (default 60 s): once a
+    /// connection has been silent for `idle`, the kernel probes its peer
+    /// every `idle / 6` (at least 1 s) and drops the connection after 6
+    /// probes go unanswered (Linux; elsewhere the system's count), so a
+    /// peer that vanished without closing (a crash, a cable, a NAT that
+    /// forgot it) is found in about twice `idle`. Set on the listening
+    /// sockets, which accepted ones inherit: no system call per connection.
+    /// `idle` is at most 32,767 s (Linux's limit); `None` turns it off;
+    /// `Some(idle)` must not be zero.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.config.limits.tcp_keepalive = idle;
+        self
+    }
+
+    /// At most `max` connections open at once in this generation, over
+    /// all its listeners (default: no cap but the open-files limit). At
+    /// the cap, the connection that has waited longest for a request (an
+    /// idle keep-alive or HTTP/2 connection, or a client that sent
+    /// nothing) is closed for each new one; if every connection is busy,
+    /// accepting pauses until one closes, and new clients wait in the
+    /// listen queue (they are not refused). A draining generation's
+    /// connections do not count against its successor's cap.
+    ///
+    /// Whatever the cap, when accepting fails for lack of file descriptors
+    /// (`EMFILE`, `ENFILE`), the oldest idle connections are closed the same
+    /// way before new clients wait. Must not be zero.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.limits.max_connections = Some(max);
         self
     }
 

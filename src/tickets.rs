@@ -10,12 +10,26 @@
 //! mean the same in the next process.
 //!
 //! A ticket is `key name (16) | nonce (12) | ciphertext | tag (16)`, the
-//! key name also authenticated as associated data.
+//! key name and the configuration's [`Scope`] authenticated as associated
+//! data.
+//!
+//! A ticket carries a session, and with it whatever the handshake that made
+//! it settled (the client's certificate, or that it had none). So it is
+//! good only where that handshake would be: every ticket is bound to the
+//! configuration that issued it ([`Scope`]: for `register_tls`, its
+//! certificate chain; for `register_tls_config`, what the user names in
+//! `tls_ticketer`) and to its listener ([`for_listener`]). A session from a
+//! public listener cannot be resumed on one that requires client
+//! certificates, nor one from before a change of certificates or client CA
+//! after a reload: the client does a full handshake instead, with every
+//! check. One set of keys serves every configuration, and only it crosses
+//! a reload.
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 use tracing::{debug, info, warn};
@@ -62,7 +76,27 @@ struct Keys {
     previous: Option<Key>,
 }
 
-/// Stateless session tickets whose keys survive reloads.
+/// What a ticket is bound to: a digest of a configuration's identity (see
+/// [`scope`]), authenticated with every ticket.
+pub(crate) type Scope = [u8; SCOPE_LEN];
+const SCOPE_LEN: usize = 32;
+
+/// The [`Scope`] of `parts` (a kind, then what identifies a configuration
+/// of that kind): SHA-256 over each, length-prefixed, so that no two lists
+/// of parts have the same digest.
+pub(crate) fn scope(parts: &[&[u8]]) -> Scope {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"endless TLS ticket scope, version 1");
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; SCOPE_LEN];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The process's ticket keys, for every configuration: see [`bound`].
 pub(crate) struct Ticketer {
     keys: RwLock<Keys>,
     rng: SystemRandom,
@@ -83,9 +117,16 @@ fn now() -> u64 {
 
 static TICKETER: OnceLock<Option<Arc<Ticketer>>> = OnceLock::new();
 
-/// This process's ticketer: the inherited keys, or new ones. `None` only
-/// if the system's random number generator fails.
-pub(crate) fn ticketer() -> Option<Arc<Ticketer>> {
+/// Tickets with this process's keys (inherited, or new) for the
+/// configuration of `scope`: none other accepts them. `None` only if the
+/// system's random number generator fails.
+pub(crate) fn bound(scope: Scope) -> Option<Arc<Bound>> {
+    ticketer().map(|keys| Arc::new(Bound { keys, scope }))
+}
+
+/// This process's keys: the inherited ones, or new ones. `None` only if
+/// the system's random number generator fails.
+fn ticketer() -> Option<Arc<Ticketer>> {
     TICKETER
         .get_or_init(|| {
             let rng = SystemRandom::new();
@@ -206,16 +247,16 @@ impl Ticketer {
     }
 }
 
-impl ProducesTickets for Ticketer {
-    fn enabled(&self) -> bool {
-        true
-    }
+/// The associated data of a ticket: its key's name and its scope.
+fn aad(name: &[u8; NAME_LEN], scope: &Scope) -> [u8; NAME_LEN + SCOPE_LEN] {
+    let mut aad = [0u8; NAME_LEN + SCOPE_LEN];
+    aad[..NAME_LEN].copy_from_slice(name);
+    aad[NAME_LEN..].copy_from_slice(scope);
+    aad
+}
 
-    fn lifetime(&self) -> u32 {
-        LIFETIME
-    }
-
-    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+impl Ticketer {
+    fn seal(&self, scope: &Scope, plain: &[u8]) -> Option<Vec<u8>> {
         self.rotate_if_due();
         let keys = self.read();
         let key = &keys.current;
@@ -228,7 +269,7 @@ impl ProducesTickets for Ticketer {
         key.aead
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(&key.name),
+                Aad::from(aad(&key.name, scope)),
                 &mut sealed,
             )
             .ok()?;
@@ -236,7 +277,7 @@ impl ProducesTickets for Ticketer {
         Some(out)
     }
 
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+    fn open(&self, scope: &Scope, cipher: &[u8]) -> Option<Vec<u8>> {
         if cipher.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
             return None;
         }
@@ -251,13 +292,98 @@ impl ProducesTickets for Ticketer {
             .aead
             .open_in_place(
                 Nonce::try_assume_unique_for_key(nonce).ok()?,
-                Aad::from(name),
+                Aad::from(aad(&key.name, scope)),
                 &mut buf,
             )
             .ok()?
             .len();
         buf.truncate(plain_len);
         Some(buf)
+    }
+}
+
+/// Stateless session tickets whose keys survive reloads, for one
+/// configuration ([`Scope`]).
+pub(crate) struct Bound {
+    keys: Arc<Ticketer>,
+    scope: Scope,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("Bound").finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for Bound {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        LIFETIME
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.keys.seal(&self.scope, plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.keys.open(&self.scope, cipher)
+    }
+}
+
+/// `inner`'s tickets, good on the listener registered as `listener` only:
+/// each carries the listener's tag inside its encrypted part, checked when
+/// it comes back. Whatever ticketer a configuration has (ours, rustls's,
+/// the user's own), a session made on one listener is not resumed on
+/// another, whose configuration may check clients differently. A disabled
+/// ticketer is left as it is.
+pub(crate) fn for_listener(
+    inner: Arc<dyn ProducesTickets>,
+    listener: &str,
+) -> Arc<dyn ProducesTickets> {
+    if !inner.enabled() {
+        return inner;
+    }
+    let mut tag = [0u8; LISTENER_TAG_LEN];
+    tag.copy_from_slice(&scope(&[b"listener", listener.as_bytes()])[..LISTENER_TAG_LEN]);
+    Arc::new(ForListener { inner, tag })
+}
+
+const LISTENER_TAG_LEN: usize = 16;
+
+struct ForListener {
+    inner: Arc<dyn ProducesTickets>,
+    tag: [u8; LISTENER_TAG_LEN],
+}
+
+impl std::fmt::Debug for ForListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForListener").finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for ForListener {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut tagged = Vec::with_capacity(LISTENER_TAG_LEN + plain.len());
+        tagged.extend_from_slice(&self.tag);
+        tagged.extend_from_slice(plain);
+        self.inner.encrypt(&tagged)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher)?;
+        plain.strip_prefix(&self.tag[..]).map(<[u8]>::to_vec)
     }
 }
 
@@ -291,6 +417,17 @@ mod tests {
         }
     }
 
+    const S: Scope = [7; SCOPE_LEN];
+
+    impl Ticketer {
+        fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+            self.seal(&S, plain)
+        }
+        fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+            self.open(&S, cipher)
+        }
+    }
+
     #[test]
     fn tickets_round_trip_and_tampering_fails() {
         let rng = SystemRandom::new();
@@ -304,6 +441,62 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         assert_eq!(t.decrypt(&bad), None);
         assert_eq!(t.decrypt(&ticket[..20]), None);
+    }
+
+    #[test]
+    fn a_ticket_is_good_in_its_own_scope_only() {
+        let rng = SystemRandom::new();
+        let keys = Arc::new(ticketer(Keys {
+            current: Key::random(&rng, now()).unwrap(),
+            previous: None,
+        }));
+        let one = Bound {
+            keys: keys.clone(),
+            scope: scope(&[b"files", b"chain one"]),
+        };
+        let again = Bound {
+            keys: keys.clone(),
+            scope: scope(&[b"files", b"chain one"]),
+        };
+        let other = Bound {
+            keys: keys.clone(),
+            scope: scope(&[b"files", b"chain two"]),
+        };
+        let ticket = one.encrypt(b"session").unwrap();
+        assert_eq!(again.decrypt(&ticket).unwrap(), b"session");
+        assert_eq!(other.decrypt(&ticket), None);
+        // Parts are length-prefixed: a different split is a different scope.
+        assert_ne!(scope(&[b"ab", b"c"]), scope(&[b"a", b"bc"]));
+        // The same keys in the next generation, the same scope: good.
+        let next = Bound {
+            keys: Arc::new(ticketer(decode(&encode(&keys.read())).unwrap())),
+            scope: scope(&[b"files", b"chain one"]),
+        };
+        assert_eq!(next.decrypt(&ticket).unwrap(), b"session");
+    }
+
+    #[test]
+    fn a_ticket_is_good_on_its_own_listener_only() {
+        let rng = SystemRandom::new();
+        let keys = Arc::new(ticketer(Keys {
+            current: Key::random(&rng, now()).unwrap(),
+            previous: None,
+        }));
+        let inner: Arc<dyn ProducesTickets> = Arc::new(Bound {
+            keys,
+            scope: scope(&[b"user", b"same"]),
+        });
+        let public = for_listener(inner.clone(), "0.0.0.0:443");
+        let private = for_listener(inner.clone(), "0.0.0.0:8443");
+        let ticket = public.encrypt(b"session").unwrap();
+        assert_eq!(public.decrypt(&ticket).unwrap(), b"session");
+        assert_eq!(private.decrypt(&ticket), None);
+        assert_eq!(
+            inner.decrypt(&ticket).unwrap()[LISTENER_TAG_LEN..],
+            *b"session"
+        );
+        // A disabled ticketer stays disabled, unwrapped.
+        assert!(!for_listener(Arc::new(Disabled), "x").enabled());
     }
 
     #[test]
@@ -339,7 +532,7 @@ mod tests {
             self.aead
                 .seal_in_place_append_tag(
                     Nonce::assume_unique_for_key(nonce),
-                    Aad::from(&self.name),
+                    Aad::from(aad(&self.name, &S)),
                     &mut sealed,
                 )
                 .unwrap();

@@ -7,7 +7,10 @@
 //! file on reload leaves the old generation serving with the old certificate.
 //!
 //! Session tickets are encrypted with keys that survive reloads (`tickets`),
-//! so a client that resumed before a reload resumes after it.
+//! so a client that resumed before a reload resumes after it, on the same
+//! listener and while its configuration is the same (for files, the same
+//! certificate chain): a ticket is bound to both, so a session is never
+//! resumed where its handshake would not have passed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,23 +29,38 @@ use crate::error::{Error, Result};
 /// A listener's TLS acceptor.
 pub(crate) type Acceptor = TlsAcceptor;
 
-/// Where a listener's TLS configuration comes from.
+/// Where a listener's TLS configuration comes from, and the listener's
+/// registered address (its tickets are good there only).
 #[derive(Debug, Clone)]
 pub(crate) enum TlsSource {
     /// PEM files, read at the start of every generation.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        listener: String,
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// A configuration built by the user.
-    Config(Arc<ServerConfig>),
+    Config {
+        listener: String,
+        config: Arc<ServerConfig>,
+    },
 }
 
 impl TlsSource {
-    /// Loads the configuration for this generation.
+    /// Loads the configuration for this generation, its session tickets
+    /// bound to its listener (a copy of the user's configuration, whose
+    /// other parts it shares).
     pub(crate) fn acceptor(&self) -> Result<TlsAcceptor> {
-        let config = match self {
-            TlsSource::Files { cert, key } => Arc::new(load_files(cert, key)?),
-            TlsSource::Config(config) => config.clone(),
+        let (listener, mut config) = match self {
+            TlsSource::Files {
+                listener,
+                cert,
+                key,
+            } => (listener, load_files(cert, key)?),
+            TlsSource::Config { listener, config } => (listener, ServerConfig::clone(config)),
         };
-        Ok(TlsAcceptor::from(config))
+        config.ticketer = crate::tickets::for_listener(config.ticketer.clone(), listener);
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
 
@@ -78,6 +96,7 @@ fn load_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
         .map_err(|e| tls_error(cert, format!("not a valid certificate: {e}")))?;
     let private_key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, "private key", e))?;
+    let chain_ders = chain.clone();
     // The provider is named rather than taken from the process default, which
     // is ambiguous (and panics) when another crate enables a second one.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -104,8 +123,12 @@ fn load_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Stateless tickets (TLS 1.3 and 1.2) with keys the next generation
     // inherits, so clients resume their sessions across reloads; without
-    // it each generation would make its own keys.
-    if let Some(ticketer) = crate::tickets::ticketer() {
+    // it each generation would make its own keys. Bound to this
+    // certificate chain (and no client authentication): new certificates
+    // mean full handshakes.
+    let mut identity: Vec<&[u8]> = vec![b"files, no client authentication"];
+    identity.extend(chain_ders.iter().map(|c| c.as_ref()));
+    if let Some(ticketer) = crate::tickets::bound(crate::tickets::scope(&identity)) {
         config.ticketer = ticketer;
     }
     Ok(config)

@@ -27,6 +27,19 @@ async fn settings_are_checked_by_run() {
             server().header_read_timeout(Duration::ZERO),
             "invalid header_read_timeout: must be greater than zero",
         ),
+        (
+            server().http2_idle_timeout(Duration::ZERO),
+            "invalid http2_idle_timeout: must be greater than zero",
+        ),
+        (
+            server().http2_keep_alive_interval(Some(Duration::ZERO)),
+            "invalid http2_keep_alive_interval: must be greater than zero (None turns it off)",
+        ),
+        (
+            server().tcp_keepalive(Some(Duration::ZERO)),
+            "invalid tcp_keepalive: must be greater than zero (None turns it off)",
+        ),
+        (server().max_connections(0), "invalid max_connections: must be at least 1"),
         (server().reload_signals([Signal::SIGKILL]), "signal SIGKILL: cannot be caught"),
         (server().stop_signals([Signal::SIGINT, Signal::SIGSTOP]), "signal SIGSTOP: cannot be caught"),
         (server().stop_signals([Signal::SIGCHLD]), "signal SIGCHLD: is needed to watch the next generation"),

@@ -379,6 +379,10 @@ fn huge_durations_do_not_panic() {
         .env("FIXTURE_READY_TIMEOUT_MS", max)
         .env("FIXTURE_HEADER_TIMEOUT_MS", max)
         .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", max)
+        .env("FIXTURE_HTTP2_IDLE_MS", max)
+        .env("FIXTURE_HTTP2_KEEP_ALIVE_MS", max)
+        .env("FIXTURE_TCP_KEEPALIVE_MS", max)
+        .env("FIXTURE_MAX_CONNECTIONS", usize::MAX.to_string())
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -397,6 +401,10 @@ fn tiny_durations_do_not_panic() {
     let mut server = Spec::fixture()
         .env("FIXTURE_STOP_TIMEOUT_MS", "1")
         .env("FIXTURE_HEADER_TIMEOUT_MS", "1")
+        .env("FIXTURE_HTTP2_IDLE_MS", "1")
+        .env("FIXTURE_HTTP2_KEEP_ALIVE_MS", "1")
+        .env("FIXTURE_TCP_KEEPALIVE_MS", "1")
+        .env("FIXTURE_MAX_CONNECTIONS", "1")
         .start();
     let addr = server.addr();
     let old = server.current().pid;

@@ -627,3 +627,173 @@ fn tls_sessions_resume_across_reloads() {
         );
     }
 }
+
+/// A client of `version` that keeps its sessions, with a certificate from
+/// `ca` or none.
+fn resuming(
+    ca: &Ca,
+    version: &'static rustls::SupportedProtocolVersion,
+    cert_from: Option<&Ca>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match cert_from {
+        None => builder.with_no_client_auth(),
+        Some(issuer) => {
+            let params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer.issuer).unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+            builder
+                .with_client_auth_cert(vec![cert.der().clone()], key)
+                .unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::in_memory_sessions(256)
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets);
+    Arc::new(config)
+}
+
+/// What one connection to `addr` got: its handshake, and the handler's
+/// view of it (`/conninfo`), or the error that ended it.
+fn attempt(
+    addr: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(rustls::HandshakeKind, String), String> {
+    let mut https = Https::connect(addr, config.clone()).map_err(|e| e.to_string())?;
+    let kind = https.stream.conn.handshake_kind().unwrap();
+    match https.get("/conninfo") {
+        Ok((200, body)) => Ok((kind, body)),
+        Ok((status, body)) => Err(format!("{status} {body}")),
+        Err(e) => Err(format!("{kind:?} handshake, then {e}")),
+    }
+}
+
+const VERSIONS: [(&str, &rustls::SupportedProtocolVersion); 2] = [
+    ("TLS 1.3", &rustls::version::TLS13),
+    ("TLS 1.2", &rustls::version::TLS12),
+];
+
+/// A session from a public listener, offered to a listener of the same
+/// process and host name that requires client certificates, is not
+/// resumed there: the client does a full handshake, which it cannot pass
+/// without a certificate. (Before: resumed, and served with no peer
+/// certificate, TLS 1.3 and 1.2.)
+#[test]
+fn a_session_from_a_public_listener_is_not_resumed_where_client_certificates_are_required() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let files = Files::new(&cert, &key);
+    let ca_file = files.cert.with_file_name("clients.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let server = files
+        .spec()
+        .env("FIXTURE_MTLS_CA", ca_file.to_str().unwrap())
+        .arg("tls:127.0.0.1:0")
+        .arg("mtls:127.0.0.1:0")
+        .start();
+    let ready = server.current();
+    let (public, private) = (&ready.addrs[0], &ready.addrs[1]);
+    for (name, version) in VERSIONS {
+        let client = resuming(&ca, version, None);
+        let (kind, body) = attempt(public, &client).unwrap();
+        assert_eq!(kind, rustls::HandshakeKind::Full, "{name}");
+        assert!(body.ends_with(" certs=0\n"), "{body}");
+        // Its session is good on the public listener…
+        assert_eq!(
+            attempt(public, &client).unwrap().0,
+            rustls::HandshakeKind::Resumed,
+            "{name}"
+        );
+        // … and nothing on the other.
+        let replayed = attempt(private, &client);
+        eprintln!("{name}: a public session offered to the mTLS listener: {replayed:?}");
+        assert!(
+            replayed.is_err(),
+            "{name}: let in without a certificate: {replayed:?}"
+        );
+        // A client with a certificate is let in there.
+        let (_, body) = attempt(private, &resuming(&ca, version, Some(&ca))).unwrap();
+        assert!(body.ends_with(" certs=1\n"), "{body}");
+    }
+}
+
+/// Sessions on a listener that requires client certificates resume across
+/// a reload that changes nothing; after the client CA file is replaced and
+/// the server reloaded, a session from before is not resumed: the client
+/// does a full handshake, and its certificate (from the old CA) is refused,
+/// as a new client's is. (Before: resumed and served, TLS 1.3 and 1.2.)
+#[test]
+fn a_session_from_before_a_change_of_client_ca_is_not_resumed() {
+    let old_ca = Ca::new();
+    let new_ca = Ca::new();
+    let (cert, key, _) = old_ca.leaf();
+    let files = Files::new(&cert, &key);
+    let ca_file = files.cert.with_file_name("clients.pem");
+    std::fs::write(&ca_file, &old_ca.pem).unwrap();
+    let mut server = files
+        .spec()
+        .env("FIXTURE_MTLS_CA", ca_file.to_str().unwrap())
+        .arg("mtls:127.0.0.1:0")
+        .start();
+    let addr = server.addr();
+    let clients: Vec<_> = VERSIONS
+        .iter()
+        .map(|(name, v)| (*name, resuming(&old_ca, v, Some(&old_ca))))
+        .collect();
+    for (name, client) in &clients {
+        assert_eq!(
+            attempt(&addr, client).unwrap().0,
+            rustls::HandshakeKind::Full,
+            "{name}"
+        );
+        assert_eq!(
+            attempt(&addr, client).unwrap().0,
+            rustls::HandshakeKind::Resumed,
+            "{name}"
+        );
+    }
+    // A reload with the same CA changes nothing: sessions resume.
+    let old = server.current().pid;
+    server.reload(Signal::SIGHUP);
+    server.assert_exited_0(old, Duration::from_secs(10));
+    for (name, client) in &clients {
+        let (kind, body) = attempt(&addr, client).unwrap();
+        assert_eq!(
+            kind,
+            rustls::HandshakeKind::Resumed,
+            "{name}: same CA, after a reload"
+        );
+        assert!(body.ends_with(" certs=1\n"), "{body}");
+    }
+    // The new CA in place, as a deploy writes it.
+    let tmp = ca_file.with_extension("new");
+    std::fs::write(&tmp, &new_ca.pem).unwrap();
+    std::fs::rename(&tmp, &ca_file).unwrap();
+    let old = server.current().pid;
+    server.reload(Signal::SIGHUP);
+    server.assert_exited_0(old, Duration::from_secs(10));
+    for (name, client) in &clients {
+        let fresh = resuming(
+            &old_ca,
+            VERSIONS.iter().find(|v| v.0 == *name).unwrap().1,
+            Some(&old_ca),
+        );
+        assert!(
+            attempt(&addr, &fresh).is_err(),
+            "{name}: a new client with an old certificate"
+        );
+        let resumed = attempt(&addr, client);
+        eprintln!("{name}: a session from before the CA changed: {resumed:?}");
+        assert!(
+            resumed.is_err(),
+            "{name}: let in with a session from before: {resumed:?}"
+        );
+    }
+}

@@ -92,7 +92,7 @@ impl Generation {
             })
             .collect();
         crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
-        let conns = Connections::for_timeouts(&config.timeouts());
+        let conns = Connections::for_settings(&config.connections());
         conns.spawn_sweeper();
         for b in &bound {
             endpoints[b.index].svc.launch(
