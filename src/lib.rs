@@ -196,6 +196,8 @@ mod handle;
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod handover;
+#[cfg(feature = "http3")]
+pub mod http3;
 #[cfg(unix)]
 mod keep_pid;
 mod lifecycle;
@@ -245,6 +247,8 @@ pub use conn_info::TlsInfo;
 pub use conn_info::{ConnInfo, PeerCredentials};
 pub use error::{Error, Result};
 pub use handle::Handle;
+#[cfg(feature = "http3")]
+pub use http3::{RequestBody, WithRequestBody};
 /// Serves a tower service (an axum `Router`, a tonic server's routes) as a
 /// hyper service: `endless::listen_and_serve(addr,
 /// endless::TowerToHyperService::new(router))`.

@@ -1,0 +1,138 @@
+//! HTTP/3 (feature `http3`): the same service over QUIC, on a UDP socket
+//! whose connections survive reloads.
+//!
+//! # Why this is hard, and how it is done
+//!
+//! A UDP socket is both the listener and every connection's data path.
+//! Handing it to a new generation, as [`sockets::udp`](crate::sockets::udp)
+//! does, sends the old generation's packets to whichever process reads
+//! first, and every QUIC connection breaks. So:
+//!
+//! 1. **Every connection ID names its generation.** Each generation's
+//!    quinn issues connection IDs that carry its *tag* (its number modulo
+//!    256) in their first byte, with a check that tells them from the
+//!    random IDs clients choose (layout: [`CID_LEN`] bytes, see the
+//!    `cid` source). Clients put the ID in every packet they send.
+//! 2. **The newest generation reads the socket and routes.** quinn reads
+//!    through a router (a custom `AsyncUdpSocket`), which keeps what is
+//!    its own and passes each datagram whose connection ID names an older
+//!    generation to it, over a Unix datagram socket pair made for the
+//!    hand-over, with the client's address, the local address and the ECN
+//!    bits. Junk, truncated packets and IDs of generations nobody knows
+//!    are dropped and counted ([`Stats`]), never a panic.
+//! 3. **The old generation answers through its own copy of the socket**
+//!    (the same bound address), sends HTTP/3 GOAWAY on every connection,
+//!    finishes its requests, and is done when its connections are gone or
+//!    at the stop timeout.
+//! 4. **New connections go to the newest generation.** A draining
+//!    generation passes the first packets of connections it does not know
+//!    to its successor; the first flight of a handshake that one
+//!    generation started is claimed by it (see `router`), so it does not
+//!    split between two.
+//!
+//! ```text
+//!                 client packets (one UDP socket, shared)
+//!                              │
+//!                              ▼
+//!   ┌───────────────── generation N+1 (reads) ─────────────────┐
+//!   │ router: DCID tag = N+1 → quinn N+1      Initial → quinn N+1 │
+//!   │         DCID tag = N   → pair ──────────────┐               │
+//!   └─────────────────────────────────────────────┼───────────────┘
+//!                                                 ▼
+//!   ┌──────────── generation N (draining, reads only the pair) ──┐
+//!   │ quinn N ── answers through its copy of the shared socket ──┼─► client
+//!   └────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! A datagram moves either towards older generations only (through any
+//! number of them, when reloads come faster than drains) or one step to
+//! the newer one; so none can loop.
+//!
+//! # Serving
+//!
+//! [`Http3Listener`] serves a hyper service whose requests have a
+//! [`RequestBody`](crate::RequestBody): an axum `Router` (as
+//! `TowerToHyperService::new(router)`, unchanged from HTTP/1 and HTTP/2),
+//! or a `service_fn(|req: Request<endless::RequestBody>| …)`, served over
+//! HTTP/1 and HTTP/2 as [`WithRequestBody::new(svc)`](crate::WithRequestBody).
+//! The TLS configuration comes from the same files as the HTTPS listeners
+//! ([`tls_config_from_pem`]); [`alt_svc`] makes the header that advertises
+//! HTTP/3 on HTTPS responses. [`ConnInfo::current`](crate::ConnInfo::current)
+//! works in handlers, with the client's UDP address, SNI and ALPN (`h3`).
+//!
+//! # Driving it from a generation's lifecycle
+//!
+//! Across a real reload (N spawns N+1):
+//!
+//! 1. N, before the spawn: `let (mine, theirs) = socket_pair()?;
+//!    n.attach_successor(mine)?;` and passes `theirs` to the child with
+//!    the UDP socket (both as inherited FDs). After the spawn, N closes its
+//!    copy of `theirs`.
+//! 2. N+1, at start: builds its listener over its copy of the UDP socket
+//!    with its own tag, then `attach_predecessor(theirs)?` before it
+//!    reports ready (it reads and routes from then on).
+//! 3. N, at the hand-over (N+1 ready): `begin_drain()`; then awaits
+//!    `drained()` (or calls `cut_off()` at the stop timeout) before it
+//!    exits. N+1 finishes draining only after N is gone, since it relays
+//!    for N.
+//! 4. If N+1 fails to start: N calls `detach_successor()` and serves on.
+//!
+//! A stop without a successor is `begin_drain()` alone: the generation
+//! keeps reading the socket for its connections and refuses new ones.
+
+mod body;
+mod cid;
+mod config;
+mod listener;
+mod pair;
+mod router;
+mod serve;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+pub use body::{RequestBody, WithRequestBody};
+pub use cid::CID_LEN;
+pub use config::{alt_svc, tls_config_from_pem};
+pub use listener::{Http3Builder, Http3Listener, Stats};
+#[cfg(unix)]
+pub use pair::socket_pair;
+
+use crate::service::{BoxError, HttpBody};
+use hyper::{Request, Response};
+
+/// A hyper service [`Http3Listener`] can serve, with `B` its response
+/// body: a service of `Request<RequestBody>` with the bounds of
+/// [`HttpService`](crate::HttpService). Implemented for every such type;
+/// sealed.
+pub trait Http3Service<B: HttpBody>:
+    sealed::Sealed<B>
+    + hyper::service::Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> Http3Service<B> for S
+where
+    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody,
+{
+}
+
+mod sealed {
+    pub trait Sealed<B> {}
+    impl<S, B> Sealed<B> for S {}
+}

@@ -1,0 +1,344 @@
+//! Serving HTTP/3: the accept loop, one task per connection, one per
+//! request, and how each learns of the drain.
+//!
+//! How a drain treats an HTTP/3 connection (the counterpart of
+//! `connections` for HTTP/1 and HTTP/2):
+//! - GOAWAY at once, allowing every request stream the client may already
+//!   have opened (its stream credit, [`GOAWAY_MARGIN`] beyond the last one
+//!   accepted), so that no request in flight is refused; an h3 client then
+//!   sends its next request on a new connection, which reaches the newest
+//!   generation;
+//! - requests in flight finish, however long they take, until the cut-off;
+//! - once a connection has had no request in flight for the idle grace
+//!   (time for the last response to be acknowledged), it is closed with
+//!   `H3_NO_ERROR`, unless its client closed it first;
+//! - new connections are refused (only when stopping: after a hand-over the
+//!   router sends them to the successor before quinn sees them);
+//! - at the cut-off, every connection is closed and every request dropped.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use hyper::{Request, Response};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+use super::body::RequestBody;
+use crate::conn_info::{ConnInfo, Peer, TlsInfo};
+use crate::listener::LocalAddr;
+use crate::service::{BoxError, HttpBody};
+
+/// How many request streams beyond the last one accepted a GOAWAY still
+/// allows: quinn's default stream credit (100 concurrent bidirectional
+/// streams), so that any request the client may have sent before it read
+/// the GOAWAY is served rather than refused.
+pub(crate) const GOAWAY_MARGIN: usize = 100;
+
+/// `H3_NO_ERROR`.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// What the connections of one generation's HTTP/3 listener share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) local: SocketAddr,
+    pub(crate) draining: CancellationToken,
+    pub(crate) cut: CancellationToken,
+    pub(crate) open: AtomicUsize,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    /// Told when a connection ends.
+    pub(crate) closed: Notify,
+    pub(crate) idle_grace: Duration,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// One open connection, counted from its first packet to its task's end.
+struct Open(Arc<Shared>);
+
+impl Open {
+    fn new(shared: &Arc<Shared>) -> Open {
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
+        Open(shared.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// The requests in flight on one connection.
+#[derive(Debug, Default)]
+struct InFlight {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+struct Request1(Arc<InFlight>);
+
+impl Drop for Request1 {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    fn start(self: &Arc<Self>) -> Request1 {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        Request1(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `grace`.
+    async fn quiet_for(&self, grace: Duration) {
+        loop {
+            let mut idle = pin!(self.idle.notified());
+            idle.as_mut().enable();
+            if self.n.load(Ordering::Acquire) == 0 {
+                tokio::time::sleep(grace).await;
+                if self.n.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+            } else {
+                idle.await;
+            }
+        }
+    }
+}
+
+/// Accepts connections until the endpoint closes; after the drain starts,
+/// refuses them.
+pub(crate) async fn accept_loop<S, B>(endpoint: quinn::Endpoint, shared: Arc<Shared>, svc: S)
+where
+    S: super::Http3Service<B>,
+    B: HttpBody,
+{
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.draining.is_cancelled() {
+            trace!(peer = %incoming.remote_address(), "HTTP/3: draining, connection refused");
+            incoming.refuse();
+            continue;
+        }
+        let open = Open::new(&shared);
+        tokio::spawn(connection(incoming, svc.clone(), open));
+    }
+    debug!(listener = %shared.name, "HTTP/3: endpoint closed, accept loop ends");
+}
+
+/// What a handler learns of its connection ([`ConnInfo::current`]).
+fn conn_info(shared: &Shared, conn: &quinn::Connection) -> ConnInfo {
+    let (server_name, alpn_protocol) = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .map_or((None, None), |d| (d.server_name, d.protocol));
+    let peer_certificates = conn
+        .peer_identity()
+        .and_then(|p| {
+            p.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|c| *c)
+        .unwrap_or_default();
+    ConnInfo::new(
+        shared.name.clone(),
+        LocalAddr::Tcp(shared.local),
+        Peer::Tcp(conn.remote_address()),
+    )
+    .with_tls(TlsInfo {
+        server_name,
+        alpn_protocol,
+        peer_certificates,
+    })
+}
+
+/// Serves one connection: its handshake, then its requests, each in a task
+/// of its own, until it closes, drains or is cut off.
+async fn connection<S, B>(incoming: quinn::Incoming, svc: S, open: Open)
+where
+    S: super::Http3Service<B>,
+    B: HttpBody,
+{
+    let shared = open.0.clone();
+    let peer = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%peer, cause = %e, "HTTP/3: connection not accepted");
+            return;
+        }
+    };
+    let conn = tokio::select! {
+        r = tokio::time::timeout(shared.handshake_timeout, connecting) => match r {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                debug!(%peer, cause = %e, "HTTP/3: handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, timeout = ?shared.handshake_timeout, "HTTP/3: handshake timed out");
+                return;
+            }
+        },
+        _ = shared.cut.cancelled() => return,
+    };
+    let info = conn_info(&shared, &conn);
+    let builder = h3::server::builder();
+    let built = tokio::select! {
+        r = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())) => r,
+        _ = shared.cut.cancelled() => return,
+    };
+    let mut h3 = match built {
+        Ok(h3) => h3,
+        Err(e) => {
+            debug!(%peer, cause = %e, "HTTP/3: connection set-up failed");
+            return;
+        }
+    };
+    let inflight = Arc::new(InFlight::default());
+    let mut told = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.cut.cancelled() => {
+                conn.close(H3_NO_ERROR.into(), b"stop timeout");
+                break;
+            }
+            _ = shared.draining.cancelled(), if !told => {
+                told = true;
+                trace!(%peer, "HTTP/3: GOAWAY");
+                if let Err(e) = h3.shutdown(GOAWAY_MARGIN).await {
+                    debug!(%peer, cause = %e, "HTTP/3: GOAWAY not sent");
+                    break;
+                }
+            }
+            _ = inflight.quiet_for(shared.idle_grace), if told => {
+                conn.close(H3_NO_ERROR.into(), b"drained");
+                break;
+            }
+            r = h3.accept() => match r {
+                Ok(Some(resolver)) => {
+                    shared.requests.fetch_add(1, Ordering::Relaxed);
+                    let guard = inflight.start();
+                    let cut = shared.cut.clone();
+                    let fut = info.clone().scope(request(resolver, svc.clone(), info.clone()));
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = fut => {}
+                            _ = cut.cancelled() => {}
+                        }
+                        drop(guard);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        debug!(%peer, cause = %e, "HTTP/3: connection ended");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    // The client may have sent GOAWAY and be waiting on our responses:
+    // those finish in their tasks; the connection is closed once they have
+    // had the idle grace (or at the cut-off).
+    if conn.close_reason().is_none() {
+        tokio::select! {
+            _ = inflight.quiet_for(shared.idle_grace) => conn.close(H3_NO_ERROR.into(), b""),
+            _ = conn.closed() => {}
+            _ = shared.cut.cancelled() => conn.close(H3_NO_ERROR.into(), b"stop timeout"),
+        }
+    }
+    drop(open);
+}
+
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// Serves one request: reads its head, calls the service, and streams the
+/// response body as DATA frames (trailers as a trailing HEADERS frame).
+async fn request<S, B>(resolver: Resolver, svc: S, info: ConnInfo)
+where
+    S: super::Http3Service<B>,
+    B: HttpBody,
+{
+    let _ = &info;
+    let (req, stream) = match resolver.resolve_request().await {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(cause = %e, "HTTP/3: unreadable request");
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    #[allow(unused_mut)]
+    let mut req: Request<RequestBody> = req.map(|()| RequestBody::h3(recv));
+    #[cfg(feature = "axum")]
+    info.attach(&mut req);
+    let resp = match svc.call(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let e: BoxError = e.into();
+            debug!(cause = %e, "HTTP/3: service error; stream reset");
+            send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            return;
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+        debug!(cause = %e, "HTTP/3: response head not sent");
+        return;
+    }
+    let mut body = pin!(body);
+    // The body's error need not be `Send`: it becomes a boxed one at once.
+    while let Some(next) = body
+        .frame()
+        .await
+        .map(|r| r.map_err(Into::<BoxError>::into))
+    {
+        let frame = match next {
+            Ok(frame) => frame,
+            Err(e) => {
+                debug!(cause = %e, "HTTP/3: response body failed; stream reset");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        };
+        let sent = match frame.into_data() {
+            Ok(mut data) => {
+                let n = data.remaining();
+                if n == 0 {
+                    continue;
+                }
+                send.send_data(data.copy_to_bytes(n)).await
+            }
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    let r = send.send_trailers(trailers).await;
+                    if r.is_ok() {
+                        break;
+                    }
+                    r
+                }
+                Err(_) => continue, // a frame of a kind this version does not know
+            },
+        };
+        if let Err(e) = sent {
+            debug!(cause = %e, "HTTP/3: response body not sent");
+            return;
+        }
+    }
+    if let Err(e) = send.finish().await {
+        debug!(cause = %e, "HTTP/3: response not finished");
+    }
+}
