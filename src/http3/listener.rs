@@ -305,7 +305,8 @@ impl Http3Listener {
 
     /// Resolves once the drain has started and is over: every connection
     /// is closed, and no predecessor needs this generation to relay for it
-    /// (it has said it is gone, or its end of the pair is closed).
+    /// (it has said it is gone, or its end of the pair is closed). Then it
+    /// tells its successor that it is gone.
     ///
     /// # Cancellation safety
     ///
@@ -321,6 +322,9 @@ impl Http3Listener {
                 changed.as_mut().enable();
                 let open = inner.shared.open.load(Ordering::Acquire);
                 if open == 0 && !inner.router.has_predecessor() {
+                    // Nothing is left to receive: the successor may forget
+                    // us now, not only when the process exits.
+                    inner.router.leave();
                     info!(tag = inner.tag, "HTTP/3: drained");
                     return;
                 }

@@ -50,15 +50,35 @@ pub fn socket_pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
     Ok((a, b))
 }
 
-/// One generation's end of a pair, ready for the router.
+/// One generation's end of a pair, ready for the router: reads wait for
+/// readiness through tokio; sends are plain non-blocking `send(2)` calls,
+/// never waiting (tokio's `try_send` would refuse until its reactor had
+/// seen the socket writable once, losing the first messages).
 #[cfg(unix)]
-pub(crate) type PairSocket = tokio::net::UnixDatagram;
+#[derive(Debug)]
+pub(crate) struct PairSocket(tokio::net::UnixDatagram);
+
+#[cfg(unix)]
+impl PairSocket {
+    pub(crate) fn poll_recv_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.0.poll_recv_ready(cx)
+    }
+    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_recv(buf)
+    }
+    pub(crate) fn try_send(&self, msg: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(&self.0).send(msg)
+    }
+}
 
 /// Makes `end` the router's: non-blocking, registered with tokio.
 #[cfg(unix)]
 pub(crate) fn adopt(end: UnixDatagram) -> io::Result<PairSocket> {
     end.set_nonblocking(true)?;
-    tokio::net::UnixDatagram::from_std(end)
+    tokio::net::UnixDatagram::from_std(end).map(PairSocket)
 }
 
 /// Without Unix sockets there are no pairs (and no reloads): a type with
