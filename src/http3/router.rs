@@ -686,6 +686,11 @@ impl Router {
                 dst_ip: m.dst_ip,
                 ecn: m.ecn,
             };
+            if len == 0 {
+                // An empty datagram: no packet at all.
+                bump(&self.counters.dropped_malformed);
+                continue;
+            }
             let mut kept = 0;
             let mut at = 0;
             while at < len {

@@ -372,3 +372,176 @@ async fn connections_survive_a_chain_of_reloads_with_no_failed_request() {
         .await
         .unwrap();
 }
+
+/// Bytes that look random enough and are the same at every run.
+fn junk(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A short-header packet whose connection ID names `tag` (and passes the
+/// check, computed here from the documented layout), `len` bytes long.
+fn forged_short(tag: u8, len: usize, seed: u32) -> Vec<u8> {
+    let mut d = junk(len, seed);
+    d[0] = 0x40 | (d[0] & 0x3f);
+    let mut cid = [0u8; CID_LEN];
+    cid[0] = tag;
+    cid[1..8].copy_from_slice(&junk(7, seed + 1));
+    let mut h: u32 = 0x811c_9dc5;
+    for b in &cid[..8] {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    cid[8..].copy_from_slice(&h.to_be_bytes());
+    d[1..1 + CID_LEN].copy_from_slice(&cid);
+    d
+}
+
+/// An Initial packet header with `dcid`, padded to `len`.
+fn forged_initial(dcid: &[u8], len: usize) -> Vec<u8> {
+    let mut d = vec![0xc3, 0, 0, 0, 1, dcid.len() as u8];
+    d.extend_from_slice(dcid);
+    d.push(8);
+    d.extend_from_slice(&[7; 8]);
+    let mut rest = junk(len.saturating_sub(d.len()), 99);
+    d.append(&mut rest);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_and_forged_datagrams_are_dropped_and_counted_while_clients_are_served() {
+    let socket = shared_socket();
+    let addr = socket.local_addr().unwrap();
+    let a = serve_generation(&socket, 10);
+
+    // A client on A before the reload, one that comes after, both busy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let early = tokio::spawn(load_client(addr, stop.clone(), tally.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mine, theirs) = socket_pair().unwrap();
+    a.attach_successor(mine).unwrap();
+    let b = serve_generation(&socket, 11);
+    b.attach_predecessor(theirs).unwrap();
+    a.begin_drain();
+    let late = tokio::spawn(load_client(addr, stop.clone(), tally.clone()));
+    // A pretend successor of B, to write junk into B's pair.
+    let (b_end, fake_successor) = socket_pair().unwrap();
+    b.attach_successor(b_end).unwrap();
+
+    let raw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut malformed = 0u64;
+    let mut unknown = 0u64;
+    let send = |d: &[u8]| {
+        raw.send_to(d, addr).unwrap();
+    };
+    for round in 0..20u32 {
+        // Junk of every size, from nothing to the largest UDP datagram.
+        for (i, len) in [0, 1, 5, 13, 32, 33, 200, 1200, 1500, 9000, 65_507]
+            .into_iter()
+            .enumerate()
+        {
+            let mut d = junk(len, round * 100 + i as u32);
+            if let Some(b) = d.first_mut() {
+                *b &= 0x7f; // short header: no long header's lengths to trip on
+            }
+            send(&d);
+            malformed += 1;
+        }
+        // Truncated: a short header of B's cut before its CID ends, a long
+        // header cut inside its connection ID.
+        send(&forged_short(11, 40, round)[..10]);
+        send(&forged_initial(&[1; 8], 1200)[..9]);
+        malformed += 2;
+        // Generations that are gone or never were.
+        for tag in [9, 12, 200] {
+            send(&forged_short(tag, 60, round + u32::from(tag)));
+            unknown += 1;
+        }
+        // A's tag: passed to A, whose quinn finds no such connection.
+        send(&forged_short(10, 60, round));
+        send(&forged_short(10, 65_507, round));
+        // Initials: with a random ID (a new connection to B, which cannot
+        // decrypt it), with A's ID (passed to A), huge.
+        send(&forged_initial(&junk(8, round), 1200));
+        send(&forged_initial(&forged_short(10, 40, round)[1..1 + CID_LEN], 1200));
+        send(&forged_initial(&junk(20, round), 65_507));
+
+        // Junk on the pair, as if from B's successor.
+        for msg in [
+            vec![],
+            vec![1],
+            vec![2, 1, 0],
+            vec![1, 9, 0],
+            vec![1, 1, 0, 0],
+            vec![1, 2, 5, 1],
+            vec![1, 3, 30, 1, 2],
+        ] {
+            fake_successor.send(&msg).unwrap();
+            malformed += 1;
+        }
+        // Well-formed messages with forged datagrams: for B (its quinn
+        // drops it), for A (passed back to A), for a generation unknown.
+        let from = super::wire::Forwarded {
+            peer: raw.local_addr().unwrap(),
+            dst_ip: None,
+            ecn: None,
+        };
+        for tag in [11, 10, 77] {
+            let mut msg = Vec::new();
+            super::wire::datagram(&mut msg, &from, &forged_short(tag, 80, round));
+            fake_successor.send(&msg).unwrap();
+        }
+        unknown += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in [early, late] {
+        tokio::time::timeout(Duration::from_secs(10), c).await.unwrap().unwrap();
+    }
+
+    let (sa, sb) = (a.stats(), b.stats());
+    eprintln!("A: {sa:?}\nB: {sb:?}");
+    eprintln!(
+        "clients: {} ok, {} retried after GOAWAY, failures {:?}",
+        tally.ok.load(Ordering::Relaxed),
+        tally.not_sent.load(Ordering::Relaxed),
+        tally.failures.lock().unwrap()
+    );
+    assert!(tally.failures.lock().unwrap().is_empty());
+    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+    assert!(sb.dropped_malformed >= malformed, "{sb:?}, sent {malformed}");
+    assert!(sb.dropped_unknown_generation >= unknown, "{sb:?}, sent {unknown}");
+    // A got what names it, and nothing more came back: from the shared
+    // socket (2 short, 1 Initial per round) and from the pretend
+    // successor (1 per round), at least.
+    assert!(sb.forwarded_to_predecessor >= 4 * 20, "{sb:?}");
+    assert!(sa.received_forwarded >= 4 * 20, "{sa:?}");
+    assert_eq!(sa.forwarded_to_predecessor + sa.forwarded_to_successor, 0, "{sa:?}");
+    // Nothing was ever sent back to where it came from: B's pretend
+    // successor got routes and claims, never a datagram.
+    fake_successor.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    while let Ok(n) = fake_successor.recv(&mut buf) {
+        assert!(
+            !matches!(super::wire::parse(&buf[..n]), Some(super::wire::Message::Datagram(..))),
+            "a datagram went back to the successor"
+        );
+    }
+    // A still drains, B still serves.
+    tokio::time::timeout(Duration::from_secs(10), a.drained())
+        .await
+        .unwrap();
+    let endpoint = client_endpoint();
+    let mut send = connect(&endpoint, addr).await.unwrap();
+    assert!(matches!(request(&mut send, "GET", "/", b"").await, Outcome::Ok(b) if b == "g11 0"));
+}
