@@ -545,3 +545,144 @@ async fn junk_and_forged_datagrams_are_dropped_and_counted_while_clients_are_ser
     let mut send = connect(&endpoint, addr).await.unwrap();
     assert!(matches!(request(&mut send, "GET", "/", b"").await, Outcome::Ok(b) if b == "g11 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_value_serves_http1_and_http3_and_handlers_see_their_connection() {
+    let svc = service(3);
+    // HTTP/1 through endless's own server, the same value wrapped.
+    let server = crate::Server::new()
+        .stop_timeout(Duration::from_secs(2))
+        .register("127.0.0.1:0", WithRequestBody::new(svc.clone()));
+    let handle = server.handle();
+    let serving = tokio::spawn(server.run());
+    let tcp = handle.listening().await.unwrap()[0].to_string();
+    let h1 = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(tcp).unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+            .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .await
+    .unwrap();
+    assert!(h1.starts_with("HTTP/1.1 200") && h1.ends_with("g3 3"), "{h1}");
+    handle.stop();
+    serving.await.unwrap().unwrap();
+
+    let socket = shared_socket();
+    let h3 = Http3Listener::builder()
+        .tag(3)
+        .name("udp-test")
+        .serve(socket.try_clone().unwrap(), server_tls(), svc)
+        .unwrap();
+    let endpoint = client_endpoint();
+    let mut send = connect(&endpoint, h3.local_addr()).await.unwrap();
+    let body = vec![7u8; 100_000];
+    match request(&mut send, "POST", "/", &body).await {
+        Outcome::Ok(b) => assert_eq!(b, "g3 100000"),
+        other => panic!("{other:?}"),
+    }
+    match request(&mut send, "GET", "/who", b"").await {
+        Outcome::Ok(b) => assert_eq!(
+            b,
+            format!(
+                "{} Some(\"localhost\") Some(\"h3\") udp-test",
+                endpoint.local_addr().unwrap()
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_without_successor_serves_open_connections_refuses_new_ones_and_drains() {
+    let socket = shared_socket();
+    let addr = socket.local_addr().unwrap();
+    let gen = serve_generation(&socket, 1);
+    let endpoint = client_endpoint();
+    let mut send = connect(&endpoint, addr).await.unwrap();
+    let mut slow_send = connect(&endpoint, addr).await.unwrap();
+    let slow = tokio::spawn(async move { request(&mut slow_send, "GET", "/slow", b"").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    gen.begin_drain();
+    // The open connection was told to go away; the one in a request ends
+    // with it; a new one is refused.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(request(&mut send, "GET", "/", b"").await, Outcome::NotSent));
+    let refused = connect(&client_endpoint(), addr).await;
+    assert!(refused.is_err(), "a new connection while stopping");
+    match slow.await.unwrap() {
+        Outcome::Ok(b) => assert_eq!(b, "g1 0"),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(5), gen.drained())
+        .await
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(2500));
+    assert_eq!(gen.stats().connections_open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_ends_a_drain_at_once() {
+    let socket = shared_socket();
+    let addr = socket.local_addr().unwrap();
+    let gen = serve_generation(&socket, 1);
+    let endpoint = client_endpoint();
+    let mut send = connect(&endpoint, addr).await.unwrap();
+    let slow = tokio::spawn(async move { request(&mut send, "GET", "/slow", b"").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gen.begin_drain();
+    let t = Instant::now();
+    gen.cut_off();
+    tokio::time::timeout(Duration::from_secs(1), gen.drained())
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(matches!(slow.await.unwrap(), Outcome::Failed(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_dies_at_start_costs_nothing() {
+    const CLIENTS: usize = 4;
+    let socket = shared_socket();
+    let addr = socket.local_addr().unwrap();
+    let gen = serve_generation(&socket, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(load_client(addr, stop.clone(), tally.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..5 {
+        let (mine, theirs) = socket_pair().unwrap();
+        gen.attach_successor(mine).unwrap();
+        if round % 2 == 0 {
+            // It started, read its end, and crashed: its end closes.
+            let dead = serve_generation(&socket, 2);
+            dead.attach_predecessor(theirs).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(dead);
+        } else {
+            // It never got as far as the pair; the parent notices.
+            drop(theirs);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            gen.detach_successor();
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(10), c).await.unwrap().unwrap();
+    }
+    let failures = tally.failures.lock().unwrap().clone();
+    eprintln!(
+        "{} ok, failures {failures:?}, {:?}",
+        tally.ok.load(Ordering::Relaxed),
+        gen.stats()
+    );
+    assert!(failures.is_empty());
+    assert_eq!(tally.reconnects.load(Ordering::Relaxed), CLIENTS as u64);
+}
