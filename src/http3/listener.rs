@@ -337,14 +337,17 @@ impl Http3Listener {
         }
     }
 
-    /// Cuts the drain short (the stop timeout): closes every connection,
-    /// drops every request, and lets go of the predecessor.
+    /// Cuts the drain short (at the stop timeout): closes every connection,
+    /// drops every request, and lets go of the predecessor. Idempotent.
     pub fn cut_off(&self) {
         self.begin_drain();
+        if self.inner.shared.cut.is_cancelled() {
+            return;
+        }
         info!(
             tag = self.inner.tag,
             connections = self.inner.shared.open.load(Ordering::Acquire),
-            "HTTP/3: stop timeout, cutting off"
+            "HTTP/3: cutting off"
         );
         self.inner.shared.cut.cancel();
         self.inner.router.detach(LinkSide::Predecessor);

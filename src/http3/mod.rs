@@ -80,6 +80,8 @@
 //! A stop without a successor is `begin_drain()` alone: the generation
 //! keeps reading the socket for its connections and refuses new ones.
 
+#[cfg(all(test, unix))]
+mod bench;
 mod body;
 mod cid;
 mod config;

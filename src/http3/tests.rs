@@ -18,7 +18,7 @@ use crate::ConnInfo;
 const CERT: &str = include_str!("../testdata/localhost_cert.pem");
 const KEY: &str = include_str!("../testdata/localhost_key.pem");
 
-fn server_tls() -> Arc<rustls::ServerConfig> {
+pub(super) fn server_tls() -> Arc<rustls::ServerConfig> {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, CERT).unwrap();
