@@ -77,7 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             endless::http3::tls_config_from_pem(&cert, &key)?,
             service_fn(hello),
         )?;
-    println!("http3: pid {} serving HTTPS and HTTP/3 on {addr}", std::process::id());
+    println!(
+        "http3: pid {} serving HTTPS and HTTP/3 on {addr}",
+        std::process::id()
+    );
 
     // HTTPS on TCP, the same service, advertising HTTP/3.
     let alt_svc = endless::http3::alt_svc(port, Duration::from_secs(86_400));

@@ -121,7 +121,13 @@ async fn start_plain() -> (SocketAddr, Box<dyn std::any::Any + Send>) {
 }
 
 /// Keeps `conns` connections busy with one request after another.
-async fn load(addr: SocketAddr, conns: usize, count: Arc<AtomicU64>, measure: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+async fn load(
+    addr: SocketAddr,
+    conns: usize,
+    count: Arc<AtomicU64>,
+    measure: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
     let endpoint = client_endpoint();
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -148,11 +154,18 @@ async fn load(addr: SocketAddr, conns: usize, count: Arc<AtomicU64>, measure: Ar
 #[test]
 #[ignore = "a measurement, not a test: run it with --ignored --nocapture, in release"]
 fn steady_state_against_plain_quinn_h3() {
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let conns: usize = std::env::var("BENCH_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let conns: usize = std::env::var("BENCH_CONNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
     let measure = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let (endless_addr, endless_thread) = server_thread(start_endless, measure.clone(), stop.clone());
+    let (endless_addr, endless_thread) =
+        server_thread(start_endless, measure.clone(), stop.clone());
     let (plain_addr, plain_thread) = server_thread(start_plain, measure.clone(), stop.clone());
     let (endless_n, plain_n) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let clients = tokio::runtime::Builder::new_current_thread()
@@ -160,8 +173,20 @@ fn steady_state_against_plain_quinn_h3() {
         .build()
         .unwrap();
     let elapsed = clients.block_on(async {
-        let a = tokio::spawn(load(endless_addr, conns, endless_n.clone(), measure.clone(), stop.clone()));
-        let b = tokio::spawn(load(plain_addr, conns, plain_n.clone(), measure.clone(), stop.clone()));
+        let a = tokio::spawn(load(
+            endless_addr,
+            conns,
+            endless_n.clone(),
+            measure.clone(),
+            stop.clone(),
+        ));
+        let b = tokio::spawn(load(
+            plain_addr,
+            conns,
+            plain_n.clone(),
+            measure.clone(),
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
         measure.store(true, Ordering::Release);
         let t = Instant::now();
@@ -173,12 +198,23 @@ fn steady_state_against_plain_quinn_h3() {
         elapsed
     });
     let (endless_cpu, plain_cpu) = (endless_thread.join().unwrap(), plain_thread.join().unwrap());
-    let (en, pn) = (endless_n.load(Ordering::Relaxed), plain_n.load(Ordering::Relaxed));
+    let (en, pn) = (
+        endless_n.load(Ordering::Relaxed),
+        plain_n.load(Ordering::Relaxed),
+    );
     let rps = |n: u64| n as f64 / elapsed.as_secs_f64();
     let per = |cpu: Duration, n: u64| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
     println!("HTTP/3 steady state, loaded together, {conns} connections each, {elapsed:.1?}:");
-    println!("  endless: {:>8.0} req/s, {:>6.1} µs CPU/request", rps(en), per(endless_cpu, en));
-    println!("  plain:   {:>8.0} req/s, {:>6.1} µs CPU/request", rps(pn), per(plain_cpu, pn));
+    println!(
+        "  endless: {:>8.0} req/s, {:>6.1} µs CPU/request",
+        rps(en),
+        per(endless_cpu, en)
+    );
+    println!(
+        "  plain:   {:>8.0} req/s, {:>6.1} µs CPU/request",
+        rps(pn),
+        per(plain_cpu, pn)
+    );
     println!(
         "  ratio endless/plain: requests/s {:.3}, CPU/request {:.3}",
         rps(en) / rps(pn).max(f64::MIN_POSITIVE),

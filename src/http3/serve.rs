@@ -20,12 +20,13 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
@@ -74,46 +75,6 @@ impl Drop for Open {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.closed.notify_waiters();
-    }
-}
-
-/// The requests in flight on one connection.
-#[derive(Debug, Default)]
-struct InFlight {
-    n: AtomicUsize,
-    idle: Notify,
-}
-
-struct Request1(Arc<InFlight>);
-
-impl Drop for Request1 {
-    fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl InFlight {
-    fn start(self: &Arc<Self>) -> Request1 {
-        self.n.fetch_add(1, Ordering::AcqRel);
-        Request1(self.clone())
-    }
-
-    /// Resolves once no request has been in flight for `grace`.
-    async fn quiet_for(&self, grace: Duration) {
-        loop {
-            let mut idle = pin!(self.idle.notified());
-            idle.as_mut().enable();
-            if self.n.load(Ordering::Acquire) == 0 {
-                tokio::time::sleep(grace).await;
-                if self.n.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-            } else {
-                idle.await;
-            }
-        }
     }
 }
 
@@ -205,16 +166,23 @@ where
             return;
         }
     };
-    let inflight = Arc::new(InFlight::default());
+    // The requests in flight: dropping the set (the connection is over, or
+    // cut off) aborts them. Each wait for cancellation is registered once
+    // per connection, not once per request (registering takes the token's
+    // lock, which every connection shares).
+    let mut requests = JoinSet::new();
+    let mut cut = pin!(shared.cut.cancelled());
+    let mut draining = pin!(shared.draining.cancelled());
     let mut told = false;
+    let mut last_active = Instant::now();
     loop {
         tokio::select! {
             biased;
-            _ = shared.cut.cancelled() => {
+            _ = &mut cut => {
                 conn.close(H3_NO_ERROR.into(), b"stop timeout");
                 break;
             }
-            _ = shared.draining.cancelled(), if !told => {
+            _ = &mut draining, if !told => {
                 told = true;
                 trace!(%peer, "HTTP/3: GOAWAY");
                 if let Err(e) = h3.shutdown(GOAWAY_MARGIN).await {
@@ -222,23 +190,18 @@ where
                     break;
                 }
             }
-            _ = inflight.quiet_for(shared.idle_grace), if told => {
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                last_active = Instant::now();
+            }
+            _ = tokio::time::sleep_until((last_active + shared.idle_grace).into()),
+                if told && requests.is_empty() => {
                 conn.close(H3_NO_ERROR.into(), b"drained");
                 break;
             }
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
                     shared.requests.fetch_add(1, Ordering::Relaxed);
-                    let guard = inflight.start();
-                    let cut = shared.cut.clone();
-                    let fut = info.clone().scope(request(resolver, svc.clone(), info.clone()));
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = fut => {}
-                            _ = cut.cancelled() => {}
-                        }
-                        drop(guard);
-                    });
+                    requests.spawn(info.clone().scope(request(resolver, svc.clone(), info.clone())));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -250,16 +213,30 @@ where
             }
         }
     }
-    // The client may have sent GOAWAY and be waiting on our responses:
-    // those finish in their tasks; the connection is closed once they have
-    // had the idle grace (or at the cut-off).
+    // The client may have sent GOAWAY and be waiting for our responses:
+    // they finish, and the connection is closed once it has been quiet for
+    // the idle grace (or at the cut-off).
     if conn.close_reason().is_none() {
-        tokio::select! {
-            _ = inflight.quiet_for(shared.idle_grace) => conn.close(H3_NO_ERROR.into(), b""),
-            _ = conn.closed() => {}
-            _ = shared.cut.cancelled() => conn.close(H3_NO_ERROR.into(), b"stop timeout"),
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cut => {
+                    conn.close(H3_NO_ERROR.into(), b"stop timeout");
+                    break;
+                }
+                _ = conn.closed() => break,
+                Some(_) = requests.join_next(), if !requests.is_empty() => {
+                    last_active = Instant::now();
+                }
+                _ = tokio::time::sleep_until((last_active + shared.idle_grace).into()),
+                    if requests.is_empty() => {
+                    conn.close(H3_NO_ERROR.into(), b"");
+                    break;
+                }
+            }
         }
     }
+    drop(requests);
     drop(open);
 }
 

@@ -472,7 +472,10 @@ async fn junk_and_forged_datagrams_are_dropped_and_counted_while_clients_are_ser
         // Initials: with a random ID (a new connection to B, which cannot
         // decrypt it), with A's ID (passed to A), huge.
         send(&forged_initial(&junk(8, round), 1200));
-        send(&forged_initial(&forged_short(10, 40, round)[1..1 + CID_LEN], 1200));
+        send(&forged_initial(
+            &forged_short(10, 40, round)[1..1 + CID_LEN],
+            1200,
+        ));
         send(&forged_initial(&junk(20, round), 65_507));
 
         // Junk on the pair, as if from B's successor.
@@ -506,7 +509,10 @@ async fn junk_and_forged_datagrams_are_dropped_and_counted_while_clients_are_ser
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for c in [early, late] {
-        tokio::time::timeout(Duration::from_secs(10), c).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), c)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     let (sa, sb) = (a.stats(), b.stats());
@@ -519,21 +525,34 @@ async fn junk_and_forged_datagrams_are_dropped_and_counted_while_clients_are_ser
     );
     assert!(tally.failures.lock().unwrap().is_empty());
     assert!(tally.ok.load(Ordering::Relaxed) > 100);
-    assert!(sb.dropped_malformed >= malformed, "{sb:?}, sent {malformed}");
-    assert!(sb.dropped_unknown_generation >= unknown, "{sb:?}, sent {unknown}");
+    assert!(
+        sb.dropped_malformed >= malformed,
+        "{sb:?}, sent {malformed}"
+    );
+    assert!(
+        sb.dropped_unknown_generation >= unknown,
+        "{sb:?}, sent {unknown}"
+    );
     // A got what names it, and nothing more came back: from the shared
     // socket (2 short, 1 Initial per round) and from the pretend
     // successor (1 per round), at least.
     assert!(sb.forwarded_to_predecessor >= 4 * 20, "{sb:?}");
     assert!(sa.received_forwarded >= 4 * 20, "{sa:?}");
-    assert_eq!(sa.forwarded_to_predecessor + sa.forwarded_to_successor, 0, "{sa:?}");
+    assert_eq!(
+        sa.forwarded_to_predecessor + sa.forwarded_to_successor,
+        0,
+        "{sa:?}"
+    );
     // Nothing was ever sent back to where it came from: B's pretend
     // successor got routes and claims, never a datagram.
     fake_successor.set_nonblocking(true).unwrap();
     let mut buf = vec![0u8; 70_000];
     while let Ok(n) = fake_successor.recv(&mut buf) {
         assert!(
-            !matches!(super::wire::parse(&buf[..n]), Some(super::wire::Message::Datagram(..))),
+            !matches!(
+                super::wire::parse(&buf[..n]),
+                Some(super::wire::Message::Datagram(..))
+            ),
             "a datagram went back to the successor"
         );
     }
@@ -559,15 +578,20 @@ async fn one_service_value_serves_http1_and_http3_and_handlers_see_their_connect
     let h1 = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(tcp).unwrap();
-        c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
-            .unwrap();
+        c.write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        )
+        .unwrap();
         let mut reply = String::new();
         c.read_to_string(&mut reply).unwrap();
         reply
     })
     .await
     .unwrap();
-    assert!(h1.starts_with("HTTP/1.1 200") && h1.ends_with("g3 3"), "{h1}");
+    assert!(
+        h1.starts_with("HTTP/1.1 200") && h1.ends_with("g3 3"),
+        "{h1}"
+    );
     handle.stop();
     serving.await.unwrap().unwrap();
 
@@ -611,7 +635,10 @@ async fn a_stop_without_successor_serves_open_connections_refuses_new_ones_and_d
     // The open connection was told to go away; the one in a request ends
     // with it; a new one is refused.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(matches!(request(&mut send, "GET", "/", b"").await, Outcome::NotSent));
+    assert!(matches!(
+        request(&mut send, "GET", "/", b"").await,
+        Outcome::NotSent
+    ));
     let refused = connect(&client_endpoint(), addr).await;
     assert!(refused.is_err(), "a new connection while stopping");
     match slow.await.unwrap() {
@@ -675,7 +702,10 @@ async fn a_successor_that_dies_at_start_costs_nothing() {
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
-        tokio::time::timeout(Duration::from_secs(10), c).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), c)
+            .await
+            .unwrap()
+            .unwrap();
     }
     let failures = tally.failures.lock().unwrap().clone();
     eprintln!(
