@@ -132,9 +132,7 @@ pub(super) async fn request(
         .unwrap();
     let mut stream = match send.send_request(req).await {
         Ok(s) => s,
-        Err(e) if matches!(e, h3::error::StreamError::RemoteClosing { .. }) => {
-            return Outcome::NotSent
-        }
+        Err(h3::error::StreamError::RemoteClosing { .. }) => return Outcome::NotSent,
         Err(e) if e.is_h3_no_error() => return Outcome::NotSent,
         Err(e) => return Outcome::Failed(format!("send: {e}")),
     };
