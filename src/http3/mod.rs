@@ -89,7 +89,8 @@ mod listener;
 mod pair;
 mod router;
 mod serve;
-#[cfg(test)]
+// The scenarios use socket pairs: Unix only.
+#[cfg(all(test, unix))]
 mod tests;
 mod wire;
 

@@ -826,20 +826,14 @@ impl UdpPoller for Writable {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
+    /// A router on a socket of its own (call within a runtime).
     fn router(tag: u8) -> Router {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _g = rt.enter();
-        let r = Router::new(sock, tag).unwrap();
-        std::mem::forget(rt);
-        r
+        Router::new(sock, tag).unwrap()
     }
 
     fn short(tag: u8) -> Vec<u8> {
@@ -881,6 +875,11 @@ mod tests {
 
     #[test]
     fn the_shared_socket_routes_by_tag_and_new_connections_by_drain() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _e = rt.enter();
         let r = router(5);
         let now = Instant::now();
         let mut links = Links::default();
@@ -899,11 +898,6 @@ mod tests {
         );
         // A predecessor takes 4 and 3 (3 behind it).
         let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        let _g = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _e = _g.enter();
         links.predecessor = Some(Link {
             sock: super::super::pair::adopt(a).unwrap(),
             tags: Tags::of(&[4, 3]),
@@ -962,5 +956,170 @@ mod tests {
             Verdict::Here
         );
         assert!(!links.own_claims.has(&[6; 8], now));
+    }
+
+    /// Reads everything `r` has on its pairs, as quinn's poll would.
+    fn drain_links(r: &Router) -> Vec<Vec<u8>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut store = vec![vec![0u8; 2048]; 4];
+        let mut got = Vec::new();
+        loop {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut meta = [RecvMeta::default(); 4];
+            let mut links = r.links();
+            let n = r.poll_links(&mut links, &mut cx, &mut bufs, &mut meta);
+            drop(links);
+            for i in 0..n {
+                got.push(bufs[i][..meta[i].len].to_vec());
+            }
+            if n == 0 {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn a_handshake_started_by_one_generation_is_sent_to_it_by_the_other() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _e = rt.enter();
+        let (old, new) = (router(1), router(2));
+        let (a, b) = super::super::pair::socket_pair().unwrap();
+        old.attach(Side::Successor, super::super::pair::adopt(a).unwrap());
+        new.attach(Side::Predecessor, super::super::pair::adopt(b).unwrap());
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        // Each learns the other's routes.
+        assert!(drain_links(&old).is_empty());
+        assert!(drain_links(&new).is_empty());
+        let now = Instant::now();
+        {
+            let links = new.links();
+            assert!(links.takes(Side::Predecessor, 1));
+        }
+        // Both read the shared socket (the new one is starting): the old
+        // one starts a handshake for X, the new one for Y.
+        assert_eq!(
+            old.route_shared(&mut old.links(), &initial(&[0xaa; 8]), now),
+            Verdict::Here
+        );
+        assert_eq!(
+            new.route_shared(&mut new.links(), &initial(&[0xbb; 9]), now),
+            Verdict::Here
+        );
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        drain_links(&old);
+        drain_links(&new);
+        // The rest of each first flight reaches the one that started it.
+        assert_eq!(
+            new.route_shared(&mut new.links(), &initial(&[0xaa; 8]), now),
+            Verdict::To(Side::Predecessor)
+        );
+        assert_eq!(
+            old.route_shared(&mut old.links(), &initial(&[0xbb; 9]), now),
+            Verdict::To(Side::Successor)
+        );
+        // The old one drains: a new connection goes to the new one.
+        old.begin_drain();
+        assert_eq!(
+            old.route_shared(&mut old.links(), &initial(&[0xcc; 8]), now),
+            Verdict::To(Side::Successor)
+        );
+        // The new one's packets for the old one arrive there, and the old
+        // one's forwarded ones (as any from the successor) are not passed
+        // back; nothing loops.
+        let mut links = new.links();
+        new.forward(
+            &mut links,
+            Side::Predecessor,
+            &Forwarded {
+                peer: "127.0.0.1:9".parse().unwrap(),
+                dst_ip: None,
+                ecn: None,
+            },
+            &short(1),
+        );
+        drop(links);
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        assert_eq!(drain_links(&old), vec![short(1)]);
+        // Gone: a predecessor that leaves is forgotten, its tag unknown.
+        old.leave();
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        drain_links(&new);
+        assert!(!new.has_predecessor());
+        assert_eq!(
+            new.route_shared(&mut new.links(), &short(1), now),
+            Verdict::UnknownGeneration
+        );
+    }
+
+    #[test]
+    fn gro_batches_are_split_and_what_stays_is_compacted_in_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _e = rt.enter();
+        let (r, pred) = (router(2), router(1));
+        let (a, b) = super::super::pair::socket_pair().unwrap();
+        pred.attach(Side::Successor, super::super::pair::adopt(a).unwrap());
+        r.attach(Side::Predecessor, super::super::pair::adopt(b).unwrap());
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        drain_links(&r);
+        drain_links(&pred);
+        // Buffer 0: [ours, theirs, ours, junk, ours (short)] with stride 60;
+        // buffer 1: all theirs; buffer 2: one of ours.
+        let seg = |tag: u8, fill: u8, len: usize| {
+            let mut d = short(tag);
+            d[40..].fill(fill);
+            d.truncate(len);
+            d
+        };
+        let mut b0 = Vec::new();
+        for s in [
+            seg(2, 1, 60),
+            seg(1, 2, 60),
+            seg(2, 3, 60),
+            vec![0x40; 60],
+            seg(2, 4, 50),
+        ] {
+            b0.extend_from_slice(&s);
+        }
+        let b1 = [seg(1, 5, 60), seg(1, 6, 60)].concat();
+        let b2 = seg(2, 7, 60);
+        let mut store = [b0.clone(), b1.clone(), b2.clone()];
+        for s in store.iter_mut() {
+            s.resize(400, 0);
+        }
+        let lens = [b0.len(), b1.len(), b2.len()];
+        let mut bufs: Vec<IoSliceMut<'_>> = store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut meta = [RecvMeta::default(); 3];
+        for (m, len) in meta.iter_mut().zip(lens) {
+            m.len = len;
+            m.stride = 60;
+            m.addr = "127.0.0.1:5".parse().unwrap();
+        }
+        let n = r.route_batch(&mut r.links(), &mut bufs, &mut meta, 3);
+        assert_eq!(n, 2);
+        assert_eq!(meta[0].len, 170);
+        assert_eq!(meta[0].stride, 60);
+        assert_eq!(
+            &bufs[0][..170],
+            &[seg(2, 1, 60), seg(2, 3, 60), seg(2, 4, 50)].concat()[..]
+        );
+        assert_eq!(meta[1].len, 60);
+        assert_eq!(&bufs[1][..60], &seg(2, 7, 60)[..]);
+        assert_eq!(r.counters.dropped_malformed.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            r.counters.forwarded_to_predecessor.load(Ordering::Relaxed),
+            3
+        );
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        assert_eq!(
+            drain_links(&pred),
+            vec![seg(1, 2, 60), seg(1, 5, 60), seg(1, 6, 60)]
+        );
     }
 }
