@@ -51,7 +51,7 @@
 //! # Serving
 //!
 //! [`Http3Listener`] serves a hyper service whose requests have a
-//! [`RequestBody`](crate::RequestBody): an axum `Router` (as
+//! [`RequestBody`]: an axum `Router` (as
 //! `TowerToHyperService::new(router)`, unchanged from HTTP/1 and HTTP/2),
 //! or a `service_fn(|req: Request<endless::RequestBody>| …)`, served over
 //! HTTP/1 and HTTP/2 as [`WithRequestBody::new(svc)`](crate::WithRequestBody).

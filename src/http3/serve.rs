@@ -3,15 +3,18 @@
 //!
 //! How a drain treats an HTTP/3 connection (the counterpart of
 //! `connections` for HTTP/1 and HTTP/2):
-//! - GOAWAY at once, allowing every request stream the client may already
-//!   have opened (its stream credit, [`GOAWAY_MARGIN`] beyond the last one
+//! - GOAWAY, allowing every request stream the client may already have
+//!   opened (its stream credit, [`GOAWAY_MARGIN`] beyond the last one
 //!   accepted), so that no request in flight is refused; an h3 client then
 //!   sends its next request on a new connection, which reaches the newest
-//!   generation;
+//!   generation. Sent at once on a connection that has carried a request;
+//!   on one that has not, at its first request or after the idle grace
+//!   (h3's GOAWAY there would allow no request at all);
 //! - requests in flight finish, however long they take, until the cut-off;
 //! - once a connection has had no request in flight for the idle grace
-//!   (time for the last response to be acknowledged), it is closed with
-//!   `H3_NO_ERROR`, unless its client closed it first;
+//!   since its GOAWAY or its last response (time for that response to be
+//!   acknowledged), it is closed with `H3_NO_ERROR`, unless its client
+//!   closed it first;
 //! - new connections are refused (only when stopping: after a hand-over the
 //!   router sends them to the successor before quinn sees them);
 //! - at the cut-off, every connection is closed and every request dropped.
@@ -173,7 +176,14 @@ where
     let mut requests = JoinSet::new();
     let mut cut = pin!(shared.cut.cancelled());
     let mut draining = pin!(shared.draining.cancelled());
-    let mut told = false;
+    // The drain, in steps: `drain` seen; GOAWAY sent (at once if the
+    // client has sent a request, else after the idle grace: h3's GOAWAY
+    // for a connection with no request yet allows none, and would refuse a
+    // first request already on its way); closed after the idle grace with
+    // no request in flight, counted from the GOAWAY or the last response.
+    let mut drain_seen = false;
+    let mut goaway_sent = false;
+    let mut any_request = false;
     let mut last_active = Instant::now();
     loop {
         tokio::select! {
@@ -182,26 +192,37 @@ where
                 conn.close(H3_NO_ERROR.into(), b"stop timeout");
                 break;
             }
-            _ = &mut draining, if !told => {
-                told = true;
-                trace!(%peer, "HTTP/3: GOAWAY");
-                if let Err(e) = h3.shutdown(GOAWAY_MARGIN).await {
-                    debug!(%peer, cause = %e, "HTTP/3: GOAWAY not sent");
-                    break;
+            _ = &mut draining, if !drain_seen => {
+                drain_seen = true;
+                last_active = Instant::now();
+                if any_request {
+                    if !goaway(&mut h3, peer, &mut goaway_sent).await {
+                        break;
+                    }
                 }
             }
             Some(_) = requests.join_next(), if !requests.is_empty() => {
                 last_active = Instant::now();
             }
             _ = tokio::time::sleep_until((last_active + shared.idle_grace).into()),
-                if told && requests.is_empty() => {
-                conn.close(H3_NO_ERROR.into(), b"drained");
-                break;
+                if drain_seen && requests.is_empty() => {
+                if goaway_sent {
+                    conn.close(H3_NO_ERROR.into(), b"drained");
+                    break;
+                }
+                last_active = Instant::now();
+                if !goaway(&mut h3, peer, &mut goaway_sent).await {
+                    break;
+                }
             }
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
                     shared.requests.fetch_add(1, Ordering::Relaxed);
+                    any_request = true;
                     requests.spawn(info.clone().scope(request(resolver, svc.clone(), info.clone())));
+                    if drain_seen && !goaway_sent && !goaway(&mut h3, peer, &mut goaway_sent).await {
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -238,6 +259,24 @@ where
     }
     drop(requests);
     drop(open);
+}
+
+/// Sends GOAWAY, allowing [`GOAWAY_MARGIN`] requests beyond the last one
+/// accepted; whether the connection is still usable.
+async fn goaway(
+    h3: &mut h3::server::Connection<h3_quinn::Connection, Bytes>,
+    peer: SocketAddr,
+    sent: &mut bool,
+) -> bool {
+    *sent = true;
+    trace!(%peer, "HTTP/3: GOAWAY");
+    match h3.shutdown(GOAWAY_MARGIN).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(%peer, cause = %e, "HTTP/3: GOAWAY not sent");
+            false
+        }
+    }
 }
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
