@@ -195,10 +195,8 @@ where
             _ = &mut draining, if !drain_seen => {
                 drain_seen = true;
                 last_active = Instant::now();
-                if any_request {
-                    if !goaway(&mut h3, peer, &mut goaway_sent).await {
-                        break;
-                    }
+                if any_request && !goaway(&mut h3, peer, &mut goaway_sent).await {
+                    break;
                 }
             }
             Some(_) = requests.join_next(), if !requests.is_empty() => {

@@ -716,3 +716,49 @@ async fn a_successor_that_dies_at_start_costs_nothing() {
     assert!(failures.is_empty());
     assert_eq!(tally.reconnects.load(Ordering::Relaxed), CLIENTS as u64);
 }
+
+/// An axum `Router`, unchanged, over HTTP/1 (endless's server) and HTTP/3:
+/// `TowerToHyperService` is generic over the request body.
+#[cfg(feature = "axum")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_axum_router_serves_http1_and_http3_unchanged() {
+    use axum::routing::post;
+    let router = axum::Router::new().route(
+        "/echo",
+        post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+    );
+    let svc = crate::TowerToHyperService::new(router);
+    let server = crate::Server::new()
+        .stop_timeout(Duration::from_secs(2))
+        .register("127.0.0.1:0", svc.clone());
+    let handle = server.handle();
+    let serving = tokio::spawn(server.run());
+    let tcp = handle.listening().await.unwrap()[0].to_string();
+    let h1 = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(tcp).unwrap();
+        c.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+        )
+        .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .await
+    .unwrap();
+    assert!(h1.ends_with("4 bytes"), "{h1}");
+    handle.stop();
+    serving.await.unwrap().unwrap();
+
+    let socket = shared_socket();
+    let h3 = Http3Listener::builder()
+        .serve(socket.try_clone().unwrap(), server_tls(), svc)
+        .unwrap();
+    let endpoint = client_endpoint();
+    let mut send = connect(&endpoint, h3.local_addr()).await.unwrap();
+    match request(&mut send, "POST", "/echo", &[1; 5000]).await {
+        Outcome::Ok(b) => assert_eq!(b, "5000 bytes"),
+        other => panic!("{other:?}"),
+    }
+}
