@@ -61,8 +61,8 @@ pub struct Stats {
     /// connection ID that is none of ours) and malformed messages on a
     /// pair: dropped.
     pub dropped_malformed: u64,
-    /// Datagrams dropped because a pair was full (the neighbour did not
-    /// keep up).
+    /// Datagrams (or routes and claims) a pair refused: it was full (the
+    /// neighbour did not keep up), or the message too large for it.
     pub dropped_pair_full: u64,
 }
 
@@ -290,6 +290,11 @@ impl Http3Listener {
     /// GOAWAY, and, if there is a successor, this generation stops reading
     /// the shared socket and reads only what the successor passes it.
     /// Idempotent.
+    ///
+    /// If that successor dies later, nothing reads the shared socket for
+    /// this generation's connections any more, and they end at the
+    /// cut-off: reading again could take the packets of a newer generation
+    /// that this one does not know of.
     pub fn begin_drain(&self) {
         if self.inner.shared.draining.is_cancelled() {
             return;

@@ -62,23 +62,44 @@
 //!
 //! # Driving it from a generation's lifecycle
 //!
-//! Across a real reload (N spawns N+1):
+//! Across a real reload (N spawns N+1), in this order:
 //!
-//! 1. N, before the spawn: `let (mine, theirs) = socket_pair()?;
-//!    n.attach_successor(mine)?;` and passes `theirs` to the child with
-//!    the UDP socket (both as inherited FDs). After the spawn, N closes its
-//!    copy of `theirs`.
+//! 1. N, before the spawn: `let (mine, theirs) = socket_pair()?;` then
+//!    `n.attach_successor(mine)?;` (N queues its routes and claims for
+//!    N+1 at once, so N+1 reads them before anything else). `theirs` and
+//!    N's copy of the UDP socket cross the exec as inherited FDs (both
+//!    close-on-exec until the spawn places them). After the spawn, N
+//!    closes its copy of `theirs`.
 //! 2. N+1, at start: builds its listener over its copy of the UDP socket
-//!    with its own tag, then `attach_predecessor(theirs)?` before it
-//!    reports ready (it reads and routes from then on).
-//! 3. N, at the hand-over (N+1 ready): `begin_drain()`; then awaits
-//!    `drained()` (or calls `cut_off()` at the stop timeout) before it
-//!    exits. N+1 finishes draining only after N is gone, since it relays
-//!    for N.
+//!    with its own tag ([`Http3Builder::tag`], `endless::generation() as
+//!    u8`), then `attach_predecessor(theirs)?`, both before it reports
+//!    ready; from then on it reads the shared socket and routes.
+//! 3. N, at the hand-over (N+1 ready): `begin_drain()`, then awaits
+//!    `drained()`, or calls `cut_off()` at the stop timeout, before it
+//!    exits. N+1's own `drained()` waits for N to be gone, as it relays
+//!    N's packets until then.
 //! 4. If N+1 fails to start: N calls `detach_successor()` and serves on.
 //!
 //! A stop without a successor is `begin_drain()` alone: the generation
 //! keeps reading the socket for its connections and refuses new ones.
+//!
+//! # Limits
+//!
+//! - **Clients that migrate** (a new address, NAT rebinding) keep their
+//!   connection: routing follows the connection ID, not the address, and
+//!   the owner answers the new address. [`ConnInfo::peer_addr`](crate::ConnInfo::peer_addr)
+//!   stays the address the connection started from.
+//! - **0-RTT** is off: early data is replayable, which a server must not
+//!   choose for its services. A client's first flight is claimed by the
+//!   generation that started its handshake for 10 s (see `router`).
+//! - **GSO and GRO** are used as quinn uses them: a GRO batch is split at
+//!   its stride and routed datagram by datagram.
+//! - **Two live generations must not share a tag** (256 reloads apart).
+//! - **Windows** serves HTTP/3 without reloads (no socket pairs, no exec);
+//!   macOS has everything (type-checked only).
+//! - A successor that dies after the hand-over leaves the draining
+//!   generation's connections without inbound packets (see
+//!   [`Http3Listener::begin_drain`]).
 
 #[cfg(all(test, unix))]
 mod bench;

@@ -232,6 +232,18 @@ impl Links {
     }
 }
 
+/// Whether a send error on a pair means the other end is closed (its
+/// process exited or dropped it).
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+    )
+}
+
 /// One generation's view of the shared UDP socket.
 pub(crate) struct Router {
     io: tokio::net::UdpSocket,
@@ -389,9 +401,12 @@ impl Router {
         };
         match link.sock.try_send(msg) {
             Ok(_) => true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if !gone(&e) => {
+                // Full (`EAGAIN`, `ENOBUFS`), or a message too large for
+                // the pair (`EMSGSIZE`): this message is lost, the
+                // neighbour is not.
                 bump(&self.counters.dropped_pair_full);
-                trace!(?side, "HTTP/3: pair full, datagram dropped");
+                trace!(?side, cause = %e, "HTTP/3: the pair refused a message; dropped");
                 false
             }
             Err(e) => {
