@@ -274,7 +274,7 @@ fn retire(gen: Http3Listener, started: Instant, log: Arc<Mutex<Vec<(u8, Duration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_survive_a_chain_of_reloads_with_no_failed_request() {
     const CLIENTS: usize = 8;
-    const RELOADS: u8 = 6;
+    const RELOADS: u8 = 10;
     let socket = shared_socket();
     let addr = socket.local_addr().unwrap();
     let mut current = serve_generation(&socket, 0);
@@ -307,7 +307,7 @@ async fn connections_survive_a_chain_of_reloads_with_no_failed_request() {
         let old = std::mem::replace(&mut current, next);
         all_stats.push(old.clone());
         retire(old, Instant::now(), drains.clone());
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
