@@ -41,6 +41,7 @@ fn thread_cpu() -> Duration {
 /// A server thread: runs `start` on a runtime of its own until `stop`,
 /// then reports its CPU time since `measure` was set.
 fn server_thread<F, Fut>(
+    name: &str,
     start: F,
     measure: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -50,26 +51,29 @@ where
     Fut: std::future::Future<Output = (SocketAddr, Box<dyn std::any::Any + Send>)>,
 {
     let (tx, rx) = mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (addr, keep) = start().await;
-            tx.send(addr).unwrap();
-            while !measure.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let cpu0 = thread_cpu();
-            while !stop.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let cpu = thread_cpu() - cpu0;
-            drop(keep);
-            cpu
+    let handle = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (addr, keep) = start().await;
+                tx.send(addr).unwrap();
+                while !measure.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let cpu0 = thread_cpu();
+                while !stop.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let cpu = thread_cpu() - cpu0;
+                drop(keep);
+                cpu
+            })
         })
-    });
+        .expect("a thread");
     (rx.recv().unwrap(), handle)
 }
 
@@ -164,9 +168,14 @@ fn steady_state_against_plain_quinn_h3() {
         .unwrap_or(8);
     let measure = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let (endless_addr, endless_thread) =
-        server_thread(start_endless, measure.clone(), stop.clone());
-    let (plain_addr, plain_thread) = server_thread(start_plain, measure.clone(), stop.clone());
+    let (endless_addr, endless_thread) = server_thread(
+        "endless-server",
+        start_endless,
+        measure.clone(),
+        stop.clone(),
+    );
+    let (plain_addr, plain_thread) =
+        server_thread("plain-server", start_plain, measure.clone(), stop.clone());
     let (endless_n, plain_n) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -712,7 +712,11 @@ impl Router {
                 let end = (at + stride).min(len);
                 match self.route_shared(links, &bufs[i][at..end], now) {
                     Verdict::Here => {
-                        bufs[i].copy_within(at..end, kept);
+                        // Nothing to move while everything so far stayed
+                        // (the usual case: a batch of one connection's).
+                        if at != kept {
+                            bufs[i].copy_within(at..end, kept);
+                        }
                         kept += end - at;
                     }
                     Verdict::To(side) => self.forward(links, side, &from, &bufs[i][at..end]),
