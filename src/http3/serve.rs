@@ -186,6 +186,7 @@ where
     let mut any_request = false;
     let mut last_active = Instant::now();
     loop {
+        let quiet = (drain_seen && requests.is_empty()).then(|| last_active + shared.idle_grace);
         tokio::select! {
             biased;
             _ = &mut cut => {
@@ -202,8 +203,7 @@ where
             Some(_) = requests.join_next(), if !requests.is_empty() => {
                 last_active = Instant::now();
             }
-            _ = tokio::time::sleep_until((last_active + shared.idle_grace).into()),
-                if drain_seen && requests.is_empty() => {
+            _ = quiet_until(quiet) => {
                 if goaway_sent {
                     conn.close(H3_NO_ERROR.into(), b"drained");
                     break;
@@ -237,6 +237,7 @@ where
     // the idle grace (or at the cut-off).
     if conn.close_reason().is_none() {
         loop {
+            let quiet = requests.is_empty().then(|| last_active + shared.idle_grace);
             tokio::select! {
                 biased;
                 _ = &mut cut => {
@@ -247,8 +248,7 @@ where
                 Some(_) = requests.join_next(), if !requests.is_empty() => {
                     last_active = Instant::now();
                 }
-                _ = tokio::time::sleep_until((last_active + shared.idle_grace).into()),
-                    if requests.is_empty() => {
+                _ = quiet_until(quiet) => {
                     conn.close(H3_NO_ERROR.into(), b"");
                     break;
                 }
@@ -257,6 +257,16 @@ where
     }
     drop(requests);
     drop(open);
+}
+
+/// Sleeps until `deadline`, or for ever with none. (A `select!` branch's
+/// future is made at every turn of the loop, even when disabled; this one
+/// makes a timer only when there is a deadline, not once per request.)
+async fn quiet_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sends GOAWAY, allowing [`GOAWAY_MARGIN`] requests beyond the last one
