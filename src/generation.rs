@@ -36,10 +36,14 @@ use crate::lifecycle::Lifecycle;
 use crate::link::{self, Down, Up, Upstream};
 use crate::listener::{self, Bound, LocalAddr, SocketFile};
 use crate::probation::{self, Held};
+use crate::quic::Http3;
 use crate::restart::{Handoff, Outcome, Restarter, Successor};
 use crate::signal::Signals;
 use crate::watch::Watcher;
 use crate::{pid_file, systemd};
+
+/// A generation's HTTP/3 sockets and registrations, before it serves them.
+type Http3Parts = (Vec<crate::quic::Parts>, Vec<crate::quic::Registration>);
 
 /// One generation of a server.
 pub(crate) struct Generation {
@@ -73,6 +77,8 @@ pub(crate) struct Generation {
     /// A generation this one outlives whatever happens: the `keep_pid`
     /// temporary generation, draining after this image took over again.
     leftover: Option<crate::children::Outlived>,
+    /// The HTTP/3 endpoints (feature `http3`).
+    http3: Http3,
     /// The connections gauge of the metrics, while this generation lives.
     #[cfg(feature = "metrics")]
     _gauge: Gauge,
@@ -99,7 +105,7 @@ enum Ending {
 impl Generation {
     /// Phase 1: from nothing to serving.
     pub(crate) async fn start(
-        config: Config,
+        mut config: Config,
         mut endpoints: Vec<Endpoint>,
         commands: tokio::sync::mpsc::UnboundedReceiver<crate::events::Command>,
         life: Arc<Lifecycle>,
@@ -140,6 +146,8 @@ impl Generation {
         let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
         #[cfg(feature = "metrics")]
         let life_for_gauge = life.clone();
+        let regs = std::mem::take(&mut config.http3);
+        let mut http3 = Some((Http3::sockets(&regs)?, regs));
         let extras = crate::sockets::freeze();
 
         let socket_files = bound
@@ -163,6 +171,7 @@ impl Generation {
             successor: None,
             carried: None,
             leftover: None,
+            http3: Http3::default(),
             #[cfg(feature = "metrics")]
             _gauge: Gauge::spawn(life_for_gauge),
         };
@@ -171,12 +180,36 @@ impl Generation {
         if let (Some(path), None) = (&generation.config.pid_file, temporary) {
             pid_file::write_pid_file(path)?;
         }
+        generation.start_http3(&mut http3, false)?;
         generation.serving(addrs);
         generation.announce(origin, started);
+        generation.start_http3(&mut http3, true)?;
         if generation.temporary.is_none() {
             systemd::status(&serving_status());
         }
         Ok(generation)
+    }
+
+    /// Serves HTTP/3 (see `quic`): before this generation says it is
+    /// ready, or, after a `keep_pid` re-exec (`reexec`), once the
+    /// temporary generation, which `announce` took over, is gone.
+    fn start_http3(&mut self, http3: &mut Option<Http3Parts>, reexec: bool) -> Result<()> {
+        if reexec != self.after_reexec() {
+            return Ok(());
+        }
+        let Some((sockets, regs)) = http3.take() else {
+            return Ok(());
+        };
+        let after = match &self.leftover {
+            Some(t) if reexec => t.exited().map(|f| Box::pin(f) as _),
+            _ => None,
+        };
+        self.http3 = Http3::start(regs, sockets, after, self.config.tls_handshake_timeout)?;
+        Ok(())
+    }
+
+    fn after_reexec(&self) -> bool {
+        matches!(handover::origin(), Some(Origin::SelfExec { .. }))
     }
 
     /// Accepting (again) on `addrs`: the handles, the watcher and the
@@ -190,7 +223,10 @@ impl Generation {
             .collect();
         self.life.serving(
             user,
-            crate::lifecycle::Counter(Box::new(self.conns.counter())),
+            crate::lifecycle::Counter(Box::new({
+                let (tcp, http3) = (self.conns.counter(), self.http3.clone());
+                move || tcp() + http3.open()
+            })),
         );
         if self.watcher.is_none() {
             self.watcher = self.spawn_watcher();
@@ -324,6 +360,7 @@ impl Generation {
                 bound: &self.bound,
                 extras: &self.extras,
                 life: &self.life,
+                http3: &self.http3,
             };
             let outcome = restarter
                 .serve(&mut self.events, &handoff, self.carried.take())
@@ -443,6 +480,7 @@ impl Generation {
     /// successor's probation.
     pub(crate) fn begin_drain(&mut self, why: Why) -> Drain {
         self.conns.start_drain(why == Why::HandedOver);
+        self.http3.begin_drain();
         self.life.begin_drain();
         // A temporary generation never holds the listeners for anyone.
         if why.is_stop() || self.temporary.is_some() {
@@ -455,7 +493,7 @@ impl Generation {
             ?timeout,
             "draining"
         );
-        Drain::new(why, timeout)
+        Drain::new(why, timeout).with_http3(self.http3.clone())
     }
 
     /// Serves again on the listeners this generation held, after its
@@ -470,6 +508,7 @@ impl Generation {
             }
         }
         let fresh = accept(&self.config, &self.endpoints, &self.tls, &self.bound);
+        self.http3.resume();
         let old = std::mem::replace(&mut self.conns, fresh);
         let deadline = drain.deadline();
         let life = self.life.clone();
@@ -556,6 +595,7 @@ impl Generation {
             bound: &self.bound,
             extras: &self.extras,
             life: &self.life,
+            http3: &self.http3,
         }
     }
 
@@ -617,6 +657,7 @@ struct HandoffOf<'a> {
     bound: &'a [Bound],
     extras: &'a [(String, RawFd)],
     life: &'a Lifecycle,
+    http3: &'a Http3,
 }
 
 impl HandoffOf<'_> {
@@ -663,6 +704,14 @@ impl Handoff for HandoffOf<'_> {
 
     fn state(&self, since: Instant) -> Vec<(&'static str, Vec<u8>)> {
         self.sections(Some(since))
+    }
+
+    fn pairs(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        self.http3.pairs()
+    }
+
+    fn spawn_failed(&self) {
+        self.http3.spawn_failed();
     }
 }
 
