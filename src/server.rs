@@ -42,7 +42,7 @@ const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 ///
 /// Build it with [`Server::new`], add listeners with [`register`](Self::register),
 /// adjust the settings, and [`run`](Self::run) it. Every setting is checked by
-/// `run`, which returns the first problem as an [`Error`] naming it.
+/// `run`, which returns the first problem as an [`Error`](crate::Error) naming it.
 ///
 /// # Examples
 ///
@@ -636,7 +636,7 @@ impl Server {
     /// takes effect at the next reload). `addr` must be registered, with
     /// [`register`](Self::register) or [`register_tls`](Self::register_tls),
     /// and name a socket file: [`run`](Self::run) returns
-    /// [`Error::Config`] otherwise. A later call for the same address
+    /// [`Error::Config`](crate::Error::Config) otherwise. A later call for the same address
     /// replaces an earlier one.
     ///
     /// # Examples

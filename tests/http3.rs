@@ -186,6 +186,8 @@ struct Seen {
     connections: u64,
     failed: Vec<String>,
     by_pid: BTreeMap<u32, u64>,
+    /// When each PID first answered.
+    first: BTreeMap<u32, Instant>,
 }
 
 /// `clients` HTTP/3 connections, each sending `GET /` one after the other
@@ -217,7 +219,9 @@ async fn load(addr: SocketAddr, clients: usize, stop: Arc<AtomicBool>) -> Seen {
                     Outcome::Ok(body) => {
                         let mut s = seen.lock().unwrap();
                         s.ok += 1;
-                        *s.by_pid.entry(support::served_pid(&body)).or_default() += 1;
+                        let pid = support::served_pid(&body);
+                        *s.by_pid.entry(pid).or_default() += 1;
+                        s.first.entry(pid).or_insert_with(Instant::now);
                     }
                     Outcome::NotSent => {
                         seen.lock().unwrap().not_sent += 1;
@@ -521,4 +525,48 @@ fn keep_pid_serves_http3_again_under_the_same_pid() {
         other => panic!("{other:?}\n{}", server.report()),
     }
     wait_h3_served_by(&rt, addr, pid, &server);
+}
+
+/// The benchmark's HTTP/3 reload mode (`cargo test --release --features
+/// http3 --test http3 -- --ignored --nocapture`): 50 reloads under 8
+/// HTTP/3 connections; failed requests, and from the signal to the first
+/// answer of the new generation.
+#[test]
+#[ignore]
+fn bench_fifty_reloads() {
+    let _heavy = support::heavy();
+    let (server, addr) = start(&[("FIXTURE_LOG", "warn")]);
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = rt.spawn(load(addr, 8, stop.clone()));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut signalled = Vec::new();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let at = Instant::now();
+        let pid = server.reload(Signal::SIGHUP).pid;
+        signalled.push((pid, at));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let took = started.elapsed();
+    let seen = rt.block_on(running).unwrap();
+    let mut to_serving: Vec<Duration> = signalled
+        .iter()
+        .filter_map(|(pid, at)| seen.first.get(pid).map(|f| f.duration_since(*at)))
+        .collect();
+    to_serving.sort();
+    let pick = |q: f64| to_serving[((to_serving.len() - 1) as f64 * q) as usize];
+    println!(
+        "http3 bench: 50 reloads in {took:.1?}; {} requests ok, {} failed, {} refused before sending (sent again on a new connection); signal to the new generation's first answer: p50 {:?}, p90 {:?}, max {:?} ({} of 50 measured)",
+        seen.ok,
+        seen.failed.len(),
+        seen.not_sent,
+        pick(0.5),
+        pick(0.9),
+        to_serving.last().unwrap(),
+        to_serving.len()
+    );
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
 }

@@ -11,7 +11,7 @@
 //! 1. **Every connection ID names its generation.** Each generation's
 //!    quinn issues connection IDs that carry its *tag* (its number modulo
 //!    256) in their first byte, with a check that tells them from the
-//!    random IDs clients choose (layout: [`CID_LEN`] bytes, see the
+//!    random IDs clients choose (layout: 12 bytes, see the
 //!    `cid` source). Clients put the ID in every packet they send.
 //! 2. **The newest generation reads the socket and routes.** quinn reads
 //!    through a router (a custom `AsyncUdpSocket`), which keeps what is
@@ -19,7 +19,7 @@
 //!    generation to it, over a Unix datagram socket pair made for the
 //!    hand-over, with the client's address, the local address and the ECN
 //!    bits. Junk, truncated packets and IDs of generations nobody knows
-//!    are dropped and counted ([`Stats`]), never a panic.
+//!    are dropped and counted, never a panic.
 //! 3. **The old generation answers through its own copy of the socket**
 //!    (the same bound address), sends HTTP/3 GOAWAY on every connection,
 //!    finishes its requests, and is done when its connections are gone or
@@ -50,38 +50,28 @@
 //!
 //! # Serving
 //!
-//! [`Http3Listener`] serves a hyper service whose requests have a
-//! [`RequestBody`]: an axum `Router` (as
-//! `TowerToHyperService::new(router)`, unchanged from HTTP/1 and HTTP/2),
-//! or a `service_fn(|req: Request<endless::RequestBody>| …)`, served over
-//! HTTP/1 and HTTP/2 as [`WithRequestBody::new(svc)`](crate::WithRequestBody).
-//! The TLS configuration comes from the same files as the HTTPS listeners
-//! ([`tls_config_from_pem`]); [`alt_svc`] makes the header that advertises
-//! HTTP/3 on HTTPS responses. [`ConnInfo::current`](crate::ConnInfo::current)
-//! works in handlers, with the client's UDP address, SNI and ALPN (`h3`).
+//! [`Server::register_http3`](crate::Server::register_http3) serves a
+//! service whose requests have a [`RequestBody`]: an axum `Router` as it is
+//! (it serves HTTP/1 and HTTP/2 unchanged), or a
+//! `service_fn(|req: Request<endless::RequestBody>| …)`, served over HTTP/1
+//! and HTTP/2 as [`WithRequestBody::new(svc)`](crate::WithRequestBody). The
+//! TLS configuration comes from the same files as the HTTPS listeners, read
+//! by every generation; HTTPS responses carry the `Alt-Svc` header that
+//! advertises HTTP/3. [`ConnInfo::current`](crate::ConnInfo::current) works
+//! in handlers, with the client's UDP address, SNI and ALPN (`h3`).
 //!
-//! # Driving it from a generation's lifecycle
+//! # Across a reload
 //!
-//! Across a real reload (N spawns N+1), in this order:
-//!
-//! 1. N, before the spawn: `let (mine, theirs) = socket_pair()?;` then
-//!    `n.attach_successor(mine)?;` (N queues its routes and claims for
-//!    N+1 at once, so N+1 reads them before anything else). `theirs` and
-//!    N's copy of the UDP socket cross the exec as inherited FDs (both
-//!    close-on-exec until the spawn places them). After the spawn, N
-//!    closes its copy of `theirs`.
-//! 2. N+1, at start: builds its listener over its copy of the UDP socket
-//!    with its own tag ([`Http3Builder::tag`], `endless::generation() as
-//!    u8`), then `attach_predecessor(theirs)?`, both before it reports
-//!    ready; from then on it reads the shared socket and routes.
-//! 3. N, at the hand-over (N+1 ready): `begin_drain()`, then awaits
-//!    `drained()`, or calls `cut_off()` at the stop timeout, before it
-//!    exits. N+1's own `drained()` waits for N to be gone, as it relays
-//!    N's packets until then.
-//! 4. If N+1 fails to start: N calls `detach_successor()` and serves on.
-//!
-//! A stop without a successor is `begin_drain()` alone: the generation
-//! keeps reading the socket for its connections and refuses new ones.
+//! The UDP socket is one of the carried sockets (named `http3:ADDR`); at
+//! each spawn the parent makes one datagram pair per address, attaches its
+//! end as its successor's (so the child reads the parent's routes before any
+//! packet) and hands the other end over; the child attaches it as its
+//! predecessor's before it says it is ready. At the hand-over the parent
+//! drains: GOAWAY on every connection, requests finish, and it is done when
+//! its connections are gone or at the stop timeout. A new generation that
+//! fails to start is forgotten; after a rollback the old generation reads
+//! the socket and accepts again. See `docs/http3.md` for the comparison with
+//! Envoy, nginx and udpgrm.
 //!
 //! # Limits
 //!
@@ -97,9 +87,12 @@
 //! - **Two live generations must not share a tag** (256 reloads apart).
 //! - **Windows** serves HTTP/3 without reloads (no socket pairs, no exec);
 //!   macOS has everything (type-checked only).
-//! - A successor that dies after the hand-over leaves the draining
-//!   generation's connections without inbound packets (see
-//!   [`Http3Listener::begin_drain`]).
+//! - After a rollback (the successor died within its probation) the old
+//!   generation reads the socket and accepts again; its connections that
+//!   were told to go away finish as they were.
+//! - With `keep_pid`, the re-executed image starts HTTP/3 once its
+//!   temporary generation has exited; new HTTP/3 connections are refused
+//!   meanwhile (clients use HTTP/2).
 
 #[cfg(all(test, unix))]
 mod bench;
@@ -124,7 +117,7 @@ pub(crate) use pair::socket_pair;
 use crate::service::{BoxError, HttpBody};
 use hyper::{Request, Response};
 
-/// A hyper service [`Http3Listener`] can serve, with `B` its response
+/// A hyper service HTTP/3 can serve, with `B` its response
 /// body: a service of `Request<RequestBody>` with the bounds of
 /// [`HttpService`](crate::HttpService). Implemented for every such type;
 /// sealed.
