@@ -292,7 +292,7 @@ mod disabled {
 
     /// No endpoints.
     #[derive(Debug, Clone, Default)]
-    pub(crate) struct Http3;
+    pub(crate) struct Http3(());
 
     impl Http3 {
         pub(crate) fn sockets(_: &[Registration]) -> Result<Vec<Parts>> {
@@ -305,7 +305,7 @@ mod disabled {
             _: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
             _: std::time::Duration,
         ) -> Result<Http3> {
-            Ok(Http3)
+            Ok(Http3::default())
         }
 
         #[cfg(unix)]
