@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "serving",
         &[
             "connections",
+            "connections/conn_signal",
             "tls",
             "no_tls",
             "tickets",
