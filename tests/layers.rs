@@ -40,6 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "connections",
             "connections/conn_signal",
+            "connections/counted_io",
             "connections/request",
             "tls",
             "no_tls",

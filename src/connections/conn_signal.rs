@@ -70,10 +70,10 @@ pub(super) struct ConnSignal {
     /// When the sweeper first saw the connection, or last saw it busy or
     /// with a new request. Written by the sweeper only, never per request.
     pub(super) active_ms: ActiveMs,
-    /// Whether [`Tracked`](super::Tracked) counts the reads: not under
-    /// TLS, where [`Plain`](super::Plain) counts the plaintext above it
-    /// instead (a body's length is counted in HTTP bytes). Set once, before
-    /// the connection is served.
+    /// Whether [`Tracked`](super::counted_io::Tracked) counts the reads:
+    /// not under TLS, where [`Plain`](super::counted_io::Plain) counts the
+    /// plaintext above it instead (a body's length is counted in HTTP
+    /// bytes). Set once, before the connection is served.
     pub(super) count_reads: bool,
 }
 
