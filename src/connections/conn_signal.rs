@@ -77,9 +77,10 @@ pub(super) struct ConnSignal {
     pub(super) count_reads: bool,
 }
 
-/// Milliseconds since the [`Sockets`](super::Sockets)' epoch; `u64::MAX`
-/// (no time yet, for [`Sockets::quiet_for`](super::Sockets::quiet_for))
-/// until the sweeper first sees the connection.
+/// Milliseconds since the [`Sockets`](super::sweeper::Sockets)' epoch;
+/// `u64::MAX` (no time yet, for
+/// [`Sockets::quiet_for`](super::sweeper::Sockets::quiet_for)) until the
+/// sweeper first sees the connection.
 #[derive(Debug)]
 pub(super) struct ActiveMs(pub(super) AtomicU64);
 

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conn_signal::ConnSignal;
-use super::SocketGuard;
+use super::sweeper::SocketGuard;
 #[cfg(not(unix))]
 use crate::listener::RawFd;
 use crate::listener::Stream;
