@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "connections/conn_signal",
             "connections/counted_io",
             "connections/request",
+            "connections/serve",
             "connections/sweeper",
             "tls",
             "no_tls",
