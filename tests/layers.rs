@@ -41,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "connections",
             "connections/conn_signal",
             "connections/counted_io",
+            "connections/launch",
             "connections/request",
             "connections/serve",
             "connections/sweeper",

@@ -50,31 +50,30 @@
 
 mod conn_signal;
 mod counted_io;
+mod launch;
 mod request;
 mod serve;
 mod sweeper;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::conn_info::{ConnInfo, Inherit};
+use crate::conn_info::Inherit;
 use crate::listener::{Listener, LocalAddr};
 use crate::service::{HttpBody, HttpService};
 
-use conn_signal::{ConnSignal, Level};
-use request::ConnService;
+use conn_signal::Level;
+pub(crate) use launch::{register, Launch};
 use serve::accept_loop;
 use sweeper::{Sockets, Timeouts};
 
@@ -164,7 +163,8 @@ pub(crate) struct Connections {
     shared: Arc<Shared>,
     tracker: TaskTracker,
     /// Set when the drain starts; watched by the accept loops only
-    /// (connections are told through their own [`ConnSignal`]).
+    /// (connections are told through their own
+    /// [`ConnSignal`](conn_signal::ConnSignal)).
     stop_accepting: Arc<StopAccepting>,
     /// Stops the sweeper when the generation's connections are dropped.
     stop_sweeping: CancellationToken,
@@ -236,7 +236,7 @@ struct Shared {
 struct Listening<S> {
     svc: S,
     /// The registered address, and where the listener is bound: what every
-    /// connection's [`ConnInfo`] starts from.
+    /// connection's [`ConnInfo`](crate::conn_info::ConnInfo) starts from.
     name: Arc<str>,
     local: LocalAddr,
     tls: Tls,
@@ -564,98 +564,6 @@ fn until<'a>(
         }
         Poll::Pending
     })
-}
-
-// ---- The registered services ----
-//
-// Type erasure happens once per listener, not once per request: a
-// registration keeps a [`Launch`], which starts an accept loop compiled for
-// its own service type. Requests then reach the user's service, and its
-// futures and bodies reach hyper, without a box or an indirection. (Boxing
-// per request cost measurable CPU time per request against plain hyper.)
-
-/// Starts the accept loop of one registration, with its service's own type.
-/// Callable again (a generation that serves again after a failed successor,
-/// or a failed `keep_pid` re-exec, resumes).
-pub(crate) trait Launch: Send + Sync {
-    fn launch(&self, conns: &Connections, name: String, listener: Arc<Listener>, tls: Tls);
-
-    /// Sends `request` through the service, in-process, as if it came on
-    /// the listener `name` bound at `local`: its status, or why there is
-    /// none (see `ready`).
-    fn probe(
-        &self,
-        name: String,
-        local: LocalAddr,
-        request: Request<http_body_util::Empty<bytes::Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = Result<StatusCode, String>> + Send>>;
-}
-
-/// A registered service, waiting for its listener.
-struct Registered<S, B> {
-    svc: S,
-    _body: std::marker::PhantomData<fn() -> B>,
-}
-
-/// Keeps `svc` until `run` has its listener.
-pub(crate) fn register<S, B>(svc: S) -> Box<dyn Launch>
-where
-    S: HttpService<B>,
-    B: HttpBody,
-{
-    Box::new(Registered {
-        svc,
-        _body: std::marker::PhantomData,
-    })
-}
-
-impl<S, B> Launch for Registered<S, B>
-where
-    S: HttpService<B>,
-    B: HttpBody,
-{
-    fn launch(&self, conns: &Connections, name: String, listener: Arc<Listener>, tls: Tls) {
-        conns.spawn_accept_loop(name, listener, self.svc.clone(), tls);
-    }
-
-    fn probe(
-        &self,
-        name: String,
-        local: LocalAddr,
-        request: Request<http_body_util::Empty<bytes::Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = Result<StatusCode, String>> + Send>> {
-        // Through the wrapper every connection gets, so the handler finds
-        // its ConnInfo (and, with the `axum` feature, ConnectInfo): the
-        // probe's peer is the listener's own address.
-        let svc = ConnService {
-            svc: self.svc.clone(),
-            signal: Arc::new(ConnSignal::default()),
-        };
-        let peer = match &local {
-            LocalAddr::Tcp(a) => crate::listener::Peer::Tcp(*a),
-            #[cfg(unix)]
-            _ => crate::listener::Peer::Unix(None),
-            #[cfg(not(unix))]
-            _ => crate::listener::Peer::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-        };
-        let info = ConnInfo::new(Arc::from(name.as_str()), local, peer);
-        Box::pin(async move {
-            let (client, server) = tokio::io::duplex(64 * 1024);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(server), svc);
-            tokio::spawn(info.scope(conn));
-            let (mut sender, client_conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(client))
-                    .await
-                    .map_err(|e| format!("cannot talk to the service: {e}"))?;
-            tokio::spawn(client_conn);
-            let res = sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("no answer: {e}"))?;
-            Ok(res.status())
-        })
-    }
 }
 
 #[cfg(test)]
