@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 #[cfg(unix)]
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tracing::{debug, error, trace, warn};
 use super::conn_signal::{ConnSignal, Level, Seen};
 use super::counted_io::{Plain, Tracked};
 use super::request::ConnService;
-use super::{Listening, StopAccepting};
+use super::{Listening, Shared, StopAccepting};
 use crate::conn_info::ConnInfo;
 #[cfg(not(unix))]
 use crate::listener::RawFd;
@@ -33,6 +34,11 @@ use crate::service::{BoxError, HttpBody, HttpService};
 /// of file descriptors: a few more than the one the next client needs, so
 /// that the handlers' own files and sockets find some too.
 const FD_ROOM: usize = 4;
+
+/// The pause after an accept error that is neither a client's own nor for
+/// lack of file descriptors: at first, and at most (it doubles each time).
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` until `stop`: see
 /// [`Connections::spawn_accept_loop`](super::Connections::spawn_accept_loop).
@@ -45,8 +51,6 @@ pub(super) async fn accept_loop<S, B>(
     S: HttpService<B>,
     B: HttpBody,
 {
-    const MIN_BACKOFF: Duration = Duration::from_millis(5);
-    const MAX_BACKOFF: Duration = Duration::from_secs(1);
     let shared = &listening.shared;
     let mut backoff = MIN_BACKOFF;
     // One wait for the whole loop, polled at every accept.
@@ -100,31 +104,48 @@ pub(super) async fn accept_loop<S, B>(
                     break;
                 }
             }
-            Err(e) if is_connection_error(&e) => {
-                trace!(addr = %name, cause = %e, "accept: skipped")
-            }
-            // Out of file descriptors: the oldest idle connections go, so
-            // that new clients are served rather than left unanswered.
-            Err(e) if is_out_of_descriptors(&e) && shared.sockets.make_room(FD_ROOM, None) > 0 => {
-                warn!(addr = %name, cause = %e, "accept failed; closing the oldest idle connections to make room");
-                tokio::select! {
-                    biased;
-                    _ = &mut stopped => break,
-                    _ = shared.sockets.room() => {}
-                }
-            }
             Err(e) => {
-                // EMFILE and friends: retrying at once would spin the CPU.
-                error!(addr = %name, cause = %e, backoff = ?backoff, "accept failed; backing off");
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if accept_failed(e, &name, shared, &mut backoff, stopped.as_mut()).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
     debug!(addr = %name, "stopped accepting");
+}
+
+/// What a failed accept calls for: an error of one client's connection is
+/// skipped; out of file descriptors, the oldest idle connections go;
+/// anything else waits `backoff`, doubled for the next time. Returns
+/// whether accepting stopped meanwhile.
+async fn accept_failed(
+    e: io::Error,
+    name: &str,
+    shared: &Shared,
+    backoff: &mut Duration,
+    mut stopped: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    if is_connection_error(&e) {
+        trace!(addr = %name, cause = %e, "accept: skipped");
+    } else if is_out_of_descriptors(&e) && shared.sockets.make_room(FD_ROOM, None) > 0 {
+        // Out of file descriptors: the oldest idle connections go, so
+        // that new clients are served rather than left unanswered.
+        warn!(addr = %name, cause = %e, "accept failed; closing the oldest idle connections to make room");
+        tokio::select! {
+            biased;
+            _ = &mut stopped => return true,
+            _ = shared.sockets.room() => {}
+        }
+    } else {
+        // EMFILE and friends: retrying at once would spin the CPU.
+        error!(addr = %name, cause = %e, backoff = ?backoff, "accept failed; backing off");
+        tokio::select! {
+            _ = &mut stopped => return true,
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    }
+    false
 }
 
 /// Whether accepting failed for lack of file descriptors (the process's,
@@ -288,47 +309,11 @@ where
                 }
                 waited_ms =
                     waited_ms.saturating_add(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
-                let arriving = signal.request_arriving(fd);
-                let head_limit = shared
-                    .revisit
-                    .max(shared.idle_grace)
-                    .min(shared.header_read_timeout);
-                if arriving && Duration::from_millis(u64::from(waited_ms)) >= head_limit {
-                    debug!(
-                        ?head_limit,
-                        "a request head still unfinished this long into the drain; closing"
-                    );
-                    break;
-                }
-                let quiet = shared.sockets.quiet_for(&signal);
-                // Read at every grace: a stop may have come since.
-                let revisit = if shared.successor.load(Ordering::Relaxed) {
-                    shared.revisit
-                } else {
-                    Duration::ZERO
-                };
-                if !arriving && quiet >= revisit {
-                    break;
-                }
-                // A request arriving gets a whole grace more; a quiet client,
-                // until it has been quiet long enough.
-                wait = if arriving {
-                    shared.idle_grace
-                } else {
-                    // Not `clamp`: the idle grace may be under 10 ms (it is at
-                    // most the stop timeout), and `clamp` panics then.
-                    revisit
-                        .saturating_sub(quiet)
-                        .max(Duration::from_millis(10))
-                        .min(shared.idle_grace)
-                };
                 graces += 1;
-                trace!(
-                    graces,
-                    arriving,
-                    ?quiet,
-                    "the client may be sending; not closing the connection yet"
-                );
+                let Some(next) = next_grace(&signal, fd, shared, waited_ms, graces) else {
+                    break;
+                };
+                wait = next;
             }
         }
         // HTTP/2 GOAWAY; HTTP/1 close once idle, or after the request in flight.
@@ -338,6 +323,61 @@ where
             _ = signal.reached(Level::Cut) => {}
         }
     }
+}
+
+/// After a grace of an HTTP/1 connection's drain, `waited_ms` into the
+/// drain: how long its next grace is, or `None` to close it now. A request
+/// still arriving gets a whole grace more, up to a limit; a quiet client,
+/// until it has been quiet long enough. `graces`: how many it has had, this
+/// one included (for the trace).
+fn next_grace(
+    signal: &ConnSignal,
+    fd: RawFd,
+    shared: &Shared,
+    waited_ms: u32,
+    graces: u32,
+) -> Option<Duration> {
+    let arriving = signal.request_arriving(fd);
+    let head_limit = shared
+        .revisit
+        .max(shared.idle_grace)
+        .min(shared.header_read_timeout);
+    if arriving && Duration::from_millis(u64::from(waited_ms)) >= head_limit {
+        debug!(
+            ?head_limit,
+            "a request head still unfinished this long into the drain; closing"
+        );
+        return None;
+    }
+    let quiet = shared.sockets.quiet_for(signal);
+    // Read at every grace: a stop may have come since.
+    let revisit = if shared.successor.load(Ordering::Relaxed) {
+        shared.revisit
+    } else {
+        Duration::ZERO
+    };
+    if !arriving && quiet >= revisit {
+        return None;
+    }
+    // A request arriving gets a whole grace more; a quiet client,
+    // until it has been quiet long enough.
+    let wait = if arriving {
+        shared.idle_grace
+    } else {
+        // Not `clamp`: the idle grace may be under 10 ms (it is at
+        // most the stop timeout), and `clamp` panics then.
+        revisit
+            .saturating_sub(quiet)
+            .max(Duration::from_millis(10))
+            .min(shared.idle_grace)
+    };
+    trace!(
+        graces,
+        arriving,
+        ?quiet,
+        "the client may be sending; not closing the connection yet"
+    );
+    Some(wait)
 }
 
 fn log_end(result: Result<(), BoxError>) {
