@@ -47,6 +47,18 @@
 //! - at the deadline, whatever is left (long streams, upgraded connections
 //!   such as WebSockets, silent clients) is cut: tasks are dropped and every
 //!   socket still open is shut down.
+//!
+//! This file holds what a generation sees ([`Connections`], its settings
+//! and the drain's verbs); the rest lives beside it, one concept a file:
+//! - `serve`: the accept loop, and one connection's task from its TLS
+//!   handshake to its end (the drain as a connection lives it);
+//! - `request`: the wrapper every request goes through (`Connection:
+//!   close`, and what a request tells the signal);
+//! - `conn_signal`: what one connection tells the drain and the sweeper;
+//! - `counted_io`: a connection's I/O, each read and write counted;
+//! - `sweeper`: the generation's open sockets, and the sweeps over them
+//!   (timeouts, the cap, the cut);
+//! - `launch`: the registered services, each waiting for its listener.
 
 mod conn_signal;
 mod counted_io;
