@@ -3,9 +3,10 @@
 //! The drain raises a connection's [`Level`] and wakes its task; the
 //! connection's I/O and its per-request wrapper note, on the hot path, what
 //! it has shown of itself ([`Seen`]), whether a request is arriving, and how
-//! many bytes went each way; the sweeper reads those counts. Each is an
-//! atomic of its own, read and written only through the accessors here, so
-//! that a level is never tested as a flag nor a count as a level.
+//! many bytes went each way; the sweeper reads those counts (and keeps, in
+//! `active_ms`, when it last saw the connection busy). The level, the flags
+//! and the arrival are each an atomic of their own, read and written only
+//! through the accessors here, so that a level is never tested as a flag.
 
 use std::future::Future;
 #[cfg(unix)]
