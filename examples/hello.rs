@@ -6,6 +6,9 @@
 //! kill -USR1 N                                   # reload: a new pid answers
 //! kill -TERM <new pid>                           # graceful stop
 //! ```
+//!
+//! On Windows it serves the same, without reloads; Ctrl-C stops it
+//! gracefully.
 use std::convert::Infallible;
 
 use hyper::body::Incoming;
@@ -49,10 +52,11 @@ async fn main() -> Result<(), endless::Error> {
             false => format!("http://{a}/"),
         })
         .collect();
-    println!(
-        "hello: pid {pid} serving {}  (reload: kill -USR1 {pid}, stop: kill -TERM {pid})",
-        urls.join(" ")
-    );
+    let how = match cfg!(unix) {
+        true => format!("reload: kill -USR1 {pid}, stop: kill -TERM {pid}"),
+        false => "no reloads on Windows; stop: Ctrl-C".into(),
+    };
+    println!("hello: pid {pid} serving {}  ({how})", urls.join(" "));
     let mut server = endless::Server::new();
     for addr in &addrs {
         server = server.register(addr, service_fn(hello));

@@ -151,8 +151,9 @@
 //!
 //! Linux (tested) and macOS (type-checked in CI, not run) have everything.
 //!
-//! Windows (type-checked in CI, not run) serves with the same API, without
-//! reloads: they need fork/exec and descriptor inheritance, which it lacks.
+//! Windows (type-checked in CI, and run there under wine, not on Windows
+//! itself) serves with the same API, without reloads: they need fork/exec
+//! and descriptor inheritance, which it lacks.
 //! There [`Handle::reload`] returns [`Error::Unsupported`]; Ctrl-C and
 //! Ctrl-Break arrive as `SIGINT`, and closing the console, logging off and
 //! shutting down as `SIGTERM` (as in Go), so the default stop signals drain

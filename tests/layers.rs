@@ -39,6 +39,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         "serving",
         &[
             "connections",
+            "connections/conn_signal",
+            "connections/counted_io",
+            "connections/launch",
+            "connections/request",
+            "connections/serve",
+            "connections/sweeper",
             "tls",
             "no_tls",
             "tickets",
