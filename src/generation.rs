@@ -79,9 +79,8 @@ pub(crate) struct Generation {
     leftover: Option<crate::children::Outlived>,
     /// The HTTP/3 endpoints (feature `http3`).
     http3: Http3,
-    /// The connections gauge of the metrics, while this generation lives.
-    #[cfg(feature = "metrics")]
-    _gauge: Gauge,
+    /// What HTTPS responses say of them (`Alt-Svc`).
+    alt_svc: Option<hyper::header::HeaderValue>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -144,10 +143,10 @@ impl Generation {
             .collect::<Result<Vec<Tls>>>()?;
         let started = Instant::now();
         let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
-        #[cfg(feature = "metrics")]
-        let life_for_gauge = life.clone();
         let regs = std::mem::take(&mut config.http3);
-        let mut http3 = Some((Http3::sockets(&regs)?, regs));
+        let parts = Http3::sockets(&regs)?;
+        let alt_svc = crate::quic::alt_svc(&parts);
+        let mut http3 = Some((parts, regs));
         let extras = crate::sockets::freeze();
 
         let socket_files = bound
@@ -155,7 +154,8 @@ impl Generation {
             .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
         let mut generation = Generation {
-            conns: accept(&config, &endpoints, &tls, &bound),
+            conns: accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
+            alt_svc,
             config,
             life,
             endpoints,
@@ -172,8 +172,6 @@ impl Generation {
             carried: None,
             leftover: None,
             http3: Http3::default(),
-            #[cfg(feature = "metrics")]
-            _gauge: Gauge::spawn(life_for_gauge),
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
@@ -507,7 +505,13 @@ impl Generation {
                 warn!(cause = %e, "cannot take the PID file back");
             }
         }
-        let fresh = accept(&self.config, &self.endpoints, &self.tls, &self.bound);
+        let fresh = accept(
+            &self.config,
+            &self.endpoints,
+            &self.tls,
+            &self.bound,
+            self.alt_svc.clone(),
+        );
         self.http3.resume();
         let old = std::mem::replace(&mut self.conns, fresh);
         let deadline = drain.deadline();
@@ -613,31 +617,6 @@ impl Generation {
         if let Some(path) = &self.config.pid_file {
             pid_file::remove_pid_file(path);
         }
-    }
-}
-
-/// Keeps the metrics' connections gauge current (every second) while it
-/// lives.
-#[cfg(feature = "metrics")]
-struct Gauge(tokio::task::JoinHandle<()>);
-
-#[cfg(feature = "metrics")]
-impl Gauge {
-    fn spawn(life: Arc<Lifecycle>) -> Gauge {
-        Gauge(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                crate::metrics::connections(life.stats().connections);
-            }
-        }))
-    }
-}
-
-#[cfg(feature = "metrics")]
-impl Drop for Gauge {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -807,8 +786,17 @@ fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<Lo
 }
 
 /// Starts accepting on every listener (again, after a failed successor).
-fn accept(config: &Config, endpoints: &[Endpoint], tls: &[Tls], bound: &[Bound]) -> Connections {
-    let conns = Connections::for_settings(&config.connections());
+/// `alt_svc`: the `Alt-Svc` header of HTTPS responses, when HTTP/3 is
+/// served.
+fn accept(
+    config: &Config,
+    endpoints: &[Endpoint],
+    tls: &[Tls],
+    bound: &[Bound],
+    alt_svc: Option<hyper::header::HeaderValue>,
+) -> Connections {
+    let mut conns = Connections::for_settings(&config.connections());
+    conns.advertise(alt_svc);
     conns.spawn_sweeper();
     for b in bound {
         endpoints[b.index].svc.launch(

@@ -14,11 +14,14 @@
 //! would share a tag), and new HTTP/3 connections are refused meanwhile
 //! (clients use HTTP/2 on the TCP listener, where `Alt-Svc` sent them from).
 
+// `Parts` is named only by the Unix generation.
 #[cfg(feature = "http3")]
-pub(crate) use enabled::{Http3, Parts, Registration};
+#[cfg_attr(not(unix), allow(unused_imports))]
+pub(crate) use enabled::{alt_svc, Http3, Parts, Registration};
 
 #[cfg(not(feature = "http3"))]
-pub(crate) use disabled::{Http3, Parts, Registration};
+#[cfg_attr(not(unix), allow(unused_imports))]
+pub(crate) use disabled::{alt_svc, Http3, Parts, Registration};
 
 #[cfg(feature = "http3")]
 mod enabled {
@@ -136,6 +139,13 @@ mod enabled {
             }
             Ok(listener)
         }
+    }
+
+    /// The `Alt-Svc` header HTTPS responses carry: the first HTTP/3
+    /// address's port, remembered for a day (`None` without HTTP/3).
+    pub(crate) fn alt_svc(parts: &[Parts]) -> Option<hyper::header::HeaderValue> {
+        let port = parts.first()?.socket.local_addr().ok()?.port();
+        Some(crate::http3::alt_svc(port, Duration::from_secs(86_400)))
     }
 
     /// What one registration serves on: its UDP socket, and the end of
@@ -289,6 +299,11 @@ mod disabled {
     /// Never made without the feature.
     #[derive(Debug)]
     pub(crate) enum Parts {}
+
+    /// Nothing to advertise.
+    pub(crate) fn alt_svc(_: &[Parts]) -> Option<hyper::header::HeaderValue> {
+        None
+    }
 
     /// No endpoints.
     #[derive(Debug, Clone, Default)]

@@ -2,7 +2,6 @@
 //! a lifecycle drives it with.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -228,7 +227,8 @@ impl Http3Listener {
     }
 
     /// The UDP address it serves on.
-    pub(crate) fn local_addr(&self) -> SocketAddr {
+    #[cfg(test)]
+    pub(crate) fn local_addr(&self) -> std::net::SocketAddr {
         self.inner.shared.local
     }
 

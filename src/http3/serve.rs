@@ -81,6 +81,8 @@ struct Open(Arc<Shared>);
 
 impl Open {
     fn new(shared: &Arc<Shared>) -> Open {
+        #[cfg(feature = "metrics")]
+        crate::metrics::connection_opened();
         shared.open.fetch_add(1, Ordering::AcqRel);
         shared.accepted.fetch_add(1, Ordering::Relaxed);
         Open(shared.clone())
@@ -89,6 +91,8 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::connection_closed();
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.closed.notify_waiters();
     }

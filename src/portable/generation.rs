@@ -93,7 +93,10 @@ impl Generation {
             })
             .collect();
         crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
-        let conns = Connections::for_settings(&config.connections());
+        let regs = std::mem::take(&mut config.http3);
+        let sockets = crate::quic::Http3::sockets(&regs)?;
+        let mut conns = Connections::for_settings(&config.connections());
+        conns.advertise(crate::quic::alt_svc(&sockets));
         conns.spawn_sweeper();
         for b in &bound {
             endpoints[b.index].svc.launch(
@@ -103,8 +106,6 @@ impl Generation {
                 tls[b.index].clone(),
             );
         }
-        let regs = std::mem::take(&mut config.http3);
-        let sockets = crate::quic::Http3::sockets(&regs)?;
         let http3 = crate::quic::Http3::start(regs, sockets, None, config.tls_handshake_timeout)?;
         let counted = (conns.counter(), http3.clone());
         life.serving(
