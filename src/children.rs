@@ -30,8 +30,11 @@ enum Exit {
     /// Our child, with its handle.
     Child(Child),
     /// Our child, reaped by a task (it was started by the image before a
-    /// `keep_pid` re-exec).
-    Reaped(tokio::task::JoinHandle<()>),
+    /// `keep_pid` re-exec), which says when it is done.
+    Reaped(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Receiver<bool>,
+    ),
 }
 
 impl Outlived {
@@ -47,15 +50,30 @@ impl Outlived {
 
     /// Our child `pid`, which only `waitpid` can see exit.
     pub(crate) fn reaped(pid: u32, link: Option<Link>) -> Outlived {
+        let (done, exited) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            // Bounded by its stop timeout, which it enforces itself.
+            let _ = reap(pid, None).await;
+            done.send_replace(true);
+        });
         Outlived {
             pid,
             link,
             told: 0,
-            exit: Box::new(Exit::Reaped(tokio::spawn(async move {
-                // Bounded by its stop timeout, which it enforces itself.
-                let _ = reap(pid, None).await;
-            }))),
+            exit: Box::new(Exit::Reaped(task, exited)),
         }
+    }
+
+    /// Resolves once it has exited, for one reaped by a task (`None` for a
+    /// child with its handle, whose exit only [`outlive`] waits for).
+    pub(crate) fn exited(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let Exit::Reaped(_, exited) = &*self.exit else {
+            return None;
+        };
+        let mut exited = exited.clone();
+        Some(async move {
+            let _ = exited.wait_for(|done| *done).await;
+        })
     }
 
     /// Passes one more stop request on.
@@ -95,7 +113,7 @@ async fn wait(outlived: Outlived) {
         Exit::Child(mut child) => {
             let _ = child.wait().await;
         }
-        Exit::Reaped(task) => {
+        Exit::Reaped(task, _) => {
             let _ = task.await;
         }
     }

@@ -63,6 +63,9 @@ pub(crate) struct Config {
     /// The control socket, with its permissions.
     #[cfg(unix)]
     pub(crate) control: Option<(PathBuf, UnixPermissions)>,
+    /// The HTTP/3 addresses (feature `http3`), each with its certificate
+    /// and service.
+    pub(crate) http3: Vec<crate::quic::Registration>,
 }
 
 impl Config {

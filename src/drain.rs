@@ -73,6 +73,8 @@ pub(crate) struct Drain {
     defer_reloads: bool,
     /// Connections cut so far (the deadline, a second stop).
     cut: u64,
+    /// The generation's HTTP/3 endpoints, drained with its connections.
+    http3: crate::quic::Http3,
 }
 
 /// What a stop request does to a drain.
@@ -98,6 +100,7 @@ impl Drain {
             deferred: None,
             defer_reloads: false,
             cut: 0,
+            http3: crate::quic::Http3::default(),
         };
         if let Why::Stopped(stop) = why {
             drain.count(stop);
@@ -143,6 +146,12 @@ impl Drain {
         }
     }
 
+    /// Drains `http3` too (its drain has begun).
+    pub(crate) fn with_http3(mut self, http3: crate::quic::Http3) -> Drain {
+        self.http3 = http3;
+        self
+    }
+
     pub(crate) fn why(&self) -> Why {
         self.why
     }
@@ -163,7 +172,8 @@ impl Drain {
 
     /// Cuts every connection left, counting them.
     pub(crate) async fn cut_off(&mut self, conns: &Connections) {
-        self.cut += conns.active() as u64;
+        self.cut += (conns.active() + self.http3.open()) as u64;
+        self.http3.cut_off();
         conns.cut_off().await;
     }
 
@@ -188,9 +198,12 @@ impl Drain {
     pub(crate) async fn wait(&mut self, conns: &Connections, events: &mut Events) -> Ended {
         let deadline = tokio::time::sleep_until(self.deadline);
         tokio::pin!(deadline);
+        let http3 = self.http3.clone();
+        let drained = async { tokio::join!(conns.drained(), http3.drained()) };
+        tokio::pin!(drained);
         loop {
             tokio::select! {
-                _ = conns.drained() => {
+                _ = &mut drained => {
                     info!("drained; all connections closed");
                     return Ended::Closed;
                 }

@@ -287,6 +287,7 @@ impl Events {
                     }
                     Some(Down::LetGo) => {
                         debug!("the previous generation let go of its sockets: probation over");
+                        #[cfg(unix)]
                         let ended = self.life.counters_now().in_probation;
                         self.life.probation_passed();
                         #[cfg(unix)]

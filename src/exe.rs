@@ -279,7 +279,9 @@ impl OpenExe {
     pub(crate) fn runs_in(self, pid: u32) -> std::io::Result<ExeFile> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(actual) = FileId::of_path(Path::new(&format!("/proc/{pid}/exe"))) {
-            if actual != self.id {
+            // A script runs its interpreter: `/proc/PID/exe` names that,
+            // and says nothing about which script it runs.
+            if actual != self.id && !self.is_script() {
                 return Err(std::io::Error::other(format!(
                     "the executable was replaced while the new generation started (opened {}, it runs {actual}); reload again",
                     self.id
@@ -292,6 +294,13 @@ impl OpenExe {
             id: self.id,
             path: self.path,
         })
+    }
+
+    /// Whether the file starts with `#!` (the kernel runs its interpreter).
+    fn is_script(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut magic = [0u8; 2];
+        matches!(self.file.read_at(&mut magic, 0), Ok(2)) && magic == *b"#!"
     }
 }
 
@@ -395,5 +404,49 @@ mod tests {
         // Set before `main` (and so before any test could change it).
         let start = START.get().expect("captured at start-up");
         assert!(start.cwd.is_some());
+    }
+
+    /// A script runs its interpreter (`/proc/PID/exe` names `/bin/sh`):
+    /// that is no replacement. A binary that is not the one opened is.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_script_is_checked_by_what_was_opened_not_by_its_interpreter() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("server");
+        std::fs::write(&script, "#!/bin/sh\nsleep 5\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = Exe {
+            path: script.clone(),
+            args: Vec::new(),
+            cwd: None,
+        };
+        let open = exe.open().unwrap();
+        let mut child = exe.command().spawn().unwrap();
+        // After the exec: /proc names the interpreter.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let ran = open.runs_in(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(ran.is_ok(), "{ran:?}");
+
+        // A binary renamed over the path after it was opened is caught.
+        let copy = dir.path().join("true");
+        std::fs::copy("/bin/sleep", &copy).unwrap();
+        let exe = Exe {
+            path: copy.clone(),
+            args: vec!["5".into()],
+            cwd: None,
+        };
+        let open = exe.open().unwrap();
+        let staged = dir.path().join("true.new");
+        std::fs::copy("/bin/sleep", &staged).unwrap();
+        std::fs::rename(&staged, &copy).unwrap();
+        let mut child = exe.command().spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let ran = open.runs_in(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(ran.is_err(), "a replaced binary passed: {ran:?}");
     }
 }

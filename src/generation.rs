@@ -36,10 +36,14 @@ use crate::lifecycle::Lifecycle;
 use crate::link::{self, Down, Up, Upstream};
 use crate::listener::{self, Bound, LocalAddr, SocketFile};
 use crate::probation::{self, Held};
+use crate::quic::Http3;
 use crate::restart::{Handoff, Outcome, Restarter, Successor};
 use crate::signal::Signals;
 use crate::watch::Watcher;
 use crate::{pid_file, systemd};
+
+/// A generation's HTTP/3 sockets and registrations, before it serves them.
+type Http3Parts = (Vec<crate::quic::Parts>, Vec<crate::quic::Registration>);
 
 /// One generation of a server.
 pub(crate) struct Generation {
@@ -73,9 +77,10 @@ pub(crate) struct Generation {
     /// A generation this one outlives whatever happens: the `keep_pid`
     /// temporary generation, draining after this image took over again.
     leftover: Option<crate::children::Outlived>,
-    /// The connections gauge of the metrics, while this generation lives.
-    #[cfg(feature = "metrics")]
-    _gauge: Gauge,
+    /// The HTTP/3 endpoints (feature `http3`).
+    http3: Http3,
+    /// What HTTPS responses say of them (`Alt-Svc`).
+    alt_svc: Option<hyper::header::HeaderValue>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -99,7 +104,7 @@ enum Ending {
 impl Generation {
     /// Phase 1: from nothing to serving.
     pub(crate) async fn start(
-        config: Config,
+        mut config: Config,
         mut endpoints: Vec<Endpoint>,
         commands: tokio::sync::mpsc::UnboundedReceiver<crate::events::Command>,
         life: Arc<Lifecycle>,
@@ -138,8 +143,10 @@ impl Generation {
             .collect::<Result<Vec<Tls>>>()?;
         let started = Instant::now();
         let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
-        #[cfg(feature = "metrics")]
-        let life_for_gauge = life.clone();
+        let regs = std::mem::take(&mut config.http3);
+        let parts = Http3::sockets(&regs)?;
+        let alt_svc = crate::quic::alt_svc(&parts);
+        let mut http3 = Some((parts, regs));
         let extras = crate::sockets::freeze();
 
         let socket_files = bound
@@ -147,7 +154,8 @@ impl Generation {
             .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
         let mut generation = Generation {
-            conns: accept(&config, &endpoints, &tls, &bound),
+            conns: accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
+            alt_svc,
             config,
             life,
             endpoints,
@@ -163,20 +171,43 @@ impl Generation {
             successor: None,
             carried: None,
             leftover: None,
-            #[cfg(feature = "metrics")]
-            _gauge: Gauge::spawn(life_for_gauge),
+            http3: Http3::default(),
         };
         // The PID file first: whoever learns that we serve (from `listening`,
         // or our parent from our signal) finds the file already current.
         if let (Some(path), None) = (&generation.config.pid_file, temporary) {
             pid_file::write_pid_file(path)?;
         }
+        generation.start_http3(&mut http3, false)?;
         generation.serving(addrs);
         generation.announce(origin, started);
+        generation.start_http3(&mut http3, true)?;
         if generation.temporary.is_none() {
             systemd::status(&serving_status());
         }
         Ok(generation)
+    }
+
+    /// Serves HTTP/3 (see `quic`): before this generation says it is
+    /// ready, or, after a `keep_pid` re-exec (`reexec`), once the
+    /// temporary generation, which `announce` took over, is gone.
+    fn start_http3(&mut self, http3: &mut Option<Http3Parts>, reexec: bool) -> Result<()> {
+        if reexec != self.after_reexec() {
+            return Ok(());
+        }
+        let Some((sockets, regs)) = http3.take() else {
+            return Ok(());
+        };
+        let after = match &self.leftover {
+            Some(t) if reexec => t.exited().map(|f| Box::pin(f) as _),
+            _ => None,
+        };
+        self.http3 = Http3::start(regs, sockets, after, self.config.tls_handshake_timeout)?;
+        Ok(())
+    }
+
+    fn after_reexec(&self) -> bool {
+        matches!(handover::origin(), Some(Origin::SelfExec { .. }))
     }
 
     /// Accepting (again) on `addrs`: the handles, the watcher and the
@@ -190,7 +221,10 @@ impl Generation {
             .collect();
         self.life.serving(
             user,
-            crate::lifecycle::Counter(Box::new(self.conns.counter())),
+            crate::lifecycle::Counter(Box::new({
+                let (tcp, http3) = (self.conns.counter(), self.http3.clone());
+                move || tcp() + http3.open()
+            })),
         );
         if self.watcher.is_none() {
             self.watcher = self.spawn_watcher();
@@ -324,6 +358,7 @@ impl Generation {
                 bound: &self.bound,
                 extras: &self.extras,
                 life: &self.life,
+                http3: &self.http3,
             };
             let outcome = restarter
                 .serve(&mut self.events, &handoff, self.carried.take())
@@ -443,6 +478,7 @@ impl Generation {
     /// successor's probation.
     pub(crate) fn begin_drain(&mut self, why: Why) -> Drain {
         self.conns.start_drain(why == Why::HandedOver);
+        self.http3.begin_drain();
         self.life.begin_drain();
         // A temporary generation never holds the listeners for anyone.
         if why.is_stop() || self.temporary.is_some() {
@@ -455,7 +491,7 @@ impl Generation {
             ?timeout,
             "draining"
         );
-        Drain::new(why, timeout)
+        Drain::new(why, timeout).with_http3(self.http3.clone())
     }
 
     /// Serves again on the listeners this generation held, after its
@@ -469,7 +505,14 @@ impl Generation {
                 warn!(cause = %e, "cannot take the PID file back");
             }
         }
-        let fresh = accept(&self.config, &self.endpoints, &self.tls, &self.bound);
+        let fresh = accept(
+            &self.config,
+            &self.endpoints,
+            &self.tls,
+            &self.bound,
+            self.alt_svc.clone(),
+        );
+        self.http3.resume();
         let old = std::mem::replace(&mut self.conns, fresh);
         let deadline = drain.deadline();
         let life = self.life.clone();
@@ -556,6 +599,7 @@ impl Generation {
             bound: &self.bound,
             extras: &self.extras,
             life: &self.life,
+            http3: &self.http3,
         }
     }
 
@@ -576,31 +620,6 @@ impl Generation {
     }
 }
 
-/// Keeps the metrics' connections gauge current (every second) while it
-/// lives.
-#[cfg(feature = "metrics")]
-struct Gauge(tokio::task::JoinHandle<()>);
-
-#[cfg(feature = "metrics")]
-impl Gauge {
-    fn spawn(life: Arc<Lifecycle>) -> Gauge {
-        Gauge(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                crate::metrics::connections(life.stats().connections);
-            }
-        }))
-    }
-}
-
-#[cfg(feature = "metrics")]
-impl Drop for Gauge {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What `systemctl status` says of a generation that serves.
 pub(crate) fn serving_status() -> String {
     format!(
@@ -617,6 +636,7 @@ struct HandoffOf<'a> {
     bound: &'a [Bound],
     extras: &'a [(String, RawFd)],
     life: &'a Lifecycle,
+    http3: &'a Http3,
 }
 
 impl HandoffOf<'_> {
@@ -663,6 +683,14 @@ impl Handoff for HandoffOf<'_> {
 
     fn state(&self, since: Instant) -> Vec<(&'static str, Vec<u8>)> {
         self.sections(Some(since))
+    }
+
+    fn pairs(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        self.http3.pairs()
+    }
+
+    fn spawn_failed(&self) {
+        self.http3.spawn_failed();
     }
 }
 
@@ -758,8 +786,17 @@ fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<Lo
 }
 
 /// Starts accepting on every listener (again, after a failed successor).
-fn accept(config: &Config, endpoints: &[Endpoint], tls: &[Tls], bound: &[Bound]) -> Connections {
-    let conns = Connections::for_settings(&config.connections());
+/// `alt_svc`: the `Alt-Svc` header of HTTPS responses, when HTTP/3 is
+/// served.
+fn accept(
+    config: &Config,
+    endpoints: &[Endpoint],
+    tls: &[Tls],
+    bound: &[Bound],
+    alt_svc: Option<hyper::header::HeaderValue>,
+) -> Connections {
+    let mut conns = Connections::for_settings(&config.connections());
+    conns.advertise(alt_svc);
     conns.spawn_sweeper();
     for b in bound {
         endpoints[b.index].svc.launch(

@@ -82,16 +82,20 @@ pub(crate) enum Kind {
     /// `keep_pid`: the link to the temporary generation, kept across the
     /// re-exec in place.
     TemporaryLink,
+    /// HTTP/3: the new generation's end of the datagram pair to the
+    /// previous one, named by the registered address (see `http3`).
+    Http3Pair,
 }
 
 impl Kind {
-    const ALL: [(Kind, &'static str); 6] = [
+    const ALL: [(Kind, &'static str); 7] = [
         (Kind::Listener, "listener"),
         (Kind::ListenerUnowned, "listener-unowned"),
         (Kind::Extra, "extra"),
         (Kind::Link, "link"),
         (Kind::State, "state"),
         (Kind::TemporaryLink, "temporary-link"),
+        (Kind::Http3Pair, "http3-pair"),
     ];
 
     fn as_str(self) -> &'static str {
@@ -108,9 +112,11 @@ impl Kind {
     /// The file type a descriptor of this kind must have (`None`: any).
     fn file_type(self) -> Option<SFlag> {
         match self {
-            Kind::Listener | Kind::ListenerUnowned | Kind::Link | Kind::TemporaryLink => {
-                Some(SFlag::S_IFSOCK)
-            }
+            Kind::Listener
+            | Kind::ListenerUnowned
+            | Kind::Link
+            | Kind::TemporaryLink
+            | Kind::Http3Pair => Some(SFlag::S_IFSOCK),
             Kind::State => Some(SFlag::S_IFREG),
             Kind::Extra => None,
         }
@@ -556,19 +562,22 @@ pub(crate) fn take(kind: Kind, name: Option<&str>) -> Option<Inherited> {
     Some(list.remove(i))
 }
 
-/// Closes the extra descriptors no code claimed (a new version that no
-/// longer uses them), and returns their names.
+/// Closes the extra descriptors (and HTTP/3 pairs) no code claimed (a new
+/// version that no longer uses them), and returns their names.
 pub(crate) fn close_unclaimed_extras() -> Vec<String> {
     init();
     let mut list = unclaimed();
     let (extras, rest): (Vec<Inherited>, Vec<Inherited>) = std::mem::take(&mut *list)
         .into_iter()
-        .partition(|i| i.kind == Kind::Extra);
+        .partition(|i| matches!(i.kind, Kind::Extra | Kind::Http3Pair));
     *list = rest;
     extras
         .into_iter()
         .map(|i| {
-            let name = i.name.clone();
+            let name = match i.kind {
+                Kind::Http3Pair => format!("{} (http3-pair)", i.name),
+                _ => i.name.clone(),
+            };
             drop(i.take());
             name
         })

@@ -204,6 +204,8 @@ mod handle;
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod handover;
+#[cfg(feature = "http3")]
+pub mod http3;
 #[cfg(unix)]
 mod keep_pid;
 mod lifecycle;
@@ -218,6 +220,7 @@ mod pid_file;
 mod portable;
 #[cfg(unix)]
 mod probation;
+mod quic;
 mod ready;
 #[cfg(unix)]
 mod restart;
@@ -264,6 +267,8 @@ pub use conn_info::ConnInfo;
 pub use conn_info::TlsInfo;
 pub use error::{Error, Result};
 pub use handle::Handle;
+#[cfg(feature = "http3")]
+pub use http3::{RequestBody, WithRequestBody};
 /// Serves a tower service (an axum `Router`, a tonic server's routes) as a
 /// hyper service: `endless::listen_and_serve(addr,
 /// endless::TowerToHyperService::new(router))`.

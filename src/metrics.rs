@@ -17,7 +17,7 @@
 //! | `endless_drains_total` | counter | | drains after a hand-over that have ended |
 //! | `endless_drain_duration_seconds` | histogram | | how long each of those took (recorded by the successor) |
 //! | `endless_connections_cut_total` | counter | | connections cut at a drain's deadline or by a second stop |
-//! | `endless_connections` | gauge | | connections open in this generation |
+//! | `endless_connections` | gauge | | connections open in this process (TCP, Unix, QUIC), counted as they open and close |
 //! | `endless_generation` | gauge | | this generation's number |
 //! | `endless_in_probation` | gauge | | 1 while a predecessor holds the sockets for this generation |
 
@@ -45,7 +45,20 @@ pub(crate) fn drained(took: Duration) {
     histogram!("endless_drain_duration_seconds").record(took.as_secs_f64());
 }
 
-/// Connections open now.
-pub(crate) fn connections(n: usize) {
-    gauge!("endless_connections").set(n as f64);
+/// The connections gauge, looked up once (the recorder is installed
+/// before the server runs).
+fn open_connections() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| gauge!("endless_connections"))
+}
+
+/// A connection opened (TCP, Unix or QUIC). Counted as it happens rather
+/// than by a timer, so an idle server wakes up for nothing.
+pub(crate) fn connection_opened() {
+    open_connections().increment(1.0);
+}
+
+/// A connection closed.
+pub(crate) fn connection_closed() {
+    open_connections().decrement(1.0);
 }

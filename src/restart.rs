@@ -105,6 +105,11 @@ pub(crate) trait Handoff: Sync {
     fn descriptors(&self) -> Vec<Outgoing<'_>>;
     /// The state, for a reload asked for at `since`.
     fn state(&self, since: Instant) -> Vec<(&'static str, Vec<u8>)>;
+    /// Made for one spawn: the child's ends of the HTTP/3 pairs, by
+    /// registered address (ours are kept, as the successor's).
+    fn pairs(&self) -> io::Result<Vec<(String, std::os::fd::OwnedFd)>>;
+    /// The spawned generation failed before it served: its pairs go.
+    fn spawn_failed(&self);
 }
 
 /// The restart policy of one generation.
@@ -183,6 +188,7 @@ impl Restarter {
             Ok(s) => s,
             Err(e) => {
                 error!(cause = %e, "reload failed; still serving");
+                handoff.spawn_failed();
                 self.fail(trigger, since, e);
                 return Attempt::Failed { pending: None };
             }
@@ -241,6 +247,7 @@ impl Restarter {
             }
         };
         events.gone(pid);
+        handoff.spawn_failed();
         self.fail(trigger, since, failure);
         Attempt::Failed { pending }
     }
@@ -276,12 +283,18 @@ impl Restarter {
             let file = exe.open().map_err(spawn_error)?;
             let (pending, child_end) = link::pair().map_err(spawn_error)?;
             let mut cmd = exe.command();
+            let pairs = handoff.pairs().map_err(spawn_error)?;
             let mut fds = handoff.descriptors();
             fds.push(Outgoing {
                 kind: handover::Kind::Link,
                 name: "",
                 fd: raw(&child_end),
             });
+            fds.extend(pairs.iter().map(|(name, fd)| Outgoing {
+                kind: handover::Kind::Http3Pair,
+                name,
+                fd: raw(fd),
+            }));
             if let Some(state) = &state {
                 fds.push(Outgoing {
                     kind: handover::Kind::State,
@@ -298,8 +311,10 @@ impl Restarter {
             )
             .map_err(spawn_error)?;
             let spawned = tokio::process::Command::from(cmd).spawn();
-            // The child has its copy; ours would keep the link from ending.
+            // The child has its copies; ours would keep the link (and the
+            // pairs) from ending.
             drop(child_end);
+            drop(pairs);
             match spawned {
                 Ok(mut child) => {
                     let pid = child.id().unwrap_or_default();

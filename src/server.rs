@@ -42,7 +42,7 @@ const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 ///
 /// Build it with [`Server::new`], add listeners with [`register`](Self::register),
 /// adjust the settings, and [`run`](Self::run) it. Every setting is checked by
-/// `run`, which returns the first problem as an [`Error`] naming it.
+/// `run`, which returns the first problem as an [`Error`](crate::Error) naming it.
 ///
 /// # Examples
 ///
@@ -129,6 +129,7 @@ impl Server {
         Server {
             registrations: Vec::new(),
             config: Config {
+                http3: Vec::new(),
                 stop_timeout: DEFAULT_STOP_TIMEOUT,
                 ready_timeout: DEFAULT_READY_TIMEOUT,
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
@@ -229,6 +230,66 @@ impl Server {
             connections::register(svc.into_http_service()),
             Some(source),
         )
+    }
+
+    /// Serves `svc` over HTTP/3 (QUIC) on the UDP address `addr` (a literal
+    /// address such as `"0.0.0.0:8443"`, or `":8443"` for every interface),
+    /// with the certificate chain and key in `cert_pem` and `key_pem`, read
+    /// at the start of every generation as [`register_tls`](Self::register_tls)
+    /// reads them (feature `http3`).
+    ///
+    /// The connections survive reloads: each generation's connection IDs
+    /// name it, the newest generation reads the shared UDP socket and
+    /// passes the packets of older generations' connections to them, which
+    /// finish their requests and leave (see the [`http3`](crate::http3)
+    /// module for how). Responses of this server's HTTPS listeners carry an
+    /// `Alt-Svc` header pointing at the first HTTP/3 address, so that
+    /// browsers find it.
+    ///
+    /// `svc` takes requests whose body is an [`endless::RequestBody`](crate::RequestBody):
+    /// an axum `Router` as it is (it serves HTTPS too, unchanged), or a
+    /// `service_fn(|req: Request<endless::RequestBody>| …)`, served over
+    /// HTTPS as [`endless::WithRequestBody::new(svc)`](crate::WithRequestBody).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use hyper::{Request, Response};
+    ///
+    /// async fn hello(
+    ///     req: Request<endless::RequestBody>,
+    /// ) -> Result<Response<String>, std::convert::Infallible> {
+    ///     Ok(Response::new(format!("hello over {:?}\n", req.version())))
+    /// }
+    ///
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// let svc = hyper::service::service_fn(hello);
+    /// endless::Server::new()
+    ///     .register_tls("0.0.0.0:8443", "cert.pem", "key.pem", endless::WithRequestBody::new(svc))
+    ///     .register_http3("0.0.0.0:8443", "cert.pem", "key.pem", svc)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    #[cfg(feature = "http3")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http3")))]
+    pub fn register_http3<S, M>(
+        mut self,
+        addr: &str,
+        cert_pem: impl AsRef<std::path::Path>,
+        key_pem: impl AsRef<std::path::Path>,
+        svc: S,
+    ) -> Self
+    where
+        S: crate::http3::IntoHttp3Service<M>,
+    {
+        self.config.http3.push(crate::quic::Registration::new(
+            addr,
+            cert_pem.as_ref().to_path_buf(),
+            key_pem.as_ref().to_path_buf(),
+            svc.into_http3_service(),
+        ));
+        self
     }
 
     /// Adds an HTTPS listener on `addr` with a rustls configuration you
@@ -575,7 +636,7 @@ impl Server {
     /// takes effect at the next reload). `addr` must be registered, with
     /// [`register`](Self::register) or [`register_tls`](Self::register_tls),
     /// and name a socket file: [`run`](Self::run) returns
-    /// [`Error::Config`] otherwise. A later call for the same address
+    /// [`Error::Config`](crate::Error::Config) otherwise. A later call for the same address
     /// replaces an earlier one.
     ///
     /// # Examples

@@ -188,6 +188,8 @@ fn without_pwd_a_relative_argv0_reruns_the_old_release_and_says_so() {
         )),
         "{body}"
     );
+    // The old generation serves on.
+    support::wait_served_by(&addr, gen2);
 }
 
 /// `p` as `canonicalize` gave it while it existed.

@@ -1,5 +1,7 @@
 //! The process side's hardening: each test is a case an adversarial read
-//! found, reproduced against real processes, that failed before its fix.
+//! found, reproduced against real processes. Each failed before its fix
+//! (checked against the code before it), except where its comment says
+//! otherwise.
 
 mod support;
 
@@ -270,7 +272,10 @@ fn keep_pid_reaps_the_children_the_old_image_left() {
 /// Unix socket permissions are set without following a symlink: someone
 /// who can write to the socket's directory replaces the socket file with a
 /// symlink to a file of theirs choosing; the next generation, adopting the
-/// socket, leaves that file alone. (It changed the target's mode.)
+/// socket, leaves that file alone. (This passed before the fix too: the
+/// old check of the path already refused a symlink put there before the
+/// reload. The fix closed the race between that check and the `chmod`,
+/// which this test does not reach; it guards the check.)
 #[test]
 fn socket_permissions_never_follow_a_symlink_put_at_the_path() {
     use std::os::unix::fs::PermissionsExt;
@@ -297,7 +302,9 @@ fn socket_permissions_never_follow_a_symlink_put_at_the_path() {
 
 /// The file watcher is not lost with a reload whose new generation then
 /// fails: the old generation, serving again, still reloads on the next
-/// change. (The watcher ended when its generation started draining.)
+/// change. (The watcher ended when its generation started draining; the
+/// case exists only with probation, new with the fix, so there is no
+/// "before" to fail.)
 #[test]
 fn the_watcher_keeps_watching_after_a_rollback() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -346,12 +346,16 @@ fn a_failed_reload_keeps_the_unit_and_its_main_pid() {
         "systemctl reload succeeded with a broken build:\n{}",
         sd.log_tail()
     );
-    assert!(support::strip_ansi(&sd.log()).contains("new generation exited before it was ready"));
-    assert!(
-        sd.log().contains("error new generation")
-            && sd.log().contains("exited before it was ready"),
-        "endlessctl's answer is in the journal:\n{}",
-        sd.log_tail()
+    // The journal may be written a moment after `systemctl` returns.
+    sd.eventually(
+        "the failure and endlessctl's answer in the journal",
+        Duration::from_secs(10),
+        || {
+            let log = support::strip_ansi(&sd.log());
+            (log.contains("new generation exited before it was ready")
+                && log.contains("error new generation"))
+            .then_some(())
+        },
     );
     // RELOADING=1 then READY=1 again from the old generation: active again.
     sd.eventually("active again", Duration::from_secs(5), || {

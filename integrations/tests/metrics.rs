@@ -63,10 +63,18 @@ fn counters_keep_growing_across_reloads() {
     // Each reload's predecessor let go when the next one took over (the
     // chain), so all but the last have succeeded; the last once its
     // probation (10 s) is over.
-    let s = support::eventually("the last reload succeeded", Duration::from_secs(20), || {
-        let s = scrape(&addr);
-        (s.get("endless_reloads_total{outcome=\"succeeded\"}") == Some(&5.0)).then_some(s)
-    });
+    let s = support::eventually(
+        "the last reload succeeded and a drain was counted",
+        Duration::from_secs(20),
+        || {
+            let s = scrape(&addr);
+            // The drained predecessor says so on its way out, just after it
+            // lets go: the two can be a scrape apart.
+            (s.get("endless_reloads_total{outcome=\"succeeded\"}") == Some(&5.0)
+                && s.get("endless_drains_total").is_some_and(|d| *d >= 1.0))
+            .then_some(s)
+        },
+    );
     assert_eq!(s["endless_reload_requests_total"], 5.0, "{s:#?}");
     assert_eq!(
         s.get("endless_reloads_total{outcome=\"failed\"}")

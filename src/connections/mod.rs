@@ -180,6 +180,8 @@ pub(crate) struct Connections {
     stop_accepting: Arc<StopAccepting>,
     /// Stops the sweeper when the generation's connections are dropped.
     stop_sweeping: CancellationToken,
+    /// The `Alt-Svc` header of HTTPS responses, when HTTP/3 is served.
+    alt_svc: Option<hyper::header::HeaderValue>,
 }
 
 impl Drop for Connections {
@@ -327,6 +329,7 @@ impl Connections {
             tracker,
             stop_accepting: Arc::default(),
             stop_sweeping: CancellationToken::new(),
+            alt_svc: None,
         }
     }
 
@@ -429,6 +432,32 @@ impl Connections {
                 warn!(addr = %name, cause = %e, "cannot turn TCP keepalive on");
             }
         }
+        if let (Some(value), true) = (&self.alt_svc, tls.is_some()) {
+            // A wrapper only where it is needed: the HTTPS listeners of a
+            // server that also serves HTTP/3.
+            let svc = request::AltSvc::new(svc, value.clone());
+            return self.spawn_listening(name, listener, local, svc, tls);
+        }
+        self.spawn_listening(name, listener, local, svc, tls);
+    }
+
+    /// Advertises HTTP/3 with `value` on every HTTPS listener launched from
+    /// now on.
+    pub(crate) fn advertise(&mut self, value: Option<hyper::header::HeaderValue>) {
+        self.alt_svc = value;
+    }
+
+    fn spawn_listening<S, B>(
+        &self,
+        name: String,
+        listener: Arc<Listener>,
+        local: LocalAddr,
+        svc: S,
+        tls: Tls,
+    ) where
+        S: HttpService<B>,
+        B: HttpBody,
+    {
         let listening = Arc::new(Listening {
             svc,
             name: Arc::from(name.as_str()),

@@ -190,3 +190,61 @@ mod tests {
         assert!(!hands_over_the_connection(StatusCode::FORBIDDEN, true));
     }
 }
+
+/// The service of an HTTPS listener of a server that also serves HTTP/3:
+/// every response carries `Alt-Svc` (unless the service set one), so that
+/// browsers find HTTP/3. Only such listeners are wrapped.
+#[derive(Clone)]
+pub(super) struct AltSvc<S> {
+    svc: S,
+    value: HeaderValue,
+}
+
+impl<S> AltSvc<S> {
+    pub(super) fn new(svc: S, value: HeaderValue) -> Self {
+        AltSvc { svc, value }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for AltSvc<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = WithAltSvc<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        WithAltSvc {
+            inner: self.svc.call(req),
+            value: Some(self.value.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`AltSvc`].
+    pub(super) struct WithAltSvc<F> {
+        #[pin]
+        inner: F,
+        value: Option<HeaderValue>,
+    }
+}
+
+impl<F, B, E> Future for WithAltSvc<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(value) = this.value.take() {
+            res.headers_mut()
+                .entry(hyper::header::ALT_SVC)
+                .or_insert(value);
+        }
+        Poll::Ready(Ok(res))
+    }
+}

@@ -136,6 +136,8 @@ impl Sockets {
         // No clock read per connection: the sweeper's first sight of it
         // counts instead (see `ActiveMs`).
         let signal = Arc::new(ConnSignal::new(!tls));
+        #[cfg(feature = "metrics")]
+        crate::metrics::connection_opened();
         let (id, seq, wake_sweeper) = {
             let mut inner = self.lock();
             signal.raise(inner.level);
@@ -453,6 +455,8 @@ pub(super) struct SocketGuard {
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::connection_closed();
         let mut inner = self.sockets.lock();
         // Its own key: a key is reused only once removed.
         inner.open.try_remove(self.id);

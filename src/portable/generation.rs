@@ -35,12 +35,13 @@ pub(crate) struct Generation {
     bound: Vec<Bound>,
     conns: Connections,
     events: Events,
+    http3: crate::quic::Http3,
 }
 
 impl Generation {
     /// From nothing to serving.
     pub(crate) async fn start(
-        config: Config,
+        mut config: Config,
         endpoints: Vec<Endpoint>,
         commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
         life: Arc<Lifecycle>,
@@ -92,7 +93,10 @@ impl Generation {
             })
             .collect();
         crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
-        let conns = Connections::for_settings(&config.connections());
+        let regs = std::mem::take(&mut config.http3);
+        let sockets = crate::quic::Http3::sockets(&regs)?;
+        let mut conns = Connections::for_settings(&config.connections());
+        conns.advertise(crate::quic::alt_svc(&sockets));
         conns.spawn_sweeper();
         for b in &bound {
             endpoints[b.index].svc.launch(
@@ -102,7 +106,12 @@ impl Generation {
                 tls[b.index].clone(),
             );
         }
-        life.serving(addrs, Counter(Box::new(conns.counter())));
+        let http3 = crate::quic::Http3::start(regs, sockets, None, config.tls_handshake_timeout)?;
+        let counted = (conns.counter(), http3.clone());
+        life.serving(
+            addrs,
+            Counter(Box::new(move || counted.0() + counted.1.open())),
+        );
         info!(
             pid = std::process::id(),
             "serving (without reloads: they need Unix)"
@@ -113,6 +122,7 @@ impl Generation {
             bound,
             conns,
             events,
+            http3,
         })
     }
 
@@ -123,11 +133,13 @@ impl Generation {
                 Event::Stop(stop) => {
                     info!(signal = ?stop.signal, "stop requested");
                     self.conns.start_drain(false);
+                    self.http3.begin_drain();
                     self.life.begin_drain();
                     // Our listeners go now, so the port is free once `run`
                     // returns.
                     self.bound.clear();
-                    break Drain::new(Why::Stopped(stop), self.config.stop_timeout);
+                    break Drain::new(Why::Stopped(stop), self.config.stop_timeout)
+                        .with_http3(self.http3.clone());
                 }
                 Event::Reload(trigger) => {
                     let err = Error::reloads_unsupported();
