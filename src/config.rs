@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::connections::{Launch, Limits, Settings};
+use crate::connections::{Launch, Limits, Protocol, Settings};
 use crate::error::{Error, Result};
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) tls_handshake_timeout: Duration,
     /// The connections' bounds besides the header read timeout.
     pub(crate) limits: Limits,
+    /// hyper's HTTP/1 and HTTP/2 settings that the program set.
+    pub(crate) protocol: Protocol,
     pub(crate) signals: SignalSet,
     /// How widely [`Handle::draining`](crate::Handle::draining) spreads its
     /// wake-ups.
@@ -76,6 +78,7 @@ impl Config {
             stop: self.stop_timeout,
             tls_handshake: self.tls_handshake_timeout,
             limits: self.limits.clone(),
+            protocol: self.protocol.clone(),
         }
     }
 }
@@ -160,6 +163,7 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
             reason: "must be at least 1".to_owned(),
         });
     }
+    config.protocol.check()?;
     if registrations.is_empty() {
         return Err(Error::Config {
             setting: "listeners",

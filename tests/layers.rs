@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "connections/conn_signal",
             "connections/counted_io",
             "connections/launch",
+            "connections/protocol",
             "connections/request",
             "connections/serve",
             "connections/sweeper",
