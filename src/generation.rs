@@ -734,6 +734,7 @@ async fn bind_and_check(
             spec: &e.spec,
             perms: e.perms.as_ref(),
             backlog: config.backlog,
+            given: e.given.as_ref(),
         })
         .collect();
     let bound = listener::take_all(&wanted, bind_new).await?;

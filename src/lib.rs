@@ -283,7 +283,7 @@ pub use hyper_util::service::TowerToHyperService;
 pub use lifecycle::Stats;
 #[cfg(unix)]
 pub use listener::UnixPermissions;
-pub use listener::{LocalAddr, PeerCredentials};
+pub use listener::{LocalAddr, PeerCredentials, StdListener};
 pub use ready::Probe;
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.

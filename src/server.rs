@@ -16,6 +16,7 @@ use crate::events::Command;
 use crate::generation::Generation;
 use crate::handle::Handle;
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::listener::Given;
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
 use crate::service::IntoHttpService;
@@ -216,13 +217,153 @@ impl Server {
         self.push(addr, connections::register(svc.into_http_service()), None)
     }
 
-    fn push(mut self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
+    fn push(self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
+        self.push_given(addr, svc, tls, None)
+    }
+
+    fn push_given(
+        mut self,
+        addr: &str,
+        svc: Box<dyn Launch>,
+        tls: Option<TlsSource>,
+        given: Option<Given>,
+    ) -> Self {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
             svc,
             tls,
+            given,
         });
         self
+    }
+
+    /// Adds a listener that the program makes itself, named `name`, served
+    /// by `svc`: one bound before the program drops its privileges, one
+    /// with socket options endless does not set (`IP_FREEBIND`, a device,
+    /// a deferred accept), one that a library hands out. It is served and
+    /// handed over at every reload exactly as a listener of
+    /// [`register`](Self::register) is: its accept queue never closes.
+    ///
+    /// **`listener` is called only when nothing was handed over under
+    /// `name`**: in the first generation (or the first whose release
+    /// registers `name`). A later generation serves the socket it
+    /// inherited and never calls it. That is the point of taking a closure
+    /// rather than a listener: each generation runs `main` again while the
+    /// old one still holds the socket, so a listener made in `main` would
+    /// be bound twice (`EADDRINUSE`, or with `SO_REUSEPORT` a second
+    /// socket with an accept queue of its own, whose connections the old
+    /// generation's exit would reset). So bind inside the closure, never
+    /// before. It is called by [`run`](Self::run), before the ready checks.
+    ///
+    /// `name` is the listener's name across reloads, as a registered
+    /// address is for [`register`](Self::register) (the two share one
+    /// namespace): any non-empty string. Keep it from release to release:
+    /// under a new name, a new generation calls its closure, which cannot
+    /// bind the address the old generation still holds, so the reload
+    /// fails (and the old generation serves on).
+    ///
+    /// What the closure returns must be a listening stream socket, TCP or
+    /// Unix (`std::net::TcpListener` or `std::os::unix::net::UnixListener`,
+    /// as they are, see [`StdListener`](crate::StdListener)); `run`
+    /// returns [`Error::Bind`](crate::Error::Bind) naming `name` (and the
+    /// descriptor) otherwise, or when the closure fails. endless then
+    /// treats it as its own: close-on-exec (only the next generation
+    /// inherits it, during the hand-over), non-blocking,
+    /// [`tcp_keepalive`](Self::tcp_keepalive) on; a Unix socket's file is
+    /// removed at the final stop if it is still that file, as for
+    /// `register("unix:/path")`. [`backlog`](Self::backlog) and
+    /// [`unix_permissions`](Self::unix_permissions) do not apply: the
+    /// program set the queue (`TcpListener::bind` asks for 128; a reload
+    /// under thousands of connections wants more, see `backlog`) and the
+    /// file's mode itself.
+    ///
+    /// # Examples
+    ///
+    /// A TCP listener and a Unix one, each made once and then handed over:
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use std::net::TcpListener;
+    /// use std::os::unix::net::UnixListener;
+    /// use hyper::service::service_fn;
+    ///
+    /// let svc = service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    /// });
+    /// endless::Server::new()
+    ///     .register_listener("web", || TcpListener::bind("127.0.0.1:8080"), svc)
+    ///     .register_listener("admin", || {
+    ///         // A file left by a crash would make bind fail.
+    ///         let _ = std::fs::remove_file("/run/app/admin.sock");
+    ///         UnixListener::bind("/run/app/admin.sock")
+    ///     }, svc)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// For a socket that endless should hand over but the program serves
+    /// itself (another protocol), see
+    /// [`sockets::tcp_listener`](crate::sockets::tcp_listener).
+    pub fn register_listener<F, L, S, M>(self, name: &str, listener: F, svc: S) -> Self
+    where
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        L: Into<crate::StdListener>,
+        S: IntoHttpService<M>,
+    {
+        let svc = connections::register(svc.into_http_service());
+        self.push_given(name, svc, None, Some(Given::new(listener)))
+    }
+
+    /// [`register_listener`](Self::register_listener) for HTTPS: a listener
+    /// the program makes itself (called only when nothing was handed over
+    /// under `name`), served with the certificate chain and key in the PEM
+    /// files `cert_pem` and `key_pem`, read at the start of every
+    /// generation as [`register_tls`](Self::register_tls) reads them
+    /// (session tickets that survive reloads included).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    ///
+    /// let svc = service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    /// });
+    /// endless::Server::new()
+    ///     .register_listener_tls(
+    ///         "https",
+    ///         || std::net::TcpListener::bind("0.0.0.0:8443"),
+    ///         "cert.pem",
+    ///         "key.pem",
+    ///         svc,
+    ///     )
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn register_listener_tls<F, L, S, M>(
+        self,
+        name: &str,
+        listener: F,
+        cert_pem: impl AsRef<std::path::Path>,
+        key_pem: impl AsRef<std::path::Path>,
+        svc: S,
+    ) -> Self
+    where
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        L: Into<crate::StdListener>,
+        S: IntoHttpService<M>,
+    {
+        let source = TlsSource::Files {
+            listener: name.to_owned(),
+            cert: cert_pem.as_ref().to_path_buf(),
+            key: key_pem.as_ref().to_path_buf(),
+        };
+        let svc = connections::register(svc.into_http_service());
+        self.push_given(name, svc, Some(source), Some(Given::new(listener)))
     }
 
     /// Adds an HTTPS listener on `addr` served by `svc`, with the certificate

@@ -60,6 +60,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "link",
             "listener",
             "listener/address",
+            "listener/given",
             "listener/permissions",
             "listener/socket_file",
             "sockets",

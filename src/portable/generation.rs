@@ -62,6 +62,7 @@ impl Generation {
                 spec: &e.spec,
                 perms: None,
                 backlog: config.backlog,
+                given: e.given.as_ref(),
             })
             .collect();
         let bound = listener::take_all(&wanted, true).await?;
