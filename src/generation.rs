@@ -202,7 +202,8 @@ impl Generation {
             Some(t) if reexec => t.exited().map(|f| Box::pin(f) as _),
             _ => None,
         };
-        self.http3 = Http3::start(regs, sockets, after, self.config.tls_handshake_timeout)?;
+        let handshake = self.config.tls_handshake_timeout;
+        self.http3 = Http3::start(regs, sockets, after, handshake, crate::generation())?;
         Ok(())
     }
 

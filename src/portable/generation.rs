@@ -107,7 +107,13 @@ impl Generation {
                 tls[b.index].clone(),
             );
         }
-        let http3 = crate::quic::Http3::start(regs, sockets, None, config.tls_handshake_timeout)?;
+        let http3 = crate::quic::Http3::start(
+            regs,
+            sockets,
+            None,
+            config.tls_handshake_timeout,
+            crate::generation(),
+        )?;
         let counted = (conns.counter(), http3.clone());
         life.serving(
             addrs,
