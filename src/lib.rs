@@ -117,6 +117,10 @@
 //!   whose file [`Server::unix_permissions`] gives a mode, owner and group
 //!   before the first client can connect; on Linux, `"unix:@name"` serves
 //!   on an abstract socket (no file).
+//! - [`Server::register_listener`] serves a listener the program makes
+//!   itself (bound before dropping privileges, or with its own socket
+//!   options): its closure runs only in a generation that inherited nothing
+//!   under the listener's name, so later generations never bind twice.
 //!
 //! # Carrying more than the HTTP listeners
 //!
