@@ -16,6 +16,30 @@ use crate::error::{Error, Result};
 /// closure returns it (through `From`: return a
 /// `std::net::TcpListener` or a `std::os::unix::net::UnixListener` as it
 /// is).
+///
+/// # Examples
+///
+/// A closure that returns one or the other, as configured:
+///
+/// ```no_run
+/// use endless::StdListener;
+///
+/// fn make(unix: Option<&str>) -> std::io::Result<StdListener> {
+///     Ok(match unix {
+///         Some(path) => std::os::unix::net::UnixListener::bind(path)?.into(),
+///         None => std::net::TcpListener::bind("127.0.0.1:8080")?.into(),
+///     })
+/// }
+/// # async fn doc() -> Result<(), endless::Error> {
+/// # let svc = hyper::service::service_fn(|_req| async {
+/// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+/// # });
+/// endless::Server::new()
+///     .register_listener("web", || make(None), svc)
+///     .run()
+///     .await
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StdListener {
