@@ -79,8 +79,8 @@ pub(crate) struct Generation {
     leftover: Option<crate::children::Outlived>,
     /// The HTTP/3 endpoints (feature `http3`).
     http3: Http3,
-    /// What HTTPS responses say of them (`Alt-Svc`).
-    alt_svc: Option<hyper::header::HeaderValue>,
+    /// Their UDP addresses, which HTTPS responses name (`Alt-Svc`).
+    alt_svc: Vec<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -788,14 +788,14 @@ fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<Lo
 }
 
 /// Starts accepting on every listener (again, after a failed successor).
-/// `alt_svc`: the `Alt-Svc` header of HTTPS responses, when HTTP/3 is
-/// served.
+/// `alt_svc`: the UDP addresses of HTTP/3, which HTTPS responses on the
+/// same addresses name.
 fn accept(
     config: &Config,
     endpoints: &[Endpoint],
     tls: &[Tls],
     bound: &[Bound],
-    alt_svc: Option<hyper::header::HeaderValue>,
+    alt_svc: Vec<std::net::SocketAddr>,
 ) -> Connections {
     let mut conns = Connections::for_settings(&config.connections());
     conns.advertise(alt_svc);

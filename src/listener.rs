@@ -757,6 +757,29 @@ fn bind_tcp(
     Ok(socket.into())
 }
 
+/// A UDP socket on every interface at `port` (an address `:PORT`), as TCP
+/// listeners on `:PORT` are bound: dual-stack IPv6 whatever
+/// `net.ipv6.bindv6only` says, or IPv4 on a host without IPv6.
+#[cfg(any(unix, feature = "http3"))]
+pub(crate) fn bind_udp_any_interface(port: u16) -> io::Result<Socket> {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let dual = Socket::new(Domain::IPV6, Type::DGRAM, None).and_then(|s| {
+        s.set_only_v6(false)?;
+        s.bind(&v6.into())?;
+        Ok(s)
+    });
+    match dual {
+        Err(e) if family_unavailable(&e) => {
+            info!(addr = %v6, cause = %e, "address family unavailable; binding IPv4 only");
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+            s.bind(&v4.into())?;
+            Ok(s)
+        }
+        other => other,
+    }
+}
+
 /// Whether an accept error concerns only the one connection being accepted
 /// (skip it) rather than the process (back off: EMFILE, ENFILE, ENOMEM …).
 #[cfg(unix)]
@@ -885,6 +908,54 @@ impl AsyncWrite for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `:PORT` over UDP takes IPv4 too where `net.ipv6.bindv6only` is 1,
+    /// where a plain `[::]` bind (what HTTP/3 did before) takes only IPv6.
+    /// In a network namespace of this test's own thread (root only: it is
+    /// skipped otherwise), so the machine's setting is never touched.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn udp_on_any_interface_takes_ipv4_whatever_bindv6only_says() {
+        let run = std::thread::spawn(|| {
+            let own = |p: &str| std::fs::read_link(p).ok();
+            if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err()
+                || own("/proc/thread-self/ns/net") == own("/proc/self/ns/net")
+            {
+                return None;
+            }
+            // A child forked from this thread lives in its namespace.
+            let set = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "ip link set lo up && sysctl -qw net.ipv6.bindv6only=1",
+                ])
+                .status();
+            if !set.is_ok_and(|s| s.success()) {
+                return None;
+            }
+            let gets_ipv4 = |s: &std::net::UdpSocket| {
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let port = s.local_addr().unwrap().port();
+                let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                client.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+                s.recv_from(&mut [0u8; 8]).is_ok()
+            };
+            let plain = std::net::UdpSocket::bind("[::]:0").unwrap();
+            let ours: std::net::UdpSocket = bind_udp_any_interface(0).unwrap().into();
+            Some((gets_ipv4(&plain), gets_ipv4(&ours)))
+        });
+        match run.join().unwrap() {
+            None => eprintln!("skipped: needs root for a network namespace"),
+            Some((plain, ours)) => {
+                assert!(
+                    !plain,
+                    "the control: a plain [::] bind took IPv4 with bindv6only=1"
+                );
+                assert!(ours, "`:PORT` over UDP took no IPv4 with bindv6only=1");
+            }
+        }
+    }
 
     async fn bind_one(addr: &str) -> Result<Listener> {
         let mut v = Listener::bind(addr, &parse(addr)?).await?;

@@ -106,23 +106,21 @@ mod enabled {
         /// Its UDP socket: among the carried sockets (named `http3:ADDR`),
         /// or bound now where there are no reloads.
         fn socket(&self) -> Result<std::net::UdpSocket> {
+            // `:port`: every interface, IPv6 and IPv4, as over TCP.
             #[cfg(unix)]
-            return crate::sockets::udp(&format!("http3:{}", self.addr), &self.bind_addr());
+            return crate::sockets::udp(&format!("http3:{}", self.addr), &self.addr);
             #[cfg(not(unix))]
-            return std::net::UdpSocket::bind(self.bind_addr()).map_err(|source| {
-                crate::error::Error::Bind {
+            {
+                let bind_err = |source| crate::error::Error::Bind {
                     addr: self.addr.clone(),
                     source,
+                };
+                match self.addr.strip_prefix(':').map(str::parse::<u16>) {
+                    Some(Ok(port)) => crate::listener::bind_udp_any_interface(port)
+                        .map(Into::into)
+                        .map_err(bind_err),
+                    _ => std::net::UdpSocket::bind(&self.addr).map_err(bind_err),
                 }
-            });
-        }
-
-        /// The UDP address it binds (`:port`: every interface, IPv6 and
-        /// IPv4).
-        fn bind_addr(&self) -> String {
-            match self.addr.strip_prefix(':') {
-                Some(port) => format!("[::]:{port}"),
-                None => self.addr.clone(),
             }
         }
 
@@ -141,11 +139,13 @@ mod enabled {
         }
     }
 
-    /// The `Alt-Svc` header HTTPS responses carry: the first HTTP/3
-    /// address's port, remembered for a day (`None` without HTTP/3).
-    pub(crate) fn alt_svc(parts: &[Parts]) -> Option<hyper::header::HeaderValue> {
-        let port = parts.first()?.socket.local_addr().ok()?.port();
-        Some(crate::http3::alt_svc(port, Duration::from_secs(86_400)))
+    /// The UDP addresses HTTP/3 is served on, for the `Alt-Svc` header of
+    /// the HTTPS listeners on the same addresses.
+    pub(crate) fn alt_svc(parts: &[Parts]) -> Vec<std::net::SocketAddr> {
+        parts
+            .iter()
+            .filter_map(|p| p.socket.local_addr().ok())
+            .collect()
     }
 
     /// What one registration serves on: its UDP socket, and the end of
@@ -304,8 +304,8 @@ mod disabled {
     pub(crate) enum Parts {}
 
     /// Nothing to advertise.
-    pub(crate) fn alt_svc(_: &[Parts]) -> Option<hyper::header::HeaderValue> {
-        None
+    pub(crate) fn alt_svc(_: &[Parts]) -> Vec<std::net::SocketAddr> {
+        Vec::new()
     }
 
     /// No endpoints.

@@ -123,16 +123,42 @@ pub fn is_draining() -> bool {
 }
 
 /// A UDP socket bound to `addr` (a literal address such as
-/// `"127.0.0.1:5353"` or `"[::1]:0"`), handed over as `name`.
+/// `"127.0.0.1:5353"` or `"[::1]:0"`, or `":5353"` for every interface,
+/// IPv6 and IPv4), handed over as `name`.
 ///
 /// With port 0, the kernel chooses the port once, in the first generation;
-/// later generations get the same socket, so the port stays.
+/// later generations get the same socket, so the port stays. `":PORT"` is
+/// bound as TCP listeners on `:PORT` are: dual-stack IPv6 whatever
+/// `net.ipv6.bindv6only` says, or IPv4 on a host without IPv6.
 pub fn udp(name: &str, addr: &str) -> Result<std::net::UdpSocket> {
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| Error::Address {
+            addr: addr.to_owned(),
+            reason: "expected :PORT, a literal address such as 127.0.0.1:5353, or [::1]:0"
+                .to_owned(),
+        })?;
+        return udp_any_interface(name, port);
+    }
     let want = parse(addr)?;
     let fd = obtain(name, addr, Type::DGRAM, want_inet(want), || {
         let s = Socket::new(Domain::for_address(want), Type::DGRAM, None)?;
         s.bind(&want.into())?;
         Ok(s.into())
+    })?;
+    Ok(fd.into())
+}
+
+/// `udp(name, ":PORT")`: any inherited socket on every interface at `port`
+/// fits, IPv6 or IPv4.
+fn udp_any_interface(name: &str, port: u16) -> Result<std::net::UdpSocket> {
+    let fits = move |s: &SockRef<'_>| {
+        s.local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|have| have.ip().is_unspecified() && (port == 0 || have.port() == port))
+    };
+    let fd = obtain(name, &format!(":{port}"), Type::DGRAM, fits, || {
+        Ok(crate::listener::bind_udp_any_interface(port)?.into())
     })?;
     Ok(fd.into())
 }

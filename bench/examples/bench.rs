@@ -11,7 +11,10 @@
 //! `--https` (also the steady state over TLS, against tokio-rustls +
 //! hyper-util), `--scale N,N,…` (only: keep-alive steady state and reloads at
 //! each number of connections, into `docs/bench-scale.json`; for example
-//! `--scale 1000,4000,8000 --reloads 20 --rounds 3`).
+//! `--scale 1000,4000,8000 --reloads 20 --rounds 3`). `--backlog N`: the
+//! endless server's accept queue (`Server::backlog`; the library's default
+//! otherwise); with `--scale`, the results go to
+//! `docs/bench-scale-backlogN.json`.
 //!
 //! `--before PATH`: the bench binary built from an earlier commit; its
 //! endless server joins the steady-state rounds, for before/after ratios
@@ -77,11 +80,19 @@ fn probation() -> Duration {
         .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
+/// The accept queue of the endless server under test, if `--backlog`
+/// (passed on as `BENCH_BACKLOG`) set one.
+fn backlog() -> Option<u32> {
+    std::env::var("BENCH_BACKLOG").ok()?.parse().ok()
+}
+
 /// The endless server.
 async fn serve_endless(addr: String) {
-    let server = endless::Server::new()
-        .probation(probation())
-        .register(&addr, service_fn(hello));
+    let mut server = endless::Server::new().probation(probation());
+    if let Some(n) = backlog() {
+        server = server.backlog(n);
+    }
+    let server = server.register(&addr, service_fn(hello));
     let handle = server.handle();
     tokio::spawn(async move {
         if let Ok(addrs) = handle.listening().await {
@@ -324,6 +335,11 @@ impl Options {
                 "--secs" => o.secs = value().parse().expect("--secs S"),
                 "--rounds" => o.rounds = value().parse().expect("--rounds R"),
                 "--json" => o.json = value(),
+                // The servers are this binary's children: they read it.
+                "--backlog" => std::env::set_var(
+                    "BENCH_BACKLOG",
+                    value().parse::<u32>().expect("--backlog N").to_string(),
+                ),
                 "--svg" => o.svg = value(),
                 other => panic!("unknown option {other}"),
             }
@@ -1100,9 +1116,12 @@ fn scale(rt: &tokio::runtime::Runtime, o: &Options) {
         }
         rows.push(row);
     }
-    let path = std::path::Path::new(&o.json).with_file_name("bench-scale.json");
+    let name = backlog().map_or("bench-scale.json".to_owned(), |n| {
+        format!("bench-scale-backlog{n}.json")
+    });
+    let path = std::path::Path::new(&o.json).with_file_name(name);
     let report = json!({"machine": machine(), "load_average_at_start": load_at_start, "load_average_at_end": load_average(),
-        "options": {"reloads": o.reloads, "secs": o.secs, "rounds": o.rounds},
+        "options": {"reloads": o.reloads, "secs": o.secs, "rounds": o.rounds, "backlog": backlog()},
         "scale": rows});
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
     println!("wrote {}", path.display());

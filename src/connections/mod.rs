@@ -183,8 +183,9 @@ pub(crate) struct Connections {
     stop_accepting: Arc<StopAccepting>,
     /// Stops the sweeper when the generation's connections are dropped.
     stop_sweeping: CancellationToken,
-    /// The `Alt-Svc` header of HTTPS responses, when HTTP/3 is served.
-    alt_svc: Option<hyper::header::HeaderValue>,
+    /// The UDP addresses HTTP/3 is served on, for the `Alt-Svc` header of
+    /// HTTPS responses.
+    alt_svc: Vec<std::net::SocketAddr>,
 }
 
 impl Drop for Connections {
@@ -338,7 +339,7 @@ impl Connections {
             tracker,
             stop_accepting: Arc::default(),
             stop_sweeping: CancellationToken::new(),
-            alt_svc: None,
+            alt_svc: Vec::new(),
         }
     }
 
@@ -441,19 +442,20 @@ impl Connections {
                 warn!(addr = %name, cause = %e, "cannot turn TCP keepalive on");
             }
         }
-        if let (Some(value), true) = (&self.alt_svc, tls.is_some()) {
+        if let (Some(port), true) = (http3_port(&self.alt_svc, &local), tls.is_some()) {
             // A wrapper only where it is needed: the HTTPS listeners of a
-            // server that also serves HTTP/3.
-            let svc = request::AltSvc::new(svc, value.clone());
+            // server that also serves HTTP/3 on their address.
+            let svc = request::AltSvc::new(svc, port);
             return self.spawn_listening(name, listener, local, svc, tls);
         }
         self.spawn_listening(name, listener, local, svc, tls);
     }
 
-    /// Advertises HTTP/3 with `value` on every HTTPS listener launched from
-    /// now on.
-    pub(crate) fn advertise(&mut self, value: Option<hyper::header::HeaderValue>) {
-        self.alt_svc = value;
+    /// Advertises HTTP/3, served on the UDP addresses `http3`, on the
+    /// HTTPS listeners launched from now on that share an address with one
+    /// of them.
+    pub(crate) fn advertise(&mut self, http3: Vec<std::net::SocketAddr>) {
+        self.alt_svc = http3;
     }
 
     fn spawn_listening<S, B>(
@@ -616,8 +618,45 @@ fn until<'a>(
     })
 }
 
+/// The UDP port that `Alt-Svc` names on the HTTPS listener at `local`:
+/// that of the first HTTP/3 socket (of `http3`) on its IP address or on
+/// every interface (clients take `h3=":PORT"` to mean the host they
+/// asked). None for a Unix socket: the proxy in front says what it serves.
+fn http3_port(http3: &[std::net::SocketAddr], local: &LocalAddr) -> Option<u16> {
+    let LocalAddr::Tcp(tcp) = local else {
+        return None;
+    };
+    let same_host = |h3: &&std::net::SocketAddr| {
+        h3.ip().is_unspecified() || h3.ip().to_canonical() == tcp.ip().to_canonical()
+    };
+    Some(http3.iter().find(same_host)?.port())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn alt_svc_names_http3_on_the_listeners_address_only() {
+        let tcp = |a: &str| LocalAddr::Tcp(a.parse().unwrap());
+        let h3: Vec<std::net::SocketAddr> = vec![
+            "127.0.0.1:4433".parse().unwrap(),
+            "[::]:443".parse().unwrap(),
+        ];
+        assert_eq!(http3_port(&h3, &tcp("127.0.0.1:8443")), Some(4433));
+        // Every interface covers any address, IPv4 (mapped) or IPv6.
+        assert_eq!(http3_port(&h3, &tcp("[::1]:8443")), Some(443));
+        assert_eq!(http3_port(&h3[..1], &tcp("[::1]:8443")), None);
+        assert_eq!(
+            http3_port(&h3[..1], &tcp("[::ffff:127.0.0.1]:8443")),
+            Some(4433)
+        );
+        assert_eq!(http3_port(&h3[..1], &tcp("127.0.0.2:8443")), None);
+        assert_eq!(
+            http3_port(&h3, &LocalAddr::Unix("/run/x.sock".into())),
+            None
+        );
+        assert_eq!(http3_port(&[], &tcp("127.0.0.1:8443")), None);
+    }
+
     use super::*;
     use hyper::Response;
     use std::convert::Infallible;

@@ -201,7 +201,12 @@ pub(super) struct AltSvc<S> {
 }
 
 impl<S> AltSvc<S> {
-    pub(super) fn new(svc: S, value: HeaderValue) -> Self {
+    /// `svc`, its responses saying that HTTP/3 is on UDP `port` of the
+    /// same host, for a day (`h3=":PORT"; ma=86400`).
+    pub(super) fn new(svc: S, port: u16) -> Self {
+        let value = format!("h3=\":{port}\"; ma=86400");
+        // Digits and ASCII punctuation: always a valid value.
+        let value = HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static("clear"));
         AltSvc { svc, value }
     }
 }

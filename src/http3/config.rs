@@ -5,8 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::HeaderValue;
-
 use crate::error::{Error, Result};
 
 /// The ALPN protocol of HTTP/3.
@@ -58,24 +56,4 @@ pub(crate) fn quinn_server_config(
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     config.transport_config(Arc::new(transport));
     Ok(config)
-}
-
-/// The value of the `Alt-Svc` header that tells HTTPS clients HTTP/3 is
-/// served on UDP `port` of the same host, for `max_age` (clients remember
-/// it that long; a day is usual).
-///
-/// Add it to the responses of the HTTPS listeners (browsers try HTTP/3
-/// only after they have seen it).
-///
-/// # Examples
-///
-/// ```
-/// # use std::time::Duration;
-/// let v = endless::http3::alt_svc(8443, Duration::from_secs(86_400));
-/// assert_eq!(v, "h3=\":8443\"; ma=86400");
-/// ```
-pub(crate) fn alt_svc(port: u16, max_age: Duration) -> HeaderValue {
-    let v = format!("h3=\":{port}\"; ma={}", max_age.as_secs());
-    // Digits and ASCII punctuation: always a valid value.
-    HeaderValue::try_from(v).unwrap_or_else(|_| HeaderValue::from_static("clear"))
 }

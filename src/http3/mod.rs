@@ -109,7 +109,7 @@ mod tests;
 mod wire;
 
 pub use body::{RequestBody, WithRequestBody};
-pub(crate) use config::{alt_svc, tls_config_from_pem};
+pub(crate) use config::tls_config_from_pem;
 pub(crate) use listener::Http3Listener;
 #[cfg(unix)]
 pub(crate) use pair::socket_pair;

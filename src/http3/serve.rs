@@ -20,7 +20,7 @@
 //! - at the cut-off, every connection is closed and every request dropped.
 
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, trace};
 
 use super::body::RequestBody;
@@ -152,40 +152,10 @@ where
 {
     let shared = open.0.clone();
     let peer = incoming.remote_address();
-    let connecting = match incoming.accept() {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(%peer, cause = %e, "HTTP/3: connection not accepted");
-            return;
-        }
-    };
-    let conn = tokio::select! {
-        r = tokio::time::timeout(shared.handshake_timeout, connecting) => match r {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                debug!(%peer, cause = %e, "HTTP/3: handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, timeout = ?shared.handshake_timeout, "HTTP/3: handshake timed out");
-                return;
-            }
-        },
-        _ = shared.cut.cancelled() => return,
+    let Some((conn, mut h3)) = establish(incoming, &shared).await else {
+        return;
     };
     let info = conn_info(&shared, &conn);
-    let builder = h3::server::builder();
-    let built = tokio::select! {
-        r = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())) => r,
-        _ = shared.cut.cancelled() => return,
-    };
-    let mut h3 = match built {
-        Ok(h3) => h3,
-        Err(e) => {
-            debug!(%peer, cause = %e, "HTTP/3: connection set-up failed");
-            return;
-        }
-    };
     // The requests in flight: dropping the set (the connection is over, or
     // cut off) aborts them. Each wait for cancellation is registered once
     // per connection, not once per request (registering takes the token's
@@ -250,31 +220,79 @@ where
             }
         }
     }
-    // The client may have sent GOAWAY and be waiting for our responses:
-    // they finish, and the connection is closed once it has been quiet for
-    // the idle grace (or at the cut-off).
     if conn.close_reason().is_none() {
-        loop {
-            let quiet = requests.is_empty().then(|| last_active + shared.idle_grace);
-            tokio::select! {
-                biased;
-                _ = &mut cut => {
-                    conn.close(H3_NO_ERROR.into(), b"stop timeout");
-                    break;
-                }
-                _ = conn.closed() => break,
-                Some(_) = requests.join_next(), if !requests.is_empty() => {
-                    last_active = Instant::now();
-                }
-                _ = quiet_until(quiet) => {
-                    conn.close(H3_NO_ERROR.into(), b"");
-                    break;
-                }
+        finish(&conn, requests, cut, last_active, shared.idle_grace).await;
+    }
+    drop(open);
+}
+
+/// The handshake (within the handshake timeout) and the HTTP/3 set-up of
+/// a new connection, unless the generation is cut off first.
+async fn establish(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+) -> Option<(quinn::Connection, H3Connection)> {
+    let peer = incoming.remote_address();
+    let connecting = incoming
+        .accept()
+        .inspect_err(|e| debug!(%peer, cause = %e, "HTTP/3: connection not accepted"))
+        .ok()?;
+    let conn = tokio::select! {
+        r = tokio::time::timeout(shared.handshake_timeout, connecting) => match r {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                debug!(%peer, cause = %e, "HTTP/3: handshake failed");
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, timeout = ?shared.handshake_timeout, "HTTP/3: handshake timed out");
+                return None;
+            }
+        },
+        _ = shared.cut.cancelled() => return None,
+    };
+    let builder = h3::server::builder();
+    let built = tokio::select! {
+        r = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())) => r,
+        _ = shared.cut.cancelled() => return None,
+    };
+    let h3 = built
+        .inspect_err(|e| debug!(%peer, cause = %e, "HTTP/3: connection set-up failed"))
+        .ok()?;
+    Some((conn, h3))
+}
+
+/// A connection's HTTP/3 side.
+type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+
+/// The client may have sent GOAWAY and be waiting for our responses: they
+/// finish, and the connection is closed once it has been quiet for the
+/// idle grace (or at the cut-off). Dropping `requests` aborts what is left.
+async fn finish(
+    conn: &quinn::Connection,
+    mut requests: JoinSet<()>,
+    mut cut: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut last_active: Instant,
+    idle_grace: Duration,
+) {
+    loop {
+        let quiet = requests.is_empty().then(|| last_active + idle_grace);
+        tokio::select! {
+            biased;
+            _ = &mut cut => {
+                conn.close(H3_NO_ERROR.into(), b"stop timeout");
+                break;
+            }
+            _ = conn.closed() => break,
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                last_active = Instant::now();
+            }
+            _ = quiet_until(quiet) => {
+                conn.close(H3_NO_ERROR.into(), b"");
+                break;
             }
         }
     }
-    drop(requests);
-    drop(open);
 }
 
 /// Sleeps until `deadline`, or for ever with none. (A `select!` branch's

@@ -38,6 +38,20 @@ pub(crate) struct Generation {
     http3: crate::quic::Http3,
 }
 
+/// The local address of each bound listener, logged as it listens.
+fn local_addrs(bound: &[Bound], tls: &[Tls]) -> Result<Vec<listener::LocalAddr>> {
+    let mut addrs = Vec::with_capacity(bound.len());
+    for b in bound {
+        let addr = b.listener.local_addr().map_err(|source| Error::Io {
+            context: format!("cannot read the local address of {}", b.name),
+            source,
+        })?;
+        info!(addr = %addr, name = %b.name, tls = tls[b.index].is_some(), "listening");
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
 impl Generation {
     /// From nothing to serving.
     pub(crate) async fn start(
@@ -66,15 +80,7 @@ impl Generation {
             })
             .collect();
         let bound = listener::take_all(&wanted, true).await?;
-        let mut addrs = Vec::with_capacity(bound.len());
-        for b in &bound {
-            let addr = b.listener.local_addr().map_err(|source| Error::Io {
-                context: format!("cannot read the local address of {}", b.name),
-                source,
-            })?;
-            info!(addr = %addr, name = %b.name, tls = tls[b.index].is_some(), "listening");
-            addrs.push(addr);
-        }
+        let addrs = local_addrs(&bound, &tls)?;
         let locals: Vec<_> = (0..endpoints.len())
             .map(|i| {
                 bound
