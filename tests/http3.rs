@@ -529,7 +529,12 @@ fn keep_pid_serves_http3_again_under_the_same_pid() {
 
 /// `n` new HTTP/3 connections, one after the other, each with one `GET /`:
 /// the outcomes that were not answered by `pid`.
-fn not_served_by(rt: &tokio::runtime::Runtime, addr: SocketAddr, pid: u32, n: usize) -> Vec<String> {
+fn not_served_by(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+) -> Vec<String> {
     (0..n)
         .filter_map(|_| match get_once(rt, addr, "/") {
             Outcome::Ok(body) if support::served_pid(&body) == pid => None,
@@ -574,6 +579,7 @@ fn keep_pid_a_second_reload_while_the_temporary_generation_drains_refuses_nothin
     signal_pid(pid, Signal::SIGHUP);
     let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(temporary, pid);
+    wait_h3_served_by(&rt, addr, temporary, &server);
     let b = get_in_background(&rt, addr, "/sleep/9000");
     // P re-executes once A is done, and serves again under its PID.
     let again = server.nth_ready(before + 2);
@@ -584,6 +590,13 @@ fn keep_pid_a_second_reload_while_the_temporary_generation_drains_refuses_nothin
     let second = server.nth_ready(before + 3).pid;
     assert!(second != pid && second != temporary, "{}", server.report());
     assert_eq!(server.nth_ready(before + 4).pid, pid, "{}", server.report());
+    assert!(
+        server
+            .log()
+            .contains("reload requested while the temporary generation drains"),
+        "{}",
+        server.report()
+    );
     // Once the image serves HTTP/3, it alone reads the shared socket.
     wait_h3_served_by(&rt, addr, pid, &server);
     let refused = not_served_by(&rt, addr, pid, 12);
@@ -629,7 +642,11 @@ fn a_release_without_http3_leaves_the_old_generation_reading() {
         }
         other => panic!("{other:?}\n{}", server.report()),
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// `keep_pid`, and the re-exec fails (the directory is gone) while the
@@ -662,6 +679,7 @@ fn keep_pid_a_failed_re_exec_leaves_one_generation_reading() {
     signal_pid(pid, Signal::SIGHUP);
     let temporary = server.nth_ready(before + 1).pid;
     assert_ne!(temporary, pid);
+    wait_h3_served_by(&rt, addr, temporary, &server);
     let on_temporary = get_in_background(&rt, addr, "/sleep/6000");
     std::fs::remove_dir(&cwd).unwrap();
     match rt.block_on(slow).unwrap() {
@@ -681,6 +699,47 @@ fn keep_pid_a_failed_re_exec_leaves_one_generation_reading() {
         .unwrap_or_else(|| panic!("the temporary generation stayed:\n{}", server.report()));
     let refused = not_served_by(&rt, addr, pid, 4);
     assert!(refused.is_empty(), "{refused:?}\n{}", server.report());
+}
+
+/// `keep_pid`, and a stop while the original PID drains before its
+/// re-exec: no re-exec; the request in flight finishes, and both the PID
+/// and the temporary generation exit soon, long before the stop timeout
+/// (the PID, which keeps its pair to the temporary generation for a re-exec
+/// that might fail, lets go of it once the re-exec is off).
+#[test]
+fn keep_pid_a_stop_during_the_reload_lets_both_generations_exit_soon() {
+    let (mut server, addr) = start(&[
+        ("FIXTURE_KEEP_PID", "1"),
+        ("FIXTURE_STOP_TIMEOUT_MS", "30000"),
+    ]);
+    let rt = runtime();
+    let pid = server.current().pid;
+    let slow = get_in_background(&rt, addr, "/sleep/1500");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.readies().len();
+    signal_pid(pid, Signal::SIGHUP);
+    let temporary = server.nth_ready(before + 1).pid;
+    assert_ne!(temporary, pid);
+    // Apart from the temporary generation's own SIGTERM (its "ready"), so
+    // that the two do not merge.
+    std::thread::sleep(Duration::from_millis(300));
+    signal_pid(pid, Signal::SIGTERM);
+    match rt.block_on(slow).unwrap() {
+        Outcome::Ok(body) => assert_eq!(body, format!("slept pid={pid}\n")),
+        other => panic!("{other:?}\n{}", server.report()),
+    }
+    let stopped = Instant::now();
+    for p in [temporary, pid] {
+        server
+            .wait_exit(p, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{p} stayed:\n{}", server.report()));
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    assert!(
+        server.log().contains("not re-executing"),
+        "{}",
+        server.report()
+    );
 }
 
 /// The benchmark's HTTP/3 reload mode (`cargo test --release --features
