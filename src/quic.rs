@@ -168,12 +168,24 @@ mod enabled {
     #[derive(Debug, Clone, Default)]
     pub(crate) struct Http3(Arc<Set>);
 
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     struct Set {
         state: Mutex<State>,
         /// Cancelled once the endpoints serve, or never will (a drain began
-        /// before a deferred start).
+        /// before a deferred start); at once but for a deferred start.
         started: CancellationToken,
+    }
+
+    impl Default for Set {
+        /// Started: an empty set serves nothing, and never will.
+        fn default() -> Set {
+            let started = CancellationToken::new();
+            started.cancel();
+            Set {
+                state: Mutex::default(),
+                started,
+            }
+        }
     }
 
     #[derive(Debug, Default)]
@@ -213,16 +225,19 @@ mod enabled {
             handshake: Duration,
         ) -> Result<Http3> {
             let tag = (crate::generation() % 256) as u8;
-            let set = Http3::default();
             let Some(after) = after.filter(|_| !regs.is_empty()) else {
+                let set = Http3::default();
                 for (r, s) in regs.iter().zip(sockets) {
                     let l = r.start(tag, handshake, s)?;
                     set.state().listeners.push(l);
                 }
-                set.0.started.cancel();
                 return Ok(set);
             };
             info!("HTTP/3 starts once the temporary generation has exited");
+            let set = Http3(Arc::new(Set {
+                state: Mutex::default(),
+                started: CancellationToken::new(),
+            }));
             let later = set.clone();
             tokio::spawn(async move {
                 after.await;
