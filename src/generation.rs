@@ -115,14 +115,7 @@ impl Generation {
         crate::exe::warn_if_unsure();
         life.set_notice_spread(config.drain_notice_spread.min(config.stop_timeout / 2));
         let origin = handover::origin();
-        let temporary = match origin {
-            Some(Origin::Parent {
-                parent,
-                temporary: true,
-                ..
-            }) => Some(parent.as_raw() as u32),
-            _ => None,
-        };
+        let temporary = temporary_parent(origin.as_ref());
         inherit_counters(&life, origin);
         let events = Events::new(signals, config.signals.clone(), commands, life.clone())
             .with_upstream(Upstream::take(), temporary.is_some());
@@ -803,6 +796,19 @@ fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<Lo
                 })
         })
         .collect()
+}
+
+/// For a `keep_pid` temporary generation, the PID of the generation that
+/// started it (which re-executes in place once this one serves).
+fn temporary_parent(origin: Option<&Origin>) -> Option<u32> {
+    match origin {
+        Some(Origin::Parent {
+            parent,
+            temporary: true,
+            ..
+        }) => Some(parent.as_raw() as u32),
+        _ => None,
+    }
 }
 
 /// Starts accepting on every listener (again, after a failed successor).

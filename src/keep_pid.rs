@@ -98,18 +98,7 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
         temporary,
         "temporary generation serves; draining before re-executing in place"
     );
-    // T serves the release this process re-executes into: the reload has
-    // taken over, as after a hand-over, and whoever asked hears so now (the
-    // exec closes their connection). Should the exec itself fail, this
-    // process serves on, and the failure is counted and logged.
-    trigger.answer(Ok(crate::events::Reloaded {
-        pid: std::process::id(),
-        generation: crate::handover::next_generation(),
-        executable: exe.path.clone(),
-        identity: exe.id.to_string(),
-        same_executable: exe.is_running_image(),
-        probation: Duration::ZERO,
-    }));
+    answer_taken_over(trigger, &exe);
     drain.defer_reloads();
     // A reload signal that came while T started is kept the same way.
     if let Some(t) = pending {
@@ -166,6 +155,21 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     reap_in_background(child);
     events.gone(temporary);
     Step::Resumed(failure, drain, deferred)
+}
+
+/// T serves the release this process re-executes into: the reload has
+/// taken over, as after a hand-over, and whoever asked hears so now (the
+/// exec closes their connection). Should the exec itself fail, this
+/// process serves on, and the failure is counted and logged.
+fn answer_taken_over(trigger: Trigger, exe: &crate::exe::ExeFile) {
+    trigger.answer(Ok(crate::events::Reloaded {
+        pid: std::process::id(),
+        generation: crate::handover::next_generation(),
+        executable: exe.path.clone(),
+        identity: exe.id.to_string(),
+        same_executable: exe.is_running_image(),
+        probation: Duration::ZERO,
+    }));
 }
 
 /// Everything the re-exec needs, made before the last moment: the
