@@ -115,14 +115,7 @@ impl Generation {
         crate::exe::warn_if_unsure();
         life.set_notice_spread(config.drain_notice_spread.min(config.stop_timeout / 2));
         let origin = handover::origin();
-        let temporary = match origin {
-            Some(Origin::Parent {
-                parent,
-                temporary: true,
-                ..
-            }) => Some(parent.as_raw() as u32),
-            _ => None,
-        };
+        let temporary = temporary_parent(origin.as_ref());
         inherit_counters(&life, origin);
         let events = Events::new(signals, config.signals.clone(), commands, life.clone())
             .with_upstream(Upstream::take(), temporary.is_some());
@@ -348,7 +341,14 @@ impl Generation {
     async fn serve(&mut self) -> Ending {
         if let Some(parent) = self.temporary {
             match keep_pid::serve_temporary(&mut self.events, parent).await {
-                keep_pid::Temporary::Drain(why) => return Ending::Drain(self.begin_drain(why)),
+                keep_pid::Temporary::Drain(why) => {
+                    if why == Why::HandedOver {
+                        // Our parent reads the shared socket again if its
+                        // re-exec failed.
+                        self.http3.hand_back();
+                    }
+                    return Ending::Drain(self.begin_drain(why));
+                }
                 keep_pid::Temporary::Orphaned => self.take_over_from_parent(),
             }
         }
@@ -361,9 +361,16 @@ impl Generation {
                 life: &self.life,
                 http3: &self.http3,
             };
-            let outcome = restarter
-                .serve(&mut self.events, &handoff, self.carried.take())
-                .await;
+            let waited =
+                keep_pid::until_http3_serves(&mut self.events, &self.http3, &mut self.carried);
+            let outcome = match waited.await {
+                Some(stop) => Outcome::Stop(stop, None),
+                None => {
+                    restarter
+                        .serve(&mut self.events, &handoff, self.carried.take())
+                        .await
+                }
+            };
             let successor = match outcome {
                 Outcome::Stop(stop, starting) => {
                     systemd::stopping();
@@ -563,6 +570,9 @@ impl Generation {
 
     /// `keep_pid`: drain (keeping the listeners) and re-execute in place.
     async fn reexec(&mut self, successor: Successor) -> Reexec {
+        // Should the exec fail, this generation passes the temporary one its
+        // HTTP/3 packets again: the pair stays.
+        self.http3.stay_linked();
         let drain = self.begin_drain(Why::HandedOver);
         let names: Vec<(Kind, String, RawFd)> = self
             .handoff()
@@ -589,7 +599,10 @@ impl Generation {
             return Reexec::Resumed(deferred);
         }
         match step {
-            keep_pid::Step::Stopping(drain, t) => Reexec::Stopping(Box::new((drain, t))),
+            keep_pid::Step::Stopping(drain, t) => {
+                self.http3.unstay();
+                Reexec::Stopping(Box::new((drain, t)))
+            }
             keep_pid::Step::Resumed(..) => unreachable!("handled above"),
         }
     }
@@ -785,6 +798,19 @@ fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<Lo
                 })
         })
         .collect()
+}
+
+/// For a `keep_pid` temporary generation, the PID of the generation that
+/// started it (which re-executes in place once this one serves).
+fn temporary_parent(origin: Option<&Origin>) -> Option<u32> {
+    match origin {
+        Some(Origin::Parent {
+            parent,
+            temporary: true,
+            ..
+        }) => Some(parent.as_raw() as u32),
+        _ => None,
+    }
 }
 
 /// Starts accepting on every listener (again, after a failed successor).

@@ -38,10 +38,11 @@ use crate::children::Outlived;
 use crate::connections::Connections;
 use crate::drain::{Drain, Why};
 use crate::error::Error;
-use crate::events::{Event, Events, FromParent, Trigger};
+use crate::events::{Event, Events, FromParent, Stop, Trigger};
 use crate::handover::{ExecFailed, Kind, Origin, Outgoing, Program, Reexec as Prepared};
 use crate::lifecycle::Lifecycle;
 use crate::link::{Down, Link};
+use crate::quic::Http3;
 use crate::restart::Successor;
 use crate::signal::SignalSet;
 
@@ -97,18 +98,7 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
         temporary,
         "temporary generation serves; draining before re-executing in place"
     );
-    // T serves the release this process re-executes into: the reload has
-    // taken over, as after a hand-over, and whoever asked hears so now (the
-    // exec closes their connection). Should the exec itself fail, this
-    // process serves on, and the failure is counted and logged.
-    trigger.answer(Ok(crate::events::Reloaded {
-        pid: std::process::id(),
-        generation: crate::handover::next_generation(),
-        executable: exe.path.clone(),
-        identity: exe.id.to_string(),
-        same_executable: exe.is_running_image(),
-        probation: Duration::ZERO,
-    }));
+    answer_taken_over(trigger, &exe);
     drain.defer_reloads();
     // A reload signal that came while T started is kept the same way.
     if let Some(t) = pending {
@@ -165,6 +155,21 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     reap_in_background(child);
     events.gone(temporary);
     Step::Resumed(failure, drain, deferred)
+}
+
+/// T serves the release this process re-executes into: the reload has
+/// taken over, as after a hand-over, and whoever asked hears so now (the
+/// exec closes their connection). Should the exec itself fail, this
+/// process serves on, and the failure is counted and logged.
+fn answer_taken_over(trigger: Trigger, exe: &crate::exe::ExeFile) {
+    trigger.answer(Ok(crate::events::Reloaded {
+        pid: std::process::id(),
+        generation: crate::handover::next_generation(),
+        executable: exe.path.clone(),
+        identity: exe.id.to_string(),
+        same_executable: exe.is_running_image(),
+        probation: Duration::ZERO,
+    }));
 }
 
 /// Everything the re-exec needs, made before the last moment: the
@@ -344,6 +349,37 @@ pub(crate) fn after_reexec(temporary: Option<Pid>) -> Option<Outlived> {
         None => crate::children::signal_pid(t.as_raw() as u32, nix::sys::signal::Signal::SIGTERM),
     }
     Some(Outlived::reaped(t.as_raw() as u32, link))
+}
+
+/// After the re-exec, until the image serves HTTP/3 (once its temporary
+/// generation has exited, see `quic`): no reload runs, since a temporary
+/// generation started now would get no HTTP/3 pair and read the shared
+/// socket beside the one still draining. A reload signal is kept in
+/// `carried` (any number make one reload, run once HTTP/3 serves); code
+/// that waits for an answer is told [`Error::ReloadInProgress`]. A stop
+/// ends the wait: `Some`.
+pub(crate) async fn until_http3_serves(
+    events: &mut Events,
+    http3: &Http3,
+    carried: &mut Option<Trigger>,
+) -> Option<Stop> {
+    if http3.is_started() {
+        return None;
+    }
+    loop {
+        tokio::select! {
+            _ = http3.started() => return None,
+            event = events.next() => match event {
+                Event::Reload(t) if t.waits() => t.answer(Err(Error::ReloadInProgress)),
+                Event::Reload(t) => {
+                    info!(trigger = %t, "reload requested while the temporary generation drains; it runs once HTTP/3 serves again");
+                    carried.get_or_insert(t);
+                }
+                Event::Stop(stop) => return Some(stop),
+                Event::Ready(_) | Event::Upstream(_) => {}
+            }
+        }
+    }
 }
 
 /// How a temporary generation's service ends.

@@ -13,6 +13,9 @@
 //! image starts HTTP/3 once its temporary generation has exited (the two
 //! would share a tag), and new HTTP/3 connections are refused meanwhile
 //! (clients use HTTP/2 on the TCP listener, where `Alt-Svc` sent them from).
+//! Until then the image runs no reload ([`Http3::started`]: a temporary
+//! generation it started would get no pair), and a drain that begins first
+//! means it never starts HTTP/3.
 
 // `Parts` is named only by the Unix generation.
 #[cfg(feature = "http3")]
@@ -31,6 +34,7 @@ mod enabled {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use tokio_util::sync::CancellationToken;
     use tracing::{error, info};
 
     use crate::error::Result;
@@ -162,7 +166,34 @@ mod enabled {
     /// The HTTP/3 endpoints of one generation; cheap to clone (the drain
     /// keeps one).
     #[derive(Debug, Clone, Default)]
-    pub(crate) struct Http3(Arc<Mutex<Vec<Http3Listener>>>);
+    pub(crate) struct Http3(Arc<Set>);
+
+    #[derive(Debug)]
+    struct Set {
+        state: Mutex<State>,
+        /// Cancelled once the endpoints serve, or never will (a drain began
+        /// before a deferred start); at once but for a deferred start.
+        started: CancellationToken,
+    }
+
+    impl Default for Set {
+        /// Started: an empty set serves nothing, and never will.
+        fn default() -> Set {
+            let started = CancellationToken::new();
+            started.cancel();
+            Set {
+                state: Mutex::default(),
+                started,
+            }
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct State {
+        listeners: Vec<Http3Listener>,
+        /// The drain has begun: a deferred start starts nothing.
+        draining: bool,
+    }
 
     impl Http3 {
         /// Takes (or binds) each registration's UDP socket. Called before
@@ -197,40 +228,70 @@ mod enabled {
             generation: u64,
         ) -> Result<Http3> {
             let tag = (generation % 256) as u8;
-            let set = Http3::default();
-            let Some(after) = after else {
+            let Some(after) = after.filter(|_| !regs.is_empty()) else {
+                let set = Http3::default();
                 for (r, s) in regs.iter().zip(sockets) {
-                    set.push(r.start(tag, handshake, s)?);
+                    let l = r.start(tag, handshake, s)?;
+                    set.state().listeners.push(l);
                 }
                 return Ok(set);
             };
-            if regs.is_empty() {
-                return Ok(set);
-            }
             info!("HTTP/3 starts once the temporary generation has exited");
+            let set = Http3(Arc::new(Set {
+                state: Mutex::default(),
+                started: CancellationToken::new(),
+            }));
             let later = set.clone();
             tokio::spawn(async move {
                 after.await;
-                for (r, s) in regs.iter().zip(sockets) {
-                    match r.start(tag, handshake, s) {
-                        Ok(l) => later.push(l),
-                        Err(e) => error!(addr = %r.addr, cause = %e, "cannot serve HTTP/3"),
-                    }
-                }
+                later.start_deferred(&regs, sockets, tag, handshake);
             });
             Ok(set)
         }
 
-        fn push(&self, listener: Http3Listener) {
-            self.listeners().push(listener);
+        /// The deferred start, unless the drain began meanwhile: nothing
+        /// would drain what started now.
+        fn start_deferred(
+            &self,
+            regs: &[Registration],
+            sockets: Vec<Parts>,
+            tag: u8,
+            handshake: Duration,
+        ) {
+            // Held across the start, so that a drain beginning meanwhile
+            // finds the listeners.
+            let mut state = self.state();
+            if state.draining {
+                info!("HTTP/3 not started: this generation drains");
+            } else {
+                for (r, s) in regs.iter().zip(sockets) {
+                    match r.start(tag, handshake, s) {
+                        Ok(l) => state.listeners.push(l),
+                        Err(e) => error!(addr = %r.addr, cause = %e, "cannot serve HTTP/3"),
+                    }
+                }
+            }
+            drop(state);
+            self.0.started.cancel();
         }
 
-        fn listeners(&self) -> std::sync::MutexGuard<'_, Vec<Http3Listener>> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        /// Resolves once the endpoints serve (at once, but for a deferred
+        /// start: see `start`), or never will.
+        pub(crate) async fn started(&self) {
+            self.0.started.cancelled().await;
+        }
+
+        /// Whether they serve (or never will) already.
+        pub(crate) fn is_started(&self) -> bool {
+            self.0.started.is_cancelled()
+        }
+
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.0.state.lock().unwrap_or_else(|e| e.into_inner())
         }
 
         fn each(&self) -> Vec<Http3Listener> {
-            self.listeners().clone()
+            self.state().listeners.clone()
         }
 
         /// For a spawn: a pair per endpoint, ours attached as the
@@ -256,8 +317,37 @@ mod enabled {
 
         /// The drain starts (a successor serves, or a stop).
         pub(crate) fn begin_drain(&self) {
-            for l in self.each() {
+            let mut state = self.state();
+            state.draining = true;
+            for l in &state.listeners {
                 l.begin_drain();
+            }
+        }
+
+        /// The drain before a `keep_pid` re-exec: once drained, each
+        /// endpoint keeps its pair to the temporary generation (see
+        /// `Http3Listener::stay_linked`).
+        pub(crate) fn stay_linked(&self) {
+            for l in self.each() {
+                l.stay_linked();
+            }
+        }
+
+        /// The re-exec will not happen (a stop came): see
+        /// `Http3Listener::unstay`.
+        pub(crate) fn unstay(&self) {
+            for l in self.each() {
+                l.unstay();
+            }
+        }
+
+        /// A `keep_pid` temporary generation is handed back: where its
+        /// parent serves again (the re-exec failed), it reads the shared
+        /// socket and this generation stops reading (see
+        /// `Http3Listener::hand_back`).
+        pub(crate) fn hand_back(&self) {
+            for l in self.each() {
+                l.hand_back();
             }
         }
 
@@ -277,7 +367,9 @@ mod enabled {
 
         /// Serves again (the successor failed).
         pub(crate) fn resume(&self) {
-            for l in self.each() {
+            let mut state = self.state();
+            state.draining = false;
+            for l in &state.listeners {
                 l.resume();
             }
         }
@@ -333,6 +425,18 @@ mod disabled {
         }
 
         pub(crate) fn spawn_failed(&self) {}
+
+        pub(crate) async fn started(&self) {}
+
+        pub(crate) fn is_started(&self) -> bool {
+            true
+        }
+
+        pub(crate) fn stay_linked(&self) {}
+
+        pub(crate) fn unstay(&self) {}
+
+        pub(crate) fn hand_back(&self) {}
 
         pub(crate) fn begin_drain(&self) {}
 

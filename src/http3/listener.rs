@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +186,8 @@ impl Http3Builder {
                 router,
                 shared,
                 tag,
+                stay_linked: AtomicBool::new(false),
+                drained: AtomicBool::new(false),
             }),
         })
     }
@@ -210,6 +212,11 @@ struct Inner {
     router: Arc<Router>,
     shared: Arc<Shared>,
     tag: u8,
+    /// Once drained, keep the successor's pair (see
+    /// [`Http3Listener::stay_linked`]).
+    stay_linked: AtomicBool,
+    /// The drain is over (see [`Http3Listener::drained`]).
+    drained: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -285,11 +292,46 @@ impl Http3Listener {
         Ok(())
     }
 
-    /// Starts the drain: no new connection stays here (they go to the
-    /// successor, or, with none, are refused), every connection gets
-    /// GOAWAY, and, if there is a successor, this generation stops reading
-    /// the shared socket and reads only what the successor passes it.
-    /// Idempotent.
+    /// The drain before a `keep_pid` re-exec: once drained, stay linked to
+    /// the temporary generation (the exec closes our end; should it fail,
+    /// this generation serves again, reads the shared socket and passes the
+    /// temporary generation its packets over that pair).
+    pub(crate) fn stay_linked(&self) {
+        self.inner.stay_linked.store(true, Ordering::SeqCst);
+    }
+
+    /// The re-exec will not happen (a stop came): the drain ends as any
+    /// other, telling the temporary generation that this one is gone (now,
+    /// if it is over already), so that it need not wait for this process
+    /// to exit, which waits for it.
+    pub(crate) fn unstay(&self) {
+        // `drained` is set before `stay_linked` is read there: one of the
+        // two sees the other's change.
+        if self.inner.stay_linked.swap(false, Ordering::SeqCst)
+            && self.inner.drained.load(Ordering::SeqCst)
+        {
+            self.inner.router.leave();
+        }
+    }
+
+    /// A `keep_pid` temporary generation is handed back: see
+    /// `Router::predecessor_reads_again`. Whether its parent serves again.
+    pub(crate) fn hand_back(&self) -> bool {
+        let again = self.inner.router.predecessor_reads_again();
+        if again {
+            info!(
+                tag = self.inner.tag,
+                "HTTP/3: the previous generation serves again and reads the shared socket"
+            );
+        }
+        again
+    }
+
+    /// Starts the drain: no new connection stays here (they go to a
+    /// successor that reads, or, with none, are refused), every connection
+    /// gets GOAWAY, and, once a successor has shown that it reads (its
+    /// routes came), this generation stops reading the shared socket and
+    /// reads only what the successor passes it. Idempotent.
     ///
     /// If that successor dies later, nothing reads the shared socket for
     /// this generation's connections any more, and they end at the
@@ -311,8 +353,9 @@ impl Http3Listener {
 
     /// Resolves once the drain has started and is over: every connection
     /// is closed, and no predecessor needs this generation to relay for it
-    /// (it has said it is gone, or its end of the pair is closed). Then it
-    /// tells its successor that it is gone.
+    /// (it has said it is gone, its end of the pair is closed, or it reads
+    /// the shared socket again). Then it tells its neighbours that it is
+    /// gone.
     ///
     /// # Cancellation safety
     ///
@@ -328,10 +371,16 @@ impl Http3Listener {
                 closed.as_mut().enable();
                 changed.as_mut().enable();
                 let open = inner.shared.open.load(Ordering::Acquire);
-                if open == 0 && !inner.router.has_predecessor() {
+                if open == 0 && !inner.router.relays_for_predecessor() {
                     // Nothing is left to receive: the successor may forget
-                    // us now, not only when the process exits.
-                    inner.router.leave();
+                    // us now, not only when the process exits (unless we
+                    // may serve again for it: see `stay_linked`).
+                    inner.drained.store(true, Ordering::SeqCst);
+                    if inner.stay_linked.load(Ordering::SeqCst) {
+                        inner.router.detach(LinkSide::Predecessor);
+                    } else {
+                        inner.router.leave();
+                    }
                     info!(tag = inner.tag, "HTTP/3: drained");
                     return;
                 }
@@ -361,6 +410,8 @@ impl Http3Listener {
         }
         *draining = CancellationToken::new();
         drop(draining);
+        self.inner.stay_linked.store(false, Ordering::SeqCst);
+        self.inner.drained.store(false, Ordering::SeqCst);
         self.inner.router.resume();
         info!(tag = self.inner.tag, "HTTP/3: serving again");
     }

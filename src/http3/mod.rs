@@ -66,9 +66,11 @@
 //! each spawn the parent makes one datagram pair per address, attaches its
 //! end as its successor's (so the child reads the parent's routes before any
 //! packet) and hands the other end over; the child attaches it as its
-//! predecessor's before it says it is ready. At the hand-over the parent
-//! drains: GOAWAY on every connection, requests finish, and it is done when
-//! its connections are gone or at the stop timeout. A new generation that
+//! predecessor's (sending its routes) before it says it is ready. At the
+//! hand-over the parent drains: GOAWAY on every connection, requests
+//! finish, and it is done when its connections are gone or at the stop
+//! timeout. It stops reading the shared socket once the child's routes
+//! have come (a child that never sends them leaves it reading). A new generation that
 //! fails to start is forgotten; after a rollback the old generation reads
 //! the socket and accepts again. See `docs/http3.md` for the comparison with
 //! Envoy, nginx and udpgrm.
@@ -91,8 +93,10 @@
 //!   generation reads the socket and accepts again; its connections that
 //!   were told to go away finish as they were.
 //! - With `keep_pid`, the re-executed image starts HTTP/3 once its
-//!   temporary generation has exited; new HTTP/3 connections are refused
-//!   meanwhile (clients use HTTP/2).
+//!   temporary generation has exited, and runs no reload before then; new
+//!   HTTP/3 connections are refused meanwhile (clients use HTTP/2). If the
+//!   re-exec fails, the original process reads the socket again and passes
+//!   the temporary generation its packets over the pair it kept.
 
 #[cfg(all(test, unix))]
 mod bench;

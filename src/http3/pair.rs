@@ -72,6 +72,21 @@ impl PairSocket {
     pub(crate) fn try_send(&self, msg: &[u8]) -> io::Result<usize> {
         socket2::SockRef::from(&self.0).send(msg)
     }
+    /// Copies the next message into `buf` (cut to its length) and leaves
+    /// it queued; `WouldBlock` if there is none. Asks the socket, not
+    /// tokio (whose reactor may not have seen the message yet).
+    pub(crate) fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_now(buf, nix::sys::socket::MsgFlags::MSG_PEEK)
+    }
+    /// Takes the next message, as [`try_peek`](Self::try_peek) sees it.
+    pub(crate) fn try_take(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_now(buf, nix::sys::socket::MsgFlags::empty())
+    }
+    fn recv_now(&self, buf: &mut [u8], flags: nix::sys::socket::MsgFlags) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let flags = flags | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        nix::sys::socket::recv(self.0.as_raw_fd(), buf, flags).map_err(io::Error::from)
+    }
 }
 
 /// Makes `end` the router's: non-blocking, registered with tokio.
@@ -99,6 +114,12 @@ impl PairSocket {
         match *self {}
     }
     pub(crate) fn try_send(&self, _: &[u8]) -> io::Result<usize> {
+        match *self {}
+    }
+    pub(crate) fn try_peek(&self, _: &mut [u8]) -> io::Result<usize> {
+        match *self {}
+    }
+    pub(crate) fn try_take(&self, _: &mut [u8]) -> io::Result<usize> {
         match *self {}
     }
 }

@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -68,6 +69,17 @@ const MAX_CLAIMS: usize = 4096;
 /// router yields to the runtime (quinn's own budget counts only what it
 /// gets).
 const READS_PER_POLL: usize = 32;
+
+/// How many messages one poll reads from the pairs at most (routes,
+/// claims and datagrams passed on count too): then the router yields, so
+/// that a neighbour that keeps sending cannot hold the task.
+const MESSAGES_PER_POLL: usize = 256;
+
+/// After a readiness error on the shared socket, the pause before it is
+/// read again: doubled at each error in a row, up to [`BACKOFF_MAX`], so
+/// that a persistent error does not spin.
+const BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The largest message on a pair: a UDP datagram and its header.
 const PAIR_MESSAGE: usize = 65_536 + wire::HEADER;
@@ -174,6 +186,9 @@ struct Link {
     /// successor's own.
     tags: Tags,
     claims: Claims,
+    /// It has sent its routes: it reads its end of the pair, so it runs
+    /// (and, a successor, reads the shared socket).
+    routed: bool,
 }
 
 impl fmt::Debug for Link {
@@ -207,6 +222,10 @@ struct Links {
     /// Where messages are built and read.
     out: Vec<u8>,
     inbuf: Vec<u8>,
+    /// The pause after a readiness error on the shared socket, and the
+    /// next one's length (zero: none yet).
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    next_backoff: Duration,
 }
 
 impl Links {
@@ -222,6 +241,12 @@ impl Links {
             Side::Successor => &self.successor,
         };
         link.as_ref().is_some_and(|l| l.tags.has(tag))
+    }
+    /// Whether a successor is there and has shown that it reads (its
+    /// routes came): only then does it take the shared socket and new
+    /// connections from us.
+    fn successor_reads(&self) -> bool {
+        self.successor.as_ref().is_some_and(|l| l.routed)
     }
     fn claimed_by(&self, side: Side, dcid: &[u8], now: Instant) -> bool {
         let link = match side {
@@ -249,9 +274,14 @@ pub(crate) struct Router {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,
     own: u8,
-    /// Whether this generation reads the shared socket: until a successor
-    /// reads it instead.
+    /// Whether this generation reads the shared socket: until it drains
+    /// and a successor that has shown it reads (its routes came) reads it
+    /// instead, or, in a `keep_pid` temporary generation, until its parent
+    /// reads it again (see [`Router::predecessor_reads_again`]).
     reading: AtomicBool,
+    /// The predecessor reads the shared socket again and passes us our
+    /// packets: we relay nothing for it, and need not wait for it to go.
+    predecessor_reads: AtomicBool,
     /// Whether new connections stay here (until the drain).
     accepting: AtomicBool,
     links: Mutex<Links>,
@@ -286,6 +316,7 @@ impl Router {
             state,
             own,
             reading: AtomicBool::new(true),
+            predecessor_reads: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             links: Mutex::new(Links {
                 inbuf: vec![0; PAIR_MESSAGE],
@@ -331,6 +362,7 @@ impl Router {
             sock,
             tags: Tags::default(),
             claims: Claims::default(),
+            routed: false,
         });
         self.send(&mut links, side, &wire::routes(&routes));
         for c in claims {
@@ -360,23 +392,90 @@ impl Router {
         self.changed.notify_waiters();
     }
 
-    /// Stops reading the shared socket (a successor reads it now), or, with
-    /// no successor, keeps reading so that the connections still get their
-    /// packets; new connections go to the successor or are refused.
+    /// Stops reading the shared socket if a successor has shown that it
+    /// reads it (its routes came; if they come later, then), or else keeps
+    /// reading so that the connections still get their packets: a
+    /// successor that never routes (it died, its release has no HTTP/3
+    /// here, it speaks another wire version) leaves them with us. New
+    /// connections go to a successor that reads, or are refused.
     pub(crate) fn begin_drain(&self) {
+        // Under the links' lock, as `take_routes` and `resume`: whether we
+        // read follows the last of them.
+        let mut links = self.links();
         self.accepting.store(false, Ordering::Release);
-        let has_successor = self.links().successor.is_some();
-        if has_successor {
-            self.reading.store(false, Ordering::Release);
+        self.take_successor_routes(&mut links);
+        if links.successor_reads() {
+            self.stop_reading("the successor reads the shared socket");
         }
+        drop(links);
         self.recv_waker.wake();
+    }
+
+    /// Takes the successor's routes now if they wait at the head of its
+    /// pair (it sends them first, when it attaches), rather than at the next
+    /// poll: a drain that begins just after the successor attached knows
+    /// at once that it reads, and passes it the next new connection.
+    fn take_successor_routes(&self, links: &mut Links) {
+        let Some(link) = links.successor.as_ref().filter(|l| !l.routed) else {
+            return;
+        };
+        // The longest routes message: 3 bytes and 256 tags.
+        let mut head = [0u8; 3 + 256];
+        let n = match link.sock.try_peek(&mut head) {
+            Ok(n) if n < head.len() => n,
+            _ => return,
+        };
+        if !matches!(wire::parse(&head[..n]), Some(Message::Routes(_))) {
+            return;
+        }
+        if link.sock.try_take(&mut head).is_ok_and(|taken| taken == n) {
+            if let Some(Message::Routes(tags)) = wire::parse(&head[..n]) {
+                self.take_routes(links, Side::Successor, tags);
+            }
+        }
+    }
+
+    fn stop_reading(&self, why: &'static str) {
+        if self.reading.swap(false, Ordering::AcqRel) {
+            info!(
+                tag = self.own,
+                why, "HTTP/3: this generation stops reading the shared socket"
+            );
+        }
+    }
+
+    /// A `keep_pid` temporary generation is handed back: if its parent is
+    /// still there (its re-exec failed, and it serves again), the parent
+    /// reads the shared socket and passes us our packets, so we stop
+    /// reading, and may leave without waiting for it. If it re-executed,
+    /// its end of the pair closed with the exec: we read on (the
+    /// re-executed image reads only once we have gone). Whether the parent
+    /// was there.
+    pub(crate) fn predecessor_reads_again(&self) -> bool {
+        self.probe_predecessor();
+        if !self.has_predecessor() {
+            return false;
+        }
+        self.predecessor_reads.store(true, Ordering::Release);
+        self.stop_reading("the predecessor reads the shared socket again");
+        self.recv_waker.wake();
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Whether the drain must wait for the predecessor to go (we may relay
+    /// for it): it is attached, and does not read the shared socket itself.
+    pub(crate) fn relays_for_predecessor(&self) -> bool {
+        self.has_predecessor() && !self.predecessor_reads.load(Ordering::Acquire)
     }
 
     /// Reads the shared socket and takes new connections again (the
     /// generation serves again after its successor failed).
     pub(crate) fn resume(&self) {
+        let links = self.links();
         self.accepting.store(true, Ordering::Release);
         self.reading.store(true, Ordering::Release);
+        drop(links);
         self.recv_waker.wake();
     }
 
@@ -487,7 +586,7 @@ impl Router {
                 }
             }
             Kind::OtherVersion => {
-                if self.accepting.load(Ordering::Acquire) || links.successor.is_none() {
+                if self.accepting.load(Ordering::Acquire) || !links.successor_reads() {
                     Verdict::Here
                 } else {
                     Verdict::To(Side::Successor)
@@ -507,10 +606,10 @@ impl Router {
                 self.send(links, Side::Successor, &claim);
             }
             Verdict::Here
-        } else if links.successor.is_some() {
+        } else if links.successor_reads() {
             Verdict::To(Side::Successor)
         } else {
-            // Stopping without a successor: quinn refuses it.
+            // Stopping without a successor that reads: quinn refuses it.
             Verdict::Here
         }
     }
@@ -557,9 +656,15 @@ impl Router {
         meta: &mut [RecvMeta],
     ) -> usize {
         let mut out = 0;
+        let mut messages = 0;
         let now = Instant::now();
         for side in [Side::Successor, Side::Predecessor] {
             while out < bufs.len().min(meta.len()) {
+                if messages == MESSAGES_PER_POLL {
+                    // More may wait: poll again once others have run.
+                    cx.waker().wake_by_ref();
+                    return out;
+                }
                 let Some(link) = links.link(side).as_ref() else {
                     break;
                 };
@@ -573,6 +678,7 @@ impl Router {
                     .link(side)
                     .as_ref()
                     .map(|l| l.sock.try_recv(&mut inbuf));
+                messages += 1;
                 let n = match read {
                     Some(Ok(n)) => n,
                     Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -629,20 +735,7 @@ impl Router {
                 false
             }
             Some(Message::Routes(tags)) => {
-                let tags = Tags::of(tags);
-                if tags == Tags::default() {
-                    info!(tag = self.own, ?side, "HTTP/3: neighbour says it is gone");
-                    *links.link(side) = None;
-                } else if let Some(link) = links.link(side) {
-                    if tags.has(self.own) {
-                        warn!(tag = self.own, ?side, "HTTP/3: a neighbour uses our tag; its packets cannot be told from ours");
-                    }
-                    link.tags = tags;
-                }
-                if side == Side::Predecessor {
-                    self.announce_routes(links);
-                }
-                self.changed.notify_waiters();
+                self.take_routes(links, side, tags);
                 false
             }
             Some(Message::Claim(dcid)) => {
@@ -685,6 +778,32 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// The neighbour on `side` says which tags it takes (none: it is gone).
+    fn take_routes(&self, links: &mut Links, side: Side, tags: &[u8]) {
+        let tags = Tags::of(tags);
+        if tags == Tags::default() {
+            info!(tag = self.own, ?side, "HTTP/3: neighbour says it is gone");
+            *links.link(side) = None;
+        } else if let Some(link) = links.link(side) {
+            if tags.has(self.own) {
+                warn!(
+                    tag = self.own,
+                    ?side,
+                    "HTTP/3: a neighbour uses our tag; its packets cannot be told from ours"
+                );
+            }
+            link.tags = tags;
+            link.routed = true;
+            if side == Side::Successor && !self.accepting.load(Ordering::Acquire) {
+                self.stop_reading("the successor reads the shared socket");
+            }
+        }
+        if side == Side::Predecessor {
+            self.announce_routes(links);
+        }
+        self.changed.notify_waiters();
     }
 
     /// Routes the `n` buffers just read from the shared socket, splitting
@@ -750,6 +869,42 @@ impl Router {
     }
 }
 
+/// Whether a pause after a readiness error still runs (it wakes the task
+/// when it is over).
+fn backing_off(links: &mut Links, cx: &mut Context<'_>) -> bool {
+    let Some(pause) = links.backoff.as_mut() else {
+        return false;
+    };
+    if pause.as_mut().poll(cx).is_pending() {
+        return true;
+    }
+    links.backoff = None;
+    false
+}
+
+impl Router {
+    /// A readiness error on the shared socket: reads pause for a while,
+    /// longer at each error in a row.
+    fn back_off(
+        &self,
+        links: &mut Links,
+        cx: &mut Context<'_>,
+        e: &io::Error,
+    ) -> Poll<io::Result<usize>> {
+        let pause = match links.next_backoff {
+            Duration::ZERO => BACKOFF_FIRST,
+            d => d,
+        };
+        links.next_backoff = (pause * 2).min(BACKOFF_MAX);
+        warn!(tag = self.own, local = ?self.io.local_addr().ok(), cause = %e, ?pause, "HTTP/3: the UDP socket reports an error; reading it again after a pause");
+        links.backoff = Some(Box::pin(tokio::time::sleep(pause)));
+        if !backing_off(links, cx) {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
 impl AsyncUdpSocket for Router {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(Writable {
@@ -776,22 +931,20 @@ impl AsyncUdpSocket for Router {
         if n > 0 {
             return Poll::Ready(Ok(n));
         }
-        if !self.reading.load(Ordering::Acquire) {
+        if !self.reading.load(Ordering::Acquire) || backing_off(&mut links, cx) {
             return Poll::Pending;
         }
         for _ in 0..READS_PER_POLL {
             match self.io.poll_recv_ready(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    debug!(cause = %e, "HTTP/3: UDP socket readiness error");
-                    continue;
-                }
+                Poll::Ready(Err(e)) => return self.back_off(&mut links, cx, &e),
                 Poll::Ready(Ok(())) => {}
             }
             match self.io.try_io(Interest::READABLE, || {
                 self.state.recv((&self.io).into(), bufs, meta)
             }) {
                 Ok(n) => {
+                    links.next_backoff = Duration::ZERO;
                     let kept = self.route_batch(&mut links, bufs, meta, n);
                     if kept > 0 {
                         return Poll::Ready(Ok(kept));
@@ -929,6 +1082,7 @@ mod tests {
             sock: super::super::pair::adopt(a).unwrap(),
             tags: Tags::of(&[4, 3]),
             claims: Claims::default(),
+            routed: true,
         });
         assert_eq!(
             r.route_shared(&mut links, &short(4), now),
@@ -1080,6 +1234,92 @@ mod tests {
             new.route_shared(&mut new.links(), &short(1), now),
             Verdict::UnknownGeneration
         );
+    }
+
+    #[test]
+    fn a_draining_generation_reads_until_its_successor_has_routed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _e = rt.enter();
+        let old = router(1);
+        let now = Instant::now();
+        // A successor that never routes (its release has no HTTP/3 here, it
+        // died, it speaks another wire version): the old one reads on, and
+        // a new connection is not passed to it.
+        let (a, silent) = super::super::pair::socket_pair().unwrap();
+        old.attach(Side::Successor, super::super::pair::adopt(a).unwrap());
+        old.begin_drain();
+        assert!(old.reading.load(Ordering::Acquire));
+        assert_eq!(
+            old.route_shared(&mut old.links(), &initial(&[0xdd; 8]), now),
+            Verdict::Here
+        );
+        drop(silent);
+        old.detach(Side::Successor);
+        assert!(old.reading.load(Ordering::Acquire));
+        // A successor whose routes wait in the pair when the drain begins:
+        // taken at once, and the old one stops reading.
+        old.resume();
+        let (a, b) = super::super::pair::socket_pair().unwrap();
+        old.attach(Side::Successor, super::super::pair::adopt(a).unwrap());
+        let new = router(2);
+        new.attach(Side::Predecessor, super::super::pair::adopt(b).unwrap());
+        old.begin_drain();
+        assert!(!old.reading.load(Ordering::Acquire));
+        assert_eq!(
+            old.route_shared(&mut old.links(), &initial(&[0xee; 8]), now),
+            Verdict::To(Side::Successor)
+        );
+    }
+
+    #[test]
+    fn one_poll_reads_a_bounded_number_of_messages_from_the_pairs() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _e = rt.enter();
+        let r = router(2);
+        let (a, b) = super::super::pair::socket_pair().unwrap();
+        r.attach(Side::Predecessor, super::super::pair::adopt(a).unwrap());
+        // Claims only: nothing for quinn, each read all the same.
+        b.set_nonblocking(true).unwrap();
+        for i in 0..(MESSAGES_PER_POLL as u32 + 44) {
+            // (Fails, rather than blocks, if `net.unix.max_dgram_qlen` is
+            // below 300.)
+            b.send(&wire::claim(&i.to_be_bytes())).unwrap();
+        }
+        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut store = vec![vec![0u8; 2048]; 4];
+        let mut bufs: Vec<IoSliceMut<'_>> = store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut meta = [RecvMeta::default(); 4];
+        let n = r.poll_links(&mut r.links(), &mut cx, &mut bufs, &mut meta);
+        assert_eq!(n, 0);
+        assert!(
+            woken.0.load(Ordering::Acquire),
+            "it asks to be polled again"
+        );
+        let claims = |r: &Router| {
+            let links = r.links();
+            links.predecessor.as_ref().unwrap().claims.until.len()
+        };
+        assert_eq!(claims(&r), MESSAGES_PER_POLL);
+        drain_links(&r);
+        assert_eq!(claims(&r), MESSAGES_PER_POLL + 44);
+    }
+
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
     }
 
     #[test]
