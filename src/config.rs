@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::connections::{Launch, Limits, Settings};
+use crate::connections::{Launch, Limits, Protocol, Settings};
 use crate::error::{Error, Result};
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
-use crate::listener::{self, BindSpec};
+use crate::listener::{self, BindSpec, Given};
 use crate::ready::ReadyCheck;
 use crate::signal::SignalSet;
 use crate::tls::TlsSource;
@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) tls_handshake_timeout: Duration,
     /// The connections' bounds besides the header read timeout.
     pub(crate) limits: Limits,
+    /// hyper's HTTP/1 and HTTP/2 settings that the program set.
+    pub(crate) protocol: Protocol,
     pub(crate) signals: SignalSet,
     /// How widely [`Handle::draining`](crate::Handle::draining) spreads its
     /// wake-ups.
@@ -76,6 +78,7 @@ impl Config {
             stop: self.stop_timeout,
             tls_handshake: self.tls_handshake_timeout,
             limits: self.limits.clone(),
+            protocol: self.protocol.clone(),
         }
     }
 }
@@ -90,6 +93,9 @@ pub(crate) struct Endpoint {
     pub(crate) perms: Option<UnixPermissionsOrNone>,
     pub(crate) tls: Option<TlsSource>,
     pub(crate) svc: Box<dyn Launch>,
+    /// Makes the listener, for one the program makes itself
+    /// (`Server::register_listener`).
+    pub(crate) given: Option<Given>,
 }
 
 #[cfg(unix)]
@@ -112,6 +118,8 @@ pub(crate) struct Registration {
     pub(crate) addr: String,
     pub(crate) svc: Box<dyn Launch>,
     pub(crate) tls: Option<TlsSource>,
+    /// The program's closure that makes the listener named `addr`.
+    pub(crate) given: Option<Given>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -160,6 +168,7 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
             reason: "must be at least 1".to_owned(),
         });
     }
+    config.protocol.check()?;
     if registrations.is_empty() {
         return Err(Error::Config {
             setting: "listeners",
@@ -168,13 +177,17 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
     }
     let mut endpoints = Vec::with_capacity(registrations.len());
     for r in registrations {
-        let spec = listener::parse(&r.addr)?;
+        let spec = match &r.given {
+            Some(_) => check_name(&r.addr)?,
+            None => listener::parse(&r.addr)?,
+        };
         endpoints.push(Endpoint {
             perms: permissions_of(&r.addr, config),
             addr: r.addr,
             spec,
             tls: r.tls,
             svc: r.svc,
+            given: r.given,
         });
     }
     #[cfg(unix)]
@@ -185,6 +198,12 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
                 spec: BindSpec::Unix(_),
                 ..
             }) => continue,
+            Some(Endpoint {
+                spec: BindSpec::Given,
+                ..
+            }) => format!(
+                "{addr:?} is a listener the program makes (register_listener): set its file's permissions as it makes it"
+            ),
             Some(_) => format!("{addr:?} is not a Unix socket file (unix:/path)"),
         };
         return Err(Error::Config {
@@ -202,6 +221,17 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
         }
     }
     Ok(endpoints)
+}
+
+/// The name of a listener the program makes itself: anything but empty.
+fn check_name(name: &str) -> Result<BindSpec> {
+    if name.is_empty() {
+        return Err(Error::Address {
+            addr: name.to_owned(),
+            reason: "a listener's name must not be empty".to_owned(),
+        });
+    }
+    Ok(BindSpec::Given)
 }
 
 /// The permissions set for `addr`'s socket file, if any.

@@ -51,6 +51,7 @@ pub(crate) fn endpoint(
         perms: Some(perms),
         tls: None,
         svc: Box::new(Control { requests, life }),
+        given: None,
     }
 }
 

@@ -195,7 +195,8 @@ impl Generation {
             Some(t) if reexec => t.exited().map(|f| Box::pin(f) as _),
             _ => None,
         };
-        self.http3 = Http3::start(regs, sockets, after, self.config.tls_handshake_timeout)?;
+        let handshake = self.config.tls_handshake_timeout;
+        self.http3 = Http3::start(regs, sockets, after, handshake, crate::generation())?;
         Ok(())
     }
 
@@ -747,6 +748,7 @@ async fn bind_and_check(
             spec: &e.spec,
             perms: e.perms.as_ref(),
             backlog: config.backlog,
+            given: e.given.as_ref(),
         })
         .collect();
     let bound = listener::take_all(&wanted, bind_new).await?;

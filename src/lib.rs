@@ -117,6 +117,10 @@
 //!   whose file [`Server::unix_permissions`] gives a mode, owner and group
 //!   before the first client can connect; on Linux, `"unix:@name"` serves
 //!   on an abstract socket (no file).
+//! - [`Server::register_listener`] serves a listener the program makes
+//!   itself (bound before dropping privileges, or with its own socket
+//!   options): its closure runs only in a generation that inherited nothing
+//!   under the listener's name, so later generations never bind twice.
 //!
 //! # Carrying more than the HTTP listeners
 //!
@@ -283,7 +287,7 @@ pub use hyper_util::service::TowerToHyperService;
 pub use lifecycle::Stats;
 #[cfg(unix)]
 pub use listener::UnixPermissions;
-pub use listener::{LocalAddr, PeerCredentials};
+pub use listener::{LocalAddr, PeerCredentials, StdListener};
 pub use ready::Probe;
 /// The rustls this crate serves HTTPS with, for building the configuration
 /// that [`Server::register_tls_config`] takes with the same version.

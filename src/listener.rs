@@ -2,6 +2,7 @@
 //! and accept. Knows nothing of HTTP.
 
 mod address;
+mod given;
 #[cfg(unix)]
 mod permissions;
 #[cfg(unix)]
@@ -41,6 +42,8 @@ use crate::handover;
 pub(crate) use crate::portable::{family_unavailable, is_connection_error, RawFd};
 
 pub(crate) use address::{parse, BindSpec};
+pub(crate) use given::Given;
+pub use given::StdListener;
 #[cfg(unix)]
 pub use permissions::UnixPermissions;
 #[cfg(unix)]
@@ -145,11 +148,16 @@ pub(crate) struct Wanted<'a> {
     pub(crate) perms: Option<&'a UnixPermissions>,
     /// The accept queue length a new socket asks for.
     pub(crate) backlog: i32,
+    /// Makes the listener when nothing is inherited under its name
+    /// (`BindSpec::Given`).
+    pub(crate) given: Option<&'a Given>,
 }
 
 /// Listening sockets for every registration in `wanted`: the inherited ones
 /// of the same name (or, for systemd's sockets, the same address) if there
-/// are any, else new ones. Unless `bind_new` is false: then a registration
+/// are any, else new ones (for a listener the program makes, whatever its
+/// closure makes: called only here, so never while a predecessor holds the
+/// socket). Unless `bind_new` is false: then a registration
 /// with nothing inherited gets no socket, but its address is bound and
 /// released again, to prove it can be (a `keep_pid` temporary generation,
 /// whose parent binds it after its re-exec). Inherited sockets that match
@@ -170,17 +178,20 @@ pub(crate) async fn take_all(wanted: &[Wanted<'_>], bind_new: bool) -> Result<Ve
         let mut found = take_by_name(&mut inherited, name, spec);
         // Resolve only if it can matter: nothing else needs DNS on a reload.
         let mut addrs = None;
-        if found.is_empty() && !inherited.is_empty() {
+        if found.is_empty() && !inherited.is_empty() && w.given.is_none() {
             let tcp = address::tcp_addrs(name, spec).await?;
             found = take_by_addr(&mut inherited, spec, tcp.as_deref());
             addrs = Some(tcp);
         }
         let listeners = if found.is_empty() {
-            let tcp = match addrs {
-                Some(tcp) => tcp,
-                None => address::tcp_addrs(name, spec).await?,
+            let new = match (w.given, addrs) {
+                (Some(given), _) => vec![given.make(name)?],
+                (None, Some(tcp)) => bind(name, spec, tcp, w.perms, w.backlog).await?,
+                (None, None) => {
+                    let tcp = address::tcp_addrs(name, spec).await?;
+                    bind(name, spec, tcp, w.perms, w.backlog).await?
+                }
             };
-            let new = bind(name, spec, tcp, w.perms, w.backlog).await?;
             if bind_new {
                 new
             } else {
@@ -235,8 +246,13 @@ fn adopt_all(
 pub(crate) async fn take_all(wanted: &[Wanted<'_>], _bind_new: bool) -> Result<Vec<Bound>> {
     let mut bound = Vec::with_capacity(wanted.len());
     for (index, w) in wanted.iter().enumerate() {
-        let tcp = address::tcp_addrs(w.name, w.spec).await?;
-        let listeners = bind(w.name, w.spec, tcp, None, w.backlog).await?;
+        let listeners = match w.given {
+            Some(given) => vec![given.make(w.name)?],
+            None => {
+                let tcp = address::tcp_addrs(w.name, w.spec).await?;
+                bind(w.name, w.spec, tcp, None, w.backlog).await?
+            }
+        };
         bound.extend(listeners.into_iter().map(|l| Bound {
             index,
             name: w.name.to_owned(),
@@ -522,13 +538,19 @@ impl Listener {
     #[cfg(unix)]
     pub(crate) fn adopt(fd: OwnedFd, owns_file: bool) -> Result<Listener> {
         let raw = fd.as_raw_fd();
-        let socket = Socket::from(fd);
-        let err = |e: io::Error| Error::Inherit {
+        Listener::prepare(Socket::from(fd), owns_file).map_err(|e| Error::Inherit {
             fd: raw,
             reason: format!("cannot prepare it ({e})"),
-        };
-        socket.set_cloexec(true).map_err(err)?;
-        let local = socket.local_addr().map_err(err)?;
+        })
+    }
+
+    /// A listening socket made ready to serve: close-on-exec, non-blocking,
+    /// and (`owns_file`) its socket file recorded as ours.
+    #[cfg(unix)]
+    pub(crate) fn prepare(socket: Socket, owns_file: bool) -> io::Result<Listener> {
+        socket.set_cloexec(true)?;
+        let local = socket.local_addr()?;
+        socket.set_nonblocking(true)?;
         if local.domain() == Domain::UNIX {
             // The socket file at the path now is taken for the one our
             // predecessor bound. Someone who can write to its directory could
@@ -545,14 +567,10 @@ impl Listener {
                     .ok(),
                 _ => None,
             };
-            socket.set_nonblocking(true).map_err(err)?;
             let l = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
-            return Ok(Listener::Unix(
-                UnixListener::from_std(l).map_err(err)?,
-                file,
-            ));
+            return Ok(Listener::Unix(UnixListener::from_std(l)?, file));
         }
-        Listener::from_std_tcp(&format!("fd {raw}"), socket.into())
+        Ok(Listener::Tcp(TcpListener::from_std(socket.into())?))
     }
 
     fn from_std_tcp(name: &str, l: std::net::TcpListener) -> Result<Listener> {

@@ -217,14 +217,17 @@ mod enabled {
         /// Serves every registration on its socket, now, or, for a `keep_pid`
         /// re-executed image, once `after` resolves (its temporary
         /// generation has exited).
-        /// `handshake`: the TLS handshake timeout.
+        /// `handshake`: the TLS handshake timeout; `generation`: this
+        /// generation's number, whose low byte tags its connection IDs
+        /// (passed in: the hand-over layer's number, read by the caller).
         pub(crate) fn start(
             regs: Vec<Registration>,
             sockets: Vec<Parts>,
             after: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
             handshake: Duration,
+            generation: u64,
         ) -> Result<Http3> {
-            let tag = (crate::generation() % 256) as u8;
+            let tag = (generation % 256) as u8;
             let Some(after) = after.filter(|_| !regs.is_empty()) else {
                 let set = Http3::default();
                 for (r, s) in regs.iter().zip(sockets) {
@@ -411,6 +414,7 @@ mod disabled {
             _: Vec<Parts>,
             _: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
             _: std::time::Duration,
+            _: u64,
         ) -> Result<Http3> {
             Ok(Http3::default())
         }

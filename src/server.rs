@@ -16,6 +16,7 @@ use crate::events::Command;
 use crate::generation::Generation;
 use crate::handle::Handle;
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::listener::Given;
 #[cfg(unix)]
 use crate::listener::UnixPermissions;
 use crate::service::IntoHttpService;
@@ -69,6 +70,37 @@ const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 ///         .await
 /// }
 /// ```
+///
+/// # HTTP/1 and HTTP/2 settings
+///
+/// hyper's connection settings that matter in production have a method
+/// each here, named after hyper's with the protocol in front
+/// ([`http1_max_headers`](Self::http1_max_headers),
+/// [`http2_max_concurrent_streams`](Self::http2_max_concurrent_streams),
+/// …); those not set keep hyper's defaults. They apply to the TCP, Unix and
+/// HTTPS listeners (HTTP/3 has its own), in every generation: a new
+/// generation runs the program's code, so a reload applies the settings the
+/// new binary sets.
+///
+/// They are mirrored rather than offered as a closure over hyper-util's
+/// `auto::Builder`, on purpose:
+/// - hyper panics on some values (an HTTP/1 buffer under 8 KiB, an HTTP/2
+///   frame size out of range, a connection window over 2³¹−1), in the
+///   middle of serving; here [`run`](Self::run) refuses them with an
+///   [`Error::Config`](crate::Error::Config) naming the setting, before
+///   anything serves (in a new generation: the reload fails, the old one
+///   serves on);
+/// - some builder settings are endless's: its timer, hyper's own header
+///   read timeout (off: the sweeper enforces
+///   [`header_read_timeout`](Self::header_read_timeout) at a fraction of
+///   the cost), and HTTP/2 keep-alive PINGs
+///   ([`http2_keep_alive_interval`](Self::http2_keep_alive_interval)). A
+///   closure could set them again, or run before or after endless's own
+///   and silently undo one or the other;
+/// - conflicting settings (an adaptive window with fixed window sizes, of
+///   which hyper keeps whichever was set last) are refused instead;
+/// - hyper-util's builder is not in endless's public API, so its next
+///   0.x release does not break endless's.
 #[derive(Debug)]
 pub struct Server {
     registrations: Vec<Registration>,
@@ -140,6 +172,7 @@ impl Server {
                     tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
                     max_connections: None,
                 },
+                protocol: connections::Protocol::default(),
                 signals: SignalSet::default(),
                 drain_notice_spread: DEFAULT_DRAIN_NOTICE_SPREAD,
                 probation: DEFAULT_PROBATION,
@@ -184,13 +217,153 @@ impl Server {
         self.push(addr, connections::register(svc.into_http_service()), None)
     }
 
-    fn push(mut self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
+    fn push(self, addr: &str, svc: Box<dyn Launch>, tls: Option<TlsSource>) -> Self {
+        self.push_given(addr, svc, tls, None)
+    }
+
+    fn push_given(
+        mut self,
+        addr: &str,
+        svc: Box<dyn Launch>,
+        tls: Option<TlsSource>,
+        given: Option<Given>,
+    ) -> Self {
         self.registrations.push(Registration {
             addr: addr.to_owned(),
             svc,
             tls,
+            given,
         });
         self
+    }
+
+    /// Adds a listener that the program makes itself, named `name`, served
+    /// by `svc`: one bound before the program drops its privileges, one
+    /// with socket options endless does not set (`IP_FREEBIND`, a device,
+    /// a deferred accept), one that a library hands out. It is served and
+    /// handed over at every reload exactly as a listener of
+    /// [`register`](Self::register) is: its accept queue never closes.
+    ///
+    /// **`listener` is called only when nothing was handed over under
+    /// `name`**: in the first generation (or the first whose release
+    /// registers `name`). A later generation serves the socket it
+    /// inherited and never calls it. That is the point of taking a closure
+    /// rather than a listener: each generation runs `main` again while the
+    /// old one still holds the socket, so a listener made in `main` would
+    /// be bound twice (`EADDRINUSE`, or with `SO_REUSEPORT` a second
+    /// socket with an accept queue of its own, whose connections the old
+    /// generation's exit would reset). So bind inside the closure, never
+    /// before. It is called by [`run`](Self::run), before the ready checks.
+    ///
+    /// `name` is the listener's name across reloads, as a registered
+    /// address is for [`register`](Self::register) (the two share one
+    /// namespace): any non-empty string. Keep it from release to release:
+    /// under a new name, a new generation calls its closure, which cannot
+    /// bind the address the old generation still holds, so the reload
+    /// fails (and the old generation serves on).
+    ///
+    /// What the closure returns must be a listening stream socket, TCP or
+    /// Unix (`std::net::TcpListener` or `std::os::unix::net::UnixListener`,
+    /// as they are, see [`StdListener`](crate::StdListener)); `run`
+    /// returns [`Error::Bind`](crate::Error::Bind) naming `name` (and the
+    /// descriptor) otherwise, or when the closure fails. endless then
+    /// treats it as its own: close-on-exec (only the next generation
+    /// inherits it, during the hand-over), non-blocking,
+    /// [`tcp_keepalive`](Self::tcp_keepalive) on; a Unix socket's file is
+    /// removed at the final stop if it is still that file, as for
+    /// `register("unix:/path")`. [`backlog`](Self::backlog) and
+    /// [`unix_permissions`](Self::unix_permissions) do not apply: the
+    /// program set the queue (`TcpListener::bind` asks for 128; a reload
+    /// under thousands of connections wants more, see `backlog`) and the
+    /// file's mode itself.
+    ///
+    /// # Examples
+    ///
+    /// A TCP listener and a Unix one, each made once and then handed over:
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use std::net::TcpListener;
+    /// use std::os::unix::net::UnixListener;
+    /// use hyper::service::service_fn;
+    ///
+    /// let svc = service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    /// });
+    /// endless::Server::new()
+    ///     .register_listener("web", || TcpListener::bind("127.0.0.1:8080"), svc)
+    ///     .register_listener("admin", || {
+    ///         // A file left by a crash would make bind fail.
+    ///         let _ = std::fs::remove_file("/run/app/admin.sock");
+    ///         UnixListener::bind("/run/app/admin.sock")
+    ///     }, svc)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// For a socket that endless should hand over but the program serves
+    /// itself (another protocol), see
+    /// [`sockets::tcp_listener`](crate::sockets::tcp_listener).
+    pub fn register_listener<F, L, S, M>(self, name: &str, listener: F, svc: S) -> Self
+    where
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        L: Into<crate::StdListener>,
+        S: IntoHttpService<M>,
+    {
+        let svc = connections::register(svc.into_http_service());
+        self.push_given(name, svc, None, Some(Given::new(listener)))
+    }
+
+    /// [`register_listener`](Self::register_listener) for HTTPS: a listener
+    /// the program makes itself (called only when nothing was handed over
+    /// under `name`), served with the certificate chain and key in the PEM
+    /// files `cert_pem` and `key_pem`, read at the start of every
+    /// generation as [`register_tls`](Self::register_tls) reads them
+    /// (session tickets that survive reloads included).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// use hyper::service::service_fn;
+    ///
+    /// let svc = service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(hyper::Response::new("hi\n".to_string()))
+    /// });
+    /// endless::Server::new()
+    ///     .register_listener_tls(
+    ///         "https",
+    ///         || std::net::TcpListener::bind("0.0.0.0:8443"),
+    ///         "cert.pem",
+    ///         "key.pem",
+    ///         svc,
+    ///     )
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn register_listener_tls<F, L, S, M>(
+        self,
+        name: &str,
+        listener: F,
+        cert_pem: impl AsRef<std::path::Path>,
+        key_pem: impl AsRef<std::path::Path>,
+        svc: S,
+    ) -> Self
+    where
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        L: Into<crate::StdListener>,
+        S: IntoHttpService<M>,
+    {
+        let source = TlsSource::Files {
+            listener: name.to_owned(),
+            cert: cert_pem.as_ref().to_path_buf(),
+            key: key_pem.as_ref().to_path_buf(),
+        };
+        let svc = connections::register(svc.into_http_service());
+        self.push_given(name, svc, Some(source), Some(Given::new(listener)))
     }
 
     /// Adds an HTTPS listener on `addr` served by `svc`, with the certificate
@@ -556,6 +729,234 @@ impl Server {
     /// way before new clients wait. Must not be zero.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.limits.max_connections = Some(max);
+        self
+    }
+
+    /// Whether HTTP/1 connections are kept alive between requests (default
+    /// `true`, hyper's). With `false` every response carries `Connection:
+    /// close` and the connection closes after it: each request pays a
+    /// connection, and a reload has no idle connections to move. See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http1_keep_alive(false)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http1_keep_alive(mut self, keep_alive: bool) -> Self {
+        self.config.protocol.http1_keep_alive = Some(keep_alive);
+        self
+    }
+
+    /// The most headers an HTTP/1 request may have (default 100, hyper's):
+    /// a request with more is answered `431 Request Header Fields Too
+    /// Large` and its connection closed. From 1 to 100,000; a value other
+    /// than the default makes hyper allocate the room for each request
+    /// head on the heap (about 5% slower, hyper says). See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http1_max_headers(200)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http1_max_headers(mut self, max: usize) -> Self {
+        self.config.protocol.http1_max_headers = Some(max);
+        self
+    }
+
+    /// The largest an HTTP/1 connection's read buffer may grow, in bytes
+    /// (default 417,792, hyper's: 8 KiB + 100 × 4 KiB). It bounds a
+    /// request head: a longer one is answered `431 Request Header Fields
+    /// Too Large`. At least 8,192 (hyper's minimum). See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http1_max_buf_size(64 * 1024)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http1_max_buf_size(mut self, max: usize) -> Self {
+        self.config.protocol.http1_max_buf_size = Some(max);
+        self
+    }
+
+    /// The most streams (requests) an HTTP/2 client may have open at once
+    /// on one connection, sent to it as `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// (default `Some(200)`, hyper's; `None`: no limit). A client at the
+    /// limit waits for a stream to finish before it opens another (a
+    /// stream opened past it is refused with `REFUSED_STREAM`, which
+    /// clients retry). Not 0. See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http2_max_concurrent_streams(Some(100))
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http2_max_concurrent_streams(mut self, max: Option<u32>) -> Self {
+        self.config.protocol.http2_max_concurrent_streams = Some(max);
+        self
+    }
+
+    /// How many bytes of a request body an HTTP/2 client may send on one
+    /// stream before the server reads them (default 1 MiB, hyper's; from 1
+    /// to 2³¹−1): `SETTINGS_INITIAL_WINDOW_SIZE`. Not together with
+    /// [`http2_adaptive_window`](Self::http2_adaptive_window). See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http2_initial_stream_window_size(256 * 1024)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http2_initial_stream_window_size(mut self, size: u32) -> Self {
+        self.config.protocol.http2_initial_stream_window_size = Some(size);
+        self
+    }
+
+    /// How many bytes of request bodies an HTTP/2 client may send on one
+    /// connection, all streams together, before the server reads them
+    /// (default 1 MiB, hyper's; from 65,535 to 2³¹−1). Not together with
+    /// [`http2_adaptive_window`](Self::http2_adaptive_window). See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http2_initial_connection_window_size(4 * 1024 * 1024)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http2_initial_connection_window_size(mut self, size: u32) -> Self {
+        self.config.protocol.http2_initial_connection_window_size = Some(size);
+        self
+    }
+
+    /// Whether HTTP/2 flow-control windows adapt to each connection's
+    /// bandwidth-delay product, measured with PINGs (default `false`,
+    /// hyper's). They start at HTTP/2's 64 KiB and grow for fast uploads
+    /// over long paths. Not together with the initial window sizes, which
+    /// it replaces ([`run`](Self::run) refuses both). See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http2_adaptive_window(true)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http2_adaptive_window(mut self, adaptive: bool) -> Self {
+        self.config.protocol.http2_adaptive_window = Some(adaptive);
+        self
+    }
+
+    /// The largest HTTP/2 frame payload the server accepts,
+    /// `SETTINGS_MAX_FRAME_SIZE` (default 16,384, hyper's and HTTP/2's;
+    /// from 16,384 to 16,777,215). See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http2_max_frame_size(64 * 1024)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http2_max_frame_size(mut self, size: u32) -> Self {
+        self.config.protocol.http2_max_frame_size = Some(size);
+        self
+    }
+
+    /// The largest header list an HTTP/2 request may have, in bytes as
+    /// HTTP/2 counts them (names, values and 32 per field),
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE` (default 16 KiB, hyper's). A larger
+    /// one is answered `431 Request Header Fields Too Large`. Not 0. See
+    /// [HTTP/1 and HTTP/2 settings](Self#http1-and-http2-settings).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), endless::Error> {
+    /// # let svc = hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    /// # });
+    /// endless::Server::new()
+    ///     .register("127.0.0.1:8080", svc)
+    ///     .http2_max_header_list_size(64 * 1024)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn http2_max_header_list_size(mut self, size: u32) -> Self {
+        self.config.protocol.http2_max_header_list_size = Some(size);
         self
     }
 

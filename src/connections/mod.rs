@@ -58,11 +58,13 @@
 //! - `counted_io`: a connection's I/O, each read and write counted;
 //! - `sweeper`: the generation's open sockets, and the sweeps over them
 //!   (timeouts, the cap, the cut);
-//! - `launch`: the registered services, each waiting for its listener.
+//! - `launch`: the registered services, each waiting for its listener;
+//! - `protocol`: hyper's HTTP/1 and HTTP/2 settings the program set.
 
 mod conn_signal;
 mod counted_io;
 mod launch;
+mod protocol;
 mod request;
 mod serve;
 mod sweeper;
@@ -86,6 +88,7 @@ use crate::service::{HttpBody, HttpService};
 
 use conn_signal::Level;
 pub(crate) use launch::{register, Launch};
+pub(crate) use protocol::Protocol;
 use serve::accept_loop;
 use sweeper::{Sockets, Timeouts};
 
@@ -211,6 +214,7 @@ pub(crate) struct Settings {
     pub(crate) stop: Duration,
     pub(crate) tls_handshake: Duration,
     pub(crate) limits: Limits,
+    pub(crate) protocol: Protocol,
 }
 
 /// A listener's TLS acceptor, if it serves HTTPS (never, without the `tls`
@@ -278,6 +282,7 @@ impl Connections {
             MAX_RECONNECT_SPREAD.min(t.stop / 4),
             t.tls_handshake,
             t.limits.clone(),
+            &t.protocol,
         )
     }
 
@@ -290,6 +295,7 @@ impl Connections {
         max_reconnect_spread: Duration,
         tls_handshake_timeout: Duration,
         limits: Limits,
+        protocol: &Protocol,
     ) -> Self {
         // Whatever the caller checked, nothing here may overflow an Instant.
         let header_read_timeout = bounded(header_read_timeout);
@@ -297,6 +303,9 @@ impl Connections {
         let revisit = bounded(revisit);
         let tls_handshake_timeout = bounded(tls_handshake_timeout);
         let mut builder = auto::Builder::new(Inherit);
+        // The program's settings first, endless's own after: those are not
+        // the program's to set (`Protocol` has none of them).
+        protocol.apply(&mut builder);
         // hyper's own header read timeout allocates and registers a timer
         // for every request head (measured: 11% more instructions per
         // keep-alive request); the sweeper enforces ours instead.
@@ -677,6 +686,7 @@ mod tests {
                 tcp_keepalive: Some(Duration::MAX),
                 max_connections: Some(usize::MAX),
             },
+            &Protocol::default(),
         );
         conns.spawn_sweeper();
         let spec = crate::listener::parse("127.0.0.1:0").unwrap();

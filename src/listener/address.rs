@@ -28,6 +28,9 @@ pub(crate) enum BindSpec {
     /// A Unix stream socket in Linux's abstract namespace (`unix:@name`):
     /// no file, so nothing to remove, and no permissions to set.
     UnixAbstract(String),
+    /// A listener the program makes itself (`Server::register_listener`),
+    /// found by its name only: where it is bound is known once it is made.
+    Given,
 }
 
 /// Parses `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`,
@@ -79,12 +82,13 @@ pub(crate) fn parse(addr: &str) -> Result<BindSpec> {
     }
 }
 
-/// The TCP addresses a spec stands for, in order; `None` for a Unix socket.
+/// The TCP addresses a spec stands for, in order; `None` for a Unix socket
+/// (or a listener the program makes).
 /// A host name is resolved here, off the runtime and within
 /// [`RESOLVE_TIMEOUT`]; `name` is the registered address, for errors.
 pub(crate) async fn tcp_addrs(name: &str, spec: &BindSpec) -> Result<Option<Vec<SocketAddr>>> {
     Ok(Some(match spec {
-        BindSpec::Unix(_) | BindSpec::UnixAbstract(_) => return Ok(None),
+        BindSpec::Unix(_) | BindSpec::UnixAbstract(_) | BindSpec::Given => return Ok(None),
         BindSpec::Addr(a) => vec![*a],
         // Dual-stack first; only a host without IPv6 falls back to IPv4.
         BindSpec::AnyInterface(port) => vec![

@@ -76,6 +76,7 @@ impl Generation {
                 spec: &e.spec,
                 perms: None,
                 backlog: config.backlog,
+                given: e.given.as_ref(),
             })
             .collect();
         let bound = listener::take_all(&wanted, true).await?;
@@ -112,7 +113,13 @@ impl Generation {
                 tls[b.index].clone(),
             );
         }
-        let http3 = crate::quic::Http3::start(regs, sockets, None, config.tls_handshake_timeout)?;
+        let http3 = crate::quic::Http3::start(
+            regs,
+            sockets,
+            None,
+            config.tls_handshake_timeout,
+            crate::generation(),
+        )?;
         let counted = (conns.counter(), http3.clone());
         life.serving(
             addrs,
