@@ -361,8 +361,12 @@ impl Generation {
                 life: &self.life,
                 http3: &self.http3,
             };
-            let waited =
-                keep_pid::until_http3_serves(&mut self.events, &self.http3, &mut self.carried);
+            let waited = keep_pid::until_http3_serves(
+                &mut self.events,
+                &self.http3,
+                &mut self.carried,
+                self.config.stop_timeout,
+            );
             let outcome = match waited.await {
                 Some(stop) => Outcome::Stop(stop, None),
                 None => {

@@ -344,6 +344,10 @@ pub(crate) fn after_reexec(temporary: Option<Pid>) -> Option<Outlived> {
                 fd = link.raw_fd(),
                 "told the temporary generation to hand back"
             );
+            if !told {
+                // It must drain and exit either way (HTTP/3 starts after it).
+                crate::children::signal_pid(t.as_raw() as u32, nix::sys::signal::Signal::SIGTERM);
+            }
         }
         // An older image left no link: tell it by signal.
         None => crate::children::signal_pid(t.as_raw() as u32, nix::sys::signal::Signal::SIGTERM),
@@ -357,18 +361,28 @@ pub(crate) fn after_reexec(temporary: Option<Pid>) -> Option<Outlived> {
 /// socket beside the one still draining. A reload signal is kept in
 /// `carried` (any number make one reload, run once HTTP/3 serves); code
 /// that waits for an answer is told [`Error::ReloadInProgress`]. A stop
-/// ends the wait: `Some`.
+/// ends the wait: `Some`. The temporary generation is gone within its
+/// stop timeout (`stop_timeout`, the same setting); should HTTP/3 still
+/// not serve a moment after that, reloads run again rather than never.
 pub(crate) async fn until_http3_serves(
     events: &mut Events,
     http3: &Http3,
     carried: &mut Option<Trigger>,
+    stop_timeout: Duration,
 ) -> Option<Stop> {
     if http3.is_started() {
         return None;
     }
+    let limit = stop_timeout.saturating_add(Duration::from_secs(5));
+    let give_up = tokio::time::sleep(limit);
+    tokio::pin!(give_up);
     loop {
         tokio::select! {
             _ = http3.started() => return None,
+            _ = &mut give_up => {
+                warn!(?limit, "HTTP/3 does not serve again after the re-exec (the temporary generation has not exited); reloads run again");
+                return None;
+            }
             event = events.next() => match event {
                 Event::Reload(t) if t.waits() => t.answer(Err(Error::ReloadInProgress)),
                 Event::Reload(t) => {

@@ -621,13 +621,16 @@ fn until<'a>(
 /// The UDP port that `Alt-Svc` names on the HTTPS listener at `local`:
 /// that of the first HTTP/3 socket (of `http3`) on its IP address or on
 /// every interface (clients take `h3=":PORT"` to mean the host they
-/// asked). None for a Unix socket: the proxy in front says what it serves.
+/// asked); on a listener on every interface, the first HTTP/3 socket's.
+/// None for a Unix socket: the proxy in front says what it serves.
 fn http3_port(http3: &[std::net::SocketAddr], local: &LocalAddr) -> Option<u16> {
     let LocalAddr::Tcp(tcp) = local else {
         return None;
     };
     let same_host = |h3: &&std::net::SocketAddr| {
-        h3.ip().is_unspecified() || h3.ip().to_canonical() == tcp.ip().to_canonical()
+        tcp.ip().is_unspecified()
+            || h3.ip().is_unspecified()
+            || h3.ip().to_canonical() == tcp.ip().to_canonical()
     };
     Some(http3.iter().find(same_host)?.port())
 }
@@ -650,6 +653,9 @@ mod tests {
             Some(4433)
         );
         assert_eq!(http3_port(&h3[..1], &tcp("127.0.0.2:8443")), None);
+        // A listener on every interface: the first HTTP/3 socket.
+        assert_eq!(http3_port(&h3[..1], &tcp("0.0.0.0:443")), Some(4433));
+        assert_eq!(http3_port(&h3[..1], &tcp("[::]:443")), Some(4433));
         assert_eq!(
             http3_port(&h3, &LocalAddr::Unix("/run/x.sock".into())),
             None

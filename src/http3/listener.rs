@@ -170,7 +170,7 @@ impl Http3Builder {
             name: self.name.unwrap_or_else(|| local.to_string()).into(),
             local,
             draining: std::sync::Mutex::new(CancellationToken::new()),
-            cut: CancellationToken::new(),
+            cut: std::sync::Mutex::new(CancellationToken::new()),
             open: Default::default(),
             accepted: Default::default(),
             requests: Default::default(),
@@ -222,7 +222,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.router.leave();
-        self.shared.cut.cancel();
+        self.shared.cut().cancel();
         self.endpoint.close(0u32.into(), b"");
     }
 }
@@ -410,6 +410,18 @@ impl Http3Listener {
         }
         *draining = CancellationToken::new();
         drop(draining);
+        // A drain cut at its deadline closed every connection; new ones
+        // are served again.
+        let mut cut = self
+            .inner
+            .shared
+            .cut
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cut.is_cancelled() {
+            *cut = CancellationToken::new();
+        }
+        drop(cut);
         self.inner.stay_linked.store(false, Ordering::SeqCst);
         self.inner.drained.store(false, Ordering::SeqCst);
         self.inner.router.resume();
@@ -418,9 +430,12 @@ impl Http3Listener {
 
     /// Cuts the drain short (at the stop timeout): closes every connection,
     /// drops every request, and lets go of the predecessor. Idempotent.
+    /// The endpoint stays open: should the successor fail after all, the
+    /// generation serves HTTP/3 again ([`Http3Listener::resume`]).
     pub(crate) fn cut_off(&self) {
         self.begin_drain();
-        if self.inner.shared.cut.is_cancelled() {
+        let cut = self.inner.shared.cut();
+        if cut.is_cancelled() {
             return;
         }
         info!(
@@ -428,9 +443,8 @@ impl Http3Listener {
             connections = self.inner.shared.open.load(Ordering::Acquire),
             "HTTP/3: cutting off"
         );
-        self.inner.shared.cut.cancel();
+        cut.cancel();
         self.inner.router.detach(LinkSide::Predecessor);
-        self.inner.endpoint.close(0x100u32.into(), b"stop timeout");
     }
 
     /// What it has counted so far.

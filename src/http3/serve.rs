@@ -56,7 +56,10 @@ pub(crate) struct Shared {
     /// generation serves again (its successor failed): connections take
     /// the one current when they start.
     pub(crate) draining: std::sync::Mutex<CancellationToken>,
-    pub(crate) cut: CancellationToken,
+    /// Cancelled at the drain's deadline (or a second stop): every
+    /// connection closes. Replaced, like `draining`, when the generation
+    /// serves again, so that a cut drain leaves HTTP/3 able to serve.
+    pub(crate) cut: std::sync::Mutex<CancellationToken>,
     pub(crate) open: AtomicUsize,
     pub(crate) accepted: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -67,6 +70,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The cut-off token of connections starting now.
+    pub(crate) fn cut(&self) -> CancellationToken {
+        self.cut.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The drain token of connections starting now.
     pub(crate) fn draining(&self) -> CancellationToken {
         self.draining
@@ -152,7 +160,8 @@ where
 {
     let shared = open.0.clone();
     let peer = incoming.remote_address();
-    let Some((conn, mut h3)) = establish(incoming, &shared).await else {
+    let cut_token = shared.cut();
+    let Some((conn, mut h3)) = establish(incoming, &shared, &cut_token).await else {
         return;
     };
     let info = conn_info(&shared, &conn);
@@ -161,7 +170,7 @@ where
     // per connection, not once per request (registering takes the token's
     // lock, which every connection shares).
     let mut requests = JoinSet::new();
-    let mut cut = pin!(shared.cut.cancelled());
+    let mut cut = pin!(cut_token.cancelled());
     let draining_token = shared.draining();
     let mut draining = pin!(draining_token.cancelled());
     // The drain, in steps: `drain` seen; GOAWAY sent (at once if the
@@ -231,6 +240,7 @@ where
 async fn establish(
     incoming: quinn::Incoming,
     shared: &Shared,
+    cut: &CancellationToken,
 ) -> Option<(quinn::Connection, H3Connection)> {
     let peer = incoming.remote_address();
     let connecting = incoming
@@ -249,12 +259,12 @@ async fn establish(
                 return None;
             }
         },
-        _ = shared.cut.cancelled() => return None,
+        _ = cut.cancelled() => return None,
     };
     let builder = h3::server::builder();
     let built = tokio::select! {
         r = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())) => r,
-        _ = shared.cut.cancelled() => return None,
+        _ = cut.cancelled() => return None,
     };
     let h3 = built
         .inspect_err(|e| debug!(%peer, cause = %e, "HTTP/3: connection set-up failed"))

@@ -673,6 +673,32 @@ async fn cut_off_ends_a_drain_at_once() {
     assert!(matches!(slow.await.unwrap(), Outcome::Failed(_)));
 }
 
+/// A drain cut at its deadline, then a successor that fails after all (a
+/// probation longer than the stop timeout, or a failed `keep_pid`
+/// re-exec): the generation serves HTTP/3 again. (The cut used to close
+/// the endpoint, and every new connection was refused from then on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_cut_off_and_resumed_serves_again() {
+    let socket = shared_socket();
+    let addr = socket.local_addr().unwrap();
+    let gen = serve_generation(&socket, 1);
+    let endpoint = client_endpoint();
+    let mut send = connect(&endpoint, addr).await.unwrap();
+    let slow = tokio::spawn(async move { request(&mut send, "GET", "/slow", b"").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gen.begin_drain();
+    gen.cut_off();
+    assert!(matches!(slow.await.unwrap(), Outcome::Failed(_)));
+    gen.resume();
+    let mut again = connect(&client_endpoint(), addr)
+        .await
+        .expect("a new connection after the resume");
+    match request(&mut again, "GET", "/", b"").await {
+        Outcome::Ok(body) => assert_eq!(body, "g1 0"),
+        other => panic!("served again: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_that_dies_at_start_costs_nothing() {
     const CLIENTS: usize = 4;
