@@ -709,6 +709,14 @@ impl Handoff for HandoffOf<'_> {
 
     fn spawn_failed(&self) {
         self.http3.spawn_failed();
+        // A new generation writes the PID file before it tells this one
+        // that it serves; if it died in between, this one serves on, and
+        // the file must name it again.
+        if let Some(path) = &self.config.pid_file {
+            if let Err(e) = pid_file::write_pid_file(path) {
+                warn!(cause = %e, "cannot take the PID file back");
+            }
+        }
     }
 }
 
