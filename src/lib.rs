@@ -105,8 +105,10 @@
 //! # HTTPS, process managers, Unix sockets
 //!
 //! - [`listen_and_serve_tls`] and [`Server::register_tls`] serve HTTPS with
-//!   rustls (feature `tls`, on by default). Certificates are read by each
-//!   generation, so replacing the files and reloading rotates them.
+//!   rustls (feature `tls`: `hyper-endless = { version = "0.1", features =
+//!   ["tls"] }`; off by default, so that a plain HTTP server builds no TLS
+//!   stack). Certificates are read by each generation, so replacing the
+//!   files and reloading rotates them.
 //! - Under systemd, the notify protocol is spoken whenever `NOTIFY_SOCKET`
 //!   is set (`READY=1`, `RELOADING=1`, `MAINPID=` from the new generation,
 //!   `STOPPING=1`), and sockets from socket activation are adopted.
@@ -151,6 +153,20 @@
 //! (or exited, or timed out), draining with the number of connections,
 //! drained or deadline reached.
 //!
+//! # Features
+//!
+//! None is on by default, so that a plain HTTP server builds nothing more
+//! than it needs:
+//!
+//! - `tls`: HTTPS with rustls and ring ([`listen_and_serve_tls`],
+//!   [`Server::register_tls`], session tickets that survive reloads);
+//! - `metrics`: counters and gauges through the `metrics` facade, continued
+//!   across reloads;
+//! - `axum`: `axum::extract::ConnectInfo<SocketAddr>` in every request over
+//!   TCP;
+//! - `http3`: HTTP/3 over QUIC whose connections survive reloads (implies
+//!   `tls`; builds quinn).
+//!
 //! # Platform support
 //!
 //! Linux (tested) and macOS (type-checked in CI, not run) have everything.
@@ -179,6 +195,17 @@
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The crate docs link to items of the features (`tls`, `http3`, ...), which
+// exist only with them: docs.rs builds with all of them.
+#![cfg_attr(
+    not(all(
+        feature = "tls",
+        feature = "http3",
+        feature = "metrics",
+        feature = "axum"
+    )),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 // Without Unix the shared modules (events, drain, connections) keep what
 // only the reload machinery uses; dead code is checked on Unix, where all
 // of it is used.

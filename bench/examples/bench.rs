@@ -31,17 +31,9 @@
 //! on a shared, noisy machine. The load generator is the one the tests use:
 //! one connection per worker, requests back to back, every failure counted.
 
-// The parts of the test support the benchmark shares, and no more: the
-// load generator, server processes, and the bounded waits these use.
-#[path = "../../tests/support/load.rs"]
-#[allow(missing_docs)]
-mod load;
-#[path = "../../tests/support/process.rs"]
-#[allow(missing_docs)]
-mod process;
-#[path = "../../tests/support/wait.rs"]
-#[allow(missing_docs)]
-mod wait;
+// The parts of the workspace's test support (testing/src) the benchmark
+// uses: the load generator, server processes, and the bounded waits.
+use endless_tests::{load, process};
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};

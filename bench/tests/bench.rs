@@ -1,10 +1,9 @@
 //! The benchmark, run in its tiny configuration so that it cannot rot: it
 //! must run to the end, lose no request, and write its JSON and SVG.
 
-// The root package's test support, shared rather than copied; it finds
-// the example in the workspace's target directory.
-#[path = "../../tests/support/mod.rs"]
-mod support;
+// The workspace's test support (testing/src); it finds the examples in
+// the workspace's target directory.
+use endless_tests as support;
 
 use std::process::Command;
 

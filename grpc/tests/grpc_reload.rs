@@ -10,7 +10,8 @@
 //!
 //! `ENDLESS_TEST_RELOADS=N` sets the number of reloads.
 
-mod support;
+// The workspace's test support (testing/src): real processes, reaped.
+use endless_tests as support;
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
@@ -24,7 +25,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use support::{signal_pid, Proc};
+use support::{signal_pid, Proc, Spec};
 
 /// Concurrent clients, hence HTTP/2 connections.
 const CLIENTS: usize = 8;
@@ -172,8 +173,10 @@ fn unary_calls_across_reloads_never_fail() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let mut server = Proc::start(env!("CARGO_BIN_EXE_grpc-health"), &["127.0.0.1:0"]);
-    let first = server.first_ready(Duration::from_secs(1)).unwrap();
+    let mut server = Spec::new(env!("CARGO_BIN_EXE_grpc-health"))
+        .arg("127.0.0.1:0")
+        .start();
+    let first = server.nth_ready(1);
     let addr = first.addrs[0].clone();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 

@@ -2,10 +2,9 @@
 //! and gives handlers axum's `ConnectInfo`, and a router is accepted
 //! wherever a hyper service is.
 
-// The root package's test support, shared rather than copied; it finds
-// the examples in the workspace's target directory, as the root's tests do.
-#[path = "../../tests/support/mod.rs"]
-mod support;
+// The workspace's test support (testing/src); it finds the examples in
+// the workspace's target directory.
+use endless_tests as support;
 
 use std::time::Duration;
 

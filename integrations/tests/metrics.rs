@@ -1,8 +1,9 @@
 //! Metrics that survive reloads: the example's `/metrics`, scraped across
 //! 5 reloads, never shows a counter going back, and counts them all.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+// The workspace's test support (testing/src); it finds the examples in
+// the workspace's target directory.
+use endless_tests as support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

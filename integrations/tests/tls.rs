@@ -2,11 +2,9 @@
 //! bad files. Certificates come from a CA made here with rcgen, and every
 //! client verifies against it.
 
-// The root's test support, shared; the fixture it starts is the root's
-// example (plain `cargo test` builds it; with `-p`, run
-// `cargo build --workspace --examples` first).
-#[path = "../../tests/support/mod.rs"]
-mod support;
+// The workspace's test support (testing/src); it finds the examples in
+// the workspace's target directory.
+use endless_tests as support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -4,10 +4,9 @@
 //! last `reload` event and a `retry:` hint. Real processes, real clients on
 //! 127.0.0.1, real signals.
 
-// The root package's test support, shared rather than copied; it finds
-// the examples in the workspace's target directory, as the root's tests do.
-#[path = "../../tests/support/mod.rs"]
-mod support;
+// The workspace's test support (testing/src); it finds the examples in
+// the workspace's target directory.
+use endless_tests as support;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -34,11 +34,11 @@
 // The parts of endless's test support the benchmark shares, as
 // bench/examples/bench.rs includes them: the load generator, server
 // processes, and the bounded waits these use.
-#[path = "../../../tests/support/load.rs"]
+#[path = "../../../testing/src/load.rs"]
 mod load;
-#[path = "../../../tests/support/process.rs"]
+#[path = "../../../testing/src/process.rs"]
 mod process;
-#[path = "../../../tests/support/wait.rs"]
+#[path = "../../../testing/src/wait.rs"]
 mod wait;
 
 use std::convert::Infallible;

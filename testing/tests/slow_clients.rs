@@ -1,0 +1,429 @@
+//! Slow clients and the header read timeout, each against a real fixture
+//! process over real sockets: a slow reader of a large response (it must
+//! get every byte, as from plain hyper-util), a request head dribbled after
+//! a request with a body (it must be cut, as on a fresh connection), and a
+//! request head dribbled into a drain (it must not hold the old generation
+//! until the stop timeout).
+
+use endless_tests as support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::{signal_pid, Spec};
+
+/// What a slow reader got: body bytes before EOF (or an error), out of the
+/// `Content-Length`, and how long it read.
+#[derive(Debug)]
+struct SlowRead {
+    got: usize,
+    length: usize,
+    took: Duration,
+    ended: String,
+}
+
+/// A receive buffer of 64 KiB, so that what the client has not read stays
+/// on the server's side (hyper's buffer, rustls's, the socket's), as with
+/// a client on a slow link.
+fn small_receive_buffer(s: &TcpStream) {
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::RcvBuf, &(64 * 1024)).unwrap();
+}
+
+/// Sends `GET /big/LEN` on `s` and reads the answer at about `rate` bytes
+/// per second, for at most `limit`.
+fn read_slowly(s: &mut impl ReadWrite, len: usize, rate: usize, limit: Duration) -> SlowRead {
+    write!(
+        s,
+        "GET /big/{len} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let t = Instant::now();
+    let mut received: Vec<u8> = Vec::new();
+    let mut body_start = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    let ended = loop {
+        if t.elapsed() > limit {
+            break "time limit".to_owned();
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break "EOF".to_owned(),
+            Ok(n) => {
+                if body_start.is_none() {
+                    received.extend_from_slice(&buf[..n]);
+                    if let Some(i) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                        body_start = Some(i + 4);
+                    }
+                } else {
+                    received.extend(std::iter::repeat_n(0, n));
+                }
+            }
+            Err(e) => break format!("error: {e}"),
+        }
+        // Paced: never ahead of `rate`.
+        let due = Duration::from_secs_f64(received.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(t.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    };
+    let start = body_start.unwrap_or(received.len());
+    let head = String::from_utf8_lossy(&received[..start]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    SlowRead {
+        got: received.len() - start,
+        length,
+        took: t.elapsed(),
+        ended,
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// 8 MB read at 2 MB/s (4 s) with a 500 ms header read timeout: the
+/// response takes eight times the timeout to reach the client.
+const BIG: usize = 8_000_000;
+const RATE: usize = 2_000_000;
+const TIMEOUT_MS: &str = "500";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn assert_whole(what: &str, r: &SlowRead) {
+    eprintln!("{what}: {r:?}");
+    assert_eq!(r.length, BIG, "{what}: {r:?}");
+    assert_eq!(
+        r.got, BIG,
+        "{what}: cut short after {:?} ({})",
+        r.took, r.ended
+    );
+}
+
+#[test]
+fn a_slow_reader_gets_every_byte_of_a_large_response() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
+        .start();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    small_receive_buffer(&s);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = read_slowly(&mut s, BIG, RATE, LIMIT);
+    assert_whole("endless over HTTP", &r);
+}
+
+#[test]
+fn a_slow_reader_gets_every_byte_of_a_large_response_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, include_str!("../../src/testdata/localhost_cert.pem")).unwrap();
+    std::fs::write(&key, include_str!("../../src/testdata/localhost_key.pem")).unwrap();
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
+        .env("FIXTURE_TLS_CERT", cert.to_str().unwrap())
+        .env("FIXTURE_TLS_KEY", key.to_str().unwrap())
+        .arg("tls:127.0.0.1:0")
+        .start();
+    let tcp = TcpStream::connect(server.addr()).unwrap();
+    small_receive_buffer(&tcp);
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn =
+        rustls::ClientConnection::new(https_client(), "localhost".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let r = read_slowly(&mut s, BIG, RATE, LIMIT);
+    assert_whole("endless over HTTPS", &r);
+}
+
+/// A client that trusts exactly the test certificate (`src/testdata`, a
+/// self-signed one, which webpki will not take as a root), HTTP/1.1.
+fn https_client() -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = include_bytes!("../../src/testdata/localhost_cert.pem");
+    let cert = CertificateDer::from_pem_slice(pem).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { cert, provider }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts the one certificate it holds, and no other.
+#[derive(Debug)]
+struct Pinned {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the test certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The same scenario against plain hyper-util with hyper's own header read
+/// timeout (the baseline endless is held to): every byte arrives.
+#[test]
+fn the_baseline_gives_a_slow_reader_every_byte_too() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let rt = support::load::runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let body = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; BIG]));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(500));
+                let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+            });
+        }
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    small_receive_buffer(&s);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = read_slowly(&mut s, BIG, RATE, LIMIT);
+    assert_whole("plain hyper-util over HTTP", &r);
+}
+
+/// After a request with a body (a 1-byte POST, read by its handler before
+/// it answered), the next request head dribbled at a byte every 100 ms is
+/// cut by the header read timeout (1 s), as on a fresh connection.
+#[test]
+fn a_head_dribbled_after_a_request_with_a_body_is_cut_by_the_header_read_timeout() {
+    dribble_after(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+}
+
+/// The same after a chunked body (no length to tell where it ends: bytes
+/// read after its response are the next head's).
+#[test]
+fn a_head_dribbled_after_a_chunked_request_is_cut_by_the_header_read_timeout() {
+    dribble_after(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    );
+}
+
+fn dribble_after(request: &[u8]) {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", "1000")
+        .start();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&answer).contains("pid=") {
+        assert!(t.elapsed() < Duration::from_secs(10), "no answer");
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed before the answer"),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let t = Instant::now();
+    let head = [&b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "[..], &[b'a'; 200]].concat();
+    let mut sent = 0;
+    // At most 12 s (twelve times the timeout), one byte per 100 ms.
+    let closed = loop {
+        if t.elapsed() > Duration::from_secs(12) || sent == head.len() {
+            break None;
+        }
+        if s.write_all(&head[sent..sent + 1]).is_err() {
+            break Some(t.elapsed());
+        }
+        sent += 1;
+        match s.read(&mut buf) {
+            Ok(0) => break Some(t.elapsed()),
+            Ok(_) => panic!("an answer to half a head"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break Some(t.elapsed()),
+        }
+    };
+    eprintln!("dribbling after a POST: closed after {closed:?}, {sent} bytes sent");
+    let closed = closed.unwrap_or_else(|| {
+        panic!(
+            "still open after {:?} and {sent} bytes of a request head",
+            t.elapsed()
+        )
+    });
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
+        "closed {closed:?} after the response"
+    );
+}
+
+/// A client that dribbles a request head (a byte every 300 ms) into a
+/// drain does not hold the old generation until the stop timeout: the
+/// drain gives an unfinished head at most its wait for quiet clients (5 s,
+/// here 4 s: half the stop timeout) from its start, then closes the
+/// connection at its next grace (1 s apart). Before: the old generation
+/// exited at the stop timeout, 8.0 s after the drain started.
+#[test]
+fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
+    let mut server = Spec::fixture()
+        .env("FIXTURE_STOP_TIMEOUT_MS", "8000")
+        .start();
+    let old = server.current().pid;
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Known to the old generation: one request answered.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    signal_pid(old, Signal::SIGHUP);
+    server.wait_log(" draining ", Duration::from_secs(20));
+    let drain = Instant::now();
+    let mut closed = None;
+    // At most 15 s, one byte per 300 ms.
+    while drain.elapsed() < Duration::from_secs(15) && closed.is_none() {
+        if s.write_all(b"a").is_err() {
+            closed = Some(drain.elapsed());
+        }
+        match s.read(&mut buf) {
+            Ok(0) => closed = Some(drain.elapsed()),
+            Ok(_) => panic!("an answer to half a head"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => closed = Some(drain.elapsed()),
+        }
+    }
+    server.assert_exited_0(old, Duration::from_secs(15));
+    let exited = drain.elapsed();
+    eprintln!("dribbling into a drain: closed after {closed:?}, old generation gone {exited:?} after the drain started");
+    assert!(
+        exited < Duration::from_millis(5500),
+        "the old generation exited {exited:?} after the drain started (stop timeout 8 s)"
+    );
+    assert!(
+        !server.log().contains("stop timeout reached"),
+        "{}",
+        server.log()
+    );
+}
+
+/// Over HTTP/2 too (h2 takes the whole body from hyper at once and sends
+/// it as flow control allows): a slow reader gets every byte, with the
+/// HTTP/2 idle timeout and the header read timeout both at 500 ms.
+#[test]
+fn a_slow_http2_reader_gets_every_byte_of_a_large_response() {
+    let server = Spec::fixture()
+        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
+        .env("FIXTURE_HTTP2_IDLE_MS", TIMEOUT_MS)
+        .start();
+    let addr = server.addr();
+    let rt = support::load::runtime();
+    let r = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}/big/{BIG}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        let response = response.await.unwrap();
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let mut body = response.into_body();
+        let t = Instant::now();
+        let mut got = 0;
+        let ended = loop {
+            if t.elapsed() > LIMIT {
+                break "time limit".to_owned();
+            }
+            match tokio::time::timeout(Duration::from_secs(10), body.data()).await {
+                Err(_) => break "stalled".to_owned(),
+                Ok(None) => break "end of stream".to_owned(),
+                Ok(Some(Err(e))) => break format!("error: {e}"),
+                Ok(Some(Ok(chunk))) => {
+                    got += chunk.len();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+            }
+            let due = Duration::from_secs_f64(got as f64 / RATE as f64);
+            if let Some(wait) = due.checked_sub(t.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        };
+        SlowRead {
+            got,
+            length,
+            took: t.elapsed(),
+            ended,
+        }
+    });
+    assert_whole("endless over HTTP/2", &r);
+}
