@@ -15,7 +15,7 @@ trap '[ -n "$PID" ] && kill -9 $PID 2>/dev/null; pkill -9 -f "$WORK/first/target
 REG="warm registry"
 [ -n "${WARM:-}" ] || { export CARGO_HOME="$WORK/cargo-home"; REG="empty registry"; }
 now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
+secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 PORT=${PORT:-18992}
 
 cd "$WORK"
