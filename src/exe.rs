@@ -297,6 +297,7 @@ impl OpenExe {
     }
 
     /// Whether the file starts with `#!` (the kernel runs its interpreter).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn is_script(&self) -> bool {
         use std::os::unix::fs::FileExt;
         let mut magic = [0u8; 2];

@@ -14,40 +14,43 @@
 //!    library's unit tests with the features the plain run leaves out;
 //! 3. the same with `--doc`: the documentation's examples of those features.
 //!
-//! One crate's tests alone: `cargo test -p endless-tests [NAME]` (or
-//! `-p endless-integrations`, ...; see docs/testing.md).
+//! Arguments after `--` and test name filters apply to the root package's
+//! own tests only: one crate's tests, or some of them, run with
+//! `cargo test -p endless-tests [NAME]` (or `-p endless-integrations`, ...;
+//! see docs/testing.md). `--features http3` is passed on.
 #![cfg(unix)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Set in the runs this test starts; nothing in them reads it but this
-/// test, which a nested run selecting the root package would run again.
-const NESTED: &str = "ENDLESS_SUITE_NESTED";
+/// Set in the runs this test starts: the library's examples and
+/// `endlessctl` are built already (by this run), so the test support need
+/// not build them itself (as it does when a crate's tests run alone).
+const PREBUILT: &str = "ENDLESS_TESTS_PREBUILT";
 
-/// The target directory and profile arguments of the running test binary:
-/// `<target>[/<triple>]/<profile>/deps/suite-<hash>`.
+/// The target directory and the target and profile arguments of the running
+/// test binary, `<target>[/<triple>]/<profile>/deps/suite-<hash>`, with
+/// `<target>` as cargo gave it to this test.
 fn target_and_profile() -> (PathBuf, Vec<String>) {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
+        .to_path_buf();
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+        .expect("<profile>/deps/<test>");
     let profile = profile_dir
         .file_name()
         .and_then(|n| n.to_str())
         .expect("a profile directory name");
-    let mut target = profile_dir
-        .parent()
-        .expect("target directory")
-        .to_path_buf();
     let mut args = Vec::new();
-    if !target.join("CACHEDIR.TAG").exists() {
-        // target/<triple>/<profile>: cross-compiled.
-        let triple = target.file_name().expect("target triple").to_owned();
+    if let Some(above) = profile_dir.parent().filter(|p| *p != target) {
+        // <target>/<triple>/<profile>: built with --target.
+        let triple = above.file_name().expect("target triple");
         args.push(format!("--target={}", triple.to_string_lossy()));
-        target = target.parent().expect("target directory").to_path_buf();
     }
     match profile {
         "debug" => {}
@@ -67,7 +70,7 @@ fn cargo_test(what: &str, args: &[&str]) -> Result<(), String> {
         .arg(&target)
         .args(&profile)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env(NESTED, "1")
+        .env(PREBUILT, "1")
         .stdin(Stdio::null());
     // Straight to the terminal, as the nested cargo's own output goes: the
     // harness captures only `print!` and `eprint!`.
@@ -75,8 +78,7 @@ fn cargo_test(what: &str, args: &[&str]) -> Result<(), String> {
     match cmd.status() {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(format!(
-            "{what} failed ({status}): see its output above; rerun with `cargo test {}`",
-            args.join(" ")
+            "{what} failed ({status}): see its output above; rerun with {cmd:?}"
         )),
         Err(e) => Err(format!("cannot run {}: {e}", env!("CARGO"))),
     }
@@ -84,22 +86,41 @@ fn cargo_test(what: &str, args: &[&str]) -> Result<(), String> {
 
 #[test]
 fn the_rest_of_the_workspace_passes() {
-    if std::env::var_os(NESTED).is_some() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !root.join("testing/Cargo.toml").exists() {
+        // Not in the repository (a packaged copy): nothing else to run.
+        let _ = writeln!(std::io::stderr(), "no testing/ crate here: skipped");
         return;
     }
-    let features = "--features=tls,axum,metrics";
+    // The features this run was given (`cargo test --features http3`) go
+    // to the nested runs too; TLS, axum and metrics always do.
+    let http3 = cfg!(feature = "http3");
+    let tests_features = if http3 {
+        "--features=endless-tests/http3"
+    } else {
+        ""
+    };
+    let features = if http3 {
+        "--features=tls,axum,metrics,http3"
+    } else {
+        "--features=tls,axum,metrics"
+    };
+    let workspace: Vec<&str> = ["--workspace", "--exclude", "hyper-endless", tests_features]
+        .into_iter()
+        .filter(|a| !a.is_empty())
+        .collect();
     // Each runs whatever the others did: one failure hides no other.
     let failed: Vec<String> = [
         cargo_test(
             "the process-level tests, gRPC, integrations and the benchmark",
-            &["--workspace", "--exclude", "hyper-endless"],
+            &workspace,
         ),
         cargo_test(
-            "the library's unit tests with TLS, axum and metrics",
+            "the library's unit tests with its features",
             &["-p", "hyper-endless", features, "--lib"],
         ),
         cargo_test(
-            "the documentation's examples with TLS, axum and metrics",
+            "the documentation's examples with its features",
             &["-p", "hyper-endless", features, "--doc"],
         ),
     ]

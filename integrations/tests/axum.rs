@@ -13,8 +13,7 @@ use support::{get, signal_pid, Spec};
 
 #[test]
 fn axum_serves_and_reloads() {
-    // `Spec::new`, not `Spec::fixture()`: the fixture is the root package's
-    // example, not built by `cargo test -p endless-integrations`.
+    // `Spec::new`, not `Spec::fixture()`: this crate's own axum example.
     let mut p = Spec::new(support::example("axum"))
         .arg("127.0.0.1:0")
         .spawn();

@@ -23,31 +23,86 @@ use nix::unistd::Pid;
 
 use super::wait::{eventually_with, within, Attempt};
 
-/// The path of an example binary built by `cargo test` (at the root, which
-/// builds the library's examples; `-p endless-tests` alone builds only the
-/// fixture: run `cargo build --examples --bins` first).
+/// The path of one of the library's examples (or the fixture), built.
 pub fn example(name: &str) -> PathBuf {
     built(&Path::new("examples").join(name))
 }
 
-/// The path of one of the library's binaries (`endlessctl`), built by
-/// `cargo test` at the root.
+/// The path of one of the library's binaries (`endlessctl`), built.
 pub fn binary(name: &str) -> PathBuf {
     built(Path::new(name))
 }
 
 fn built(relative: &Path) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/<relative>
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join(relative);
-    assert!(
-        path.exists(),
-        "{} not built; run the tests with `cargo test` at the workspace's root \
-         (or `cargo build --examples --bins` first)",
-        path.display()
-    );
+    let (_, profile_dir, _) = target_dirs();
+    build_once();
+    let path = profile_dir.join(relative);
+    assert!(path.exists(), "{} not built", path.display());
     path
+}
+
+/// The target directory, the profile's directory in it, and the cargo
+/// arguments that select both, from the running test binary's path:
+/// `<target>[/<triple>]/<profile>/deps/<test>`. `<target>` is the one
+/// holding cargo's `.rustc_info.json`.
+fn target_dirs() -> (PathBuf, PathBuf, Vec<String>) {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let above = profile_dir.parent().unwrap();
+    let mut args = Vec::new();
+    let target = if above.join(".rustc_info.json").exists() {
+        above.to_path_buf()
+    } else {
+        let triple = above.file_name().unwrap().to_string_lossy();
+        args.push(format!("--target={triple}"));
+        above.parent().unwrap().to_path_buf()
+    };
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => args.push("--release".into()),
+        Some(other) => args.push(format!("--profile={other}")),
+        None => {}
+    }
+    (target, profile_dir, args)
+}
+
+/// Builds the library's examples and binaries, and the fixture, once per
+/// test process, so that a crate's tests run alone (`cargo test -p
+/// endless-tests`, `-p endless-integrations`) start what the sources say
+/// now: cargo builds a package's own examples for its tests, not another
+/// package's. Plain `cargo test` at the root has built them already and
+/// says so (`ENDLESS_TESTS_PREBUILT`, set by tests/suite.rs).
+fn build_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("ENDLESS_TESTS_PREBUILT").is_some() {
+            return;
+        }
+        let (target, _, args) = target_dirs();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+        let fixture_features = if cfg!(feature = "http3") {
+            "--features=http3"
+        } else {
+            ""
+        };
+        let builds: [&[&str]; 2] = [
+            &["-p", "hyper-endless", "--examples", "--bins"],
+            &["-p", "endless-tests", "--examples", fixture_features],
+        ];
+        for build in builds {
+            let status = Command::new(&cargo)
+                .args(["build", "--quiet", "--manifest-path", manifest])
+                .args(build.iter().filter(|a| !a.is_empty()))
+                .arg("--target-dir")
+                .arg(&target)
+                .args(&args)
+                .stdin(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run cargo to build {build:?}: {e}"));
+            assert!(status.success(), "cargo build {build:?} failed: {status}");
+        }
+    });
 }
 
 pub fn fixture() -> PathBuf {
