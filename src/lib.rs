@@ -257,17 +257,7 @@ mod ready;
 mod restart;
 mod server;
 mod service;
-#[cfg(unix)]
 mod signal;
-// The same types, with Ctrl-C (and the console's close) as the only signals.
-#[cfg(not(unix))]
-#[path = "portable/signal.rs"]
-mod signal;
-// Checked on Unix against the real signals, so both agree on names and
-// numbers.
-#[cfg(all(test, unix))]
-#[path = "portable/signal.rs"]
-mod portable_signal;
 #[cfg(unix)]
 pub mod sockets;
 #[cfg(unix)]

@@ -30,9 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "children",
             "events",
             "signal",
+            "signal/console",
+            "signal/unix",
             "systemd",
             "watch",
-            "portable/signal",
         ],
     ),
     (

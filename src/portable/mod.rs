@@ -2,9 +2,9 @@
 //! Unix (Windows): socket errors by number, and what stands in for a
 //! socket's descriptor.
 //!
-//! The rest of the non-Unix build lives beside this file: `signal.rs`
-//! (Ctrl-C as `SIGINT`) and `generation.rs` (one generation: bind, serve,
-//! drain; no reloads).
+//! The rest of the non-Unix build lives beside this file, `generation.rs`
+//! (one generation: bind, serve, drain; no reloads), and with the signals,
+//! `../signal/console.rs` (Ctrl-C as `SIGINT`).
 
 use std::io;
 
