@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::accepting;
 use crate::config::{Config, Endpoint};
 use crate::connections::{Connections, Tls};
 use crate::counters::Counters;
@@ -34,7 +35,7 @@ use crate::handover::{self, Kind, Origin, Outgoing};
 use crate::keep_pid::{self, Reexec};
 use crate::lifecycle::Lifecycle;
 use crate::link::{self, Down, Up, Upstream};
-use crate::listener::{self, Bound, LocalAddr, SocketFile};
+use crate::listener::{Bound, LocalAddr, SocketFile};
 use crate::probation::{self, Held};
 use crate::quic::Http3;
 use crate::restart::{Handoff, Outcome, Restarter, Successor};
@@ -130,12 +131,10 @@ impl Generation {
 
         // Certificates are read by every generation, before it binds or
         // adopts anything: one that cannot load them never takes over.
-        let tls = endpoints
-            .iter()
-            .map(|e| e.tls.as_ref().map(|t| t.acceptor()).transpose())
-            .collect::<Result<Vec<Tls>>>()?;
+        let tls = accepting::acceptors(&endpoints)?;
         let started = Instant::now();
-        let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
+        let (bound, addrs) =
+            accepting::bind_and_check(&config, &endpoints, temporary.is_none()).await?;
         let regs = std::mem::take(&mut config.http3);
         let parts = Http3::sockets(&regs)?;
         let alt_svc = crate::quic::alt_svc(&parts);
@@ -147,7 +146,7 @@ impl Generation {
             .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
         let mut generation = Generation {
-            conns: accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
+            conns: accepting::accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
             alt_svc,
             config,
             life,
@@ -213,13 +212,8 @@ impl Generation {
             .filter(|(i, _)| *i < users)
             .map(|(_, a)| a)
             .collect();
-        self.life.serving(
-            user,
-            crate::lifecycle::Counter(Box::new({
-                let (tcp, http3) = (self.conns.counter(), self.http3.clone());
-                move || tcp() + http3.open()
-            })),
-        );
+        self.life
+            .serving(user, accepting::counter(&self.conns, &self.http3));
         if self.watcher.is_none() {
             self.watcher = self.spawn_watcher();
         }
@@ -517,7 +511,7 @@ impl Generation {
                 warn!(cause = %e, "cannot take the PID file back");
             }
         }
-        let fresh = accept(
+        let fresh = accepting::accept(
             &self.config,
             &self.endpoints,
             &self.tls,
@@ -545,7 +539,7 @@ impl Generation {
         } else {
             systemd::main_pid_is_me();
         }
-        match bound_addrs(&self.endpoints, &self.bound) {
+        match accepting::bound_addrs(&self.endpoints, &self.bound) {
             Ok(addrs) => self.serving(addrs),
             Err(e) => warn!(cause = %e, "cannot read the listeners' addresses"),
         }
@@ -743,75 +737,6 @@ fn inherit_counters(life: &Lifecycle, origin: Option<Origin>) {
     });
 }
 
-/// Takes every endpoint's listeners (adopted or bound; a temporary
-/// generation, with `bind_new` false, keeps no new address: the process it
-/// stands in for binds them after its re-exec, so it proves they can be
-/// bound), then runs the ready checks, probes through the endpoints.
-/// Returns the listeners and where each is bound.
-async fn bind_and_check(
-    config: &Config,
-    endpoints: &[Endpoint],
-    bind_new: bool,
-) -> Result<(Vec<Bound>, Vec<(usize, LocalAddr)>)> {
-    let wanted: Vec<listener::Wanted<'_>> = endpoints
-        .iter()
-        .map(|e| listener::Wanted {
-            name: &e.addr,
-            spec: &e.spec,
-            perms: e.perms.as_ref(),
-            backlog: config.backlog,
-            given: e.given.as_ref(),
-        })
-        .collect();
-    let bound = listener::take_all(&wanted, bind_new).await?;
-    let addrs = bound_addrs(endpoints, &bound)?;
-    let locals = first_of_each(endpoints, &addrs);
-    let targets: Vec<crate::ready::Target<'_>> = endpoints
-        .iter()
-        .zip(&locals)
-        .map(|(e, local)| crate::ready::Target {
-            addr: &e.addr,
-            svc: &*e.svc,
-            local,
-        })
-        .collect();
-    crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
-    Ok((bound, addrs))
-}
-
-/// Where each listener is bound, with its endpoint's index, in order.
-fn bound_addrs(endpoints: &[Endpoint], bound: &[Bound]) -> Result<Vec<(usize, LocalAddr)>> {
-    bound
-        .iter()
-        .map(|b| {
-            let addr = b.listener.local_addr().map_err(|source| Error::Io {
-                context: format!("cannot read the local address of {}", b.name),
-                source,
-            })?;
-            let tls = endpoints[b.index].tls.is_some();
-            info!(addr = %addr, name = %b.name, tls, "listening");
-            Ok((b.index, addr))
-        })
-        .collect()
-}
-
-/// Where each endpoint is bound (its first listener), in order; for an
-/// endpoint with none (a temporary generation's new address, left to its
-/// parent), a placeholder.
-fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<LocalAddr> {
-    (0..endpoints.len())
-        .map(|i| {
-            addrs
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_else(|| {
-                    LocalAddr::Unix(format!("(not bound: {})", endpoints[i].addr).into())
-                })
-        })
-        .collect()
-}
-
 /// For a `keep_pid` temporary generation, the PID of the generation that
 /// started it (which re-executes in place once this one serves).
 fn temporary_parent(origin: Option<&Origin>) -> Option<u32> {
@@ -823,28 +748,4 @@ fn temporary_parent(origin: Option<&Origin>) -> Option<u32> {
         }) => Some(parent.as_raw() as u32),
         _ => None,
     }
-}
-
-/// Starts accepting on every listener (again, after a failed successor).
-/// `alt_svc`: the UDP addresses of HTTP/3, which HTTPS responses on the
-/// same addresses name.
-fn accept(
-    config: &Config,
-    endpoints: &[Endpoint],
-    tls: &[Tls],
-    bound: &[Bound],
-    alt_svc: Vec<std::net::SocketAddr>,
-) -> Connections {
-    let mut conns = Connections::for_settings(&config.connections());
-    conns.advertise(alt_svc);
-    conns.spawn_sweeper();
-    for b in bound {
-        endpoints[b.index].svc.launch(
-            &conns,
-            b.name.clone(),
-            b.listener.clone(),
-            tls[b.index].clone(),
-        );
-    }
-    conns
 }

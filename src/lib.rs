@@ -211,6 +211,7 @@
 // of it is used.
 #![cfg_attr(not(unix), allow(dead_code))]
 
+mod accepting;
 #[cfg(unix)]
 mod children;
 mod config;

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "a generation",
         &[
             "generation",
+            "accepting",
             "probation",
             "keep_pid",
             "drain",
