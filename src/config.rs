@@ -13,6 +13,7 @@ use crate::listener::UnixPermissions;
 use crate::listener::{self, BindSpec, Given};
 use crate::ready::ReadyCheck;
 use crate::signal::SignalSet;
+use crate::succession::Succession;
 use crate::tls::TlsSource;
 
 /// The longest duration any setting takes: longer ones are taken as this
@@ -71,6 +72,25 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// How this server's generations start their successors: the one place
+    /// the platform and `keep_pid` decide it.
+    #[cfg(unix)]
+    pub(crate) fn succession(&self) -> Succession {
+        if self.keep_pid {
+            Succession::SpawnThenReexec
+        } else {
+            Succession::Spawn {
+                probation: !self.probation.is_zero(),
+            }
+        }
+    }
+
+    /// Without Unix no successor ever starts.
+    #[cfg(not(unix))]
+    pub(crate) fn succession(&self) -> Succession {
+        Succession::None
+    }
+
     /// What the connections follow.
     pub(crate) fn connections(&self) -> Settings {
         Settings {

@@ -32,7 +32,7 @@ use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::{Events, Requests};
 use crate::handover::{self, Kind, Origin, Outgoing};
-use crate::keep_pid::{self, Reexec};
+use crate::keep_pid;
 use crate::lifecycle::Lifecycle;
 use crate::link::{self, Down, Up, Upstream};
 use crate::listener::{Bound, LocalAddr, SocketFile};
@@ -40,6 +40,7 @@ use crate::probation::{self, Held};
 use crate::quic::Http3;
 use crate::restart::{Handoff, Outcome, Restarter, Successor};
 use crate::signal::Signals;
+use crate::succession::Succession;
 use crate::watch::Watcher;
 use crate::{pid_file, systemd};
 
@@ -49,6 +50,8 @@ type Http3Parts = (Vec<crate::quic::Parts>, Vec<crate::quic::Registration>);
 /// One generation of a server.
 pub(crate) struct Generation {
     config: Config,
+    /// How a successor starts (from `config`, read once).
+    succession: Succession,
     life: Arc<Lifecycle>,
     endpoints: Vec<Endpoint>,
     /// Each endpoint's TLS acceptor, if it serves HTTPS.
@@ -146,6 +149,7 @@ impl Generation {
             .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
         let mut generation = Generation {
+            succession: config.succession(),
             conns: accepting::accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
             alt_svc,
             config,
@@ -388,22 +392,12 @@ impl Generation {
                 }
                 Outcome::HandedOver(s) => s,
             };
-            if self.config.keep_pid {
-                match self.reexec(*successor).await {
-                    Reexec::Resumed(deferred) => {
-                        self.carried = deferred;
-                        continue;
-                    }
-                    Reexec::Stopping(stopping) => {
-                        systemd::stopping();
-                        let (drain, temporary) = *stopping;
-                        return Ending::Outlive(drain, temporary);
-                    }
-                }
-            }
-            match self.hand_over(*successor).await {
-                Some(ending) => return ending,
-                None => continue,
+            let ending = match self.succession {
+                Succession::Spawn { .. } => self.hand_over(*successor).await,
+                Succession::SpawnThenReexec => self.reexec(*successor).await,
+            };
+            if let Some(ending) = ending {
+                return ending;
             }
         }
     }
@@ -472,8 +466,7 @@ impl Generation {
         Restarter {
             signals: self.config.signals.clone(),
             ready_timeout: self.config.ready_timeout,
-            next_is_temporary: self.config.keep_pid,
-            probation: !self.config.probation.is_zero() && !self.config.keep_pid,
+            succession: self.succession,
             life: self.life.clone(),
         }
     }
@@ -567,7 +560,9 @@ impl Generation {
     }
 
     /// `keep_pid`: drain (keeping the listeners) and re-execute in place.
-    async fn reexec(&mut self, successor: Successor) -> Reexec {
+    /// `None`: the exec failed, and this generation serves again (with the
+    /// reload asked for meanwhile, if any, carried).
+    async fn reexec(&mut self, successor: Successor) -> Option<Ending> {
         // Should the exec fail, this generation passes the temporary one its
         // HTTP/3 packets again: the pair stays.
         self.http3.stay_linked();
@@ -592,16 +587,17 @@ impl Generation {
             &mut self.events,
         )
         .await;
-        if let keep_pid::Step::Resumed(error, drain, deferred) = step {
-            self.resume(&error, drain);
-            return Reexec::Resumed(deferred);
-        }
         match step {
-            keep_pid::Step::Stopping(drain, t) => {
-                self.http3.unstay();
-                Reexec::Stopping(Box::new((drain, t)))
+            keep_pid::Step::Resumed(error, drain, deferred) => {
+                self.resume(&error, drain);
+                self.carried = deferred;
+                None
             }
-            keep_pid::Step::Resumed(..) => unreachable!("handled above"),
+            keep_pid::Step::Stopping(drain, temporary) => {
+                self.http3.unstay();
+                systemd::stopping();
+                Some(Ending::Outlive(drain, temporary))
+            }
         }
     }
 

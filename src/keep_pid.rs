@@ -57,13 +57,6 @@ pub(crate) enum Step {
     Stopping(Drain, Outlived),
 }
 
-/// For the generation: what [`Step`] means to it.
-#[derive(Debug)]
-pub(crate) enum Reexec {
-    Resumed(Option<Trigger>),
-    Stopping(Box<(Drain, Outlived)>),
-}
-
 /// What [`reexec`] works with.
 #[derive(Debug)]
 pub(crate) struct Context<'a> {

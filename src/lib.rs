@@ -263,6 +263,7 @@ mod signal;
 pub mod sockets;
 #[cfg(unix)]
 mod state;
+mod succession;
 #[cfg(unix)]
 mod systemd;
 #[cfg(feature = "tls")]

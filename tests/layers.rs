@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "signal",
             "signal/console",
             "signal/unix",
+            "succession",
             "systemd",
             "watch",
         ],

@@ -29,10 +29,13 @@ use crate::events::{Command, Event, Events, Requests};
 use crate::lifecycle::Lifecycle;
 use crate::listener::Bound;
 use crate::signal::Signals;
+use crate::succession::Succession;
 
 /// The one generation of a server.
 pub(crate) struct Generation {
     config: Config,
+    /// `Succession::None`: no successor starts here.
+    succession: Succession,
     life: Arc<Lifecycle>,
     bound: Vec<Bound>,
     conns: Connections,
@@ -73,6 +76,7 @@ impl Generation {
             "serving (without reloads: they need Unix)"
         );
         Ok(Generation {
+            succession: config.succession(),
             config,
             life,
             bound,
@@ -97,11 +101,13 @@ impl Generation {
                     break Drain::new(Why::Stopped(stop), self.config.stop_timeout)
                         .with_http3(self.http3.clone());
                 }
-                Event::Reload(trigger) => {
-                    let err = Error::reloads_unsupported();
-                    warn!(cause = %err, "reload refused");
-                    trigger.answer(Err(err));
-                }
+                Event::Reload(trigger) => match self.succession {
+                    Succession::None => {
+                        let err = Error::reloads_unsupported();
+                        warn!(cause = %err, "reload refused");
+                        trigger.answer(Err(err));
+                    }
+                },
                 // Only a generation we started sends it; none is started here.
                 Event::Ready(pid) => warn!(pid, "readiness from an unknown process; ignored"),
                 Event::Upstream(_) => {}
