@@ -579,7 +579,7 @@ impl Generation {
                 conns: &self.conns,
                 successor,
                 outgoing: names,
-                signals: &self.config.signals,
+                blocked: self.config.signals.handled(),
                 life: &self.life,
                 sections,
             },
