@@ -211,6 +211,15 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
         });
     }
     #[cfg(unix)]
+    check_unix_settings(config, &endpoints)?;
+    Ok(endpoints)
+}
+
+/// The settings that exist only on Unix, checked against the endpoints:
+/// permissions for registered socket files only, an absolute control
+/// socket path.
+#[cfg(unix)]
+fn check_unix_settings(config: &Config, endpoints: &[Endpoint]) -> Result<()> {
     for (addr, _) in &config.unix_permissions {
         let reason = match endpoints.iter().find(|e| e.addr == *addr) {
             None => format!("{addr:?} is not a registered address"),
@@ -231,7 +240,6 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
             reason,
         });
     }
-    #[cfg(unix)]
     if let Some((path, _)) = &config.control {
         if !path.is_absolute() {
             return Err(Error::Config {
@@ -240,7 +248,7 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
             });
         }
     }
-    Ok(endpoints)
+    Ok(())
 }
 
 /// The name of a listener the program makes itself: anything but empty.
