@@ -13,6 +13,7 @@ use crate::listener::UnixPermissions;
 use crate::listener::{self, BindSpec, Given};
 use crate::ready::ReadyCheck;
 use crate::signal::SignalSet;
+use crate::succession::Succession;
 use crate::tls::TlsSource;
 
 /// The longest duration any setting takes: longer ones are taken as this
@@ -71,6 +72,25 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// How this server's generations start their successors: the one place
+    /// the platform and `keep_pid` decide it.
+    #[cfg(unix)]
+    pub(crate) fn succession(&self) -> Succession {
+        if self.keep_pid {
+            Succession::SpawnThenReexec
+        } else {
+            Succession::Spawn {
+                probation: !self.probation.is_zero(),
+            }
+        }
+    }
+
+    /// Without Unix no successor ever starts.
+    #[cfg(not(unix))]
+    pub(crate) fn succession(&self) -> Succession {
+        Succession::None
+    }
+
     /// What the connections follow.
     pub(crate) fn connections(&self) -> Settings {
         Settings {
@@ -191,6 +211,15 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
         });
     }
     #[cfg(unix)]
+    check_unix_settings(config, &endpoints)?;
+    Ok(endpoints)
+}
+
+/// The settings that exist only on Unix, checked against the endpoints:
+/// permissions for registered socket files only, an absolute control
+/// socket path.
+#[cfg(unix)]
+fn check_unix_settings(config: &Config, endpoints: &[Endpoint]) -> Result<()> {
     for (addr, _) in &config.unix_permissions {
         let reason = match endpoints.iter().find(|e| e.addr == *addr) {
             None => format!("{addr:?} is not a registered address"),
@@ -211,7 +240,6 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
             reason,
         });
     }
-    #[cfg(unix)]
     if let Some((path, _)) = &config.control {
         if !path.is_absolute() {
             return Err(Error::Config {
@@ -220,7 +248,7 @@ pub(crate) fn check(registrations: Vec<Registration>, config: &Config) -> Result
             });
         }
     }
-    Ok(endpoints)
+    Ok(())
 }
 
 /// The name of a listener the program makes itself: anything but empty.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::accepting;
 use crate::config::{Config, Endpoint};
 use crate::connections::{Connections, Tls};
 use crate::counters::Counters;
@@ -31,14 +32,15 @@ use crate::drain::{Drain, Why};
 use crate::error::{Error, Result};
 use crate::events::{Events, Requests};
 use crate::handover::{self, Kind, Origin, Outgoing};
-use crate::keep_pid::{self, Reexec};
+use crate::keep_pid;
 use crate::lifecycle::Lifecycle;
 use crate::link::{self, Down, Up, Upstream};
-use crate::listener::{self, Bound, LocalAddr, SocketFile};
+use crate::listener::{Bound, LocalAddr, SocketFile};
 use crate::probation::{self, Held};
 use crate::quic::Http3;
 use crate::restart::{Handoff, Outcome, Restarter, Successor};
 use crate::signal::Signals;
+use crate::succession::Succession;
 use crate::watch::Watcher;
 use crate::{pid_file, systemd};
 
@@ -48,6 +50,8 @@ type Http3Parts = (Vec<crate::quic::Parts>, Vec<crate::quic::Registration>);
 /// One generation of a server.
 pub(crate) struct Generation {
     config: Config,
+    /// How a successor starts (from `config`, read once).
+    succession: Succession,
     life: Arc<Lifecycle>,
     endpoints: Vec<Endpoint>,
     /// Each endpoint's TLS acceptor, if it serves HTTPS.
@@ -130,12 +134,10 @@ impl Generation {
 
         // Certificates are read by every generation, before it binds or
         // adopts anything: one that cannot load them never takes over.
-        let tls = endpoints
-            .iter()
-            .map(|e| e.tls.as_ref().map(|t| t.acceptor()).transpose())
-            .collect::<Result<Vec<Tls>>>()?;
+        let tls = accepting::acceptors(&endpoints)?;
         let started = Instant::now();
-        let (bound, addrs) = bind_and_check(&config, &endpoints, temporary.is_none()).await?;
+        let (bound, addrs) =
+            accepting::bind_and_check(&config, &endpoints, temporary.is_none()).await?;
         let regs = std::mem::take(&mut config.http3);
         let parts = Http3::sockets(&regs)?;
         let alt_svc = crate::quic::alt_svc(&parts);
@@ -147,7 +149,8 @@ impl Generation {
             .filter_map(|b| b.listener.socket_file().cloned())
             .collect();
         let mut generation = Generation {
-            conns: accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
+            succession: config.succession(),
+            conns: accepting::accept(&config, &endpoints, &tls, &bound, alt_svc.clone()),
             alt_svc,
             config,
             life,
@@ -213,13 +216,8 @@ impl Generation {
             .filter(|(i, _)| *i < users)
             .map(|(_, a)| a)
             .collect();
-        self.life.serving(
-            user,
-            crate::lifecycle::Counter(Box::new({
-                let (tcp, http3) = (self.conns.counter(), self.http3.clone());
-                move || tcp() + http3.open()
-            })),
-        );
+        self.life
+            .serving(user, accepting::counter(&self.conns, &self.http3));
         if self.watcher.is_none() {
             self.watcher = self.spawn_watcher();
         }
@@ -394,22 +392,12 @@ impl Generation {
                 }
                 Outcome::HandedOver(s) => s,
             };
-            if self.config.keep_pid {
-                match self.reexec(*successor).await {
-                    Reexec::Resumed(deferred) => {
-                        self.carried = deferred;
-                        continue;
-                    }
-                    Reexec::Stopping(stopping) => {
-                        systemd::stopping();
-                        let (drain, temporary) = *stopping;
-                        return Ending::Outlive(drain, temporary);
-                    }
-                }
-            }
-            match self.hand_over(*successor).await {
-                Some(ending) => return ending,
-                None => continue,
+            let ending = match self.succession {
+                Succession::Spawn { .. } => self.hand_over(*successor).await,
+                Succession::SpawnThenReexec => self.reexec(*successor).await,
+            };
+            if let Some(ending) = ending {
+                return ending;
             }
         }
     }
@@ -478,8 +466,7 @@ impl Generation {
         Restarter {
             signals: self.config.signals.clone(),
             ready_timeout: self.config.ready_timeout,
-            next_is_temporary: self.config.keep_pid,
-            probation: !self.config.probation.is_zero() && !self.config.keep_pid,
+            succession: self.succession,
             life: self.life.clone(),
         }
     }
@@ -517,7 +504,7 @@ impl Generation {
                 warn!(cause = %e, "cannot take the PID file back");
             }
         }
-        let fresh = accept(
+        let fresh = accepting::accept(
             &self.config,
             &self.endpoints,
             &self.tls,
@@ -545,7 +532,7 @@ impl Generation {
         } else {
             systemd::main_pid_is_me();
         }
-        match bound_addrs(&self.endpoints, &self.bound) {
+        match accepting::bound_addrs(&self.endpoints, &self.bound) {
             Ok(addrs) => self.serving(addrs),
             Err(e) => warn!(cause = %e, "cannot read the listeners' addresses"),
         }
@@ -573,7 +560,9 @@ impl Generation {
     }
 
     /// `keep_pid`: drain (keeping the listeners) and re-execute in place.
-    async fn reexec(&mut self, successor: Successor) -> Reexec {
+    /// `None`: the exec failed, and this generation serves again (with the
+    /// reload asked for meanwhile, if any, carried).
+    async fn reexec(&mut self, successor: Successor) -> Option<Ending> {
         // Should the exec fail, this generation passes the temporary one its
         // HTTP/3 packets again: the pair stays.
         self.http3.stay_linked();
@@ -590,7 +579,7 @@ impl Generation {
                 conns: &self.conns,
                 successor,
                 outgoing: names,
-                signals: &self.config.signals,
+                blocked: self.config.signals.handled(),
                 life: &self.life,
                 sections,
             },
@@ -598,16 +587,17 @@ impl Generation {
             &mut self.events,
         )
         .await;
-        if let keep_pid::Step::Resumed(error, drain, deferred) = step {
-            self.resume(&error, drain);
-            return Reexec::Resumed(deferred);
-        }
         match step {
-            keep_pid::Step::Stopping(drain, t) => {
-                self.http3.unstay();
-                Reexec::Stopping(Box::new((drain, t)))
+            keep_pid::Step::Resumed(error, drain, deferred) => {
+                self.resume(&error, drain);
+                self.carried = deferred;
+                None
             }
-            keep_pid::Step::Resumed(..) => unreachable!("handled above"),
+            keep_pid::Step::Stopping(drain, temporary) => {
+                self.http3.unstay();
+                systemd::stopping();
+                Some(Ending::Outlive(drain, temporary))
+            }
         }
     }
 
@@ -743,75 +733,6 @@ fn inherit_counters(life: &Lifecycle, origin: Option<Origin>) {
     });
 }
 
-/// Takes every endpoint's listeners (adopted or bound; a temporary
-/// generation, with `bind_new` false, keeps no new address: the process it
-/// stands in for binds them after its re-exec, so it proves they can be
-/// bound), then runs the ready checks, probes through the endpoints.
-/// Returns the listeners and where each is bound.
-async fn bind_and_check(
-    config: &Config,
-    endpoints: &[Endpoint],
-    bind_new: bool,
-) -> Result<(Vec<Bound>, Vec<(usize, LocalAddr)>)> {
-    let wanted: Vec<listener::Wanted<'_>> = endpoints
-        .iter()
-        .map(|e| listener::Wanted {
-            name: &e.addr,
-            spec: &e.spec,
-            perms: e.perms.as_ref(),
-            backlog: config.backlog,
-            given: e.given.as_ref(),
-        })
-        .collect();
-    let bound = listener::take_all(&wanted, bind_new).await?;
-    let addrs = bound_addrs(endpoints, &bound)?;
-    let locals = first_of_each(endpoints, &addrs);
-    let targets: Vec<crate::ready::Target<'_>> = endpoints
-        .iter()
-        .zip(&locals)
-        .map(|(e, local)| crate::ready::Target {
-            addr: &e.addr,
-            svc: &*e.svc,
-            local,
-        })
-        .collect();
-    crate::ready::run(&config.ready_checks, &targets, config.ready_timeout).await?;
-    Ok((bound, addrs))
-}
-
-/// Where each listener is bound, with its endpoint's index, in order.
-fn bound_addrs(endpoints: &[Endpoint], bound: &[Bound]) -> Result<Vec<(usize, LocalAddr)>> {
-    bound
-        .iter()
-        .map(|b| {
-            let addr = b.listener.local_addr().map_err(|source| Error::Io {
-                context: format!("cannot read the local address of {}", b.name),
-                source,
-            })?;
-            let tls = endpoints[b.index].tls.is_some();
-            info!(addr = %addr, name = %b.name, tls, "listening");
-            Ok((b.index, addr))
-        })
-        .collect()
-}
-
-/// Where each endpoint is bound (its first listener), in order; for an
-/// endpoint with none (a temporary generation's new address, left to its
-/// parent), a placeholder.
-fn first_of_each(endpoints: &[Endpoint], addrs: &[(usize, LocalAddr)]) -> Vec<LocalAddr> {
-    (0..endpoints.len())
-        .map(|i| {
-            addrs
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_else(|| {
-                    LocalAddr::Unix(format!("(not bound: {})", endpoints[i].addr).into())
-                })
-        })
-        .collect()
-}
-
 /// For a `keep_pid` temporary generation, the PID of the generation that
 /// started it (which re-executes in place once this one serves).
 fn temporary_parent(origin: Option<&Origin>) -> Option<u32> {
@@ -823,28 +744,4 @@ fn temporary_parent(origin: Option<&Origin>) -> Option<u32> {
         }) => Some(parent.as_raw() as u32),
         _ => None,
     }
-}
-
-/// Starts accepting on every listener (again, after a failed successor).
-/// `alt_svc`: the UDP addresses of HTTP/3, which HTTPS responses on the
-/// same addresses name.
-fn accept(
-    config: &Config,
-    endpoints: &[Endpoint],
-    tls: &[Tls],
-    bound: &[Bound],
-    alt_svc: Vec<std::net::SocketAddr>,
-) -> Connections {
-    let mut conns = Connections::for_settings(&config.connections());
-    conns.advertise(alt_svc);
-    conns.spawn_sweeper();
-    for b in bound {
-        endpoints[b.index].svc.launch(
-            &conns,
-            b.name.clone(),
-            b.listener.clone(),
-            tls[b.index].clone(),
-        );
-    }
-    conns
 }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::events::Requests;
 use crate::lifecycle::{Lifecycle, Phase, Stats};
 use crate::listener::LocalAddr;
+use crate::succession::Succession;
 
 /// Reloads or stops a [`Server`](crate::Server) from code.
 ///
@@ -78,12 +79,10 @@ impl Handle {
     /// Reloads need Unix: elsewhere (Windows) this returns
     /// [`Error::Unsupported`] at once, and the server goes on serving.
     pub async fn reload(&self) -> Result<()> {
-        #[cfg(not(unix))]
-        {
+        if !Succession::RELOADS {
             self.life.reload_requested();
             return Err(Error::reloads_unsupported());
         }
-        #[cfg_attr(not(unix), allow(unreachable_code))]
         if self.life.phase() == Phase::Starting {
             return Err(Error::NotRunning);
         }

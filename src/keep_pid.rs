@@ -31,6 +31,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+use nix::sys::signal::SigSet;
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
@@ -44,7 +45,6 @@ use crate::lifecycle::Lifecycle;
 use crate::link::{Down, Link};
 use crate::quic::Http3;
 use crate::restart::Successor;
-use crate::signal::SignalSet;
 
 /// What became of P after its temporary generation took over.
 #[derive(Debug)]
@@ -57,13 +57,6 @@ pub(crate) enum Step {
     Stopping(Drain, Outlived),
 }
 
-/// For the generation: what [`Step`] means to it.
-#[derive(Debug)]
-pub(crate) enum Reexec {
-    Resumed(Option<Trigger>),
-    Stopping(Box<(Drain, Outlived)>),
-}
-
 /// What [`reexec`] works with.
 #[derive(Debug)]
 pub(crate) struct Context<'a> {
@@ -74,7 +67,9 @@ pub(crate) struct Context<'a> {
     /// The listeners and extra descriptors, handed to the new image where
     /// they are.
     pub(crate) outgoing: Vec<(Kind, String, RawFd)>,
-    pub(crate) signals: &'a SignalSet,
+    /// The signals the server handles, blocked from the exec until the new
+    /// image has installed its handlers.
+    pub(crate) blocked: SigSet,
     pub(crate) life: &'a Lifecycle,
     /// The state for the new image, made when the drain started (the
     /// counters in it are made again just before the exec).
@@ -124,8 +119,7 @@ pub(crate) async fn reexec(cx: Context<'_>, mut drain: Drain, events: &mut Event
     let failed = match prepare(&cx.outgoing, state.as_ref(), &link, &exe, origin) {
         Ok(p) => {
             info!(path = %exe.path.display(), identity = %exe.id, reload = deferred.is_some(), "re-executing in place");
-            let blocked = cx.signals.handled();
-            p.exec(blocked, || {
+            p.exec(cx.blocked, || {
                 unchanged(&exe) && !stop_pending(events, &mut drain)
             })
         }

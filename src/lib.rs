@@ -211,6 +211,7 @@
 // of it is used.
 #![cfg_attr(not(unix), allow(dead_code))]
 
+mod accepting;
 #[cfg(unix)]
 mod children;
 mod config;
@@ -257,21 +258,12 @@ mod ready;
 mod restart;
 mod server;
 mod service;
-#[cfg(unix)]
 mod signal;
-// The same types, with Ctrl-C (and the console's close) as the only signals.
-#[cfg(not(unix))]
-#[path = "portable/signal.rs"]
-mod signal;
-// Checked on Unix against the real signals, so both agree on names and
-// numbers.
-#[cfg(all(test, unix))]
-#[path = "portable/signal.rs"]
-mod portable_signal;
 #[cfg(unix)]
 pub mod sockets;
 #[cfg(unix)]
 mod state;
+mod succession;
 #[cfg(unix)]
 mod systemd;
 #[cfg(feature = "tls")]

@@ -39,7 +39,9 @@ use crate::handover;
 // Without Unix: the errors of Windows sockets, and its stand-in for a
 // socket's descriptor.
 #[cfg(not(unix))]
-pub(crate) use crate::portable::{family_unavailable, is_connection_error, RawFd};
+use crate::portable::is_pending_network_error;
+#[cfg(not(unix))]
+pub(crate) use crate::portable::{family_unavailable, RawFd};
 
 pub(crate) use address::{parse, BindSpec};
 pub(crate) use given::Given;
@@ -782,7 +784,6 @@ pub(crate) fn bind_udp_any_interface(port: u16) -> io::Result<Socket> {
 
 /// Whether an accept error concerns only the one connection being accepted
 /// (skip it) rather than the process (back off: EMFILE, ENFILE, ENOMEM …).
-#[cfg(unix)]
 pub(crate) fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -791,19 +792,22 @@ pub(crate) fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
-    ) || matches!(
-        e.raw_os_error(),
-        // accept(2): "already-pending network errors" to treat like EAGAIN.
-        Some(
-            nix::libc::EPROTO
-                | nix::libc::EPERM
-                | nix::libc::ENETDOWN
-                | nix::libc::ENOPROTOOPT
-                | nix::libc::EHOSTDOWN
-                | nix::libc::EHOSTUNREACH
-                | nix::libc::ENETUNREACH
-                | nix::libc::EOPNOTSUPP
-        )
+    ) || e.raw_os_error().is_some_and(is_pending_network_error)
+}
+
+/// accept(2): the "already-pending network errors" to treat like EAGAIN.
+#[cfg(unix)]
+fn is_pending_network_error(code: i32) -> bool {
+    matches!(
+        code,
+        nix::libc::EPROTO
+            | nix::libc::EPERM
+            | nix::libc::ENETDOWN
+            | nix::libc::ENOPROTOOPT
+            | nix::libc::EHOSTDOWN
+            | nix::libc::EHOSTUNREACH
+            | nix::libc::ENETUNREACH
+            | nix::libc::EOPNOTSUPP
     )
 }
 

@@ -42,6 +42,7 @@ use crate::handover::{self, Outgoing};
 use crate::lifecycle::Lifecycle;
 use crate::link::{self, Link, Up};
 use crate::signal::SignalSet;
+use crate::succession::Succession;
 use crate::systemd;
 
 /// How often, and how long apart, a spawn that fails with ETXTBSY (the
@@ -117,11 +118,10 @@ pub(crate) trait Handoff: Sync {
 pub(crate) struct Restarter {
     pub(crate) signals: SignalSet,
     pub(crate) ready_timeout: Duration,
-    /// The next generation is temporary: we re-execute ourselves in place
-    /// once it serves (`keep_pid`).
-    pub(crate) next_is_temporary: bool,
-    /// We keep our sockets for the next generation's probation.
-    pub(crate) probation: bool,
+    /// How the next generation starts: whether it is temporary (we
+    /// re-execute ourselves in place once it serves), or whether we keep
+    /// our sockets for its probation.
+    pub(crate) succession: Succession,
     pub(crate) life: Arc<Lifecycle>,
 }
 
@@ -270,6 +270,11 @@ impl Restarter {
         let exe = exe::current();
         exe.check_directory()?;
         let blocked = self.signals.handled();
+        // What the child is told it is.
+        let (temporary, probation) = match self.succession {
+            Succession::Spawn { probation } => (false, probation),
+            Succession::SpawnThenReexec => (true, false),
+        };
         let spawn_error = |source| Error::Spawn {
             path: exe.path.clone(),
             source,
@@ -302,14 +307,8 @@ impl Restarter {
                     fd: raw(state),
                 });
             }
-            handover::prepare_spawn(
-                &mut cmd,
-                &fds,
-                blocked,
-                self.next_is_temporary,
-                self.probation,
-            )
-            .map_err(spawn_error)?;
+            handover::prepare_spawn(&mut cmd, &fds, blocked, temporary, probation)
+                .map_err(spawn_error)?;
             let spawned = tokio::process::Command::from(cmd).spawn();
             // The child has its copies; ours would keep the link (and the
             // pairs) from ending.

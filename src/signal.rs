@@ -1,22 +1,34 @@
-//! Which signals reload and stop the server, and the stream that delivers them.
+//! Which signals reload and stop the server, and the stream that delivers
+//! them.
 //!
 //! `SIGTERM` has a second job besides stopping: a new generation sends it to
 //! its parent to say "I am serving". The stream therefore reports who sent
 //! each signal and how, so that [`events`](crate::events) can tell the two
 //! apart.
+//!
+//! The [`Signal`] type, its names, and the settings and their checks are the
+//! same on every platform, so a configuration compiles and means the same
+//! everywhere. What differs lives beside this file: how a signal is
+//! numbered and where signals come from ([`Signals`]): on Unix the real
+//! signals (`signal/unix.rs`); elsewhere the console events that stand in
+//! for them (`signal/console.rs`: Ctrl-C as `SIGINT` on Windows).
 
 use std::fmt;
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::str::FromStr;
 
-use futures_core::Stream;
-use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-use signal_hook::iterator::exfiltrator::origin::WithOrigin;
-use signal_hook::low_level::siginfo::{Cause, Sent};
-use signal_hook_tokio::SignalsInfo;
-
 use crate::error::{Error, Result};
+
+#[cfg(not(unix))]
+mod console;
+#[cfg(unix)]
+mod unix;
+
+#[cfg(not(unix))]
+use console as sys;
+#[cfg(unix)]
+use unix as sys;
+
+pub(crate) use sys::Signals;
 
 /// A Unix signal, named as in C (`Signal::SIGHUP`).
 ///
@@ -24,6 +36,11 @@ use crate::error::{Error, Result};
 /// that a `nix` upgrade (a 0.x crate) never breaks code that configures
 /// [`Server::reload_signals`](crate::Server::reload_signals). It parses from
 /// `"SIGHUP"` or `"HUP"` and prints as `SIGHUP`.
+///
+/// Where there are no signals (Windows) the same names exist, so a
+/// configuration compiles on every platform; only `SIGINT` (Ctrl-C,
+/// Ctrl-Break) and `SIGTERM` (the console closes, the user logs off, the
+/// system shuts down) ever arrive there, and the numbers are Linux's.
 ///
 /// # Examples
 ///
@@ -33,50 +50,87 @@ use crate::error::{Error, Result};
 /// assert_eq!(Signal::SIGHUP.to_string(), "SIGHUP");
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Signal(nix::sys::signal::Signal);
+pub struct Signal(sys::Raw);
 
 macro_rules! signals {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident = $linux:literal),* $(,)?) => {
         impl Signal {
             $(
                 #[doc = concat!("`", stringify!($name), "`")]
+                #[cfg(unix)]
                 pub const $name: Signal = Signal(nix::sys::signal::Signal::$name);
+                #[doc = concat!("`", stringify!($name), "`")]
+                #[cfg(not(unix))]
+                pub const $name: Signal = Signal($linux);
             )*
         }
+
+        /// Every named signal, with its number on Linux: the numbers where
+        /// the platform has none (checked against Linux's in the tests).
+        #[cfg(any(not(unix), test))]
+        const LINUX: &[(Signal, &str, i32)] = &[$((Signal::$name, stringify!($name), $linux)),*];
     };
 }
 
+// Linux's numbers (x86, ARM).
 signals!(
-    SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGUSR1, SIGSEGV,
-    SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU,
-    SIGURG, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGWINCH, SIGIO, SIGSYS,
+    SIGHUP = 1,
+    SIGINT = 2,
+    SIGQUIT = 3,
+    SIGILL = 4,
+    SIGTRAP = 5,
+    SIGABRT = 6,
+    SIGBUS = 7,
+    SIGFPE = 8,
+    SIGKILL = 9,
+    SIGUSR1 = 10,
+    SIGSEGV = 11,
+    SIGUSR2 = 12,
+    SIGPIPE = 13,
+    SIGALRM = 14,
+    SIGTERM = 15,
+    SIGCHLD = 17,
+    SIGCONT = 18,
+    SIGSTOP = 19,
+    SIGTSTP = 20,
+    SIGTTIN = 21,
+    SIGTTOU = 22,
+    SIGURG = 23,
+    SIGXCPU = 24,
+    SIGXFSZ = 25,
+    SIGVTALRM = 26,
+    SIGPROF = 27,
+    SIGWINCH = 28,
+    SIGIO = 29,
+    SIGSYS = 31,
 );
 
 impl Signal {
-    /// The signal's number on this platform.
+    /// The signal's number on this platform (Linux's, where the platform
+    /// has none).
     pub fn as_raw(self) -> i32 {
-        self.0 as i32
+        sys::number(self.0)
     }
 
     /// The signal with number `n`, if there is one on this platform.
     pub fn from_raw(n: i32) -> Option<Signal> {
-        nix::sys::signal::Signal::try_from(n).ok().map(Signal)
+        sys::from_number(n).map(Signal)
     }
 
-    pub(crate) fn nix(self) -> nix::sys::signal::Signal {
-        self.0
+    fn name(self) -> &'static str {
+        sys::name(self.0)
     }
 }
 
 impl fmt::Display for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_str())
+        f.write_str(self.name())
     }
 }
 
 impl fmt::Debug for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_str())
+        f.write_str(self.name())
     }
 }
 
@@ -102,9 +156,9 @@ impl FromStr for Signal {
         } else {
             format!("SIG{upper}")
         };
-        nix::sys::signal::Signal::from_str(&full)
+        sys::by_name(&full)
             .map(Signal)
-            .map_err(|_| ParseSignalError(s.to_owned()))
+            .ok_or_else(|| ParseSignalError(s.to_owned()))
     }
 }
 
@@ -128,16 +182,20 @@ impl Default for SignalSet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Received {
     pub(crate) signal: Signal,
-    /// The PID of the sending process, when the kernel reports one.
+    /// The PID of the sending process, when the kernel reports one (never
+    /// without Unix).
     pub(crate) sender: Option<i32>,
     /// Sent with `kill(2)` (`SI_USER`), as opposed to `sigqueue` (whose
     /// siginfo may name any sender), `tkill`/`raise`, or the kernel. Where
-    /// the platform does not say (macOS), taken as `kill`.
+    /// the platform does not say (macOS), taken as `kill`; never without
+    /// Unix.
     pub(crate) by_kill: bool,
 }
 
 impl SignalSet {
-    /// Rejects settings that cannot work, naming the signal at fault.
+    /// Rejects settings that cannot work, naming the signal at fault; the
+    /// same everywhere, so that a configuration means the same on every
+    /// platform.
     pub(crate) fn validate(&self) -> Result<()> {
         for &signal in self.reload.iter().chain(&self.stop) {
             let reason = match signal {
@@ -173,90 +231,6 @@ impl SignalSet {
     pub(crate) fn is_stop(&self, signal: Signal) -> bool {
         self.stop.contains(&signal)
     }
-
-    /// Every signal the server handles: the configured ones and `SIGTERM`.
-    pub(crate) fn handled(&self) -> SigSet {
-        let mut set = SigSet::empty();
-        for &s in self.reload.iter().chain(&self.stop) {
-            set.add(s.nix());
-        }
-        set.add(nix::sys::signal::Signal::SIGTERM);
-        set
-    }
-}
-
-/// The stream of signals the server handles.
-pub(crate) struct Signals {
-    inner: SignalsInfo<WithOrigin>,
-}
-
-impl fmt::Debug for Signals {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signals").finish_non_exhaustive()
-    }
-}
-
-impl Signals {
-    /// Installs the handlers, then unblocks the signals.
-    ///
-    /// A generation started by a reload begins life with these signals
-    /// blocked (see `handover::pass_listeners`): any that arrived since the
-    /// exec are pending and are delivered here, so a reload or stop request
-    /// during start-up is neither lost nor fatal.
-    ///
-    /// The handlers stay installed after the server stops (signal-hook
-    /// cannot restore the previous disposition): a later signal is then
-    /// caught and ignored, not acted on. See [`Server::run`](crate::Server::run).
-    pub(crate) fn install(set: &SignalSet) -> Result<Signals> {
-        let mask = set.handled();
-        let numbers: Vec<i32> = mask.iter().map(|s| s as i32).collect();
-        let inner =
-            SignalsInfo::<WithOrigin>::new(numbers).map_err(|source| Error::SignalHandler {
-                signals: describe(&mask),
-                source,
-            })?;
-        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None).map_err(|e| {
-            Error::SignalHandler {
-                signals: describe(&mask),
-                source: e.into(),
-            }
-        })?;
-        Ok(Signals { inner })
-    }
-
-    /// The next signal. Never ends while the handlers are installed.
-    pub(crate) async fn recv(&mut self) -> Received {
-        loop {
-            let next = poll_fn(|cx| Pin::new(&mut self.inner).poll_next(cx)).await;
-            let Some(origin) = next else {
-                // The stream only ends when closed through its handle, which
-                // this crate never does; wait forever rather than spin.
-                return std::future::pending().await;
-            };
-            if let Some(signal) = Signal::from_raw(origin.signal) {
-                let by_kill = match origin.cause {
-                    Cause::Sent(Sent::User) => true,
-                    // Platforms that do not fill in `si_code`.
-                    Cause::Unknown => !cfg!(any(target_os = "linux", target_os = "android")),
-                    _ => false,
-                };
-                let sender = origin.process.map(|p| p.pid);
-                return Received {
-                    signal,
-                    sender,
-                    by_kill,
-                };
-            }
-        }
-    }
-}
-
-/// `SIGHUP, SIGTERM` for error messages.
-fn describe(set: &SigSet) -> String {
-    set.iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
@@ -303,23 +277,33 @@ mod tests {
     }
 
     #[test]
-    fn handled_always_includes_sigterm() {
-        let s = set(&[Signal::SIGUSR2], &[Signal::SIGINT]).handled();
-        assert!(s.contains(nix::sys::signal::Signal::SIGTERM));
-        assert!(s.contains(nix::sys::signal::Signal::SIGUSR2));
-        assert!(!s.contains(nix::sys::signal::Signal::SIGHUP));
-    }
-
-    #[test]
     fn names_parse_and_print() {
         assert_eq!("SIGHUP".parse::<Signal>(), Ok(Signal::SIGHUP));
         assert_eq!("usr1".parse::<Signal>(), Ok(Signal::SIGUSR1));
+        assert_eq!(" HUP ".parse::<Signal>(), Ok(Signal::SIGHUP));
         assert_eq!(Signal::SIGWINCH.to_string(), "SIGWINCH");
+        assert_eq!(format!("{:?}", Signal::SIGINT), "SIGINT");
         assert_eq!(
             Signal::from_raw(Signal::SIGINT.as_raw()),
             Some(Signal::SIGINT)
         );
         assert!("SIGNOPE".parse::<Signal>().is_err());
         assert!(Signal::from_raw(0).is_none());
+    }
+
+    /// Every name means the signal of that name, and the numbers used where
+    /// the platform has none are Linux's: a configuration reads the same on
+    /// every platform.
+    #[test]
+    fn names_and_numbers_match_linux() {
+        assert_eq!(LINUX.len(), 29);
+        for (signal, name, number) in LINUX {
+            assert_eq!(signal.to_string(), *name);
+            assert_eq!(name.parse::<Signal>(), Ok(*signal));
+            if cfg!(target_os = "linux") {
+                assert_eq!(signal.as_raw(), *number, "{name}");
+                assert_eq!(Signal::from_raw(*number), Some(*signal));
+            }
+        }
     }
 }

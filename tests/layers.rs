@@ -14,6 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "a generation",
         &[
             "generation",
+            "accepting",
             "probation",
             "keep_pid",
             "drain",
@@ -30,9 +31,11 @@ const LAYERS: &[(&str, &[&str])] = &[
             "children",
             "events",
             "signal",
+            "signal/console",
+            "signal/unix",
+            "succession",
             "systemd",
             "watch",
-            "portable/signal",
         ],
     ),
     (

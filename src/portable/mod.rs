@@ -2,9 +2,9 @@
 //! Unix (Windows): socket errors by number, and what stands in for a
 //! socket's descriptor.
 //!
-//! The rest of the non-Unix build lives beside this file: `signal.rs`
-//! (Ctrl-C as `SIGINT`) and `generation.rs` (one generation: bind, serve,
-//! drain; no reloads).
+//! The rest of the non-Unix build lives beside this file, `generation.rs`
+//! (one generation: bind, serve, drain; no reloads), and with the signals,
+//! `../signal/console.rs` (Ctrl-C as `SIGINT`).
 
 use std::io;
 
@@ -29,19 +29,12 @@ pub(crate) fn family_unavailable(e: &io::Error) -> bool {
     )
 }
 
-/// Whether an accept error concerns only the one connection being accepted
-/// (skip it) rather than the process (back off: out of sockets or memory).
-pub(crate) fn is_connection_error(e: &io::Error) -> bool {
+/// Whether an accept error (by its number) is a network error of the one
+/// connection being accepted, to skip like a reset.
+pub(crate) fn is_pending_network_error(code: i32) -> bool {
     matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || matches!(
-        e.raw_os_error(),
-        Some(wsa::ENETDOWN | wsa::ENETUNREACH | wsa::ENETRESET | wsa::EHOSTUNREACH)
+        code,
+        wsa::ENETDOWN | wsa::ENETUNREACH | wsa::ENETRESET | wsa::EHOSTUNREACH
     )
 }
 
