@@ -178,9 +178,7 @@ where
     // for a connection with no request yet allows none, and would refuse a
     // first request already on its way); closed after the idle grace with
     // no request in flight, counted from the GOAWAY or the last response.
-    let mut drain_seen = false;
-    let mut goaway_sent = false;
-    let mut any_request = false;
+    let (mut drain_seen, mut goaway_sent, mut any_request) = (false, false, false);
     let mut last_active = Instant::now();
     loop {
         let quiet = (drain_seen && requests.is_empty()).then(|| last_active + shared.idle_grace);
