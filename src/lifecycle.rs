@@ -158,9 +158,11 @@ impl Lifecycle {
     /// `connections` counting what is open.
     pub(crate) fn serving(&self, addrs: Vec<LocalAddr>, connections: Counter) {
         *self.connections.lock().unwrap_or_else(|e| e.into_inner()) = Some(connections);
-        self.listening.send_replace(Some(addrs));
         self.phase.send_replace(Phase::Serving);
         sockets_phase().send_replace(false);
+        // Last: whoever learns the addresses (`Handle::listening`) may ask
+        // for a reload at once, which a starting generation refuses.
+        self.listening.send_replace(Some(addrs));
     }
 
     /// Not accepting any more: the drain starts now.
@@ -348,5 +350,33 @@ mod tests {
         next.probation_passed();
         assert_eq!(next.stats().reloads_succeeded, 1);
         assert_eq!(next.stats().reloads_requested, 1);
+    }
+
+    /// Whoever learns the addresses (`Handle::listening`, after which the
+    /// fixture prints READY and a test asks for a reload) finds the
+    /// generation serving: `Handle::reload` answers `NotRunning` while it
+    /// is starting. A thread watching the addresses reads the phase the
+    /// moment they appear, 200 times.
+    #[test]
+    fn the_addresses_are_published_once_the_generation_serves() {
+        for _ in 0..200 {
+            let life = std::sync::Arc::new(Lifecycle::new(Duration::ZERO, 0));
+            let rx = life.listening();
+            let watcher = {
+                let life = life.clone();
+                std::thread::spawn(move || {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    while rx.borrow().is_none() && std::time::Instant::now() < deadline {
+                        std::hint::spin_loop();
+                    }
+                    life.phase()
+                })
+            };
+            // Let the watcher start spinning first.
+            std::thread::sleep(Duration::from_micros(200));
+            let addr = LocalAddr::Tcp(([127, 0, 0, 1], 1).into());
+            life.serving(vec![addr], Counter(Box::new(|| 0)));
+            assert_eq!(watcher.join().unwrap(), Phase::Serving);
+        }
     }
 }
