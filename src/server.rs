@@ -647,7 +647,8 @@ impl Server {
     /// queue holds them until they are accepted. Values are kept between 1
     /// and 65,535. An adopted socket keeps the queue it was made with.
     pub fn backlog(mut self, backlog: u32) -> Self {
-        self.config.backlog = i32::try_from(backlog.clamp(1, 65_535)).unwrap_or(4096);
+        self.config.backlog =
+            i32::try_from(backlog.clamp(1, 65_535)).unwrap_or(crate::listener::DEFAULT_BACKLOG);
         self
     }
 

@@ -172,7 +172,7 @@ pub fn tcp_listener(name: &str, addr: &str) -> Result<std::net::TcpListener> {
         let s = Socket::new(Domain::for_address(want), Type::STREAM, None)?;
         s.set_reuse_address(true)?;
         s.bind(&want.into())?;
-        s.listen(1024)?;
+        s.listen(crate::listener::DEFAULT_BACKLOG)?;
         Ok(s.into())
     })?;
     Ok(fd.into())
