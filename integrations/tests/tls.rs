@@ -109,9 +109,7 @@ impl Files {
     }
 
     fn spec(&self) -> Spec<'static> {
-        Spec::fixture()
-            .env("FIXTURE_TLS_CERT", self.cert.to_str().unwrap())
-            .env("FIXTURE_TLS_KEY", self.key.to_str().unwrap())
+        Spec::fixture().tls(&self.cert, &self.key)
     }
 }
 
@@ -303,14 +301,7 @@ fn bad_certificate_files_stop_the_start_with_the_file_named() {
     );
     let missing = dir.path().join("missing.pem");
     let d = dir.path().display().to_string();
-    let start = |c: &Path, k: &Path| {
-        start_error(
-            Spec::fixture()
-                .arg("tls:127.0.0.1:0")
-                .env("FIXTURE_TLS_CERT", c.to_str().unwrap())
-                .env("FIXTURE_TLS_KEY", k.to_str().unwrap()),
-        )
-    };
+    let start = |c: &Path, k: &Path| start_error(Spec::fixture().arg("tls:127.0.0.1:0").tls(c, k));
     assert_eq!(
         start(&missing, &key),
         format!("TLS file {d}/missing.pem: cannot read: No such file or directory (os error 2)")
@@ -372,7 +363,7 @@ fn a_silent_or_broken_client_delays_nobody() {
     let server = files
         .spec()
         .arg("tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", "500")
+        .tls_handshake_timeout(Duration::from_millis(500))
         .start();
     let addr = server.addr();
     let mut silent = TcpStream::connect(&addr).unwrap();
@@ -444,9 +435,9 @@ fn a_client_stuck_in_its_tls_handshake_does_not_hold_up_a_drain() {
     let mut server = files
         .spec()
         .arg("tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", "30000")
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "30000")
-        .env("FIXTURE_STOP_TIMEOUT_MS", "20000")
+        .tls_handshake_timeout(Duration::from_secs(30))
+        .header_read_timeout(Duration::from_secs(30))
+        .stop_timeout(Duration::from_secs(20))
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -492,7 +483,7 @@ fn handlers_see_the_tls_connection_they_serve() {
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let server = files
         .spec()
-        .env("FIXTURE_TLS_CLIENT_CA", ca_file.to_str().unwrap())
+        .tls_client_ca(&ca_file)
         .arg("tls:127.0.0.1:0")
         .start();
     let addr = server.addr();
@@ -692,7 +683,7 @@ fn a_session_from_a_public_listener_is_not_resumed_where_client_certificates_are
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let server = files
         .spec()
-        .env("FIXTURE_MTLS_CA", ca_file.to_str().unwrap())
+        .mtls_ca(&ca_file)
         .arg("tls:127.0.0.1:0")
         .arg("mtls:127.0.0.1:0")
         .start();
@@ -737,7 +728,7 @@ fn a_session_from_before_a_change_of_client_ca_is_not_resumed() {
     std::fs::write(&ca_file, &old_ca.pem).unwrap();
     let mut server = files
         .spec()
-        .env("FIXTURE_MTLS_CA", ca_file.to_str().unwrap())
+        .mtls_ca(&ca_file)
         .arg("mtls:127.0.0.1:0")
         .start();
     let addr = server.addr();

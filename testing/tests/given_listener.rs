@@ -152,8 +152,7 @@ fn an_https_listener_the_program_made_is_handed_over_under_load() {
     let rt = load::runtime();
     let server = Spec::fixture()
         .arg("given-tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_CERT", CERT)
-        .env("FIXTURE_TLS_KEY", KEY)
+        .tls(CERT, KEY)
         .start();
     let addr = server.addr();
     let load = load::start_tls(rt.handle(), &addr, Mode::KeepAlive, 16, "/", https_client());

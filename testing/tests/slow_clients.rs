@@ -90,7 +90,7 @@ impl<T: Read + Write> ReadWrite for T {}
 /// response takes eight times the timeout to reach the client.
 const BIG: usize = 8_000_000;
 const RATE: usize = 2_000_000;
-const TIMEOUT_MS: &str = "500";
+const TIMEOUT: Duration = Duration::from_millis(500);
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn assert_whole(what: &str, r: &SlowRead) {
@@ -105,9 +105,7 @@ fn assert_whole(what: &str, r: &SlowRead) {
 
 #[test]
 fn a_slow_reader_gets_every_byte_of_a_large_response() {
-    let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
-        .start();
+    let server = Spec::fixture().header_read_timeout(TIMEOUT).start();
     let mut s = TcpStream::connect(server.addr()).unwrap();
     small_receive_buffer(&s);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -123,9 +121,8 @@ fn a_slow_reader_gets_every_byte_of_a_large_response_over_https() {
     std::fs::write(&cert, include_str!("../../src/testdata/localhost_cert.pem")).unwrap();
     std::fs::write(&key, include_str!("../../src/testdata/localhost_key.pem")).unwrap();
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
-        .env("FIXTURE_TLS_CERT", cert.to_str().unwrap())
-        .env("FIXTURE_TLS_KEY", key.to_str().unwrap())
+        .header_read_timeout(TIMEOUT)
+        .tls(&cert, &key)
         .arg("tls:127.0.0.1:0")
         .start();
     let tcp = TcpStream::connect(server.addr()).unwrap();
@@ -269,7 +266,7 @@ fn a_head_dribbled_after_a_chunked_request_is_cut_by_the_header_read_timeout() {
 
 fn dribble_after(request: &[u8]) {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "1000")
+        .header_read_timeout(Duration::from_secs(1))
         .start();
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -328,9 +325,7 @@ fn dribble_after(request: &[u8]) {
 /// exited at the stop timeout, 8.0 s after the drain started.
 #[test]
 fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
-    let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "8000")
-        .start();
+    let mut server = Spec::fixture().stop_timeout(Duration::from_secs(8)).start();
     let old = server.current().pid;
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
@@ -378,8 +373,8 @@ fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
 #[test]
 fn a_slow_http2_reader_gets_every_byte_of_a_large_response() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
-        .env("FIXTURE_HTTP2_IDLE_MS", TIMEOUT_MS)
+        .header_read_timeout(TIMEOUT)
+        .http2_idle_timeout(TIMEOUT)
         .start();
     let addr = server.addr();
     let rt = support::load::runtime();
