@@ -15,16 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use nix::sys::signal::Signal;
+use support::tls::{self, Trust};
 use support::{signal_pid, Proc, Spec};
-
-const CERT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../src/testdata/localhost_cert.pem"
-);
-const KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../src/testdata/localhost_key.pem"
-);
 
 /// A UDP port nobody uses now.
 fn free_udp_port() -> u16 {
@@ -43,64 +35,12 @@ fn start(with: impl FnOnce(Spec<'static>) -> Spec<'static>) -> (Proc, SocketAddr
     let spec = Spec::fixture()
         .arg(format!("h3:{addr}"))
         .arg("tls:127.0.0.1:0")
-        .tls(CERT, KEY);
+        .tls(tls::CERT, tls::KEY);
     (with(spec).start(), addr)
 }
 
-/// Trusts the test's own self-signed certificate.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn client_endpoint() -> quinn::Endpoint {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
+    let mut tls = tls::builder(Trust::TestCert, &[&rustls::version::TLS13]).with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -436,15 +376,9 @@ fn https_responses_advertise_http3() {
     use std::io::{Read, Write};
     let (server, addr) = start(|s| s);
     let tls_addr = server.current().addrs[0].clone();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
+    let config = tls::client(Trust::TestCert, &[]);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
     let tcp = std::net::TcpStream::connect(&tls_addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -618,7 +552,7 @@ fn a_release_without_http3_leaves_the_old_generation_reading() {
     let server = Spec::fixture()
         .arg("tls:127.0.0.1:0")
         .arg(format!("h3:{addr}"))
-        .tls(CERT, KEY)
+        .tls(tls::CERT, tls::KEY)
         .only_first_file(&only_first)
         .stop_timeout(Duration::from_secs(30))
         .start();
@@ -661,7 +595,7 @@ fn keep_pid_a_failed_re_exec_leaves_one_generation_reading() {
         .cwd(&cwd)
         .arg(format!("h3:{addr}"))
         .arg("tls:127.0.0.1:0")
-        .tls(CERT, KEY)
+        .tls(tls::CERT, tls::KEY)
         .keep_pid()
         .stop_timeout(Duration::from_secs(30))
         .start();
