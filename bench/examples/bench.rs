@@ -33,7 +33,7 @@
 
 // The parts of the workspace's test support (testing/src) the benchmark
 // uses: the load generator, server processes, and the bounded waits.
-use endless_tests::{load, process};
+use endless_tests::{load, process, tls};
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -227,19 +227,11 @@ impl Tls {
 
     /// The client side for `mode`: ALPN `h2` for HTTP/2, `http/1.1` otherwise.
     fn client(&self, mode: Mode) -> std::sync::Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![match mode {
-            Mode::Http2 => b"h2".to_vec(),
-            _ => b"http/1.1".to_vec(),
-        }];
-        std::sync::Arc::new(config)
+        let alpn: &[u8] = match mode {
+            Mode::Http2 => b"h2",
+            _ => b"http/1.1",
+        };
+        tls::client(tls::Trust::Ca(self.ca.clone()), &[alpn])
     }
 }
 

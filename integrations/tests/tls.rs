@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::load::{self, Mode};
+use support::tls::{self, Trust};
 use support::{eventually, get, served_pid, signal_pid, start_error, Spec};
 
 /// A test certificate authority.
@@ -47,36 +48,32 @@ impl Ca {
         (cert.pem(), key.serialize_pem(), cert.der().clone())
     }
 
-    /// A client configuration that presents a certificate signed by this CA.
-    fn client_with_cert(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    /// A client certificate (for `client.test`) signed by this CA, and its
+    /// key.
+    fn client_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![cert.der().clone()], key)
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
+
+    fn trust(&self) -> Trust {
+        Trust::Ca(self.der.clone())
+    }
+
+    /// A client configuration that presents a certificate signed by this CA.
+    fn client_with_cert(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let (chain, key) = self.client_cert();
+        let mut config = tls::builder(self.trust(), rustls::DEFAULT_VERSIONS)
+            .with_client_auth_cert(chain, key)
             .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 
     fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
+        tls::client(self.trust(), alpn)
     }
 }
 
@@ -109,9 +106,7 @@ impl Files {
     }
 
     fn spec(&self) -> Spec<'static> {
-        Spec::fixture()
-            .env("FIXTURE_TLS_CERT", self.cert.to_str().unwrap())
-            .env("FIXTURE_TLS_KEY", self.key.to_str().unwrap())
+        Spec::fixture().tls(&self.cert, &self.key)
     }
 }
 
@@ -303,14 +298,7 @@ fn bad_certificate_files_stop_the_start_with_the_file_named() {
     );
     let missing = dir.path().join("missing.pem");
     let d = dir.path().display().to_string();
-    let start = |c: &Path, k: &Path| {
-        start_error(
-            Spec::fixture()
-                .arg("tls:127.0.0.1:0")
-                .env("FIXTURE_TLS_CERT", c.to_str().unwrap())
-                .env("FIXTURE_TLS_KEY", k.to_str().unwrap()),
-        )
-    };
+    let start = |c: &Path, k: &Path| start_error(Spec::fixture().arg("tls:127.0.0.1:0").tls(c, k));
     assert_eq!(
         start(&missing, &key),
         format!("TLS file {d}/missing.pem: cannot read: No such file or directory (os error 2)")
@@ -372,7 +360,7 @@ fn a_silent_or_broken_client_delays_nobody() {
     let server = files
         .spec()
         .arg("tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", "500")
+        .tls_handshake_timeout(Duration::from_millis(500))
         .start();
     let addr = server.addr();
     let mut silent = TcpStream::connect(&addr).unwrap();
@@ -444,9 +432,9 @@ fn a_client_stuck_in_its_tls_handshake_does_not_hold_up_a_drain() {
     let mut server = files
         .spec()
         .arg("tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", "30000")
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "30000")
-        .env("FIXTURE_STOP_TIMEOUT_MS", "20000")
+        .tls_handshake_timeout(Duration::from_secs(30))
+        .header_read_timeout(Duration::from_secs(30))
+        .stop_timeout(Duration::from_secs(20))
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -492,7 +480,7 @@ fn handlers_see_the_tls_connection_they_serve() {
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let server = files
         .spec()
-        .env("FIXTURE_TLS_CLIENT_CA", ca_file.to_str().unwrap())
+        .tls_client_ca(&ca_file)
         .arg("tls:127.0.0.1:0")
         .start();
     let addr = server.addr();
@@ -523,27 +511,6 @@ fn handlers_see_the_tls_connection_they_serve() {
     }
 }
 
-/// A client that keeps its sessions (rustls's default in-memory store,
-/// shared by every connection made with it) and speaks only `version`.
-fn resuming_client(
-    ca: &Ca,
-    version: &'static rustls::SupportedProtocolVersion,
-) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // The default, spelled out: sessions in memory, TLS 1.2 by ticket too.
-    config.resumption = rustls::client::Resumption::in_memory_sessions(256)
-        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets);
-    Arc::new(config)
-}
-
 /// One connection and one request (so that the TLS 1.3 tickets sent after
 /// the handshake arrive): how its handshake went, and which PID answered.
 fn connect_once(addr: &str, config: &Arc<rustls::ClientConfig>) -> (rustls::HandshakeKind, u32) {
@@ -569,7 +536,7 @@ fn tls_sessions_resume_across_reloads() {
     ];
     let clients: Vec<_> = versions
         .iter()
-        .map(|(name, v)| (*name, resuming_client(&ca, v)))
+        .map(|(name, v)| (*name, resuming(&ca, v, None)))
         .collect();
     for (name, client) in &clients {
         assert_eq!(
@@ -626,33 +593,24 @@ fn tls_sessions_resume_across_reloads() {
     }
 }
 
-/// A client of `version` that keeps its sessions, with a certificate from
-/// `ca` or none.
+/// A client that trusts `ca`, speaks only `version` and keeps its
+/// sessions (rustls's default in-memory store, shared by every connection
+/// made with it), with a certificate from `cert_from` or none.
 fn resuming(
     ca: &Ca,
     version: &'static rustls::SupportedProtocolVersion,
     cert_from: Option<&Ca>,
 ) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots);
+    let builder = tls::builder(ca.trust(), &[version]);
     let mut config = match cert_from {
         None => builder.with_no_client_auth(),
         Some(issuer) => {
-            let params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &issuer.issuer).unwrap();
-            let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-            builder
-                .with_client_auth_cert(vec![cert.der().clone()], key)
-                .unwrap()
+            let (chain, key) = issuer.client_cert();
+            builder.with_client_auth_cert(chain, key).unwrap()
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The default, spelled out: sessions in memory, TLS 1.2 by ticket too.
     config.resumption = rustls::client::Resumption::in_memory_sessions(256)
         .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets);
     Arc::new(config)
@@ -692,7 +650,7 @@ fn a_session_from_a_public_listener_is_not_resumed_where_client_certificates_are
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let server = files
         .spec()
-        .env("FIXTURE_MTLS_CA", ca_file.to_str().unwrap())
+        .mtls_ca(&ca_file)
         .arg("tls:127.0.0.1:0")
         .arg("mtls:127.0.0.1:0")
         .start();
@@ -737,7 +695,7 @@ fn a_session_from_before_a_change_of_client_ca_is_not_resumed() {
     std::fs::write(&ca_file, &old_ca.pem).unwrap();
     let mut server = files
         .spec()
-        .env("FIXTURE_MTLS_CA", ca_file.to_str().unwrap())
+        .mtls_ca(&ca_file)
         .arg("mtls:127.0.0.1:0")
         .start();
     let addr = server.addr();

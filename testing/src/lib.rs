@@ -5,6 +5,10 @@
 //! - [`wait`]: bounded polling (`eventually`), for every "wait until X";
 //! - [`load`]: the load generator that counts every failed request;
 //! - [`systemd`]: a real systemd booted in private namespaces;
+//! - [`fixture`]: the fixture server's settings, typed, written by the
+//!   tests through [`Spec`]'s methods and read by the fixture;
+//! - [`tls`]: the test certificate, and TLS clients that trust it (or a
+//!   CA of the test's own);
 //! - here: a blocking HTTP client for single requests, and the lock that
 //!   serialises the heavy tests.
 //!
@@ -14,9 +18,11 @@
 //! own, can include them by `#[path]`.
 #![allow(missing_docs)]
 
+pub mod fixture;
 pub mod load;
 pub mod process;
 pub mod systemd;
+pub mod tls;
 pub mod wait;
 
 // The names tests have always used (`support::Proc`, `support::get`, ...),

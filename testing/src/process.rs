@@ -247,9 +247,6 @@ impl<'a> Spec<'a> {
         if let Some(arg0) = &self.arg0 {
             cmd.arg0(arg0);
         }
-        if std::env::var_os("FIXTURE_LOG").is_none() {
-            cmd.env("FIXTURE_LOG", "debug");
-        }
         // A binary the test has just written can be busy for a moment: a
         // fork in another test thread briefly holds the FD it was written
         // through, until that child's exec closes it.

@@ -172,13 +172,14 @@ impl Unit {
 
     /// The drop-in every installed unit gets: no default dependencies (so
     /// nothing pulls in sysinit.target and its /tmp cleaning), and for
-    /// services, their output in `services.log` with the fixture's debug log.
+    /// services, their output (the fixture logs at `debug` by default) in
+    /// `services.log`.
     fn drop_in(&self) -> String {
         let mut text = String::from("[Unit]\nDefaultDependencies=no\n");
         if self.name.ends_with(".service") {
             text.push_str(&format!(
                 "[Service]\nStandardOutput=append:{INSIDE}/services.log\n\
-                 StandardError=append:{INSIDE}/services.log\nEnvironment=FIXTURE_LOG=debug\n"
+                 StandardError=append:{INSIDE}/services.log\n"
             ));
         }
         text

@@ -146,7 +146,9 @@ impl RawH2 {
 /// after even though its peer never answers the PING that comes with it.
 #[test]
 fn an_idle_http2_connection_gets_a_goaway_and_is_closed() {
-    let server = Spec::fixture().env("FIXTURE_HTTP2_IDLE_MS", "500").start();
+    let server = Spec::fixture()
+        .http2_idle_timeout(Duration::from_millis(500))
+        .start();
     let mut c = RawH2::connect(&server.addr()).unwrap();
     c.get(Duration::from_secs(5)).unwrap();
     let (goaway, closed, _) = c.watch(Duration::from_secs(10));
@@ -167,7 +169,9 @@ fn an_idle_http2_connection_gets_a_goaway_and_is_closed() {
 /// HTTP/2 connection busy: it still gets its GOAWAY.
 #[test]
 fn an_http2_client_that_only_pings_still_gets_its_goaway() {
-    let server = Spec::fixture().env("FIXTURE_HTTP2_IDLE_MS", "500").start();
+    let server = Spec::fixture()
+        .http2_idle_timeout(Duration::from_millis(500))
+        .start();
     let mut c = RawH2::connect(&server.addr()).unwrap();
     c.get(Duration::from_secs(5)).unwrap();
     let t = Instant::now();
@@ -193,16 +197,16 @@ fn an_http2_client_that_only_pings_still_gets_its_goaway() {
 /// and not by default.
 #[test]
 fn http2_keep_alive_pings_are_sent_when_asked_for() {
-    for (interval, want) in [(Some("200"), true), (None, false)] {
+    for (interval, want) in [(Some(Duration::from_millis(200)), true), (None, false)] {
         let mut spec = Spec::fixture();
-        if let Some(ms) = interval {
-            spec = spec.env("FIXTURE_HTTP2_KEEP_ALIVE_MS", ms);
+        if let Some(interval) = interval {
+            spec = spec.http2_keep_alive_interval(interval);
         }
         let server = spec.start();
         let mut c = RawH2::connect(&server.addr()).unwrap();
         c.get(Duration::from_secs(5)).unwrap();
         let (_, _, pinged) = c.watch(Duration::from_secs(1));
-        eprintln!("HTTP/2 keep-alive every {interval:?} ms: pinged within 1 s: {pinged}");
+        eprintln!("HTTP/2 keep-alive every {interval:?}: pinged within 1 s: {pinged}");
         assert_eq!(pinged, want, "keep-alive {interval:?}");
     }
 }
@@ -294,7 +298,7 @@ fn closed(s: &mut TcpStream) -> bool {
 /// connection is closed for it; the others stay open.
 #[test]
 fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
-    let server = Spec::fixture().env("FIXTURE_MAX_CONNECTIONS", "4").start();
+    let server = Spec::fixture().max_connections(4).start();
     let addr = server.addr();
     let mut idle: Vec<TcpStream> = (0..4)
         .map(|_| {
@@ -318,7 +322,7 @@ fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
 /// fails.
 #[test]
 fn at_the_connection_cap_with_every_connection_busy_a_new_client_waits() {
-    let server = Spec::fixture().env("FIXTURE_MAX_CONNECTIONS", "4").start();
+    let server = Spec::fixture().max_connections(4).start();
     let addr = server.addr();
     let t = Instant::now();
     let busy: Vec<_> = (0..4)
@@ -343,7 +347,7 @@ fn at_the_connection_cap_with_every_connection_busy_a_new_client_waits() {
 /// closed so that new clients are still served.
 #[test]
 fn when_descriptors_run_out_the_oldest_idle_connections_make_room() {
-    let server = Spec::fixture().env("FIXTURE_NOFILE", "64").start();
+    let server = Spec::fixture().open_files_limit(64).start();
     let addr = server.addr();
     let mut h2 = Vec::new();
     let mut answered = 0;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{get, served_pid, Proc, Spec};
+use support::{get, served_pid, Spec};
 
 fn endlessctl() -> std::path::PathBuf {
     support::binary("endlessctl")
@@ -27,14 +27,6 @@ fn dir() -> tempfile::TempDir {
     )
     .unwrap();
     dir
-}
-
-fn start(socket: &Path, extra: &[(&'static str, String)]) -> Proc {
-    let mut spec = Spec::fixture().env("FIXTURE_CONTROL_SOCKET", socket.display().to_string());
-    for (k, v) in extra {
-        spec = spec.env(k, v.clone());
-    }
-    spec.start()
 }
 
 /// `endlessctl COMMAND SOCKET` as `uid` (this user if `None`): its exit
@@ -65,7 +57,7 @@ fn field<'a>(answer: &'a str, key: &str) -> &'a str {
 fn reload_waits_for_the_new_generation_and_says_what_it_runs() {
     let dir = dir();
     let socket = dir.path().join("control.sock");
-    let server = start(&socket, &[]);
+    let server = Spec::fixture().control_socket(&socket).start();
     let addr = server.addr();
     let (code, answer) = ctl("reload", &socket, None);
     assert_eq!(code, 0, "{answer}\n{}", server.report());
@@ -94,10 +86,10 @@ fn a_failed_reload_is_a_non_zero_exit_with_the_reason() {
     let dir = dir();
     let socket = dir.path().join("control.sock");
     let crash = dir.path().join("crash");
-    let server = start(
-        &socket,
-        &[("FIXTURE_CRASH_FILE", crash.display().to_string())],
-    );
+    let server = Spec::fixture()
+        .control_socket(&socket)
+        .crash_file(&crash)
+        .start();
     let old = server.current().pid;
     std::fs::write(&crash, "").unwrap();
     let (code, answer) = ctl("reload", &socket, None);
@@ -119,7 +111,10 @@ fn a_failed_reload_is_a_non_zero_exit_with_the_reason() {
 fn concurrent_callers_each_get_an_answer() {
     let dir = dir();
     let socket = dir.path().join("control.sock");
-    let server = start(&socket, &[("FIXTURE_START_DELAY_MS", "300".into())]);
+    let server = Spec::fixture()
+        .control_socket(&socket)
+        .start_delay(Duration::from_millis(300))
+        .start();
     let callers: Vec<_> = (0..4)
         .map(|_| {
             let socket = socket.clone();
@@ -143,13 +138,16 @@ fn a_caller_of_another_user_is_refused() {
     let nobody = 65534;
     let dir = dir();
     let socket = dir.path().join("control.sock");
-    let server = start(&socket, &[]);
+    let server = Spec::fixture().control_socket(&socket).start();
     let (code, answer) = ctl("reload", &socket, Some(nobody));
     assert_eq!(code, 2, "{answer}");
     assert!(answer.contains("Permission denied"), "{answer}");
 
     let open = dir.path().join("open.sock");
-    let server2 = start(&open, &[("FIXTURE_CONTROL_MODE", "666".into())]);
+    let server2 = Spec::fixture()
+        .control_socket(&open)
+        .control_socket_mode(0o666)
+        .start();
     let (code, answer) = ctl("reload", &open, Some(nobody));
     assert_eq!((code, answer.as_str()), (1, "error permission denied"));
     assert!(server2
@@ -175,7 +173,7 @@ fn talk(socket: &Path, bytes: &[u8]) -> String {
 fn garbage_gets_an_error_line_and_changes_nothing() {
     let dir = dir();
     let socket: PathBuf = dir.path().join("control.sock");
-    let server = start(&socket, &[]);
+    let server = Spec::fixture().control_socket(&socket).start();
     assert_eq!(
         talk(&socket, b"restart\n"),
         "error unknown command \"restart\" (commands: reload, status)\n"

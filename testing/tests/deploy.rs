@@ -80,7 +80,7 @@ fn a_relative_argv0_follows_the_current_symlink() {
         .bin(layout.current().join("server"))
         .arg0("./server")
         .cwd(layout.current())
-        .env("FIXTURE_CHDIR", "/")
+        .chdir_before_serving("/")
         .start();
     let addr = server.addr();
     let first = server.current().pid;

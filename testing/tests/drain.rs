@@ -75,9 +75,7 @@ fn answered_by_the_draining_generation_then_closed(s: &mut TcpStream, server: &m
 
 #[test]
 fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
-    let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "3000")
-        .start();
+    let mut server = Spec::fixture().stop_timeout(Duration::from_secs(3)).start();
     let old = server.current().pid;
     let mut s = connection_to(&server);
     reload_and_wait_for_the_drain(&server, old);
@@ -106,7 +104,7 @@ fn an_upgrade_on_a_draining_generation_keeps_its_connection_header() {
 #[test]
 fn a_request_arriving_across_the_end_of_the_idle_grace_is_answered() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "10000")
+        .stop_timeout(Duration::from_secs(10))
         .start();
     let old = server.current().pid;
     let mut s = connection_to(&server);
@@ -132,7 +130,7 @@ fn a_request_arriving_across_the_end_of_the_idle_grace_is_answered() {
 #[test]
 fn idle_connections_are_closed_at_the_end_of_the_idle_grace_or_5_s_after_their_last_request() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "20000")
+        .stop_timeout(Duration::from_secs(20))
         .start();
     let old = server.current().pid;
     let mut quiet = connection_to(&server);
@@ -167,7 +165,7 @@ fn idle_connections_are_closed_at_the_end_of_the_idle_grace_or_5_s_after_their_l
 #[test]
 fn a_connection_used_every_1_5_s_is_answered_across_a_reload() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "10000")
+        .stop_timeout(Duration::from_secs(10))
         .start();
     let old = server.current().pid;
     let mut s = connection_to(&server);
@@ -188,9 +186,7 @@ fn a_connection_used_every_1_5_s_is_answered_across_a_reload() {
 /// the deadline with what is left cut off.
 #[test]
 fn a_short_stop_timeout_shortens_the_wait_for_recent_clients() {
-    let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "3000")
-        .start();
+    let mut server = Spec::fixture().stop_timeout(Duration::from_secs(3)).start();
     let old = server.current().pid;
     let mut s = connection_to(&server);
     let drain = reload_and_wait_for_the_drain(&server, old);

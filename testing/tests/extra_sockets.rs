@@ -135,7 +135,7 @@ fn tcp_client(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Tc
 #[test]
 fn udp_tcp_and_a_memfd_are_carried_across_20_reloads_with_nothing_lost() {
     let _heavy = support::heavy();
-    let mut server = Spec::fixture().env("FIXTURE_EXTRAS", "1").start();
+    let mut server = Spec::fixture().extras().start();
     let first = extras(&server);
     assert_eq!(first.len(), 1, "{}", server.report());
     let (udp_addr, tcp_addr) = (first[0].udp.clone(), first[0].tcp.clone());
@@ -202,11 +202,7 @@ fn udp_tcp_and_a_memfd_are_carried_across_20_reloads_with_nothing_lost() {
 
 #[test]
 fn asking_twice_for_one_name_is_an_error_naming_it() {
-    let msg = support::start_error(
-        Spec::fixture()
-            .env("FIXTURE_EXTRAS", "1")
-            .env("FIXTURE_EXTRAS_TWICE", "1"),
-    );
+    let msg = support::start_error(Spec::fixture().extras().extras_twice());
     assert_eq!(msg, "invalid sockets: \"echo-udp\" asked for twice");
 }
 

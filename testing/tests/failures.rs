@@ -16,9 +16,7 @@ fn a_new_generation_that_crashes_leaves_the_old_one_serving() {
     let _heavy = support::heavy();
     let dir = tempfile::tempdir().unwrap();
     let crash = dir.path().join("crash");
-    let mut server = Spec::fixture()
-        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
-        .start();
+    let mut server = Spec::fixture().crash_file(&crash).start();
     let addr = server.addr();
     let old = server.current().pid;
     let rt = load::runtime();
@@ -75,8 +73,8 @@ fn a_new_generation_that_hangs_is_killed_at_the_ready_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let hang = dir.path().join("hang");
     let server = Spec::fixture()
-        .env("FIXTURE_HANG_FILE", hang.to_str().unwrap())
-        .env("FIXTURE_READY_TIMEOUT_MS", "1500")
+        .hang_file(&hang)
+        .ready_timeout(Duration::from_millis(1500))
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -233,7 +231,9 @@ fn wait_for_the_exec(server: &support::Proc, pid: u32) {
 
 #[test]
 fn signals_during_start_up_neither_kill_nor_get_lost() {
-    let mut server = Spec::fixture().env("FIXTURE_START_DELAY_MS", "700").start();
+    let mut server = Spec::fixture()
+        .start_delay(Duration::from_millis(700))
+        .start();
     let gen0 = server.current().pid;
 
     // Reload signals to a generation that has not installed its handlers yet.
@@ -276,7 +276,7 @@ fn file_descriptors_do_not_leak_across_100_reloads() {
     let server = Spec::fixture()
         .arg("127.0.0.1:0")
         .arg("127.0.0.1:0")
-        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
+        .crash_file(&crash)
         .start();
     let addr = server.addr();
     // The FD count of the generation `pid`: right after a reload the old
@@ -340,9 +340,7 @@ fn processes_the_server_spawns_inherit_neither_sockets_nor_a_false_hand_over() {
 /// queued meanwhile, and signals nobody.
 #[test]
 fn the_new_generation_serves_when_the_old_one_dies_during_the_reload() {
-    let mut server = Spec::fixture()
-        .env("FIXTURE_RELOAD_DELAY_MS", "1000")
-        .start();
+    let mut server = Spec::fixture().reload_delay(Duration::from_secs(1)).start();
     let addr = server.addr();
     let old = server.current().pid;
     signal_pid(old, Signal::SIGHUP);
@@ -373,16 +371,16 @@ fn the_new_generation_serves_when_the_old_one_dies_during_the_reload() {
 /// a reload.
 #[test]
 fn huge_durations_do_not_panic() {
-    let max = "max";
+    let max = Duration::MAX;
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", max)
-        .env("FIXTURE_READY_TIMEOUT_MS", max)
-        .env("FIXTURE_HEADER_TIMEOUT_MS", max)
-        .env("FIXTURE_TLS_HANDSHAKE_TIMEOUT_MS", max)
-        .env("FIXTURE_HTTP2_IDLE_MS", max)
-        .env("FIXTURE_HTTP2_KEEP_ALIVE_MS", max)
-        .env("FIXTURE_TCP_KEEPALIVE_MS", max)
-        .env("FIXTURE_MAX_CONNECTIONS", usize::MAX.to_string())
+        .stop_timeout(max)
+        .ready_timeout(max)
+        .header_read_timeout(max)
+        .tls_handshake_timeout(max)
+        .http2_idle_timeout(max)
+        .http2_keep_alive_interval(max)
+        .tcp_keepalive(Some(max))
+        .max_connections(usize::MAX)
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -399,12 +397,12 @@ fn huge_durations_do_not_panic() {
 #[test]
 fn tiny_durations_do_not_panic() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "1")
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "1")
-        .env("FIXTURE_HTTP2_IDLE_MS", "1")
-        .env("FIXTURE_HTTP2_KEEP_ALIVE_MS", "1")
-        .env("FIXTURE_TCP_KEEPALIVE_MS", "1")
-        .env("FIXTURE_MAX_CONNECTIONS", "1")
+        .stop_timeout(Duration::from_millis(1))
+        .header_read_timeout(Duration::from_millis(1))
+        .http2_idle_timeout(Duration::from_millis(1))
+        .http2_keep_alive_interval(Duration::from_millis(1))
+        .tcp_keepalive(Some(Duration::from_millis(1)))
+        .max_connections(1)
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -422,7 +420,7 @@ fn tiny_durations_do_not_panic() {
 #[test]
 fn signals_the_process_sends_itself_are_not_requests() {
     let server = Spec::fixture()
-        .env("FIXTURE_RELOAD_SIGNALS", "SIGPIPE,SIGHUP")
+        .reload_signals(&[Signal::SIGPIPE, Signal::SIGHUP])
         .start();
     let addr = server.addr();
     let pid = server.current().pid;

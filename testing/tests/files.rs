@@ -19,8 +19,8 @@ fn the_pid_file_is_not_redirected_by_a_planted_symlink() {
     // who can write the directory would: at every temporary name the server
     // could predict from its PID.
     let mut server = Spec::fixture()
-        .env("FIXTURE_PID_FILE", pid_file.to_str().unwrap())
-        .env("FIXTURE_START_DELAY_MS", "500")
+        .pid_file(&pid_file)
+        .start_delay(Duration::from_millis(500))
         .spawn();
     let pid = server.first_pid();
     for name in [

@@ -4,21 +4,12 @@
 
 use endless_tests as support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::load::{self, Mode};
+use support::tls::{self, Trust};
 use support::{get, served_pid, signal_pid, Proc, Spec};
-
-const CERT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../src/testdata/localhost_cert.pem"
-);
-const KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../src/testdata/localhost_key.pem"
-);
 
 /// The `MADE pid=P name=N` lines: each time a closure made a listener.
 fn made(server: &Proc) -> Vec<String> {
@@ -152,11 +143,11 @@ fn an_https_listener_the_program_made_is_handed_over_under_load() {
     let rt = load::runtime();
     let server = Spec::fixture()
         .arg("given-tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_CERT", CERT)
-        .env("FIXTURE_TLS_KEY", KEY)
+        .tls(tls::CERT, tls::KEY)
         .start();
     let addr = server.addr();
-    let load = load::start_tls(rt.handle(), &addr, Mode::KeepAlive, 16, "/", https_client());
+    let client = tls::client(Trust::TestCert, &[b"http/1.1"]);
+    let load = load::start_tls(rt.handle(), &addr, Mode::KeepAlive, 16, "/", client);
     reloads_under_load(&server, load, 4);
 }
 
@@ -199,54 +190,4 @@ fn a_closure_that_fails_is_an_error_naming_the_listener() {
         "{msg}"
     );
     assert!(msg.contains("in use"), "{msg}");
-}
-
-/// A client that trusts any certificate (the test's own, self-signed).
-fn https_client() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use support::fixture::UnixPerms;
 use support::{get, get_in_background, served_pid, signal_pid, wait_served_by, Spec};
 
 /// Renames `from` over `to`, as `mv` and `install` do.
@@ -38,7 +39,7 @@ fn a_reload_asked_for_during_one_runs_after_it() {
     install(&support::fixture(), &app);
     let server = Spec::fixture()
         .bin(&app)
-        .env("FIXTURE_RELOAD_DELAY_MS", "500")
+        .reload_delay(Duration::from_millis(500))
         .start();
     let addr = server.addr();
     let first = server.current().pid;
@@ -67,8 +68,8 @@ fn a_release_that_lands_during_start_up_is_picked_up_by_the_watcher() {
     install(&support::fixture(), &app);
     let server = Spec::fixture()
         .bin(&app)
-        .env("FIXTURE_WATCH_BINARY", "1")
-        .env("FIXTURE_RELOAD_DELAY_MS", "1000")
+        .reload_on_binary_change()
+        .reload_delay(Duration::from_secs(1))
         .start();
     let addr = server.addr();
     install(&support::fixture(), &app);
@@ -126,10 +127,7 @@ fn a_deleted_start_directory_is_named_in_the_error() {
 /// the TLS ticket keys.)
 #[test]
 fn a_sidecar_started_first_thing_inherits_nothing() {
-    let server = Spec::fixture()
-        .env("FIXTURE_SIDECAR", "1")
-        .env("FIXTURE_STATE", "1")
-        .start();
+    let server = Spec::fixture().sidecar().state().start();
     let new = server.reload(Signal::SIGHUP).pid;
     let line = server
         .wait_line(Duration::from_secs(10), |l| {
@@ -161,9 +159,9 @@ fn a_sidecar_started_first_thing_inherits_nothing() {
 #[test]
 fn a_stop_during_a_slow_state_callback_is_not_lost() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_STATE", "1")
-        .env("FIXTURE_STATE_DELAY_MS", "1500")
+        .keep_pid()
+        .state()
+        .state_delay(Duration::from_millis(1500))
         .start();
     let pid = server.current().pid;
     let before = server.readies().len();
@@ -186,10 +184,7 @@ fn a_stop_during_a_slow_state_callback_is_not_lost() {
 /// alternating with the temporary generation, until its re-exec.)
 #[test]
 fn keep_pid_carried_sockets_are_left_to_the_temporary_generation() {
-    let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_EXTRAS", "1")
-        .start();
+    let server = Spec::fixture().keep_pid().extras().start();
     let addr = server.addr();
     let line = server
         .wait_line(Duration::from_secs(5), |l| l.starts_with("EXTRAS"))
@@ -240,8 +235,8 @@ fn keep_pid_carried_sockets_are_left_to_the_temporary_generation() {
 #[test]
 fn keep_pid_reaps_the_children_the_old_image_left() {
     let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_PRE_CHILD_MS", "600000")
+        .keep_pid()
+        .pre_child(Duration::from_secs(600))
         .start();
     let pid = server.current().pid;
     // The old image's child (`true`) exited at once: a zombie until waited.
@@ -286,7 +281,7 @@ fn socket_permissions_never_follow_a_symlink_put_at_the_path() {
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
     let server = Spec::fixture()
         .arg(format!("unix:{}", sock.display()))
-        .env("FIXTURE_UNIX_PERMS", "666::")
+        .unix_permissions(UnixPerms::mode(0o666))
         .start();
     std::fs::remove_file(&sock).unwrap();
     std::os::unix::fs::symlink(&victim, &sock).unwrap();
@@ -312,8 +307,8 @@ fn the_watcher_keeps_watching_after_a_rollback() {
     install(&support::fixture(), &app);
     let server = Spec::fixture()
         .bin(&app)
-        .env("FIXTURE_WATCH_BINARY", "1")
-        .env("FIXTURE_PROBATION_MS", "10000")
+        .reload_on_binary_change()
+        .probation(Duration::from_secs(10))
         .start();
     let addr = server.addr();
     let first = server.current().pid;
@@ -335,7 +330,7 @@ fn the_watcher_keeps_watching_after_a_rollback() {
 /// 53 reloads answered before the drain had started.)
 #[test]
 fn a_reload_answered_ok_has_started_the_drain() {
-    let server = Spec::fixture().env("FIXTURE_PROBATION_MS", "0").start();
+    let server = Spec::fixture().probation(Duration::ZERO).start();
     let addr = server.addr();
     for _ in 0..30 {
         let old = server.current().pid;
@@ -358,7 +353,7 @@ fn corrupt_hand_over_variables_crash_nothing() {
         .env("ENDLESS_HANDOVER", "1;parent=999999")
         .env("ENDLESS_FDS", "")
         .env("ENDLESS_GENERATION", u64::MAX.to_string())
-        .env("FIXTURE_PROBATION_MS", "0")
+        .probation(Duration::ZERO)
         .start();
     let addr = server.addr();
     let first = server.current().pid;
@@ -381,11 +376,11 @@ fn a_release_that_lands_during_another_reload_is_not_lost() {
     install(&support::fixture(), &app);
     let server = Spec::fixture()
         .bin(&app)
-        .env("FIXTURE_WATCH_BINARY", "1")
-        .env("FIXTURE_READY_CHECK", "1")
-        .env("FIXTURE_READY_FAIL_FILE", fail.display().to_string())
-        .env("FIXTURE_RELOAD_DELAY_MS", "1500")
-        .env("FIXTURE_PROBATION_MS", "0")
+        .reload_on_binary_change()
+        .ready_check()
+        .ready_fail_file(&fail)
+        .reload_delay(Duration::from_millis(1500))
+        .probation(Duration::ZERO)
         .start();
     let addr = server.addr();
     let first = server.current().pid;

@@ -15,16 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use nix::sys::signal::Signal;
+use support::tls::{self, Trust};
 use support::{signal_pid, Proc, Spec};
-
-const CERT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../src/testdata/localhost_cert.pem"
-);
-const KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../src/testdata/localhost_key.pem"
-);
 
 /// A UDP port nobody uses now.
 fn free_udp_port() -> u16 {
@@ -36,75 +28,19 @@ fn free_udp_port() -> u16 {
 }
 
 /// The fixture serving HTTP/3 on a UDP port (and HTTPS on a TCP one), with
-/// `env` besides.
-fn start(env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+/// the settings `with` adds.
+fn start(with: impl FnOnce(Spec<'static>) -> Spec<'static>) -> (Proc, SocketAddr) {
     let port = free_udp_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut spec = Spec::fixture()
+    let spec = Spec::fixture()
         .arg(format!("h3:{addr}"))
         .arg("tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_CERT", CERT)
-        .env("FIXTURE_TLS_KEY", KEY);
-    for (k, v) in env {
-        spec = spec.env(k, *v);
-    }
-    (spec.start(), addr)
-}
-
-/// Trusts the test's own self-signed certificate.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+        .tls(tls::CERT, tls::KEY);
+    (with(spec).start(), addr)
 }
 
 fn client_endpoint() -> quinn::Endpoint {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
+    let mut tls = tls::builder(Trust::TestCert, &[&rustls::version::TLS13]).with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -256,7 +192,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn ten_reloads_under_http3_load_lose_nothing() {
     let _heavy = support::heavy();
-    let (mut server, addr) = start(&[("FIXTURE_PROBATION_MS", "300")]);
+    let (mut server, addr) = start(|s| s.probation(Duration::from_millis(300)));
     let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
     let running = rt.spawn(load(addr, 8, stop.clone()));
@@ -303,7 +239,7 @@ fn ten_reloads_under_http3_load_lose_nothing() {
 /// which then exits (long before its 20 s stop timeout).
 #[test]
 fn a_long_request_finishes_on_the_old_generation() {
-    let (mut server, addr) = start(&[("FIXTURE_STOP_TIMEOUT_MS", "20000")]);
+    let (mut server, addr) = start(|s| s.stop_timeout(Duration::from_secs(20)));
     let old = server.current().pid;
     let rt = runtime();
     let slow = rt.spawn(async move {
@@ -348,7 +284,7 @@ fn a_new_generation_that_crashes_costs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let crash = dir.path().join("crash");
     std::fs::write(&crash, "").unwrap();
-    let (server, addr) = start(&[("FIXTURE_CRASH_FILE", crash.to_str().unwrap())]);
+    let (server, addr) = start(|s| s.crash_file(&crash));
     let pid = server.current().pid;
     let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
@@ -386,7 +322,7 @@ fn a_new_generation_that_crashes_costs_nothing() {
 #[test]
 fn junk_datagrams_are_dropped_and_cost_nothing() {
     let _heavy = support::heavy();
-    let (server, addr) = start(&[("FIXTURE_PROBATION_MS", "0")]);
+    let (server, addr) = start(|s| s.probation(Duration::ZERO));
     let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
     let running = rt.spawn(load(addr, 4, stop.clone()));
@@ -438,17 +374,11 @@ fn junk_datagrams_are_dropped_and_cost_nothing() {
 #[test]
 fn https_responses_advertise_http3() {
     use std::io::{Read, Write};
-    let (server, addr) = start(&[]);
+    let (server, addr) = start(|s| s);
     let tls_addr = server.current().addrs[0].clone();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
+    let config = tls::client(Trust::TestCert, &[]);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
     let tcp = std::net::TcpStream::connect(&tls_addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -493,7 +423,7 @@ fn wait_h3_served_by(rt: &tokio::runtime::Runtime, addr: SocketAddr, pid: u32, s
 /// HTTP/3 again, new connections included.
 #[test]
 fn after_a_rollback_the_old_generation_serves_http3_again() {
-    let (server, addr) = start(&[("FIXTURE_PROBATION_MS", "8000")]);
+    let (server, addr) = start(|s| s.probation(Duration::from_secs(8)));
     let rt = runtime();
     let old = server.current().pid;
     let new = server.reload(Signal::SIGHUP).pid;
@@ -507,7 +437,7 @@ fn after_a_rollback_the_old_generation_serves_http3_again() {
 /// HTTP/3 again.
 #[test]
 fn keep_pid_serves_http3_again_under_the_same_pid() {
-    let (server, addr) = start(&[("FIXTURE_KEEP_PID", "1")]);
+    let (server, addr) = start(|s| s.keep_pid());
     let rt = runtime();
     let pid = server.current().pid;
     let slow = rt.spawn(async move {
@@ -569,7 +499,7 @@ fn get_in_background(
 /// T still reading; about half the new connections were refused by T.)
 #[test]
 fn keep_pid_a_second_reload_while_the_temporary_generation_drains_refuses_nothing() {
-    let (server, addr) = start(&[("FIXTURE_KEEP_PID", "1")]);
+    let (server, addr) = start(|s| s.keep_pid());
     let rt = runtime();
     let pid = server.current().pid;
     // A holds P's drain; B, on a new connection once T serves, holds T's.
@@ -622,10 +552,9 @@ fn a_release_without_http3_leaves_the_old_generation_reading() {
     let server = Spec::fixture()
         .arg("tls:127.0.0.1:0")
         .arg(format!("h3:{addr}"))
-        .env("FIXTURE_TLS_CERT", CERT)
-        .env("FIXTURE_TLS_KEY", KEY)
-        .env("FIXTURE_ONLY_FIRST_FILE", only_first.to_str().unwrap())
-        .env("FIXTURE_STOP_TIMEOUT_MS", "30000")
+        .tls(tls::CERT, tls::KEY)
+        .only_first_file(&only_first)
+        .stop_timeout(Duration::from_secs(30))
         .start();
     let old = server.current().pid;
     let rt = runtime();
@@ -666,10 +595,9 @@ fn keep_pid_a_failed_re_exec_leaves_one_generation_reading() {
         .cwd(&cwd)
         .arg(format!("h3:{addr}"))
         .arg("tls:127.0.0.1:0")
-        .env("FIXTURE_TLS_CERT", CERT)
-        .env("FIXTURE_TLS_KEY", KEY)
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_STOP_TIMEOUT_MS", "30000")
+        .tls(tls::CERT, tls::KEY)
+        .keep_pid()
+        .stop_timeout(Duration::from_secs(30))
         .start();
     let rt = runtime();
     let pid = server.current().pid;
@@ -708,10 +636,7 @@ fn keep_pid_a_failed_re_exec_leaves_one_generation_reading() {
 /// that might fail, lets go of it once the re-exec is off).
 #[test]
 fn keep_pid_a_stop_during_the_reload_lets_both_generations_exit_soon() {
-    let (mut server, addr) = start(&[
-        ("FIXTURE_KEEP_PID", "1"),
-        ("FIXTURE_STOP_TIMEOUT_MS", "30000"),
-    ]);
+    let (mut server, addr) = start(|s| s.keep_pid().stop_timeout(Duration::from_secs(30)));
     let rt = runtime();
     let pid = server.current().pid;
     let slow = get_in_background(&rt, addr, "/sleep/1500");
@@ -750,7 +675,7 @@ fn keep_pid_a_stop_during_the_reload_lets_both_generations_exit_soon() {
 #[ignore]
 fn bench_fifty_reloads() {
     let _heavy = support::heavy();
-    let (server, addr) = start(&[("FIXTURE_LOG", "warn")]);
+    let (server, addr) = start(|s| s.log("warn"));
     let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
     let running = rt.spawn(load(addr, 8, stop.clone()));

@@ -1,5 +1,5 @@
 //! hyper's HTTP/1 and HTTP/2 settings set on the `Server` (the fixture's
-//! `FIXTURE_HTTP`), seen by real clients of a real process, before and
+//! `Spec::http_settings`), seen by real clients of a real process, before and
 //! after a reload; and a bad one refused by `run`, naming it.
 
 use endless_tests as support;
@@ -100,7 +100,7 @@ fn http2_clients_see_the_max_concurrent_streams_set_before_and_after_a_reload() 
     drop(control);
 
     let server = Spec::fixture()
-        .env("FIXTURE_HTTP", "http2_max_concurrent_streams=2")
+        .http_settings("http2_max_concurrent_streams=2")
         .start();
     let addr = server.addr();
     let (max, took) = h2_streams(&addr, 6, 400);
@@ -125,9 +125,7 @@ fn http2_clients_see_the_max_concurrent_streams_set_before_and_after_a_reload() 
 #[test]
 fn http1_requests_with_too_many_headers_get_431_before_and_after_a_reload() {
     // 8 in all: Host, Connection and 6 of ours.
-    let server = Spec::fixture()
-        .env("FIXTURE_HTTP", "http1_max_headers=8")
-        .start();
+    let server = Spec::fixture().http_settings("http1_max_headers=8").start();
     let addr = server.addr();
     let check = |when: &str| {
         let ok = exchange(&addr, &with_headers(6));
@@ -145,7 +143,7 @@ fn http1_requests_with_too_many_headers_get_431_before_and_after_a_reload() {
 #[test]
 fn http1_heads_longer_than_the_buffer_get_431() {
     let server = Spec::fixture()
-        .env("FIXTURE_HTTP", "http1_max_buf_size=8192")
+        .http_settings("http1_max_buf_size=8192")
         .start();
     let addr = server.addr();
     let long = |n: usize| {
@@ -169,7 +167,7 @@ fn http1_heads_longer_than_the_buffer_get_431() {
 #[test]
 fn http1_keep_alive_off_closes_after_each_response() {
     let server = Spec::fixture()
-        .env("FIXTURE_HTTP", "http1_keep_alive=false")
+        .http_settings("http1_keep_alive=false")
         .start();
     let t = Instant::now();
     let answer = exchange(&server.addr(), "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -194,7 +192,7 @@ fn a_setting_out_of_range_is_an_error_naming_it() {
             "http2_adaptive_window",
         ),
     ] {
-        let msg = start_error(Spec::fixture().env("FIXTURE_HTTP", setting));
+        let msg = start_error(Spec::fixture().http_settings(setting));
         assert!(msg.contains(name), "{setting}: {msg}");
     }
 }

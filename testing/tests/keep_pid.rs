@@ -45,7 +45,7 @@ fn exe_of(pid: u32) -> String {
 #[test]
 fn five_reloads_under_load_keep_the_pid_and_lose_nothing() {
     let _heavy = support::heavy();
-    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let mut server = Spec::fixture().keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
     let rt = load::runtime();
@@ -86,10 +86,7 @@ fn the_new_binary_runs_under_the_old_pid() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app");
     std::fs::copy(support::fixture(), &app).unwrap();
-    let server = Spec::fixture()
-        .bin(&app)
-        .env("FIXTURE_KEEP_PID", "1")
-        .start();
+    let server = Spec::fixture().bin(&app).keep_pid().start();
     let pid = server.current().pid;
     assert_eq!(exe_of(pid), app.to_string_lossy());
 
@@ -129,10 +126,7 @@ fn a_failed_re_exec_leaves_the_pid_and_the_service_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path().join("release");
     std::fs::create_dir(&cwd).unwrap();
-    let mut server = Spec::fixture()
-        .cwd(&cwd)
-        .env("FIXTURE_KEEP_PID", "1")
-        .start();
+    let mut server = Spec::fixture().cwd(&cwd).keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
 
@@ -190,10 +184,7 @@ fn the_re_exec_runs_exactly_the_file_the_temporary_generation_ran() {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app");
     std::fs::copy(support::fixture(), &app).unwrap();
-    let server = Spec::fixture()
-        .bin(&app)
-        .env("FIXTURE_KEEP_PID", "1")
-        .start();
+    let server = Spec::fixture().bin(&app).keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
     // v2, a good release, is installed; the reload starts it as the
@@ -236,11 +227,7 @@ fn a_new_address_in_use_fails_the_reload_before_the_re_exec() {
     let flag = dir.path().join("extra");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let extra = taken.local_addr().unwrap().to_string();
-    let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_EXTRA_ADDR", &extra)
-        .env("FIXTURE_EXTRA_ADDR_FILE", flag.display().to_string())
-        .start();
+    let server = Spec::fixture().keep_pid().extra_addr(&extra, &flag).start();
     let addr = server.addr();
     let pid = server.current().pid;
     std::fs::write(&flag, "").unwrap();
@@ -263,9 +250,9 @@ fn a_re_executed_image_that_fails_leaves_the_temporary_generation_serving() {
     let crash = dir.path().join("crash");
     let pid_file = dir.path().join("app.pid");
     let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_CRASH_FILE", crash.display().to_string())
-        .env("FIXTURE_PID_FILE", pid_file.display().to_string())
+        .keep_pid()
+        .crash_file(&crash)
+        .pid_file(&pid_file)
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
@@ -294,8 +281,8 @@ fn a_re_executed_image_that_fails_leaves_the_temporary_generation_serving() {
 #[test]
 fn signals_during_the_re_exec_neither_kill_nor_get_lost() {
     let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_START_DELAY_MS", "300")
+        .keep_pid()
+        .start_delay(Duration::from_millis(300))
         .start();
     let pid = server.current().pid;
     let before = server.readies().len();
@@ -341,11 +328,7 @@ fn a_new_address_is_served_by_the_original_pid() {
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("extra");
     let extra = format!("127.0.0.1:{}", free_port());
-    let mut server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_EXTRA_ADDR", &extra)
-        .env("FIXTURE_EXTRA_ADDR_FILE", flag.display().to_string())
-        .start();
+    let mut server = Spec::fixture().keep_pid().extra_addr(&extra, &flag).start();
     let addr = server.addr();
     let pid = server.current().pid;
     std::fs::write(&flag, "").unwrap();
@@ -366,8 +349,8 @@ fn a_new_address_is_served_by_the_original_pid() {
 #[test]
 fn children_of_the_program_are_not_reaped_by_the_re_exec() {
     let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_PRE_CHILD_MS", "2500")
+        .keep_pid()
+        .pre_child(Duration::from_millis(2500))
         .start();
     let pid = server.current().pid;
     keep_pid_reload(&server, pid);
@@ -390,7 +373,7 @@ fn children_of_the_program_are_not_reaped_by_the_re_exec() {
 /// refuses a connection.
 #[test]
 fn a_temporary_generation_serves_on_when_its_parent_is_gone() {
-    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let mut server = Spec::fixture().keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
     // Keeps the original PID draining (not yet re-executed).
@@ -416,8 +399,8 @@ fn a_temporary_generation_serves_on_when_its_parent_is_gone() {
 #[test]
 fn a_stop_during_a_keep_pid_reload_keeps_the_deadline() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_STOP_TIMEOUT_MS", "3000")
+        .keep_pid()
+        .stop_timeout(Duration::from_secs(3))
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
@@ -468,7 +451,7 @@ fn a_stop_during_a_keep_pid_reload_keeps_the_deadline() {
 /// a container, its exit would kill everything else.)
 #[test]
 fn a_stop_during_a_keep_pid_reload_outlives_the_temporary_generation() {
-    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let mut server = Spec::fixture().keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
     // Keeps the original PID draining (not yet re-executed).
@@ -503,9 +486,9 @@ fn a_reload_on_the_control_socket_is_answered_and_re_executes_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("control.sock");
     let server = Spec::fixture()
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_CONTROL_SOCKET", socket.display().to_string())
-        .env("FIXTURE_STOP_TIMEOUT_MS", "20000")
+        .keep_pid()
+        .control_socket(&socket)
+        .stop_timeout(Duration::from_secs(20))
         .start();
     let pid = server.current().pid;
     let before = server.readies().len();
@@ -545,7 +528,7 @@ fn a_reload_on_the_control_socket_is_answered_and_re_executes_at_once() {
 /// warning, and the newer release never ran.)
 #[test]
 fn a_reload_signal_during_the_drain_before_the_re_exec_runs_after_it() {
-    let server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let server = Spec::fixture().keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
     // Keeps the original PID draining for a while.
@@ -580,7 +563,7 @@ fn keep_pid_reload_started(server: &Proc, pid: u32) -> u32 {
 /// behind.)
 #[test]
 fn a_stop_after_a_keep_pid_reload_outlives_the_draining_temporary_generation() {
-    let mut server = Spec::fixture().env("FIXTURE_KEEP_PID", "1").start();
+    let mut server = Spec::fixture().keep_pid().start();
     let addr = server.addr();
     let pid = server.current().pid;
     // Keeps the original PID draining long enough for a request to reach

@@ -117,8 +117,8 @@ fn the_pid_file_follows_the_serving_generation_and_goes_at_the_final_stop() {
     let pid_file = dir.path().join("app.pid");
     let crash = dir.path().join("crash");
     let mut server = Spec::fixture()
-        .env("FIXTURE_PID_FILE", pid_file.to_str().unwrap())
-        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
+        .pid_file(&pid_file)
+        .crash_file(&crash)
         .start();
     let read = || std::fs::read_to_string(&pid_file).unwrap();
     let gen0 = server.current().pid;
@@ -150,7 +150,7 @@ fn a_bad_pid_file_path_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("missing-dir").join("app.pid");
     assert_eq!(
-        start_error(Spec::fixture().env("FIXTURE_PID_FILE", path.to_str().unwrap())),
+        start_error(Spec::fixture().pid_file(&path)),
         format!(
             "cannot write the PID file {}: No such file or directory (os error 2)",
             path.display()

@@ -52,8 +52,8 @@ fn a_failed_new_generation_says_why() {
     let bad_addr = dir.path().join("bad-addr");
     let panic = dir.path().join("panic");
     let server = Spec::fixture()
-        .env("FIXTURE_BAD_ADDR_FILE", bad_addr.display().to_string())
-        .env("FIXTURE_PANIC_FILE", panic.display().to_string())
+        .bad_addr_file(&bad_addr)
+        .panic_file(&panic)
         .start();
     let addr = server.addr();
 
@@ -91,7 +91,7 @@ fn a_failed_new_generation_says_why() {
 /// then exits at once; the drain saw the reload succeed.
 #[test]
 fn a_long_poll_answers_early_when_the_drain_starts() {
-    let mut server = Spec::fixture().env("FIXTURE_DRAIN_SPREAD_MS", "0").start();
+    let mut server = Spec::fixture().drain_notice_spread(Duration::ZERO).start();
     let addr = server.addr();
     let old = server.current().pid;
     let poll = get_in_background(&addr, "/drain-wait");
@@ -125,10 +125,8 @@ fn a_long_poll_answers_early_when_the_drain_starts() {
 /// once would reconnect at once.
 #[test]
 fn the_drain_notice_is_spread_over_its_window() {
-    let spreads = |window_ms: &str, path: &'static str| -> Duration {
-        let server = Spec::fixture()
-            .env("FIXTURE_DRAIN_SPREAD_MS", window_ms)
-            .start();
+    let spreads = |window: Duration, path: &'static str| -> Duration {
+        let server = Spec::fixture().drain_notice_spread(window).start();
         let addr = server.addr();
         let polls: Vec<_> = (0..40)
             .map(|_| {
@@ -152,11 +150,11 @@ fn the_drain_notice_is_spread_over_its_window() {
         );
         last - first
     };
-    let spread = spreads("1500", "/drain-wait");
-    let at_once = spreads("0", "/drain-wait");
+    let spread = spreads(Duration::from_millis(1500), "/drain-wait");
+    let at_once = spreads(Duration::ZERO, "/drain-wait");
     // A future made afresh on every turn of a loop still wakes within the
     // window: its moment counts from the start of the drain.
-    let in_a_loop = spreads("1500", "/drain-wait-loop");
+    let in_a_loop = spreads(Duration::from_millis(1500), "/drain-wait-loop");
     eprintln!(
         "40 waiters: spread over {spread:?} with a 1.5 s window ({in_a_loop:?} in a loop), {at_once:?} with none"
     );

@@ -99,7 +99,7 @@ fn die_and_resume(
 
 fn deaths_under(mode: Mode) {
     let _heavy = support::heavy();
-    let server = Spec::fixture().env("FIXTURE_PROBATION_MS", "4000").start();
+    let server = Spec::fixture().probation(Duration::from_secs(4)).start();
     let first = server.current().pid;
     let mut resumes = Vec::new();
     let mut failed = 0;
@@ -144,7 +144,9 @@ fn a_successor_that_dies_within_probation_is_replaced_under_connection_close_loa
 /// then leaves nothing serving (a process manager restarts the program).
 #[test]
 fn a_successor_that_dies_after_probation_is_not_replaced() {
-    let mut server = Spec::fixture().env("FIXTURE_PROBATION_MS", "300").start();
+    let mut server = Spec::fixture()
+        .probation(Duration::from_millis(300))
+        .start();
     let addr = server.addr();
     let old = server.current().pid;
     let new = server.reload(Signal::SIGHUP).pid;
@@ -165,7 +167,7 @@ fn a_successor_that_dies_after_probation_is_not_replaced() {
 /// predecessor.
 #[test]
 fn probation_follows_a_chain_of_quick_reloads() {
-    let mut server = Spec::fixture().env("FIXTURE_PROBATION_MS", "5000").start();
+    let mut server = Spec::fixture().probation(Duration::from_secs(5)).start();
     let addr = server.addr();
     let a = server.current().pid;
     let b = server.reload(Signal::SIGHUP).pid;
@@ -185,7 +187,7 @@ fn probation_follows_a_chain_of_quick_reloads() {
 /// old one exits after it.
 #[test]
 fn a_stop_during_probation_stops_both_and_waits_for_the_new_one() {
-    let mut server = Spec::fixture().env("FIXTURE_PROBATION_MS", "8000").start();
+    let mut server = Spec::fixture().probation(Duration::from_secs(8)).start();
     let addr = server.addr();
     let old = server.current().pid;
     let new = server.reload(Signal::SIGHUP).pid;
@@ -211,7 +213,7 @@ fn a_stop_during_probation_stops_both_and_waits_for_the_new_one() {
 /// old one does not serve again.
 #[test]
 fn a_successor_stopped_during_probation_is_not_replaced() {
-    let mut server = Spec::fixture().env("FIXTURE_PROBATION_MS", "8000").start();
+    let mut server = Spec::fixture().probation(Duration::from_secs(8)).start();
     let addr = server.addr();
     let old = server.current().pid;
     let new = server.reload(Signal::SIGHUP).pid;
@@ -258,8 +260,8 @@ fn counters_and_the_pid_file_follow_the_serving_generation() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("app.pid");
     let server = Spec::fixture()
-        .env("FIXTURE_PROBATION_MS", "1500")
-        .env("FIXTURE_PID_FILE", pid_file.display().to_string())
+        .probation(Duration::from_millis(1500))
+        .pid_file(&pid_file)
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -313,8 +315,8 @@ fn counters_and_the_pid_file_follow_the_serving_generation() {
 #[test]
 fn carried_sockets_are_served_again_after_a_rollback() {
     let server = Spec::fixture()
-        .env("FIXTURE_PROBATION_MS", "5000")
-        .env("FIXTURE_EXTRAS", "1")
+        .probation(Duration::from_secs(5))
+        .extras()
         .start();
     let line = server
         .wait_line(Duration::from_secs(5), |l| l.starts_with("EXTRAS"))
@@ -353,7 +355,7 @@ fn carried_sockets_are_served_again_after_a_rollback() {
 /// finishes. (The new generation counted it twice, and cut the request.)
 #[test]
 fn a_stop_that_arrives_both_ways_is_one_request() {
-    let mut server = Spec::fixture().env("FIXTURE_PROBATION_MS", "8000").start();
+    let mut server = Spec::fixture().probation(Duration::from_secs(8)).start();
     let addr = server.addr();
     let old = server.current().pid;
     let new = server.reload(Signal::SIGHUP).pid;

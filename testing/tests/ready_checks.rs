@@ -17,10 +17,7 @@ fn a_failing_ready_check_fails_the_reload_with_its_reason_and_costs_nothing() {
     let _heavy = support::heavy();
     let dir = tempfile::tempdir().unwrap();
     let fail = dir.path().join("fail");
-    let server = Spec::fixture()
-        .env("FIXTURE_READY_CHECK", "1")
-        .env("FIXTURE_READY_FAIL_FILE", fail.display().to_string())
-        .start();
+    let server = Spec::fixture().ready_check().ready_fail_file(&fail).start();
     let addr = server.addr();
     let old = server.current().pid;
     let rt = load::runtime();
@@ -67,8 +64,8 @@ fn an_unhealthy_release_fails_its_probe_and_never_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let unhealthy = dir.path().join("unhealthy");
     let server = Spec::fixture()
-        .env("FIXTURE_READY_PROBE", "1")
-        .env("FIXTURE_UNHEALTHY_FILE", unhealthy.display().to_string())
+        .ready_probe()
+        .unhealthy_file(&unhealthy)
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -94,11 +91,7 @@ fn a_first_generation_that_fails_its_checks_does_not_serve() {
     let dir = tempfile::tempdir().unwrap();
     let fail = dir.path().join("fail");
     std::fs::write(&fail, "").unwrap();
-    let msg = support::start_error(
-        Spec::fixture()
-            .env("FIXTURE_READY_CHECK", "1")
-            .env("FIXTURE_READY_FAIL_FILE", fail.display().to_string()),
-    );
+    let msg = support::start_error(Spec::fixture().ready_check().ready_fail_file(&fail));
     assert_eq!(msg, "ready check 1 failed: database unreachable");
 }
 
@@ -109,9 +102,7 @@ fn a_first_generation_that_fails_its_checks_does_not_serve() {
 fn a_new_generation_that_gives_up_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let give_up = dir.path().join("give-up");
-    let server = Spec::fixture()
-        .env("FIXTURE_GIVE_UP_FILE", give_up.display().to_string())
-        .start();
+    let server = Spec::fixture().give_up_file(&give_up).start();
     let addr = server.addr();
     std::fs::write(&give_up, "").unwrap();
     let (status, body) = get(&addr, "/reload").unwrap();
@@ -128,9 +119,7 @@ fn a_new_generation_that_gives_up_says_why() {
 fn a_silent_death_is_reported_with_its_signal() {
     let dir = tempfile::tempdir().unwrap();
     let hang = dir.path().join("hang");
-    let server = Spec::fixture()
-        .env("FIXTURE_HANG_FILE", hang.display().to_string())
-        .start();
+    let server = Spec::fixture().hang_file(&hang).start();
     let addr = server.addr();
     let old = server.current().pid;
     std::fs::write(&hang, "").unwrap();

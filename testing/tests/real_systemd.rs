@@ -17,7 +17,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use support::load::{self, Mode};
 use support::systemd::{free_port, namespaces_unavailable, skip, Systemd, Unit};
-use support::{get, get_in_background, signal_pid, wait_served_by, Spec};
+use support::{fixture, get, get_in_background, signal_pid, wait_served_by, Spec};
 
 const HELLO: &str = "endless-hello.service";
 const ACTIVATED: &str = "endless-hello-activated.service";
@@ -393,9 +393,10 @@ fn a_successor_killed_during_probation_leaves_the_unit_active_on_the_old_generat
     let _heavy = support::heavy();
     let port = free_port();
     let mut unit = Unit::shipped(HELLO, port);
+    let probation = fixture::PROBATION.assignment(Duration::from_secs(8));
     unit.text = unit.text.replace(
         "[Service]\n",
-        "[Service]\nEnvironment=FIXTURE_PROBATION_MS=8000\n",
+        &format!("[Service]\nEnvironment={probation}\n"),
     );
     let Some(sd) = Systemd::boot(&[unit], &[HELLO], &support::fixture()) else {
         return;
@@ -452,12 +453,16 @@ fn status_watchdog_and_a_drain_longer_than_the_stop_timeout() {
     let _heavy = support::heavy();
     let port = free_port();
     let mut unit = Unit::shipped(HELLO, port);
+    let stop_timeout = fixture::STOP_TIMEOUT.assignment(Duration::from_secs(10));
+    let probation = fixture::PROBATION.assignment(Duration::from_millis(500));
     unit.text = unit
         .text
         .replace("TimeoutStopSec=30", "TimeoutStopSec=2")
         .replace(
             "[Service]\n",
-            "[Service]\nWatchdogSec=1\nEnvironment=FIXTURE_STOP_TIMEOUT_MS=10000\nEnvironment=FIXTURE_PROBATION_MS=500\n",
+            &format!(
+                "[Service]\nWatchdogSec=1\nEnvironment={stop_timeout}\nEnvironment={probation}\n"
+            ),
         );
     let Some(sd) = Systemd::boot(&[unit], &[HELLO], &support::fixture()) else {
         return;
@@ -533,7 +538,7 @@ fn pid_1_of_its_namespace_reloads_reaps_and_exits_cleanly() {
         .arg("--pid")
         .arg("--mount-proc")
         .arg(support::fixture().to_str().unwrap())
-        .env("FIXTURE_KEEP_PID", "1")
+        .keep_pid()
         .start();
     assert_eq!(server.current().pid, 1, "{}", server.report());
     let addr = server.addr();

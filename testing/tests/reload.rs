@@ -197,7 +197,7 @@ fn an_inherited_socket_that_is_no_longer_registered_is_closed() {
     let mut server = Spec::fixture()
         .arg("127.0.0.1:0")
         .arg("127.0.0.1:0")
-        .env("FIXTURE_ONLY_FIRST_FILE", only_first.to_str().unwrap())
+        .only_first_file(&only_first)
         .start();
     let old = server.current();
     std::fs::write(&only_first, "").unwrap();

@@ -9,10 +9,10 @@ use endless_tests as support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use support::tls::{self, Trust};
 use support::{signal_pid, Spec};
 
 /// What a slow reader got: body bytes before EOF (or an error), out of the
@@ -90,7 +90,7 @@ impl<T: Read + Write> ReadWrite for T {}
 /// response takes eight times the timeout to reach the client.
 const BIG: usize = 8_000_000;
 const RATE: usize = 2_000_000;
-const TIMEOUT_MS: &str = "500";
+const TIMEOUT: Duration = Duration::from_millis(500);
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn assert_whole(what: &str, r: &SlowRead) {
@@ -105,9 +105,7 @@ fn assert_whole(what: &str, r: &SlowRead) {
 
 #[test]
 fn a_slow_reader_gets_every_byte_of_a_large_response() {
-    let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
-        .start();
+    let server = Spec::fixture().header_read_timeout(TIMEOUT).start();
     let mut s = TcpStream::connect(server.addr()).unwrap();
     small_receive_buffer(&s);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -117,100 +115,19 @@ fn a_slow_reader_gets_every_byte_of_a_large_response() {
 
 #[test]
 fn a_slow_reader_gets_every_byte_of_a_large_response_over_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, include_str!("../../src/testdata/localhost_cert.pem")).unwrap();
-    std::fs::write(&key, include_str!("../../src/testdata/localhost_key.pem")).unwrap();
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
-        .env("FIXTURE_TLS_CERT", cert.to_str().unwrap())
-        .env("FIXTURE_TLS_KEY", key.to_str().unwrap())
+        .header_read_timeout(TIMEOUT)
+        .tls(tls::CERT, tls::KEY)
         .arg("tls:127.0.0.1:0")
         .start();
     let tcp = TcpStream::connect(server.addr()).unwrap();
     small_receive_buffer(&tcp);
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let conn =
-        rustls::ClientConnection::new(https_client(), "localhost".try_into().unwrap()).unwrap();
+    let client = tls::client(Trust::TestCert, &[b"http/1.1"]);
+    let conn = rustls::ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp);
     let r = read_slowly(&mut s, BIG, RATE, LIMIT);
     assert_whole("endless over HTTPS", &r);
-}
-
-/// A client that trusts exactly the test certificate (`src/testdata`, a
-/// self-signed one, which webpki will not take as a root), HTTP/1.1.
-fn https_client() -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let pem = include_bytes!("../../src/testdata/localhost_cert.pem");
-    let cert = CertificateDer::from_pem_slice(pem).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { cert, provider }))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// Accepts the one certificate it holds, and no other.
-#[derive(Debug)]
-struct Pinned {
-    cert: rustls::pki_types::CertificateDer<'static>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("not the test certificate".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// The same scenario against plain hyper-util with hyper's own header read
@@ -269,7 +186,7 @@ fn a_head_dribbled_after_a_chunked_request_is_cut_by_the_header_read_timeout() {
 
 fn dribble_after(request: &[u8]) {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "1000")
+        .header_read_timeout(Duration::from_secs(1))
         .start();
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -328,9 +245,7 @@ fn dribble_after(request: &[u8]) {
 /// exited at the stop timeout, 8.0 s after the drain started.
 #[test]
 fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
-    let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "8000")
-        .start();
+    let mut server = Spec::fixture().stop_timeout(Duration::from_secs(8)).start();
     let old = server.current().pid;
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
@@ -378,8 +293,8 @@ fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
 #[test]
 fn a_slow_http2_reader_gets_every_byte_of_a_large_response() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", TIMEOUT_MS)
-        .env("FIXTURE_HTTP2_IDLE_MS", TIMEOUT_MS)
+        .header_read_timeout(TIMEOUT)
+        .http2_idle_timeout(TIMEOUT)
         .start();
     let addr = server.addr();
     let rt = support::load::runtime();

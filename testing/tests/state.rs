@@ -41,7 +41,7 @@ fn state_of(server: &Proc, pid: u32) -> (String, u64) {
 
 #[test]
 fn a_counter_survives_five_reloads() {
-    let server = Spec::fixture().env("FIXTURE_STATE", "1").start();
+    let server = Spec::fixture().state().start();
     assert_eq!(
         state(&server),
         ("none".into(), 1),
@@ -65,10 +65,7 @@ fn a_counter_survives_five_reloads() {
 
 #[test]
 fn a_keep_pid_reload_hands_the_state_to_the_re_executed_image() {
-    let server = Spec::fixture()
-        .env("FIXTURE_STATE", "1")
-        .env("FIXTURE_KEEP_PID", "1")
-        .start();
+    let server = Spec::fixture().state().keep_pid().start();
     let pid = server.current().pid;
     for n in 1..=2u64 {
         let before = server.readies().len();
@@ -98,9 +95,9 @@ fn an_oversize_or_failing_state_costs_the_state_not_the_reload() {
     let oversize = dir.path().join("oversize");
     let panics = dir.path().join("panic");
     let server = Spec::fixture()
-        .env("FIXTURE_STATE", "1")
-        .env("FIXTURE_STATE_OVERSIZE_FILE", oversize.to_str().unwrap())
-        .env("FIXTURE_STATE_PANIC_FILE", panics.to_str().unwrap())
+        .state()
+        .state_oversize_file(&oversize)
+        .state_panic_file(&panics)
         .start();
 
     std::fs::write(&oversize, "").unwrap();
@@ -131,7 +128,7 @@ fn an_oversize_or_failing_state_costs_the_state_not_the_reload() {
 
 #[test]
 fn processes_that_handlers_spawn_inherit_no_state() {
-    let mut server = Spec::fixture().env("FIXTURE_STATE", "1").start();
+    let mut server = Spec::fixture().state().start();
     // What a spawned process inherits anyway (from the test harness, say).
     let (_, before) = get(&server.addr(), "/spawn-fds").unwrap();
     assert!(before.ends_with(" state=none\n"), "{before}");

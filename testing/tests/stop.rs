@@ -125,7 +125,7 @@ fn a_second_stop_signal_cuts_a_drain_after_a_reload_short() {
 #[test]
 fn the_stop_timeout_cuts_off_a_request_that_is_too_slow() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "700")
+        .stop_timeout(Duration::from_millis(700))
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
@@ -148,7 +148,7 @@ fn the_stop_timeout_cuts_off_a_request_that_is_too_slow() {
 #[test]
 fn the_stop_timeout_cuts_off_a_request_that_is_too_slow_on_reload() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "700")
+        .stop_timeout(Duration::from_millis(700))
         .start();
     let addr = server.addr();
     let old = server.current().pid;
@@ -163,7 +163,7 @@ fn the_stop_timeout_cuts_off_a_request_that_is_too_slow_on_reload() {
 #[test]
 fn upgraded_connections_are_tracked_and_cut_at_the_deadline() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "1500")
+        .stop_timeout(Duration::from_millis(1500))
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
@@ -215,7 +215,7 @@ fn upgraded_connections_are_tracked_and_cut_at_the_deadline() {
 #[test]
 fn a_never_ending_body_is_cut_at_the_deadline() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_STOP_TIMEOUT_MS", "800")
+        .stop_timeout(Duration::from_millis(800))
         .start();
     let addr = server.addr();
     let pid = server.current().pid;
@@ -239,7 +239,7 @@ fn a_never_ending_body_is_cut_at_the_deadline() {
 #[test]
 fn a_silent_client_is_dropped_by_the_header_read_timeout() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .header_read_timeout(Duration::from_millis(400))
         .start();
     let addr = server.addr();
     let mut silent = TcpStream::connect(&addr).unwrap();
@@ -264,7 +264,7 @@ fn a_silent_client_is_dropped_by_the_header_read_timeout() {
 #[test]
 fn a_client_that_stalls_in_a_request_head_is_dropped_by_the_header_read_timeout() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .header_read_timeout(Duration::from_millis(400))
         .start();
     let addr = server.addr();
     let connect = || {
@@ -304,7 +304,7 @@ fn a_client_that_stalls_in_a_request_head_is_dropped_by_the_header_read_timeout(
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .header_read_timeout(Duration::from_millis(400))
         .start();
     let addr = server.addr();
     let mut idle = TcpStream::connect(&addr).unwrap();
@@ -331,7 +331,7 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
 #[test]
 fn the_header_read_timeout_spares_requests_in_progress_and_upgraded_connections() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "300")
+        .header_read_timeout(Duration::from_millis(300))
         .start();
     let addr = server.addr();
     let connect = || {
@@ -387,7 +387,7 @@ fn the_header_read_timeout_spares_requests_in_progress_and_upgraded_connections(
 #[test]
 fn the_header_read_timeout_counts_from_the_end_of_the_response() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "400")
+        .header_read_timeout(Duration::from_millis(400))
         .start();
     for round in 0..3 {
         let mut s = TcpStream::connect(server.addr()).unwrap();
@@ -435,7 +435,7 @@ fn read_until(s: &mut TcpStream, end: &str) -> std::io::Result<String> {
 #[test]
 fn the_header_read_timeout_spares_an_upload_that_goes_on_after_its_response() {
     let server = Spec::fixture()
-        .env("FIXTURE_HEADER_TIMEOUT_MS", "300")
+        .header_read_timeout(Duration::from_millis(300))
         .start();
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -518,25 +518,25 @@ fn handle_shutdown_from_a_handler_stops_gracefully() {
 fn bad_configuration_is_an_error_naming_the_culprit() {
     let cases: Vec<(Spec, String)> = vec![
         (
-            Spec::fixture().env("FIXTURE_RELOAD_SIGNALS", "SIGKILL"),
+            Spec::fixture().reload_signals(&[Signal::SIGKILL]),
             "signal SIGKILL: cannot be caught".into(),
         ),
         (
-            Spec::fixture().env("FIXTURE_STOP_SIGNALS", "SIGSTOP"),
+            Spec::fixture().stop_signals(&[Signal::SIGSTOP]),
             "signal SIGSTOP: cannot be caught".into(),
         ),
         (
             Spec::fixture()
-                .env("FIXTURE_RELOAD_SIGNALS", "SIGHUP")
-                .env("FIXTURE_STOP_SIGNALS", "SIGINT,SIGHUP"),
+                .reload_signals(&[Signal::SIGHUP])
+                .stop_signals(&[Signal::SIGINT, Signal::SIGHUP]),
             "signal SIGHUP: is both a reload and a stop signal".into(),
         ),
         (
-            Spec::fixture().env("FIXTURE_STOP_TIMEOUT_MS", "0"),
+            Spec::fixture().stop_timeout(Duration::ZERO),
             "invalid stop_timeout: must be greater than zero".into(),
         ),
         (
-            Spec::fixture().env("FIXTURE_READY_TIMEOUT_MS", "0"),
+            Spec::fixture().ready_timeout(Duration::ZERO),
             "invalid ready_timeout: must be greater than zero".into(),
         ),
         (
@@ -622,8 +622,8 @@ fn corrupt_hand_over_variables_are_an_error_naming_the_fd() {
 #[test]
 fn a_stop_while_a_new_generation_starts_waits_for_it() {
     let mut server = Spec::fixture()
-        .env("FIXTURE_RELOAD_DELAY_MS", "1000")
-        .env("FIXTURE_PROBATION_MS", "0")
+        .reload_delay(Duration::from_secs(1))
+        .probation(Duration::ZERO)
         .start();
     let addr = server.addr();
     let old = server.current().pid;

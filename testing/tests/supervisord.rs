@@ -10,7 +10,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use support::load::{self, Mode};
-use support::{served_pid, Spec};
+use support::{fixture, served_pid, Spec};
 
 /// Installs supervisor (once) into cargo's temporary directory for this
 /// project and returns the directory to put on PYTHONPATH.
@@ -109,7 +109,7 @@ fn supervisord_keeps_seeing_the_same_pid_across_reloads() {
              supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
              [program:app]\n\
              command={fixture} 127.0.0.1:0\n\
-             environment=FIXTURE_KEEP_PID=\"1\",FIXTURE_LOG=\"info\"\n\
+             environment={keep_pid},{log}\n\
              stdout_logfile={out}\n\
              stderr_logfile={d}/app.err\n\
              autorestart=false\n\
@@ -118,6 +118,8 @@ fn supervisord_keeps_seeing_the_same_pid_across_reloads() {
              stopwaitsecs=30\n",
             d = d.display(),
             fixture = support::fixture().display(),
+            keep_pid = fixture::KEEP_PID.assignment(()),
+            log = fixture::LOG.assignment("info".into()),
             out = out.display(),
         ),
     )

@@ -123,8 +123,8 @@ fn notify_sequence(abstract_name: bool) {
     // it serves.
     let mut server = Spec::fixture()
         .env("NOTIFY_SOCKET", manager.env.clone())
-        .env("FIXTURE_CRASH_FILE", crash.to_str().unwrap())
-        .env("FIXTURE_PROBATION_MS", "0")
+        .crash_file(&crash)
+        .probation(Duration::ZERO)
         .start();
     let gen0 = server.current().pid;
     let gen1 = server.reload(Signal::SIGHUP).pid;
@@ -177,7 +177,7 @@ fn sd_notify_with_probation_moves_the_main_pid_when_the_old_generation_lets_go()
     let manager = Manager::new(false);
     let mut server = Spec::fixture()
         .env("NOTIFY_SOCKET", manager.env.clone())
-        .env("FIXTURE_PROBATION_MS", "2000")
+        .probation(Duration::from_secs(2))
         .start();
     let gen0 = server.current().pid;
     let gen1 = server.reload(Signal::SIGHUP).pid;
@@ -227,7 +227,7 @@ fn mixed_probations_leave_the_main_pid_on_the_generation_that_serves() {
     std::fs::write(&probation, "4000").unwrap();
     let mut server = Spec::fixture()
         .env("NOTIFY_SOCKET", manager.env.clone())
-        .env("FIXTURE_PROBATION_FILE", probation.display().to_string())
+        .probation_file(&probation)
         .start();
     let n = server.current().pid;
     std::fs::write(&probation, "0").unwrap();
@@ -264,7 +264,7 @@ fn status_lines_say_what_the_service_does() {
     let manager = Manager::new(false);
     let mut server = Spec::fixture()
         .env("NOTIFY_SOCKET", manager.env.clone())
-        .env("FIXTURE_PROBATION_MS", "300")
+        .probation(Duration::from_millis(300))
         .start();
     let gen0 = server.current().pid;
     let gen1 = server.reload(Signal::SIGHUP).pid;
@@ -304,8 +304,8 @@ fn with_keep_pid_only_the_original_pid_speaks_and_writes_the_pid_file() {
     let pid_file = dir.path().join("app.pid");
     let server = Spec::fixture()
         .env("NOTIFY_SOCKET", manager.env.clone())
-        .env("FIXTURE_KEEP_PID", "1")
-        .env("FIXTURE_PID_FILE", pid_file.to_str().unwrap())
+        .keep_pid()
+        .pid_file(&pid_file)
         .start();
     let pid = server.current().pid;
     signal_pid(pid, Signal::SIGHUP);

@@ -4,10 +4,10 @@
 use endless_tests as support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use support::fixture::{self, UnixPerms};
 use support::{get, served_pid, wait_served_by, Spec};
 
 /// `nobody`, who is neither the socket's owner nor in its group.
@@ -17,8 +17,7 @@ const NOBODY: u32 = 65534;
 /// connect mode) and says how it went: `ok` or the error kind.
 fn connect_as_nobody(path: &std::path::Path) -> String {
     use std::os::unix::process::CommandExt;
-    let out = Command::new(support::fixture())
-        .env("FIXTURE_CONNECT", path)
+    let out = fixture::connect_command(path)
         .uid(NOBODY)
         .gid(NOBODY)
         .output()
@@ -45,8 +44,8 @@ fn socket_file_gets_mode_owner_and_group_before_it_listens_and_keeps_them() {
     // umask 0: without the setting the file would be 0777, open to all.
     let mut server = Spec::fixture()
         .arg(&addr)
-        .env("FIXTURE_UMASK", "0")
-        .env("FIXTURE_UNIX_PERMS", format!("600:{NOBODY}:{NOBODY}"))
+        .umask(0)
+        .unix_permissions(UnixPerms::mode(0o600).user(NOBODY).group(NOBODY))
         .start();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o600, "{}", server.report());
@@ -72,8 +71,8 @@ fn a_socket_file_closed_to_others_refuses_them() {
     let addr = format!("unix:{}", path.display());
     let server = Spec::fixture()
         .arg(&addr)
-        .env("FIXTURE_UMASK", "0")
-        .env("FIXTURE_UNIX_PERMS", "660::")
+        .umask(0)
+        .unix_permissions(UnixPerms::mode(0o660))
         .start();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o660, "{}", server.report());
@@ -88,7 +87,7 @@ fn bad_permission_settings_name_the_culprit() {
     let msg = support::start_error(
         Spec::fixture()
             .arg(&addr)
-            .env("FIXTURE_UNIX_PERMS", "600:no-such-user-endless:"),
+            .unix_permissions(UnixPerms::mode(0o600).user("no-such-user-endless")),
     );
     assert_eq!(
         msg,

@@ -27,10 +27,7 @@ fn a_new_binary_in_place_serves_under_load_and_a_broken_one_changes_nothing() {
     let bin = dir.path().join("server");
     let fixture = std::fs::read(support::fixture()).unwrap();
     install(&bin, &fixture);
-    let server = Spec::fixture()
-        .bin(&bin)
-        .env("FIXTURE_WATCH_BINARY", "1")
-        .start();
+    let server = Spec::fixture().bin(&bin).reload_on_binary_change().start();
     let addr = server.addr();
     let rt = load::runtime();
     let load = load::start(rt.handle(), &addr, Mode::KeepAlive, 8, "/");
