@@ -72,6 +72,35 @@ macro_rules! signals {
     };
 }
 
+/// The numbering where the platform has none: Linux's, looked up in
+/// [`LINUX`]. Kept apart from `signal/console.rs`, which uses it, so that
+/// the tests check it on Unix too.
+#[cfg(any(not(unix), test))]
+mod linux_numbers {
+    use super::LINUX;
+
+    /// The number, if a named signal has it.
+    pub(super) fn from_number(n: i32) -> Option<i32> {
+        LINUX.iter().map(|(_, _, l)| *l).find(|l| *l == n)
+    }
+
+    /// The name of the signal of this number (`SIG?` if none).
+    pub(super) fn name(n: i32) -> &'static str {
+        LINUX
+            .iter()
+            .find(|(_, _, l)| *l == n)
+            .map_or("SIG?", |(_, name, _)| name)
+    }
+
+    /// The number of the signal of this name (`SIGHUP`), if any.
+    pub(super) fn by_name(name: &str) -> Option<i32> {
+        LINUX
+            .iter()
+            .find(|(_, n, _)| *n == name)
+            .map(|(_, _, l)| *l)
+    }
+}
+
 // Linux's numbers (x86, ARM).
 signals!(
     SIGHUP = 1,
@@ -304,6 +333,13 @@ mod tests {
                 assert_eq!(signal.as_raw(), *number, "{name}");
                 assert_eq!(Signal::from_raw(*number), Some(*signal));
             }
+            // The lookups Windows uses (signal/console.rs), here too.
+            assert_eq!(linux_numbers::by_name(name), Some(*number));
+            assert_eq!(linux_numbers::name(*number), *name);
+            assert_eq!(linux_numbers::from_number(*number), Some(*number));
         }
+        assert_eq!(linux_numbers::from_number(0), None);
+        assert_eq!(linux_numbers::name(0), "SIG?");
+        assert_eq!(linux_numbers::by_name("SIGNOPE"), None);
     }
 }

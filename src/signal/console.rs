@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use super::{Received, Signal, SignalSet, LINUX};
+use super::{Received, Signal, SignalSet};
 #[cfg(windows)]
 use crate::error::Error;
 use crate::error::Result;
@@ -22,22 +22,16 @@ pub(super) fn number(s: Raw) -> i32 {
 }
 
 pub(super) fn from_number(n: i32) -> Option<Raw> {
-    LINUX.iter().map(|(s, _, _)| s.0).find(|s| *s == n)
+    super::linux_numbers::from_number(n)
 }
 
 pub(super) fn name(s: Raw) -> &'static str {
-    LINUX
-        .iter()
-        .find(|(signal, _, _)| signal.0 == s)
-        .map_or("SIG?", |(_, name, _)| name)
+    super::linux_numbers::name(s)
 }
 
 /// The signal of this name (`SIGHUP`), if it has one of the names.
 pub(super) fn by_name(name: &str) -> Option<Raw> {
-    LINUX
-        .iter()
-        .find(|(_, n, _)| *n == name)
-        .map(|(s, _, _)| s.0)
+    super::linux_numbers::by_name(name)
 }
 
 /// The console events, as signals.

@@ -62,9 +62,9 @@ impl Signals {
     /// Installs the handlers, then unblocks the signals.
     ///
     /// A generation started by a reload begins life with these signals
-    /// blocked (see `handover::pass_listeners`): any that arrived since the
-    /// exec are pending and are delivered here, so a reload or stop request
-    /// during start-up is neither lost nor fatal.
+    /// blocked (see `handover::prepare_spawn` and `place_fds`): any that
+    /// arrived since the exec are pending and are delivered here, so a
+    /// reload or stop request during start-up is neither lost nor fatal.
     ///
     /// The handlers stay installed after the server stops (signal-hook
     /// cannot restore the previous disposition): a later signal is then
