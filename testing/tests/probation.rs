@@ -288,14 +288,17 @@ fn counters_and_the_pid_file_follow_the_serving_generation() {
     assert_eq!(read_pid(), c);
     signal_pid(c, Signal::SIGKILL);
     served_again_by(&addr, b, Instant::now());
-    // (It once named the dead C here, under a loaded full run, and has not
-    // failed since: the servers' log says what happened if it does.)
-    assert_eq!(
-        read_pid(),
-        b,
-        "the PID file names the generation serving again\n{}",
-        server.report()
-    );
+    // C may die after it serves but before B hears that it does: then B
+    // never stopped serving, and takes the PID file back once it has seen C
+    // exit (a failed reload, not a rollback), a moment later.
+    support::eventually("the PID file names B again", Duration::from_secs(5), || {
+        let named = read_pid();
+        if named == b {
+            Ok(())
+        } else {
+            Err(format!("it names {named}\n{}", server.report()))
+        }
+    });
     assert_eq!(stat(&addr, "reloads_requested"), "2");
     assert_eq!(stat(&addr, "reloads_succeeded"), "1");
     assert_eq!(stat(&addr, "reloads_failed"), "1");
