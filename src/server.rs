@@ -82,8 +82,8 @@ const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// generation runs the program's code, so a reload applies the settings the
 /// new binary sets.
 ///
-/// They are mirrored rather than offered as a closure over hyper-util's
-/// `auto::Builder`, on purpose:
+/// They are mirrored rather than offered as a closure over hyper's
+/// connection builders, on purpose:
 /// - hyper panics on some values (an HTTP/1 buffer under 8 KiB, an HTTP/2
 ///   frame size out of range, a connection window over 2³¹−1), in the
 ///   middle of serving; here [`run`](Self::run) refuses them with an

@@ -44,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "connections",
             "connections/conn_signal",
             "connections/counted_io",
+            "connections/http",
             "connections/launch",
             "connections/protocol",
             "connections/request",

@@ -63,6 +63,7 @@
 
 mod conn_signal;
 mod counted_io;
+mod http;
 mod launch;
 mod protocol;
 mod request;
@@ -77,12 +78,10 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::conn_info::Inherit;
 use crate::listener::{Listener, LocalAddr};
 use crate::service::{HttpBody, HttpService};
 
@@ -225,7 +224,7 @@ pub(crate) type Tls = Option<crate::tls::Acceptor>;
 /// connection; nothing in here is written per request except by atomics.
 #[derive(Debug)]
 struct Shared {
-    builder: auto::Builder<Inherit>,
+    builders: http::Builders,
     tracker: TaskTracker,
     sockets: Arc<Sockets>,
     idle_grace: Duration,
@@ -302,28 +301,28 @@ impl Connections {
         let idle_grace = bounded(idle_grace);
         let revisit = bounded(revisit);
         let tls_handshake_timeout = bounded(tls_handshake_timeout);
-        let mut builder = auto::Builder::new(Inherit);
+        let mut builders = http::Builders::new();
         // The program's settings first, endless's own after: those are not
         // the program's to set (`Protocol` has none of them).
-        protocol.apply(&mut builder);
+        protocol.apply(&mut builders);
         // hyper's own header read timeout allocates and registers a timer
         // for every request head (measured: 11% more instructions per
         // keep-alive request); the sweeper enforces ours instead.
-        builder
-            .http1()
+        builders
+            .http1
             .timer(TokioTimer::new())
             .header_read_timeout(None);
-        builder.http2().timer(TokioTimer::new());
+        builders.http2.timer(TokioTimer::new());
         if let Some(interval) = limits.http2_keep_alive_interval {
-            builder
-                .http2()
+            builders
+                .http2
                 .keep_alive_interval(bounded(interval).max(Duration::from_millis(1)))
                 .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
         }
         let tracker = TaskTracker::new();
         Connections {
             shared: Arc::new(Shared {
-                builder,
+                builders,
                 tracker: tracker.clone(),
                 sockets: Arc::default(),
                 idle_grace,

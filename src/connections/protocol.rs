@@ -1,18 +1,16 @@
 //! hyper's HTTP/1 and HTTP/2 settings that the `Server` builder mirrors
 //! ([`Protocol`]): checked by `Server::run`, then applied to the
-//! connection builder before endless's own settings.
+//! connection builders before endless's own settings.
 //!
-//! Mirrored, not a closure over hyper-util's builder: hyper panics on some
+//! Mirrored, not a closure over hyper's builders: hyper panics on some
 //! values (an HTTP/1 buffer under 8 KiB, an HTTP/2 frame size out of its
 //! range, a connection window over 2³¹−1), and here each is refused by
-//! `run` with an [`Error::Config`] naming the setting; hyper-util's
-//! builder type stays out of endless's public API; and the settings endless
+//! `run` with an [`Error::Config`] naming the setting; hyper's
+//! builder types stay out of endless's public API; and the settings endless
 //! owns (the timers, hyper's own header read timeout, which the sweeper
 //! replaces, and the HTTP/2 keep-alive pings) cannot be set twice.
 
-use hyper_util::server::conn::auto;
-
-use crate::conn_info::Inherit;
+use super::http::Builders;
 use crate::error::{Error, Result};
 
 /// The largest HTTP/2 flow-control window (RFC 9113, 6.9.1).
@@ -125,8 +123,8 @@ impl Protocol {
 
     /// Sets what the program set on `builder` (checked: nothing here
     /// panics in hyper).
-    pub(crate) fn apply(&self, builder: &mut auto::Builder<Inherit>) {
-        let mut http1 = builder.http1();
+    pub(super) fn apply(&self, builders: &mut Builders) {
+        let http1 = &mut builders.http1;
         if let Some(on) = self.http1_keep_alive {
             http1.keep_alive(on);
         }
@@ -136,7 +134,7 @@ impl Protocol {
         if let Some(n) = self.http1_max_buf_size {
             http1.max_buf_size(n.max(MIN_BUF));
         }
-        let mut http2 = builder.http2();
+        let http2 = &mut builders.http2;
         if let Some(max) = self.http2_max_concurrent_streams {
             http2.max_concurrent_streams(max);
         }
@@ -268,6 +266,6 @@ mod tests {
             http2_max_header_list_size: Some(1),
         };
         assert_eq!(setting(p.clone()), None);
-        p.apply(&mut auto::Builder::new(Inherit));
+        p.apply(&mut Builders::new());
     }
 }

@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::either::Either;
 use tracing::{debug, error, trace, warn};
@@ -264,9 +263,7 @@ where
             signal: signal.clone(),
         };
         let shared = &listening.shared;
-        let conn = shared
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let conn = shared.builders.serve(io, svc);
         tokio::pin!(conn);
 
         // A connection that sends no request in time is cut by the sweeper

@@ -204,10 +204,45 @@ fn dribble_after(request: &[u8]) {
         }
     }
     assert!(answer.starts_with(b"HTTP/1.1 200"));
-    let t = Instant::now();
     let head = [&b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "[..], &[b'a'; 200]].concat();
+    let closed = dribble(&mut s, &head, "after a POST");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
+        "closed {closed:?} after the response"
+    );
+}
+
+/// A fresh connection that dribbles HTTP/2's preface (a byte every
+/// 100 ms; the server cannot tell HTTP/1 from HTTP/2 before its 24th byte)
+/// is cut by the header read timeout (1 s) like any other head.
+#[test]
+fn the_http2_preface_dribbled_is_cut_by_the_header_read_timeout() {
+    let server = Spec::fixture()
+        .header_read_timeout(Duration::from_secs(1))
+        .start();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // The preface but its last byte, then bytes that are no preface: the
+    // client is closed before the end in either case.
+    let head = [&PREFACE[..23], &[b'a'; 100][..]].concat();
+    let closed = dribble(&mut s, &head, "the preface");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
+        "closed {closed:?} after the first byte"
+    );
+}
+
+/// What an HTTP/2 connection with prior knowledge starts with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Writes `head` a byte at a time, a read (with `s`'s read timeout) after
+/// each, for at most 12 s: how long until the server closed the
+/// connection.
+fn dribble(s: &mut TcpStream, head: &[u8], what: &str) -> Duration {
+    let mut buf = [0u8; 1024];
+    let t = Instant::now();
     let mut sent = 0;
-    // At most 12 s (twelve times the timeout), one byte per 100 ms.
     let closed = loop {
         if t.elapsed() > Duration::from_secs(12) || sent == head.len() {
             break None;
@@ -224,17 +259,13 @@ fn dribble_after(request: &[u8]) {
             Err(_) => break Some(t.elapsed()),
         }
     };
-    eprintln!("dribbling after a POST: closed after {closed:?}, {sent} bytes sent");
-    let closed = closed.unwrap_or_else(|| {
+    eprintln!("dribbling {what}: closed after {closed:?}, {sent} bytes sent");
+    closed.unwrap_or_else(|| {
         panic!(
             "still open after {:?} and {sent} bytes of a request head",
             t.elapsed()
         )
-    });
-    assert!(
-        closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
-        "closed {closed:?} after the response"
-    );
+    })
 }
 
 /// A client that dribbles a request head (a byte every 300 ms) into a
@@ -245,24 +276,46 @@ fn dribble_after(request: &[u8]) {
 /// exited at the stop timeout, 8.0 s after the drain started.
 #[test]
 fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
+    // Known to the old generation: one request answered.
+    let known = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    dribble_into_drain(Some(known), b"GET / HTTP/1.1\r\n", b"a".repeat(60));
+}
+
+/// The same with a connection that has sent only the start of HTTP/2's
+/// preface when the drain starts, and dribbles the rest (the server cannot
+/// tell the protocol yet).
+#[test]
+fn the_http2_preface_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
+    let rest = [&PREFACE[10..23], &[b'a'; 60][..]].concat();
+    dribble_into_drain(None, &PREFACE[..10], rest);
+}
+
+/// Starts a fixture (stop timeout 8 s), sends `known` and reads its
+/// answer, if any, sends `first`, reloads, and from the drain's start
+/// writes `rest` a byte every 300 ms: the old generation must be gone
+/// 5.5 s after the drain started.
+fn dribble_into_drain(known: Option<&[u8]>, first: &[u8], rest: Vec<u8>) {
     let mut server = Spec::fixture().stop_timeout(Duration::from_secs(8)).start();
     let old = server.current().pid;
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    // Known to the old generation: one request answered.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = [0u8; 1024];
-    let n = s.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    if let Some(known) = known {
+        s.write_all(known).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    s.write_all(first).unwrap();
     signal_pid(old, Signal::SIGHUP);
     server.wait_log(" draining ", Duration::from_secs(20));
     let drain = Instant::now();
     let mut closed = None;
+    let mut bytes = rest.iter();
     // At most 15 s, one byte per 300 ms.
     while drain.elapsed() < Duration::from_secs(15) && closed.is_none() {
-        if s.write_all(b"a").is_err() {
+        let Some(b) = bytes.next() else { break };
+        if s.write_all(&[*b]).is_err() {
             closed = Some(drain.elapsed());
         }
         match s.read(&mut buf) {
@@ -276,6 +329,7 @@ fn a_head_dribbled_into_a_drain_does_not_hold_it_until_the_stop_timeout() {
     server.assert_exited_0(old, Duration::from_secs(15));
     let exited = drain.elapsed();
     eprintln!("dribbling into a drain: closed after {closed:?}, old generation gone {exited:?} after the drain started");
+    assert!(closed.is_some(), "the connection was never closed");
     assert!(
         exited < Duration::from_millis(5500),
         "the old generation exited {exited:?} after the drain started (stop timeout 8 s)"
