@@ -14,7 +14,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use atomic_waker::AtomicWaker;
-use hyper::body::Incoming;
 use hyper::Request;
 
 use super::until;
@@ -277,20 +276,28 @@ impl ConnSignal {
     /// `body`: for an HTTP/1 request with a body, its head and length
     /// (`None` if unknown: chunked). A few relaxed loads and stores, the
     /// walk over a head with a body kept out of line.
-    pub(super) fn note_request_head(
+    pub(super) fn note_request_head<T>(
         &self,
         http1: bool,
-        body: Option<(&Request<Incoming>, Option<u64>)>,
+        body: Option<(&Request<T>, Option<u64>)>,
     ) {
         if self.arrival.load(Ordering::Relaxed) != Arrival::None as u8 {
             self.arrival.store(Arrival::None as u8, Ordering::Relaxed);
         }
+        let earlier = self.heads.fetch_add(1, Ordering::Relaxed);
         if http1 {
             // The read that completed this head started at `read_start`
             // (hyper parses a head as soon as a read completes it, and
             // reads nothing while a whole head waits in its buffer), so the
-            // next head starts after it.
-            let read_start = Reads(self.reads.load(Ordering::Relaxed)).read_start();
+            // next head starts after it. But the first: hyper's first read
+            // is two (the bytes read to tell HTTP/1 from HTTP/2, then the
+            // socket's next, see `http::Prefixed`), and the first head
+            // starts at 0 in any case.
+            let read_start = if earlier == 0 {
+                0
+            } else {
+                Reads(self.reads.load(Ordering::Relaxed)).read_start()
+            };
             match body {
                 None => {
                     if self.body_end.load(Ordering::Relaxed) != 0 {
@@ -301,12 +308,11 @@ impl ConnSignal {
             }
             self.head_floor.store(read_start, Ordering::Relaxed);
         }
-        self.heads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Where the body of `req` ends (see [`body_end`]).
     #[inline(never)]
-    fn note_body(&self, req: &Request<Incoming>, len: Option<u64>, read_start: u64) {
+    fn note_body<T>(&self, req: &Request<T>, len: Option<u64>, read_start: u64) {
         let floor = self.head_floor.load(Ordering::Relaxed);
         let end = body_end(req, len, floor, read_start);
         self.body_end.store(end, Ordering::Relaxed);
@@ -512,6 +518,33 @@ mod tests {
         let w = w.add(5);
         assert_eq!((w.count(), w.blocked()), (15, false));
         assert_eq!(w.add(0).count(), 15);
+    }
+
+    /// A first head shorter than the bytes read to tell HTTP/1 from
+    /// HTTP/2 (24), with a request with a body in the same packet: the
+    /// sniff's read (24 bytes) and hyper's (the rest) are one read for
+    /// hyper, so the first head counts from 0, not from the second read,
+    /// and the second body's end is not placed later than it is.
+    #[test]
+    fn the_first_head_starts_at_zero_whatever_the_reads() {
+        let first = "GET / HTTP/1.1\r\n\r\n"; // 18 bytes
+        let second = "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n";
+        let packet = first.len() + second.len() + 5;
+        let signal = ConnSignal::default();
+        signal.note_read(24);
+        signal.note_read(packet - 24);
+        signal.note_request_head::<()>(true, None);
+        let post = Request::post("/")
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
+        signal.note_request_head(true, Some((&post, Some(5))));
+        let end = signal.body_end.load(Ordering::Relaxed);
+        assert!(
+            end <= packet as u64,
+            "the body placed to end at {end}, past the packet's {packet} bytes"
+        );
+        assert!(!signal.may_be_uploading(packet as u64 + 1));
     }
 
     #[test]

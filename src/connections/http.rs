@@ -71,6 +71,7 @@ impl Builders {
                     read: [0; PREFACE.len()],
                     start: 0,
                     end: 0,
+                    error: None,
                 }),
                 svc: Some(svc),
                 cancelled: false,
@@ -87,6 +88,11 @@ pub(super) struct Prefixed<IO> {
     /// What of `read` is still to give: `read[start..end]`.
     start: u8,
     end: u8,
+    /// An error of the read that came with the last of `read`, for the
+    /// next read: that one had bytes to give. (Not asked of the I/O again:
+    /// a socket reports an error once, and tokio-rustls, having failed,
+    /// waits for more bytes before it says so again.)
+    error: Option<io::Error>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
@@ -97,6 +103,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.start == this.end {
+            if let Some(e) = this.error.take() {
+                return Poll::Ready(Err(e));
+            }
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         let rest = &this.read[usize::from(this.start)..usize::from(this.end)];
@@ -107,9 +116,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
         if this.start == this.end && buf.remaining() > 0 {
             // Whatever has come after them, in the same read. If nothing
             // has (yet), the bytes given are the answer; the task is woken
-            // when more comes, and hyper asks again. An error is the
-            // socket's to give at the next read: this one has bytes.
-            let _ = Pin::new(&mut this.io).poll_read(cx, buf);
+            // when more comes, and hyper asks again.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut this.io).poll_read(cx, buf) {
+                this.error = Some(e);
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -291,7 +301,87 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioExecutor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers with the request's version.
+    fn version() -> impl HttpService<
+        Incoming,
+        ResBody = Full<Bytes>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let v = format!("{:?}", req.version());
+            Ok(Response::new(Full::new(Bytes::from(v))))
+        })
+    }
+
+    /// A client of each protocol gets its answer, over the connection's
+    /// own builder.
+    #[tokio::test]
+    async fn http1_and_http2_are_each_served_by_theirs() {
+        let builders = Builders::new();
+        for http2 in [false, true] {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let conn = builders.serve(server, version());
+            let client = tokio::spawn(async move {
+                let io = TokioIo::new(client);
+                let req = Request::get("http://x/")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let res = if http2 {
+                    let (mut tx, conn) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                            .await
+                            .unwrap();
+                    tokio::spawn(conn);
+                    tx.send_request(req).await.unwrap()
+                } else {
+                    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                    tokio::spawn(conn);
+                    tx.send_request(req).await.unwrap()
+                };
+                res.into_body().collect().await.unwrap().to_bytes()
+            });
+            // The connection ends once the client is done and gone.
+            let (served, body) = tokio::join!(conn, client);
+            served.unwrap();
+            let body = body.unwrap();
+            let want = if http2 { "HTTP/2.0" } else { "HTTP/1.1" };
+            assert_eq!(body, want);
+        }
+    }
+
+    /// Shut down before the first bytes: the connection ends (with an
+    /// error, as hyper-util's); an end of stream before them: ends, no
+    /// error.
+    #[tokio::test]
+    async fn before_its_first_bytes_a_connection_can_be_shut_down_or_closed() {
+        let builders = Builders::new();
+        let (_client, server) = tokio::io::duplex(64);
+        let conn = builders.serve(server, version());
+        tokio::pin!(conn);
+        assert!(poll_once(conn.as_mut()).is_pending());
+        conn.as_mut().graceful_shutdown();
+        assert!(conn.await.is_err());
+
+        let (client, server) = tokio::io::duplex(64);
+        drop(client);
+        let conn = builders.serve(server, version());
+        assert!(conn.await.is_ok());
+    }
+
+    /// Polls `f` once.
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut Context::from_waker(waker))
+    }
 
     fn prefixed<IO>(io: IO) -> Prefixed<IO> {
         Prefixed {
@@ -299,6 +389,7 @@ mod tests {
             read: [0; PREFACE.len()],
             start: 0,
             end: 0,
+            error: None,
         }
     }
 
@@ -360,6 +451,41 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, b"PRI * HTTP/1.1\r\n");
+    }
+
+    /// An I/O that gives its bytes, then fails once, then ends, as a
+    /// socket reset by its peer does.
+    struct ThenFails(&'static [u8], bool);
+
+    impl AsyncRead for ThenFails {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.0.is_empty() {
+                if std::mem::replace(&mut self.1, true) {
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The read that gives the last of the bytes read to tell the protocol
+    /// also reads on, and fails: the error is the next read's, not lost.
+    #[tokio::test]
+    async fn an_error_after_the_bytes_read_is_the_next_reads() {
+        let mut p = prefixed(ThenFails(b"GET /", false));
+        assert!(!preface(&mut p).await.unwrap());
+        let mut buf = [0; 64];
+        assert_eq!(p.read(&mut buf).await.unwrap(), 5);
+        let e = p.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
     }
 
     #[tokio::test]
