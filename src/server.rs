@@ -667,14 +667,17 @@ impl Server {
     /// past the end of a request body (as its `Content-Length` places it;
     /// after a chunked body, any) count as the next head's. Also bounds an
     /// idle HTTP/1 keep-alive connection; HTTP/2 has
-    /// [`http2_idle_timeout`](Self::http2_idle_timeout). Must not be zero.
+    /// [`http2_idle_timeout`](Self::http2_idle_timeout) from its preface on
+    /// (the header read timeout bounds a client slow to send that). Must not
+    /// be zero.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout.min(MAX_DURATION);
         self
     }
 
     /// How long an HTTP/2 connection may stay open with no stream in
-    /// progress (default 60 s). Then it is sent a GOAWAY, and closed once
+    /// progress (default 60 s), before its first stream as after its last.
+    /// Then it is sent a GOAWAY, and closed once
     /// its client has had the idle grace (1 s) to close it: a client that
     /// answers nothing (not even the PING that comes with the GOAWAY) is
     /// closed then too. A stream whose response is still being sent counts

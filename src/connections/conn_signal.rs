@@ -120,7 +120,7 @@ impl Level {
 /// | bit | constant          | set when                              |
 /// |-----|-------------------|---------------------------------------|
 /// | 0   | [`Seen::REQUEST`] | a request head was parsed             |
-/// | 1   | [`Seen::HTTP2`]   | that request came over HTTP/2         |
+/// | 1   | [`Seen::HTTP2`]   | the HTTP/2 preface was read           |
 /// | 2   | [`Seen::UPGRADED`]| a response handed the connection over |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Seen(u8);

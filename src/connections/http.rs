@@ -41,6 +41,14 @@ use crate::service::BoxError;
 /// 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a connection's service is told of it beyond its requests.
+pub(super) trait Told {
+    /// The connection speaks HTTP/2: its preface was read (before any
+    /// stream, so an HTTP/2 connection that has not opened one is not
+    /// taken for an HTTP/1 client that has not sent its request).
+    fn speaks_http2(&self);
+}
+
 /// hyper's HTTP/1 and HTTP/2 connection builders, as the program and
 /// endless set them; one per generation.
 #[derive(Debug, Clone)]
@@ -61,7 +69,7 @@ impl Builders {
     /// HTTP/1 (with upgrades) if not.
     pub(super) fn serve<IO, S>(&self, io: IO, svc: S) -> HttpConnection<'_, IO, S>
     where
-        S: HttpService<Incoming>,
+        S: HttpService<Incoming> + Told,
     {
         HttpConnection {
             builders: self,
@@ -252,7 +260,7 @@ where
 impl<IO, S, B> Future for HttpConnection<'_, IO, S>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B>,
+    S: HttpService<Incoming, ResBody = B> + Told,
     S::Error: Into<BoxError>,
     B: Body + 'static,
     B::Error: Into<BoxError>,
@@ -277,6 +285,7 @@ where
                     };
                     let io = TokioIo::new(io);
                     let next = if http2 {
+                        svc.speaks_http2();
                         State::Http2 {
                             conn: this.builders.http2.serve_connection(io, svc),
                         }
@@ -307,19 +316,30 @@ mod tests {
     use hyper_util::rt::TokioExecutor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Answers with the request's version.
-    fn version() -> impl HttpService<
-        Incoming,
-        ResBody = Full<Bytes>,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-           + Send
-           + 'static {
-        hyper::service::service_fn(|req: Request<Incoming>| async move {
+    /// Answers with the request's version; remembers being told the
+    /// connection speaks HTTP/2.
+    #[derive(Clone, Default)]
+    struct Version(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl hyper::service::Service<Request<Incoming>> for Version {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn call(&self, req: Request<Incoming>) -> Self::Future {
             let v = format!("{:?}", req.version());
-            Ok(Response::new(Full::new(Bytes::from(v))))
-        })
+            std::future::ready(Ok(Response::new(Full::new(Bytes::from(v)))))
+        }
+    }
+
+    impl Told for Version {
+        fn speaks_http2(&self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn version() -> Version {
+        Version::default()
     }
 
     /// A client of each protocol gets its answer, over the connection's
@@ -329,7 +349,9 @@ mod tests {
         let builders = Builders::new();
         for http2 in [false, true] {
             let (client, server) = tokio::io::duplex(64 * 1024);
-            let conn = builders.serve(server, version());
+            let svc = version();
+            let told = svc.0.clone();
+            let conn = builders.serve(server, svc);
             let client = tokio::spawn(async move {
                 let io = TokioIo::new(client);
                 let req = Request::get("http://x/")
@@ -355,6 +377,7 @@ mod tests {
             let body = body.unwrap();
             let want = if http2 { "HTTP/2.0" } else { "HTTP/1.1" };
             assert_eq!(body, want);
+            assert_eq!(told.load(std::sync::atomic::Ordering::Relaxed), http2);
         }
     }
 

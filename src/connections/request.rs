@@ -17,6 +17,7 @@ use hyper::header::{HeaderValue, CONNECTION};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use super::conn_signal::{ConnSignal, Seen};
+use super::http::Told;
 #[cfg(feature = "axum")]
 use crate::conn_info::ConnInfo;
 
@@ -28,6 +29,12 @@ use crate::conn_info::ConnInfo;
 pub(super) struct ConnService<S> {
     pub(super) svc: S,
     pub(super) signal: Arc<ConnSignal>,
+}
+
+impl<S> Told for ConnService<S> {
+    fn speaks_http2(&self) {
+        self.signal.note(Seen::HTTP2);
+    }
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>

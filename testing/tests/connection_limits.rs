@@ -165,6 +165,52 @@ fn an_idle_http2_connection_gets_a_goaway_and_is_closed() {
     );
 }
 
+/// An HTTP/2 connection that has not opened a stream yet (a client that
+/// connects ahead of its first request, as gRPC channels do) is an HTTP/2
+/// connection all the same: idle, it gets a GOAWAY after the HTTP/2 idle
+/// timeout (500 ms), not a silent close at the header read timeout (2 s)
+/// as an HTTP/1 client that sends nothing. Before: closed after 2 s, no
+/// GOAWAY.
+#[test]
+fn an_http2_connection_with_no_stream_yet_gets_a_goaway_when_idle() {
+    let server = Spec::fixture()
+        .http2_idle_timeout(Duration::from_millis(500))
+        .header_read_timeout(Duration::from_secs(2))
+        .start();
+    let mut c = RawH2::connect(&server.addr()).unwrap();
+    let (goaway, closed, _) = c.watch(Duration::from_secs(6));
+    eprintln!("HTTP/2 connection with no stream: GOAWAY after {goaway:?}, closed after {closed:?}");
+    let goaway = goaway.expect("a GOAWAY");
+    assert!(
+        goaway >= Duration::from_millis(450) && goaway < Duration::from_millis(1900),
+        "GOAWAY after {goaway:?}"
+    );
+}
+
+/// In a drain, such a connection gets its GOAWAY at once, rather than the
+/// wait an HTTP/1 client gets for its next request (an idle grace, then
+/// until it has been quiet 5 s). Before: a GOAWAY 1 s or more into the
+/// drain.
+#[test]
+fn an_http2_connection_with_no_stream_yet_gets_its_goaway_at_once_in_a_drain() {
+    let mut server = Spec::fixture().start();
+    let old = server.current().pid;
+    let mut c = RawH2::connect(&server.addr()).unwrap();
+    // The server's SETTINGS: it has read the preface.
+    let settings = c.next(Instant::now() + Duration::from_secs(5)).unwrap();
+    assert!(matches!(settings, Seen::Frame(0x4, _, 0)), "{settings:?}");
+    signal_pid(old, Signal::SIGHUP);
+    server.wait_log(" draining ", Duration::from_secs(20));
+    let (goaway, closed, _) = c.watch(Duration::from_secs(4));
+    eprintln!("HTTP/2 connection with no stream, in a drain: GOAWAY after {goaway:?}, closed after {closed:?}");
+    let goaway = goaway.expect("a GOAWAY within 4 s of the drain");
+    assert!(
+        goaway < Duration::from_millis(900),
+        "GOAWAY {goaway:?} after the drain started"
+    );
+    server.assert_exited_0(old, Duration::from_secs(30));
+}
+
 /// A client's own PINGs (answered, a few bytes each) do not make an idle
 /// HTTP/2 connection busy: it still gets its GOAWAY.
 #[test]
