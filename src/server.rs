@@ -676,7 +676,8 @@ impl Server {
     }
 
     /// How long an HTTP/2 connection may stay open with no stream in
-    /// progress (default 60 s), before its first stream as after its last.
+    /// progress (default 60 s), before its first stream (counted from the
+    /// accept) as after its last.
     /// Then it is sent a GOAWAY, and closed once
     /// its client has had the idle grace (1 s) to close it: a client that
     /// answers nothing (not even the PING that comes with the GOAWAY) is

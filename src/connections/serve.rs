@@ -297,7 +297,18 @@ where
             let mut waited_ms = 0u32;
             loop {
                 tokio::select! {
-                    r = conn.as_mut() => return log_end(r),
+                    // A connection whose HTTP/2 preface arrives now (it
+                    // was still reading its first bytes when the drain
+                    // reached it) gets its GOAWAY at once, as any other.
+                    r = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+                        std::task::Poll::Pending if signal.seen().contains(Seen::HTTP2) => {
+                            std::task::Poll::Ready(None)
+                        }
+                        polled => polled.map(Some),
+                    }) => match r {
+                        Some(r) => return log_end(r),
+                        None => break,
+                    },
                     _ = signal.reached(Level::Cut) => return,
                     // Boxed: only a draining connection needs it, and every
                     // connection's future would otherwise be this much larger

@@ -211,6 +211,35 @@ fn an_http2_connection_with_no_stream_yet_gets_its_goaway_at_once_in_a_drain() {
     server.assert_exited_0(old, Duration::from_secs(30));
 }
 
+/// The same when the preface arrives only after the drain has reached the
+/// connection (a client connecting at the moment of a reload): its GOAWAY
+/// comes at once, not after the HTTP/1 graces or a silent close.
+#[test]
+fn an_http2_preface_arriving_in_a_drain_gets_its_goaway_at_once() {
+    let mut server = Spec::fixture().start();
+    let old = server.current().pid;
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Accepted by the old generation before its drain: a first byte.
+    s.write_all(&PREFACE[..1]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal_pid(old, Signal::SIGHUP);
+    server.wait_log(" draining ", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&PREFACE[1..]).unwrap();
+    s.write_all(&frame(0x4, 0, 0, &[])).unwrap();
+    let mut c = RawH2 { s, next_stream: 1 };
+    let (goaway, closed, _) = c.watch(Duration::from_secs(4));
+    eprintln!("HTTP/2 preface in a drain: GOAWAY after {goaway:?}, closed after {closed:?}");
+    let goaway = goaway.expect("a GOAWAY within 4 s of the preface");
+    assert!(
+        goaway < Duration::from_millis(900),
+        "GOAWAY {goaway:?} after the preface"
+    );
+    server.assert_exited_0(old, Duration::from_secs(30));
+}
+
 /// A client's own PINGs (answered, a few bytes each) do not make an idle
 /// HTTP/2 connection busy: it still gets its GOAWAY.
 #[test]
